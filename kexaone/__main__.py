@@ -1,0 +1,5 @@
+import sys
+
+from kexaone.cli import main
+
+sys.exit(main())

@@ -1,0 +1,180 @@
+"""torch.distributed for the trainer: set up a process group from the `torchrun` environment, wrap the model for
+data parallelism (DDP, or FSDP2 `fully_shard` per decoder layer), and small collective helpers.
+
+Model code stays single-device; parallelism is applied here from outside. Single-process runs go through the same
+functions as a world of size 1 (every helper is then a cheap no-op). Expert parallelism is not implemented: with DDP
+or FSDP every rank holds (a shard of) every expert.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank, world size, device and backend (backend None when single-process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+    backend: str | None = None
+    owns_group: bool = False
+    """True when init_distributed created the process group (and so destroy_distributed should tear it down)."""
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1 and dist.is_available() and dist.is_initialized()
+
+
+def resolve_device(pref: str, local_rank: int = 0) -> torch.device:
+    """'auto' -> CUDA (this rank's GPU) when available, else CPU; 'cuda' without a GPU is a clear error."""
+    if pref not in ("auto", "cpu", "cuda"):
+        raise ValueError(f"device must be 'auto', 'cpu' or 'cuda', got {pref!r}")
+    if pref == "cuda" or (pref == "auto" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            raise ValueError("device 'cuda' was asked for but torch.cuda.is_available() is False; use --device cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo:
+    """Join the process group described by torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR,
+    MASTER_PORT): gloo on CPU, nccl on CUDA. Without those variables (or WORLD_SIZE=1) this is a single process.
+    A process group that already exists (e.g. created by a test harness) is reused, not re-created."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", str(rank)))
+    if dist.is_available() and dist.is_initialized():
+        world, rank = dist.get_world_size(), dist.get_rank()
+        dev = resolve_device(device, local_rank)
+        if dev.type == "cuda":
+            torch.cuda.set_device(dev)
+        return DistInfo(rank, world, local_rank, dev, dist.get_backend(), owns_group=False)
+    dev = resolve_device(device, local_rank)
+    if world <= 1:
+        return DistInfo(0, 1, 0, dev, None, owns_group=False)
+    if not dist.is_available():
+        raise ValueError(f"WORLD_SIZE={world} but this torch build has no torch.distributed")
+    for var in ("MASTER_ADDR", "MASTER_PORT"):
+        if var not in os.environ:
+            raise ValueError(f"WORLD_SIZE={world} but {var} is not set; launch with torchrun")
+    backend = "nccl" if dev.type == "cuda" else "gloo"
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    dist.init_process_group(backend=backend, rank=rank, world_size=world,
+                            timeout=datetime.timedelta(seconds=timeout_s))
+    return DistInfo(rank, world, local_rank, dev, backend, owns_group=True)
+
+
+def destroy_distributed(info: DistInfo) -> None:
+    if info.owns_group and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(info: DistInfo) -> None:
+    if info.distributed:
+        dist.barrier()
+
+
+def any_true(flag: bool, info: DistInfo) -> bool:
+    """True on every rank when the flag is true on at least one (so all ranks take the same branch)."""
+    if not info.distributed:
+        return bool(flag)
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item() > 0)
+
+
+def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
+    """Element-wise mean over ranks of a few floats (for logging)."""
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return (t / info.world_size).tolist()
+
+
+def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
+    if not info.distributed:
+        return list(values)
+    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
+    dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t.tolist()
+
+
+def _collective_device(info: DistInfo) -> torch.device:
+    return info.device if info.backend == "nccl" else torch.device("cpu")
+
+
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
+    """The module to call in the training step. Single process: the model itself.
+
+    DDP: `broadcast_buffers=False` because each rank's MoE layers count their own routed tokens in a buffer
+    (re-broadcasting rank 0's buffers every forward would erase the other ranks' counts); the expert biases stay
+    identical on all ranks because every rank applies the same update to all-reduced counts.
+    FSDP2: `fully_shard` on every decoder layer (and the MTP block), then on the root.
+    """
+    if not info.distributed:
+        return model
+    if strategy == "ddp":
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        return DDP(model, device_ids=ids, broadcast_buffers=False)
+    if strategy == "fsdp":
+        from torch.distributed.fsdp import fully_shard
+
+        for layer in model.model.layers:
+            fully_shard(layer)
+        if getattr(model, "mtp", None) is not None:
+            fully_shard(model.mtp)
+        fully_shard(model)
+        return model
+    raise ValueError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+
+
+def unwrap_model(model: nn.Module) -> nn.Module:
+    """The underlying KExaoneForCausalLM of a DDP wrapper (FSDP2 modifies the module in place)."""
+    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
+
+
+@contextlib.contextmanager
+def maybe_no_sync(model: nn.Module, skip_sync: bool) -> Iterator[None]:
+    """Skip the gradient all-reduce of DDP for the first micro-batches of an accumulation (FSDP2: reduce-scatter
+    only on the last micro-batch via set_requires_gradient_sync)."""
+    if skip_sync and hasattr(model, "no_sync"):
+        with model.no_sync():
+            yield
+    elif hasattr(model, "set_requires_gradient_sync"):
+        model.set_requires_gradient_sync(not skip_sync)
+        try:
+            yield
+        finally:
+            model.set_requires_gradient_sync(True)
+    else:
+        yield
+
+
+def seed_all(seed: int) -> None:
+    """Seed every RNG the trainer uses (same seed on every rank: identical initial weights without a broadcast)."""
+    import random
+
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)

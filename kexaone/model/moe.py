@@ -1,0 +1,301 @@
+"""K-EXAONE's sparse mixture-of-experts layer: sigmoid top-k router, dropless grouped experts, shared expert.
+
+- `TopKRouter`: fp32 sigmoid scores; the aux-loss-free correction bias is added only to *choose* experts;
+  optional group-limited choice; gate weights are the unbiased scores of the chosen experts, normalised and scaled.
+  Numerically identical to transformers' `ExaoneMoeTopkRouter` (which returns logits where we return scores).
+- `GroupedExperts`: all routed experts as two stacked weights; tokens are sorted by expert and every projection is
+  one grouped matmul (`torch._grouped_mm` where the device has it). Dropless: every (token, slot) pair is computed,
+  whatever the imbalance; there is no capacity factor.
+- `KExaoneMoE`: router + experts + shared expert, plus the balance statistics the training recipe needs (the
+  sequence-level aux loss of SPEC section 3 and the per-expert token counts for the bias update).
+
+Not here: the bias update itself (`balance.py`), the on-disk expert layout (experts one by one; `hf.py` converts),
+expert parallelism (applied from outside), FP8 kernels (the FP8 module plugs into `GroupedExperts.fp8_recipe`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kexaone.config import KExaoneConfig
+from kexaone.model.mlp import SwiGLU
+
+# transformers adds this to the denominator when normalising the chosen scores; keep it for bit-level parity.
+_NORM_EPS = 1e-20
+
+
+# ---------------------------------------------------------------------------------------------------------- router
+class TopKRouter(nn.Module):
+    """Chooses `num_experts_per_tok` experts per token and their gate weights.
+
+    forward(x_NH) -> (scores_NE fp32 sigmoid scores, topk_weights_NK fp32, topk_idx_NK int64).
+    The index order inside a token's K slots is unspecified (compare as sets).
+    """
+
+    def __init__(self, config: KExaoneConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.hidden_size = config.hidden_size
+        self.n_group = config.n_group
+        self.topk_group = config.topk_group
+        self.norm_topk_prob = config.norm_topk_prob
+        self.routed_scaling_factor = float(config.routed_scaling_factor)
+        self.init_std = config.initializer_range
+        self.weight = nn.Parameter(torch.empty(self.num_experts, self.hidden_size))
+        # Moved by the bias update (balance.py), never by the optimizer: a buffer, saved with the weights, and kept
+        # in fp32 whatever dtype the module is cast to (see _apply): 1e-4 steps vanish in bf16.
+        self.register_buffer("e_score_correction_bias", torch.zeros(self.num_experts, dtype=torch.float32))
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.weight, mean=0.0, std=self.init_std)
+        with torch.no_grad():
+            self.e_score_correction_bias.zero_()
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "TopKRouter":
+        bias_fp32 = self.e_score_correction_bias
+        super()._apply(fn, recurse)
+        moved = self.e_score_correction_bias
+        if moved.dtype != torch.float32:
+            # `model.to(torch.bfloat16)` must move the bias but not round it: rebuild it from the fp32 original.
+            self.e_score_correction_bias = bias_fp32.to(device=moved.device, dtype=torch.float32)
+        return self
+
+    def forward(self, x_NH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x_NH = x_NH.reshape(-1, self.hidden_size)
+        # Routing is precision-sensitive (near-tied scores pick different experts): fp32 even under autocast.
+        with torch.autocast(device_type=x_NH.device.type, enabled=False):
+            logits_NE = F.linear(x_NH.float(), self.weight.float())
+        scores_NE = logits_NE.sigmoid()
+        choice_NE = scores_NE.detach() + self.e_score_correction_bias
+        if self.n_group > 1 and self.topk_group < self.n_group:
+            choice_NE = self._mask_to_top_groups(choice_NE)
+        topk_idx_NK = torch.topk(choice_NE, k=self.top_k, dim=-1, sorted=False).indices
+        topk_weights_NK = scores_NE.gather(1, topk_idx_NK)
+        if self.norm_topk_prob:
+            topk_weights_NK = topk_weights_NK / (topk_weights_NK.sum(dim=-1, keepdim=True) + _NORM_EPS)
+        topk_weights_NK = topk_weights_NK * self.routed_scaling_factor
+        return scores_NE, topk_weights_NK, topk_idx_NK
+
+    def _mask_to_top_groups(self, choice_NE: torch.Tensor) -> torch.Tensor:
+        """Keep only the experts of each token's `topk_group` best groups (group score = sum of its top-2)."""
+        n = choice_NE.shape[0]
+        per_group = self.num_experts // self.n_group
+        choice_NGP = choice_NE.view(n, self.n_group, per_group)
+        group_scores_NG = choice_NGP.topk(2, dim=-1).values.sum(dim=-1)
+        group_idx_NK = torch.topk(group_scores_NG, k=self.topk_group, dim=-1, sorted=False).indices
+        keep_NG = torch.zeros_like(group_scores_NG, dtype=torch.bool).scatter_(1, group_idx_NK, True)
+        return choice_NGP.masked_fill(~keep_NG.unsqueeze(-1), float("-inf")).view(n, self.num_experts)
+
+    def extra_repr(self) -> str:
+        return (f"num_experts={self.num_experts}, top_k={self.top_k}, n_group={self.n_group}, "
+                f"topk_group={self.topk_group}, scaling={self.routed_scaling_factor}")
+
+
+# ------------------------------------------------------------------------------------------------- grouped matmul
+class _ContiguousGrad(torch.autograd.Function):
+    """Identity whose backward makes the incoming gradient contiguous.
+
+    The CPU `_grouped_mm` backward rejects expanded (stride-0) gradients, such as the one `y.sum().backward()`
+    produces; placing this after each grouped matmul keeps any downstream loss legal."""
+
+    @staticmethod
+    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:  # noqa: D401
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
+        return grad.contiguous()
+
+
+def native_grouped_mm_supported(x: torch.Tensor) -> bool:
+    """Whether `torch._grouped_mm` has a kernel for this device and dtype (checked by rule, no trial call)."""
+    if not hasattr(torch, "_grouped_mm"):
+        return False
+    if x.device.type == "cpu":
+        return x.dtype in (torch.float32, torch.bfloat16, torch.float16)
+    if x.device.type == "cuda":
+        return x.dtype == torch.bfloat16 and torch.cuda.get_device_capability(x.device) >= (8, 0)
+    return False
+
+
+def grouped_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    """out[rows of group e] = x[rows of group e] @ w[e]; rows are sorted by group, `offs_E` (int32) holds the
+    cumulative row counts (offs[-1] == M). Returns [M, N]. Autograd-friendly."""
+    if native_grouped_mm_supported(x_MK):
+        return _ContiguousGrad.apply(torch._grouped_mm(x_MK, w_EKN, offs=offs_E))
+    return _segment_mm(x_MK, w_EKN, offs_E)
+
+
+def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+    """Fallback for devices without a grouped-matmul kernel: one matmul per non-empty expert.
+
+    Only used where `torch._grouped_mm` is missing (for example CUDA fp32, or pre-Ampere GPUs)."""
+    counts = torch.diff(offs_E.long(), prepend=offs_E.new_zeros(1).long()).tolist()  # host sync, fallback only
+    outs = [seg @ w_EKN[e] for e, seg in enumerate(x_MK.split(counts)) if counts[e] > 0]
+    if not outs:
+        return x_MK.new_zeros(0, w_EKN.shape[-1])
+    return torch.cat(outs, dim=0)
+
+
+# ---------------------------------------------------------------------------------------------------------- experts
+class GroupedExperts(nn.Module):
+    """All routed experts of one layer, executed dropless with grouped matmuls.
+
+    Parameters (the transformers in-memory layout, nn.Linear orientation per expert):
+      gate_up_proj [E, 2I, H]: rows [:I] are expert e's gate_proj.weight, rows [I:] its up_proj.weight;
+      down_proj    [E, H, I]: expert e's down_proj.weight.
+    `fp8_recipe`: None, or an object whose `grouped_mm(x_MK, w_EKN, offs_E) -> [M, N]` replaces the matmuls
+    (same semantics as `grouped_mm` above), set by the FP8 module.
+    """
+
+    def __init__(self, config: KExaoneConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.hidden_size = config.hidden_size
+        self.intermediate_size = config.moe_intermediate_size
+        self.init_std = config.initializer_range
+        e, h, i = self.num_experts, self.hidden_size, self.intermediate_size
+        self.gate_up_proj = nn.Parameter(torch.empty(e, 2 * i, h))
+        self.down_proj = nn.Parameter(torch.empty(e, h, i))
+        self.fp8_recipe: Any = None
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        nn.init.normal_(self.gate_up_proj, mean=0.0, std=self.init_std)
+        nn.init.normal_(self.down_proj, mean=0.0, std=self.init_std)
+
+    def _mm(self, x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
+        if self.fp8_recipe is not None:
+            return self.fp8_recipe.grouped_mm(x_MK, w_EKN, offs_E)
+        return grouped_mm(x_MK, w_EKN, offs_E)
+
+    def forward(self, x_NH: torch.Tensor, topk_idx_NK: torch.Tensor, topk_weights_NK: torch.Tensor,
+                counts_E: torch.Tensor | None = None) -> torch.Tensor:
+        """y[n] = sum_k w[n,k] * expert_{idx[n,k]}(x[n]). `counts_E` (tokens per expert) may be passed when the
+        caller already has it. Output dtype = input dtype (the autocast dtype under autocast)."""
+        n, k = topk_idx_NK.shape
+        if n == 0:
+            return x_NH.new_zeros(x_NH.shape)
+        gate_up_EHJ = self.gate_up_proj.transpose(1, 2)  # [E, H, 2I] view: x @ W^T per expert
+        down_EIH = self.down_proj.transpose(1, 2)  # [E, I, H]
+        if torch.is_autocast_enabled(x_NH.device.type):
+            # Grouped matmul is not an autocast op: cast explicitly, as autocast would for nn.Linear.
+            dtype = torch.get_autocast_dtype(x_NH.device.type)
+            x_NH, gate_up_EHJ, down_EIH = x_NH.to(dtype), gate_up_EHJ.to(dtype), down_EIH.to(dtype)
+        else:
+            x_NH = x_NH.to(gate_up_EHJ.dtype)
+        with torch.no_grad():
+            flat_e_M = topk_idx_NK.reshape(-1)  # M = N*K (token, slot) pairs
+            if counts_E is None:
+                counts_E = torch.bincount(flat_e_M, minlength=self.num_experts)
+            offs_E = counts_E.cumsum(0).to(torch.int32)
+            order_M = torch.argsort(flat_e_M, stable=True)  # stable: tokens keep their order inside an expert
+            token_M = order_M // k
+        x_MH = x_NH.index_select(0, token_M)
+        h_MJ = self._mm(x_MH, gate_up_EHJ, offs_E)
+        gate_MI, up_MI = h_MJ.split(self.intermediate_size, dim=-1)
+        # The gate weight is applied before down_proj (which is linear): scaling [M, I] is cheaper than [M, H].
+        w_M = topk_weights_NK.reshape(-1).index_select(0, order_M)
+        a_MI = (F.silu(gate_MI) * up_MI * w_M.unsqueeze(-1)).to(h_MJ.dtype)
+        y_MH = self._mm(a_MI, down_EIH, offs_E)
+        return y_MH.new_zeros(n, self.hidden_size).index_add_(0, token_M, y_MH)
+
+    def extra_repr(self) -> str:
+        return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}"
+
+
+# ------------------------------------------------------------------------------------------------------ aux loss
+def sequence_aux_loss(scores_BTE: torch.Tensor, topk_idx_BTK: torch.Tensor,
+                      valid_BT: torch.Tensor | None = None) -> torch.Tensor:
+    """DeepSeek-V3 sequence-wise balance loss (SPEC section 3), unweighted, averaged over sequences.
+
+    Per sequence of T tokens: f_i = E / (K*T) * count_i (no gradient), P_i = mean_t s_ti / sum_j s_tj;
+    loss = sum_i f_i * P_i (1.0 when perfectly balanced). `valid_BT` (1 = real token) excludes padding; T is then
+    the number of real tokens, and sequences without any are left out of the mean."""
+    b, t, e = scores_BTE.shape
+    k = topk_idx_BTK.shape[-1]
+    probs_BTE = scores_BTE / scores_BTE.sum(dim=-1, keepdim=True)
+    if valid_BT is None:
+        ntok_B = torch.full((b,), float(t), device=scores_BTE.device)
+        slot_w = torch.ones(b, t * k, device=scores_BTE.device)
+    else:
+        v_BT = valid_BT.to(scores_BTE.dtype)
+        probs_BTE = probs_BTE * v_BT.unsqueeze(-1)
+        ntok_B = v_BT.sum(dim=1)
+        slot_w = v_BT.unsqueeze(-1).expand(b, t, k).reshape(b, t * k)
+    with torch.no_grad():
+        counts_BE = torch.zeros(b, e, device=scores_BTE.device).scatter_add_(1, topk_idx_BTK.reshape(b, t * k), slot_w)
+        f_BE = counts_BE * (e / k) / ntok_B.clamp(min=1).unsqueeze(-1)
+    p_BE = probs_BTE.sum(dim=1) / ntok_B.clamp(min=1).unsqueeze(-1)
+    per_seq_B = (f_BE * p_BE).sum(dim=-1)
+    has_tokens_B = ntok_B > 0
+    if bool(has_tokens_B.all()):
+        return per_seq_B.mean()
+    return per_seq_B[has_tokens_B].sum() / has_tokens_B.sum().clamp(min=1)
+
+
+def _inside_backward() -> bool:
+    """True while the autograd engine runs a backward pass (e.g. an activation-checkpoint recomputation)."""
+    task_id = getattr(torch._C, "_current_graph_task_id", None)
+    return task_id is not None and task_id() != -1
+
+
+# -------------------------------------------------------------------------------------------------------- the layer
+class KExaoneMoE(nn.Module):
+    """Sparse FFN of K-EXAONE layers 1..L-1: y = sum_k gate_k * expert_k(x) + shared_expert(x).
+
+    forward(x_BTH, valid_BT=None) -> y_BTH. After each forward:
+      `last_aux_loss`: 0-d tensor (with grad) = sequence-level aux loss, unweighted (the model multiplies by
+        config.aux_loss_coef);
+      `tokens_per_expert` [E] int64 (non-persistent buffer): routed (token, slot) counts accumulated, in training
+        mode only, until `balance.update_expert_biases` reads and resets them. Summed across micro-batches, so
+        gradient accumulation needs nothing special.
+    Activation checkpointing trap: a checkpointed layer runs its forward twice (the recomputation happens inside
+    backward), which would double the counts. Counting is skipped while the autograd engine is executing backward
+    (`_inside_backward`), so only the first forward counts, for reentrant and non-reentrant checkpointing alike.
+    Set `count_tokens = False` to stop counting altogether (e.g. RL with a frozen router).
+    """
+
+    def __init__(self, config: KExaoneConfig) -> None:
+        super().__init__()
+        self.num_experts = config.num_experts
+        self.top_k = config.num_experts_per_tok
+        self.gate = TopKRouter(config)
+        self.experts = GroupedExperts(config)
+        self.shared_experts = (
+            SwiGLU(config.hidden_size, config.moe_intermediate_size * config.num_shared_experts)
+            if config.num_shared_experts > 0 else None
+        )
+        self.register_buffer("tokens_per_expert", torch.zeros(self.num_experts, dtype=torch.long), persistent=False)
+        self.count_tokens = True
+        self.last_aux_loss: torch.Tensor | None = None
+
+    def forward(self, x_BTH: torch.Tensor, valid_BT: torch.Tensor | None = None) -> torch.Tensor:
+        """`valid_BT` (optional, 1 = real token, 0 = padding): padding is still computed (dropless, shapes fixed)
+        but is left out of the aux loss and of the expert counts."""
+        shape = x_BTH.shape
+        x_3d = x_BTH if x_BTH.dim() == 3 else x_BTH.reshape(1, -1, shape[-1])
+        b, t, h = x_3d.shape
+        x_NH = x_3d.reshape(b * t, h)
+        scores_NE, weights_NK, idx_NK = self.gate(x_NH)
+        with torch.no_grad():
+            counts_E = torch.bincount(idx_NK.reshape(-1), minlength=self.num_experts)
+        y_NH = self.experts(x_NH, idx_NK, weights_NK, counts_E=counts_E)
+        if self.shared_experts is not None:
+            y_NH = y_NH + self.shared_experts(x_NH)
+        if valid_BT is not None:
+            valid_BT = valid_BT.reshape(b, t)
+        self.last_aux_loss = sequence_aux_loss(scores_NE.view(b, t, -1), idx_NK.view(b, t, -1), valid_BT)
+        if self.training and self.count_tokens and not _inside_backward():
+            with torch.no_grad():
+                if valid_BT is not None:
+                    keep_NK = valid_BT.reshape(-1, 1).expand(-1, self.top_k).reshape(-1).bool()
+                    counts_E = torch.bincount(idx_NK.reshape(-1)[keep_NK], minlength=self.num_experts)
+                self.tokens_per_expert += counts_E
+        return y_NH.view(shape)

@@ -124,10 +124,15 @@ def native_grouped_mm_supported(x: torch.Tensor) -> bool:
     return False
 
 
+def _strides_16b_aligned(t: torch.Tensor) -> bool:
+    # The grouped-matmul kernels require every non-unit stride to be a multiple of 16 bytes.
+    return all(s == 1 or (s * t.element_size()) % 16 == 0 for s in t.stride())
+
+
 def grouped_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """out[rows of group e] = x[rows of group e] @ w[e]; rows are sorted by group, `offs_E` (int32) holds the
     cumulative row counts (offs[-1] == M). Returns [M, N]. Autograd-friendly."""
-    if native_grouped_mm_supported(x_MK):
+    if native_grouped_mm_supported(x_MK) and _strides_16b_aligned(x_MK) and _strides_16b_aligned(w_EKN):
         return _ContiguousGrad.apply(torch._grouped_mm(x_MK, w_EKN, offs=offs_E))
     return _segment_mm(x_MK, w_EKN, offs_E)
 
@@ -291,7 +296,8 @@ class KExaoneMoE(nn.Module):
             y_NH = y_NH + self.shared_experts(x_NH)
         if valid_BT is not None:
             valid_BT = valid_BT.reshape(b, t)
-        self.last_aux_loss = sequence_aux_loss(scores_NE.view(b, t, -1), idx_NK.view(b, t, -1), valid_BT)
+        self.last_aux_loss = sequence_aux_loss(scores_NE.view(b, t, self.num_experts), idx_NK.view(b, t, self.top_k),
+                                               valid_BT)
         if self.training and self.count_tokens and not _inside_backward():
             with torch.no_grad():
                 if valid_BT is not None:

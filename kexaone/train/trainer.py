@@ -1,0 +1,562 @@
+"""The pre-training loop shared by every stage: loss = CE + w_mtp x MTP + w_aux x sequence aux loss, gradient
+accumulation, bf16 autocast / fp32 / fp8, clipping, the WSD schedule, the expert-bias update after every optimizer
+step, NaN/inf step skipping, periodic held-out evaluation, checkpoints with exact resume, and SIGINT/SIGTERM handling.
+
+What it does not do: build the model, tokenizer or data (see `kexaone.train.pretrain`), implement the optimizer,
+schedule, FP8 or checkpoint files (`kexaone.train.{optim,schedule,fp8,checkpoint}`), or the MoE balance maths
+(`kexaone.model.balance`). Under torch.distributed it runs data parallel (see `kexaone.train.distributed`); only
+rank 0 writes metrics and checkpoints.
+
+Data protocol: `data` is an iterable of dicts with `input_ids` [B,T] int64, `labels` [B,T] int64 (-100 ignored)
+and optionally `doc_ids` [B,T] int64. When it has `state_dict()` / `load_state_dict()` its position is saved in
+checkpoints (exact resume needs this); `tokens_consumed` and a curriculum stage name (`stage_name`, `stage` or
+`current_stage`) are logged when present.
+"""
+
+from __future__ import annotations
+
+import math
+import signal
+import threading
+import time
+import warnings
+from collections.abc import Callable, Iterable, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kexaone.train.config import TrainConfig
+from kexaone.train.distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_true, barrier, maybe_no_sync,
+                                       wrap_model)
+from kexaone.train.metrics import MetricsLogger
+
+LN2 = math.log(2.0)
+
+
+class TrainingDiverged(RuntimeError):
+    """Too many consecutive steps with a non-finite loss or gradient; the last good checkpoint is left intact."""
+
+
+# ---------------------------------------------------------------------------------------------- held-out data
+@dataclass
+class EvalSet:
+    """Fixed held-out micro-batches, plus the token and UTF-8 byte counts of the documents they come from: their
+    ratio converts the mean CE (nats per token) into bits per byte."""
+
+    batches: list[dict[str, torch.Tensor]]
+    n_tokens: int
+    n_bytes: int
+
+    def __len__(self) -> int:
+        return len(self.batches)
+
+    @property
+    def tokens_per_byte(self) -> float:
+        return self.n_tokens / max(1, self.n_bytes)
+
+
+def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch_size: int,
+                         max_batches: int) -> EvalSet | None:
+    """Held-out batches from (TokenShards, document indices) pairs: whole documents cut into rows (one document per
+    row, padding labelled -100, see kexaone.data.packing.iter_document_batches), taken round-robin over the
+    sources until max_batches. None when there is no held-out document."""
+    import numpy as np
+
+    from kexaone.data.packing import iter_document_batches
+
+    iters, n_tok, n_bytes = [], 0, 0
+    for shards, idx in sources:
+        idx = np.asarray(idx, dtype=np.int64)
+        if len(idx) == 0:
+            continue
+        n_tok += int(shards.doc_lengths()[idx].sum()) + len(idx)  # + one eot per document
+        n_bytes += int(shards.doc_bytes[idx].sum())
+        iters.append(iter_document_batches(shards, idx, seq_len, batch_size))
+    batches: list[dict[str, torch.Tensor]] = []
+    while iters and len(batches) < max_batches:
+        for it in list(iters):
+            b = next(it, None)
+            if b is None:
+                iters.remove(it)
+                continue
+            batches.append({k: b[k] for k in ("input_ids", "labels", "doc_ids")})
+            if len(batches) >= max_batches:
+                break
+    if not batches:
+        return None
+    return EvalSet(batches, n_tok, n_bytes)
+
+
+# ---------------------------------------------------------------------------------------------- MFU helpers
+def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32, n: int | None = None,
+                       reps: int = 3) -> float:
+    """Matmul FLOP/s this device reaches in `dtype`: the best of a few n x n products (the MFU denominator)."""
+    n = n or (8192 if device.type == "cuda" else 1024)
+    gen = torch.Generator(device="cpu").manual_seed(0)
+    a = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    b = torch.randn(n, n, generator=gen).to(device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    a @ b
+    sync()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        a @ b
+        sync()
+        best = min(best, time.perf_counter() - t0)
+    return 2.0 * n ** 3 / max(best, 1e-9)
+
+
+def training_flops_per_token(config: Any, seq_len: int) -> float:
+    """Forward + backward model FLOPs per token: 3 x the forward count of kexaone.model.info."""
+    from kexaone.model.info import flops_per_token
+
+    return 3.0 * float(flops_per_token(config, seq_len))
+
+
+# ---------------------------------------------------------------------------------------------- results
+@dataclass
+class TrainResult:
+    steps: int
+    """Last completed optimizer step (counting skipped ones)."""
+    tokens: int
+    final_loss: float | None
+    eval_loss: float | None = None
+    eval_bpb: float | None = None
+    interrupted: bool = False
+    signal_name: str | None = None
+    skipped_steps: int = 0
+    checkpoint: Path | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _stage_of(data: Any) -> str | None:
+    for attr in ("stage_name", "stage", "current_stage"):
+        v = getattr(data, attr, None)
+        if isinstance(v, str):
+            return v
+        if v is not None and isinstance(getattr(v, "name", None), str):
+            return v.name
+    return None
+
+
+# ---------------------------------------------------------------------------------------------- the trainer
+class Trainer:
+    """Runs `train_cfg.total_steps(world)` optimizer steps of `model` on `data`.
+
+    `model` is a single-device KExaoneForCausalLM; the trainer moves it to the device, applies FP8 when asked,
+    wraps it for data parallelism, and builds the optimizer and schedule (pass `optimizer`/`scheduler` to override).
+    `callbacks` are called as `cb(trainer, step, record)` after every step on every rank.
+    """
+
+    def __init__(self, model: nn.Module, tokenizer: Any, data: Iterable[dict[str, torch.Tensor]],
+                 train_cfg: TrainConfig, *, eval_set: EvalSet | None = None, dist: DistInfo | None = None,
+                 out_dir: str | Path | None = None, callbacks: Sequence[Callable[..., Any]] = (),
+                 optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+        self.cfg = train_cfg
+        self.tokenizer = tokenizer
+        self.data = data
+        self.eval_set = eval_set
+        self.dist = dist or DistInfo()
+        self.out_dir = Path(out_dir if out_dir is not None else train_cfg.out)
+        self.callbacks = list(callbacks)
+        self.device = self.dist.device
+        self.config = model.config
+        self.vocab_size = int(model.config.vocab_size)
+
+        c = train_cfg
+        self.mtp_weight = c.mtp_loss_weight if c.mtp_loss_weight is not None else model.config.mtp_loss_weight
+        self.aux_coef = c.aux_loss_coef if c.aux_loss_coef is not None else model.config.aux_loss_coef
+        self.bias_rate = c.bias_update_rate if c.bias_update_rate is not None else model.config.bias_update_rate
+        self.total_steps = c.total_steps(self.dist.world_size)
+        self.tokens_per_step = c.tokens_per_step(self.dist.world_size)
+
+        model.to(self.device)
+        if c.precision == "fp8":
+            from kexaone.train.fp8 import apply_fp8
+
+            apply_fp8(model, mode="torchao" if self.device.type == "cuda" else "emulate", fmt=c.fp8_format)
+        self.raw_model = model
+        self.model = wrap_model(model, self.dist, c.parallel)
+        self.optimizer = optimizer or self._build_optimizer()
+        self.scheduler = scheduler or self._build_scheduler()
+
+        from kexaone.train.checkpoint import CheckpointManager
+
+        self.ckpt = CheckpointManager(self.out_dir / "checkpoints", keep=c.keep_checkpoints)
+        self.step = 0
+        self.tokens_seen = 0
+        self.bad_in_row = 0
+        self.skipped_steps = 0
+        self.stage: str | None = None
+        self._metrics_offset: int | None = None
+        self._stop_signal: str | None = None
+        self.history: list[dict[str, Any]] = []
+        self.logger: MetricsLogger | None = None
+        self._peak_flops: float | None = c.peak_flops
+        self._flops_per_token: float | None = None
+
+    # ------------------------------------------------------------------ construction helpers
+    def _build_optimizer(self) -> torch.optim.Optimizer:
+        from kexaone.train.optim import build_optimizer
+
+        c = self.cfg
+        return build_optimizer(self.raw_model, kind=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
+                               betas=tuple(c.betas), momentum=c.momentum)
+
+    def _build_scheduler(self) -> Any:
+        from kexaone.train.schedule import WSDSchedule, make_scheduler
+
+        c = self.cfg
+        sched = WSDSchedule(max_lr=c.lr, total_steps=self.total_steps,
+                            warmup_steps=c.resolved_warmup(self.dist.world_size), decay_fraction=c.decay_fraction,
+                            decay_shape=c.decay_shape, min_lr_ratio=c.min_lr_ratio)
+        return make_scheduler(self.optimizer, sched)
+
+    def _autocast(self):
+        if self.cfg.precision in ("bf16", "fp8"):
+            return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
+        return nullcontext()
+
+    def _moe_layers(self) -> list[nn.Module]:
+        from kexaone.model.balance import moe_layers
+
+        return moe_layers(self.raw_model)
+
+    # ------------------------------------------------------------------ checkpoint state
+    def state_dict(self) -> dict[str, Any]:
+        """Everything a resumed run needs to continue bit for bit (collective: every rank must call it)."""
+        from kexaone.train.checkpoint import capture_rng_state
+
+        data_state = self.data.state_dict() if hasattr(self.data, "state_dict") else None
+        if self.dist.distributed:
+            import torch.distributed as tdist
+
+            gathered: list[Any] = [None] * self.dist.world_size
+            tdist.all_gather_object(gathered, data_state)
+            data_states = gathered
+        else:
+            data_states = [data_state]
+        if self.cfg.parallel == "fsdp" and self.dist.distributed:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
+                                                                 get_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            model_sd = get_model_state_dict(self.raw_model, options=opts)
+            optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts)
+        else:
+            model_sd = self.raw_model.state_dict()
+            optim_sd = self.optimizer.state_dict()
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "bad_in_row": self.bad_in_row,
+            "skipped_steps": self.skipped_steps,
+            "stage": self.stage,
+            "model": model_sd,
+            "optimizer": optim_sd,
+            "scheduler": self.scheduler.state_dict(),
+            "data": data_states,
+            "rng": capture_rng_state(),
+            "metrics_offset": self.logger.position() if self.logger is not None else 0,
+            "world_size": self.dist.world_size,
+            "train_config": self.cfg.to_dict(),
+            "model_config": self.config.to_hf_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        from kexaone.train.checkpoint import restore_rng_state
+
+        if state.get("world_size", 1) != self.dist.world_size:
+            raise ValueError(f"checkpoint was written by {state.get('world_size')} rank(s) but this run has "
+                             f"{self.dist.world_size}; resume with the same number of processes")
+        if self.cfg.parallel == "fsdp" and self.dist.distributed:
+            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
+                                                                 set_optimizer_state_dict)
+
+            opts = StateDictOptions(full_state_dict=True)
+            set_model_state_dict(self.raw_model, state["model"], options=opts)
+            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        else:
+            self.raw_model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        data_state = state["data"][self.dist.rank]
+        if data_state is not None:
+            if not hasattr(self.data, "load_state_dict"):
+                raise ValueError("checkpoint holds a data-loader position but this data source cannot restore one")
+            self.data.load_state_dict(data_state)
+        restore_rng_state(state["rng"])
+        self.step = int(state["step"])
+        self.tokens_seen = int(state["tokens_seen"])
+        self.bad_in_row = int(state.get("bad_in_row", 0))
+        self.skipped_steps = int(state.get("skipped_steps", 0))
+        self.stage = state.get("stage")
+        self._metrics_offset = int(state.get("metrics_offset", 0))
+
+    def save_checkpoint(self) -> Path | None:
+        """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
+        state = self.state_dict()
+        path = self.ckpt.save(self.step, state) if self.dist.is_main else None
+        barrier(self.dist)
+        return path
+
+    def resume(self, path: str | Path | None = None) -> int:
+        """Load the latest (or the given) checkpoint; returns the step it continues after."""
+        target = Path(path) if path is not None else self.ckpt.latest()
+        if target is None:
+            raise FileNotFoundError(f"--resume: no checkpoint found in {self.ckpt.dir if hasattr(self.ckpt, 'dir') else self.out_dir / 'checkpoints'}")
+        self.load_state_dict(self.ckpt.load(target))
+        return self.step
+
+    # ------------------------------------------------------------------ signals
+    def _install_signal_handlers(self) -> dict[int, Any]:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        old = {}
+
+        def handler(signum: int, frame: Any) -> None:
+            name = signal.Signals(signum).name
+            if self._stop_signal is None:
+                self._stop_signal = name
+                warnings.warn(f"{name} received: finishing the current step, saving a checkpoint, then exiting",
+                              stacklevel=1)
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            old[sig] = signal.signal(sig, handler)
+        return old
+
+    @staticmethod
+    def _restore_signal_handlers(old: dict[int, Any]) -> None:
+        for sig, h in old.items():
+            signal.signal(sig, h)
+
+    # ------------------------------------------------------------------ one step
+    def _check_batch(self, batch: dict[str, torch.Tensor]) -> None:
+        ids = batch["input_ids"]
+        if ids.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"input_ids must be an integer tensor, got {ids.dtype}")
+        lo, hi = int(ids.min()), int(ids.max())
+        if lo < 0 or hi >= self.vocab_size:
+            bad = hi if hi >= self.vocab_size else lo
+            raise ValueError(f"batch contains token id {bad} outside the model's vocabulary [0, {self.vocab_size}); "
+                             "was the data tokenized with a different tokenizer?")
+
+    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        with self._autocast():
+            out = self.model(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
+                             compute_mtp=self.mtp_weight > 0 and getattr(self.raw_model, "mtp", None) is not None)
+        ce = out.ce_loss.float()
+        total = ce
+        parts = {"ce": ce.detach()}
+        if out.mtp_loss is not None:
+            total = total + self.mtp_weight * out.mtp_loss.float()
+            parts["mtp"] = out.mtp_loss.detach().float()
+        if out.aux_loss is not None:
+            aux = out.aux_loss.float()
+            total = total + self.aux_coef * aux
+            parts["aux"] = aux.detach()
+        return total, parts
+
+    def train_step(self, data_iter: Any) -> dict[str, Any]:
+        """One optimizer step over grad_accum micro-batches; returns the step's log record."""
+        c = self.cfg
+        self.model.train()
+        sums: dict[str, torch.Tensor] = {}
+        for micro in range(c.grad_accum):
+            try:
+                batch = next(data_iter)
+            except StopIteration:
+                raise ValueError(f"the training data ran out at step {self.step + 1} of {self.total_steps}; "
+                                 "give more data or fewer steps/tokens") from None
+            self._check_batch(batch)
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+            with maybe_no_sync(self.model, skip_sync=micro < c.grad_accum - 1):
+                total, parts = self._forward_loss(batch)
+                (total / c.grad_accum).backward()
+            parts["loss"] = total.detach()
+            for k, v in parts.items():
+                sums[k] = sums.get(k, 0.0) + v / c.grad_accum
+        keys = sorted(sums)
+        local = torch.stack([sums[k].float() for k in keys]).cpu().tolist()
+        from kexaone.train.optim import clip_grad_norm_
+
+        # Pre-clip global norm; a non-finite norm leaves the gradients untouched and the step is skipped below.
+        grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
+        bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
+        vals = dict(zip(keys, all_reduce_mean(local, self.dist)))
+        lr = self.optimizer.param_groups[0]["lr"]
+        record: dict[str, Any] = {"kind": "train", "step": self.step + 1, **vals, "lr": lr, "grad_norm": grad_norm}
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            for m in self._moe_layers():  # this step's routed counts must not drive the bias update
+                m.tokens_per_expert.zero_()
+            self.bad_in_row += 1
+            self.skipped_steps += 1
+            record["skipped"] = True
+            warnings.warn(f"step {self.step + 1}: non-finite loss or gradient (loss={vals.get('loss')}, "
+                          f"grad_norm={grad_norm}); step skipped ({self.bad_in_row} in a row)", stacklevel=2)
+        else:
+            self.bad_in_row = 0
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            from kexaone.model.balance import update_expert_biases
+
+            stats = update_expert_biases(self.raw_model, self.bias_rate)
+            if stats is not None and len(getattr(stats, "max_vio", [])):
+                mv = [float(x) for x in stats.max_vio]
+                record["max_vio"] = sum(mv) / len(mv)
+                record["max_vio_layers"] = mv
+                self._last_load = stats.load
+        self.scheduler.step()
+        self.step += 1
+        self.tokens_seen += self.tokens_per_step
+        record["tokens"] = self.tokens_seen
+        if hasattr(self.data, "tokens_consumed"):
+            record["data_tokens"] = int(self.data.tokens_consumed)
+        return record
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> dict[str, float] | None:
+        """Held-out CE (nats/token) and bits per byte over the EvalSet (batches sharded over ranks under DDP)."""
+        if self.eval_set is None or not len(self.eval_set):
+            return None
+        self.model.eval()
+        shard = not (self.dist.distributed and self.cfg.parallel == "fsdp")
+        batches = self.eval_set.batches
+        mine = batches[self.dist.rank::self.dist.world_size] if shard else batches
+        net = self.raw_model if shard else self.model
+        nats, count = 0.0, 0
+        for batch in mine:
+            batch = {k: v.to(self.device) for k, v in batch.items()}
+            n = int((batch["labels"][:, 1:] != -100).sum())
+            with self._autocast():
+                out = net(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
+                          compute_mtp=False)
+            nats += float(out.ce_loss.float()) * n
+            count += n
+        if shard:
+            nats, count = all_reduce_sum([nats, float(count)], self.dist)
+        self.model.train()
+        ce = nats / max(count, 1)
+        bpb = ce / LN2 * self.eval_set.tokens_per_byte
+        return {"loss": ce, "bpb": bpb, "ppl": math.exp(min(ce, 50.0))}
+
+    # ------------------------------------------------------------------ the loop
+    def _throughput(self, dt: float, steps: int) -> tuple[float, float | None]:
+        tok_s = self.tokens_per_step * steps / max(dt, 1e-9)
+        if self._flops_per_token is None:
+            try:
+                self._flops_per_token = training_flops_per_token(self.config, self.cfg.seq_len)
+            except Exception as e:  # MFU is informative only; never stop a run for it
+                warnings.warn(f"MFU disabled: could not count model FLOPs ({e})", stacklevel=2)
+                self._flops_per_token = float("nan")
+        if self._peak_flops is None:
+            dtype = torch.float32 if self.cfg.precision == "fp32" else torch.bfloat16
+            self._peak_flops = measure_peak_flops(self.device, dtype)
+        mfu = tok_s * self._flops_per_token / (self._peak_flops * self.dist.world_size)
+        return tok_s, (mfu if math.isfinite(mfu) else None)
+
+    def fit(self) -> TrainResult:
+        """Train until total_steps, an interruption (checkpoint saved, `interrupted=True`) or divergence
+        (TrainingDiverged raised; checkpoints are untouched)."""
+        c = self.cfg
+        if c.resume:
+            self.resume()
+        self.logger = MetricsLogger(self.out_dir, enabled=self.dist.is_main, tensorboard=c.tensorboard,
+                                    resume_offset=self._metrics_offset if c.resume else None)
+        if not c.resume:
+            self.logger.log({"kind": "config", "step": 0, "train_config": c.to_dict(),
+                             "model_config": self.config.to_hf_dict(), "world_size": self.dist.world_size,
+                             "total_steps": self.total_steps, "tokens_per_step": self.tokens_per_step})
+        if c.peak_flops is None and self.dist.is_main:
+            dtype = torch.float32 if c.precision == "fp32" else torch.bfloat16
+            self._peak_flops = measure_peak_flops(self.device, dtype)
+        pbar = None
+        if c.progress and self.dist.is_main:
+            from tqdm.auto import tqdm
+
+            pbar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
+        old_handlers = self._install_signal_handlers()
+        data_iter = iter(self.data)
+        last_saved = self.step if c.resume else -1
+        result_ckpt = None
+        t_last, steps_since = time.perf_counter(), 0
+        last_record: dict[str, Any] | None = None
+        eval_metrics = None
+        try:
+            while self.step < self.total_steps:
+                stage = _stage_of(self.data)
+                record = self.train_step(data_iter)
+                if stage is not None and stage != self.stage:
+                    self.logger.log({"kind": "stage", "step": self.step - 1, "stage": stage,
+                                     "tokens": self.tokens_seen - self.tokens_per_step})
+                    self.stage = stage
+                if stage is not None:
+                    record["stage"] = stage
+                if self.bad_in_row >= c.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient (last at step "
+                        f"{self.step}); stopping. The last good checkpoint in {self.out_dir / 'checkpoints'} is "
+                        "intact: lower --lr, check the data, or use --precision fp32, then --resume.")
+                steps_since += 1
+                if self.dist.is_main and (self.step % c.log_every == 0 or self.step == self.total_steps):
+                    now = time.perf_counter()
+                    tok_s, mfu = self._throughput(now - t_last, steps_since)
+                    t_last, steps_since = now, 0
+                    record["tok_per_s"] = tok_s
+                    if mfu is not None:
+                        record["mfu"] = mfu
+                    self.logger.log(record)
+                    load = getattr(self, "_last_load", None)
+                    if load is not None and not record.get("skipped"):
+                        self.logger.save_expert_load(self.step, load)
+                    if pbar is not None:
+                        post = {"loss": f"{record.get('loss', float('nan')):.4f}", "tok/s": f"{tok_s:,.0f}"}
+                        if mfu is not None:
+                            post["mfu"] = f"{100 * mfu:.1f}%"
+                        pbar.set_postfix(post, refresh=False)
+                if pbar is not None:
+                    pbar.update(1)
+                self.history.append(record)
+                last_record = record
+                if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:
+                    eval_metrics = self._eval_and_log()
+                for cb in self.callbacks:
+                    cb(self, self.step, record)
+                stop = any_true(self._stop_signal is not None, self.dist)
+                if (c.save_every and self.step % c.save_every == 0) or stop:
+                    result_ckpt = self.save_checkpoint()
+                    last_saved = self.step
+                if stop:
+                    sig = self._stop_signal or "signal on another rank"
+                    self.logger.log({"kind": "interrupt", "step": self.step, "signal": sig})
+                    return self._result(last_record, eval_metrics, result_ckpt, interrupted=True, sig=sig)
+            eval_metrics = self._eval_and_log() or eval_metrics
+            if last_saved != self.step:
+                result_ckpt = self.save_checkpoint()
+            return self._result(last_record, eval_metrics, result_ckpt, interrupted=False, sig=None)
+        finally:
+            self._restore_signal_handlers(old_handlers)
+            if pbar is not None:
+                pbar.close()
+            self.logger.close()
+
+    def _eval_and_log(self) -> dict[str, float] | None:
+        m = self.evaluate()
+        if m is not None:
+            self.logger.log({"kind": "eval", "step": self.step, "tokens": self.tokens_seen, **m})
+        return m
+
+    def _result(self, last: dict[str, Any] | None, ev: dict[str, float] | None, ckpt: Path | None,
+                interrupted: bool, sig: str | None) -> TrainResult:
+        return TrainResult(steps=self.step, tokens=self.tokens_seen,
+                           final_loss=None if last is None else last.get("loss"),
+                           eval_loss=None if ev is None else ev["loss"], eval_bpb=None if ev is None else ev["bpb"],
+                           interrupted=interrupted, signal_name=sig, skipped_steps=self.skipped_steps,
+                           checkpoint=ckpt, history=self.history)

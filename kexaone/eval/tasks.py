@@ -1,0 +1,178 @@
+"""Accuracy on held-out tasks, each beside its chance rate and the score of the untrained model.
+
+An item is anything with `prompt`, `answer` and optional `choices` (kexaone.data.synthetic.tasks.TaskItem):
+- with `choices`: the model picks the choice whose continuation has the highest log-likelihood after the prompt
+  (summed over its tokens; the continuation is tokenised as it would be in running text, see `_continuation_ids`);
+- without: greedy decoding from the prompt, correct when the generated text, leading whitespace removed, begins
+  with the answer and the answer is not followed by a letter or digit ("42" does not match "421"). When the answer
+  is preceded by reasoning, callers pass `extract` to pull the final answer out of the generated text.
+
+Greedy decoding here re-runs the whole (short) sequence each step, right-padded, so it depends on nothing but the
+model's forward; it is for evaluation batches of short answers, not a serving path (see kexaone.engine).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class TaskResult:
+    task: str
+    items: int
+    correct: int
+    accuracy: float
+    chance: float
+    """Accuracy of guessing (1/len(choices), or the task's own baseline for free-form answers)."""
+    stderr: float
+    """Binomial standard error of `accuracy`."""
+    untrained_accuracy: float | None = None
+    """The same evaluation of the untrained (initial) model, when it was run."""
+    examples: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> float:
+        """The stronger of chance and the untrained model: what a capability must beat."""
+        return max(self.chance, self.untrained_accuracy if self.untrained_accuracy is not None else 0.0)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["baseline"] = self.baseline
+        return d
+
+
+def _continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[int], list[int]]:
+    """(prompt ids, continuation ids) such that their concatenation is how the model would see the text.
+    SuperBPE merges may cross the prompt/continuation boundary; when encode(prompt) is a prefix of
+    encode(prompt + continuation), that joint tokenisation is used, otherwise the two are encoded apart."""
+    p = list(tokenizer.encode(prompt))
+    whole = list(tokenizer.encode(prompt + continuation))
+    if len(whole) > len(p) and whole[:len(p)] == p:
+        return p, whole[len(p):]
+    return p, list(tokenizer.encode(continuation))
+
+
+@torch.inference_mode()
+def choice_logprobs(model: torch.nn.Module, tokenizer, prompt: str, choices: Sequence[str],
+                    device: str | torch.device = "cpu") -> list[float]:
+    """Summed log-probability of each choice's tokens after the prompt (one batched forward)."""
+    if not choices:
+        raise ValueError("choices must not be empty")
+    rows = []
+    for c in choices:
+        p, cont = _continuation_ids(tokenizer, prompt, c)
+        if not cont:
+            raise ValueError(f"choice {c!r} encodes to no tokens")
+        rows.append((p, cont))
+    width = max(len(p) + len(c) for p, c in rows)
+    ids_BT = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
+    for r, (p, c) in enumerate(rows):
+        ids_BT[r, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+    ids_BT = ids_BT.to(device)
+    logp_BTV = F.log_softmax(model(input_ids=ids_BT).logits.float(), dim=-1)
+    out = []
+    for r, (p, c) in enumerate(rows):
+        # logits at position t predict token t+1: the continuation's tokens sit at len(p) .. len(p)+len(c)-1.
+        pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=ids_BT.device)
+        tgt = ids_BT[r, len(p):len(p) + len(c)]
+        out.append(float(logp_BTV[r, pos, tgt].sum()))
+    return out
+
+
+@torch.inference_mode()
+def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: Sequence[str], max_new_tokens: int,
+                         stop_ids: Sequence[int] = (), batch_size: int = 16,
+                         device: str | torch.device = "cpu") -> list[str]:
+    """Greedy continuation text of each prompt (at most max_new_tokens tokens, cut before a stop id)."""
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    stop = set(int(s) for s in stop_ids)
+    encoded = [list(x) for x in tokenizer.encode_batch(list(prompts))]
+    for i, e in enumerate(encoded):
+        if not e:
+            raise ValueError(f"prompt {i} encodes to no tokens")
+    texts = [""] * len(prompts)
+    for b in range(0, len(prompts), batch_size):
+        rows = encoded[b:b + batch_size]
+        lens = torch.tensor([len(r) for r in rows])
+        buf_BT = torch.full((len(rows), int(lens.max()) + max_new_tokens), tokenizer.pad_id, dtype=torch.long)
+        for i, r in enumerate(rows):
+            buf_BT[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        buf_BT = buf_BT.to(device)
+        generated: list[list[int]] = [[] for _ in rows]
+        live = [True] * len(rows)
+        for _ in range(max_new_tokens):
+            width = int(lens.max())
+            logits_BTV = model(input_ids=buf_BT[:, :width]).logits
+            last_BV = logits_BTV[torch.arange(len(rows)), (lens - 1).to(logits_BTV.device)]
+            nxt = last_BV.argmax(dim=-1).tolist()
+            for i, t in enumerate(nxt):
+                if not live[i]:
+                    continue
+                if t in stop:
+                    live[i] = False
+                    continue
+                generated[i].append(t)
+                buf_BT[i, lens[i]] = t
+                lens[i] += 1
+            if not any(live):
+                break
+        for i, g in enumerate(generated):
+            texts[b + i] = tokenizer.decode(g, skip_special_tokens=False)
+    return texts
+
+
+def answer_matches(generated: str, answer: str) -> bool:
+    """True when `generated` (leading whitespace ignored) starts with `answer` at a word boundary."""
+    g, a = generated.lstrip(), answer.strip()
+    if not a or not g.startswith(a):
+        return False
+    rest = g[len(a):]
+    return not rest or not rest[0].isalnum()
+
+
+def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[Any], chance: float | None = None,
+                  max_new_tokens: int | None = None, extract: Callable[[str], str] | None = None,
+                  batch_size: int = 16, keep_examples: int = 3, device: str | torch.device = "cpu") -> TaskResult:
+    """Accuracy of `model` on `items` (see the module docstring for how each kind of item is scored)."""
+    if not items:
+        raise ValueError(f"task {name!r} has no items")
+    was_training = model.training
+    model.eval()
+    try:
+        verdicts: list[bool] = []
+        outputs: list[str] = []
+        with_choices = [it for it in items if getattr(it, "choices", None)]
+        free = [it for it in items if not getattr(it, "choices", None)]
+        for it in with_choices:
+            scores = choice_logprobs(model, tokenizer, it.prompt, list(it.choices), device=device)
+            pick = max(range(len(scores)), key=scores.__getitem__)
+            outputs.append(it.choices[pick])
+            verdicts.append(it.choices[pick].strip() == str(it.answer).strip())
+        if free:
+            budget = max_new_tokens or max(len(tokenizer.encode(" " + str(it.answer))) for it in free) + 3
+            stop = [t for t in (getattr(tokenizer, "eos_id", None), getattr(tokenizer, "eot_id", None)) if t is not None]
+            texts = greedy_continuations(model, tokenizer, [it.prompt for it in free], budget, stop_ids=stop,
+                                         batch_size=batch_size, device=device)
+            for it, text in zip(free, texts):
+                got = extract(text) if extract is not None else text
+                outputs.append(text)
+                verdicts.append(answer_matches(got, str(it.answer)))
+        ordered = with_choices + free
+        if chance is None:
+            ks = [len(it.choices) for it in with_choices]
+            chance = sum(1.0 / k for k in ks) / len(items) if ks else 0.0
+        n, correct = len(items), sum(verdicts)
+        acc = correct / n
+        examples = [{"prompt": it.prompt[-300:], "answer": str(it.answer), "output": out[:300], "correct": ok}
+                    for it, out, ok in list(zip(ordered, outputs, verdicts))[:keep_examples]]
+        return TaskResult(task=name, items=n, correct=correct, accuracy=acc, chance=float(chance),
+                          stderr=math.sqrt(max(acc * (1 - acc), 1e-12) / n), examples=examples)
+    finally:
+        model.train(was_training)

@@ -1,0 +1,92 @@
+"""Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
+
+`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
+2-core CPU, every capability above its baseline), `large` a longer run of a wider model for machines with more
+cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them into stages.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(frozen=True)
+class Budget:
+    name: str
+    description: str
+    preset: str
+    """KExaoneConfig preset the model starts from (vocab_size is then set to the trained tokenizer's)."""
+    tokenizer_vocab_size: int
+    """Vocabulary size of the SuperBPE tokenizer and of the plain-BPE baseline it is compared with."""
+    tokenizer_train_bytes: int
+    """UTF-8 bytes of text the tokenizers are trained on (a deterministic prefix of the mixture)."""
+    seq_len: int
+    batch_size: int
+    train_tokens: int
+    """Tokens seen by pre-training over the whole three-stage curriculum."""
+    lr: float = 3e-3
+    """Peak learning rate (the K-EXAONE recipe's 3e-4 is for a 236B model; small models take more)."""
+    warmup_fraction: float = 0.05
+    decay_fraction: float = 0.3
+    precision: str = "fp32"
+    config_overrides: dict[str, Any] = field(default_factory=dict)
+    """KExaoneConfig fields changed from the preset (for example a wider model for `large`)."""
+    heldout_docs: int = 40
+    """Held-out documents per (domain, language) group for loss and bits per byte."""
+    task_items: int = 100
+    """Held-out items per synthetic task."""
+    generation_prompts: int = 3
+    """Prompts sampled in each of reasoning and non-reasoning mode."""
+    generation_max_new_tokens: int = 96
+    speed_new_tokens: int = 128
+    """Tokens generated per decode-speed measurement."""
+    speed_repeats: int = 3
+    """Interleaved repeats of plain vs speculative decoding (the machine is noisy)."""
+    checkpoint_every: int = 100
+    """Optimizer steps between trainer checkpoints (what a killed pre-training resumes from)."""
+
+    @property
+    def train_steps(self) -> int:
+        return max(1, self.train_tokens // (self.seq_len * self.batch_size))
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "Budget":
+        return dataclasses.replace(self, **changes)
+
+
+BUDGETS: dict[str, Budget] = {
+    "tiny": Budget(
+        name="tiny", description="smoke test: every stage on the `tiny` preset, about 2 minutes on 2 CPU cores",
+        preset="tiny", tokenizer_vocab_size=1024, tokenizer_train_bytes=400_000,
+        seq_len=128, batch_size=8, train_tokens=128 * 8 * 40, lr=3e-3, heldout_docs=6, task_items=12,
+        generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24, speed_repeats=1,
+        checkpoint_every=10,
+    ),
+    "default": Budget(
+        name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
+        preset="small", tokenizer_vocab_size=8192, tokenizer_train_bytes=6_000_000,
+        seq_len=512, batch_size=16, train_tokens=6_000_000, lr=3e-3, heldout_docs=40, task_items=100,
+        generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
+        checkpoint_every=50,
+    ),
+    "large": Budget(
+        name="large", description="a wider `small` model on 10x the tokens, for many cores or a GPU",
+        preset="small", tokenizer_vocab_size=16_384, tokenizer_train_bytes=40_000_000,
+        seq_len=1024, batch_size=32, train_tokens=200_000_000, lr=2e-3, precision="bf16",
+        config_overrides={"hidden_size": 512, "num_hidden_layers": 12, "intermediate_size": 1536,
+                          "moe_intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,
+                          "head_dim": 64},
+        heldout_docs=100, task_items=300, generation_prompts=5, generation_max_new_tokens=160,
+        speed_new_tokens=256, speed_repeats=5, checkpoint_every=500,
+    ),
+}
+
+
+def get_budget(name: str) -> Budget:
+    if name not in BUDGETS:
+        raise ValueError(f"unknown budget {name!r}; choose one of {sorted(BUDGETS)}")
+    return BUDGETS[name]

@@ -1,0 +1,189 @@
+"""Grouped-query attention of K-EXAONE: per-head RMSNorm on q and k, RoPE on sliding-window layers only (global
+layers are NoPE), causal, with the sliding window of `transformers` (a query at position p sees keys j with
+p - window < j <= p).
+
+Cost model (the reason this file exists instead of one masked SDPA call):
+- sliding layers never build a T x T mask: queries are cut into blocks of C, each block attends to a window of
+  C + window - 1 keys taken from an overlapping `unfold` view, with one small [C, C + window - 1] band mask. Time and
+  memory are O(T x window), in training, prefill and cached multi-token steps alike;
+- global layers call `scaled_dot_product_attention` (flash kernel on CPU/GPU, GQA without expanding k/v); when a
+  mask is needed (padding, packed documents, multi-token steps over a cache) it is built one query chunk at a time,
+  so its memory is bounded too.
+
+It does not own the KV cache (cache.py) or decide positions (transformer.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kexaone.model.norm import RMSNorm
+from kexaone.model.rope import apply_rope
+
+# Queries per block of blocked local attention (at least the window). 128 balances the 2x key over-read of
+# small blocks against the per-block overhead; see benchmarks/bench_model.py.
+MIN_LOCAL_BLOCK = 128
+# Upper bound on mask elements materialised at once by the chunked masked path (bools, so bytes).
+MASK_BUDGET = 1 << 25
+
+
+@dataclass
+class AttentionInputs:
+    """What every attention layer of one forward shares (built once by the model)."""
+
+    token_valid_BT: torch.Tensor | None = None
+    """Without a cache: False where a key is padding (attention_mask == 0). None: all valid."""
+    doc_ids_BT: torch.Tensor | None = None
+    """Packed-document ids: attention never crosses a change of id. None: one document per row."""
+
+
+def _band(q_idx: torch.Tensor, k_idx: torch.Tensor, window: int | None) -> torch.Tensor:
+    """[Tq, Tk] bool: key k visible from query q (causal, and within the window when one is given)."""
+    diff = q_idx[:, None] - k_idx[None, :]
+    vis = diff >= 0
+    if window is not None:
+        vis &= diff < window
+    return vis
+
+
+def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, scale: float,
+           window: int | None, key_valid_BS: torch.Tensor | None = None,
+           doc_q_BT: torch.Tensor | None = None, doc_k_BS: torch.Tensor | None = None,
+           block: int | None = None) -> torch.Tensor:
+    """Causal (optionally windowed) GQA attention where the T queries are the last T of the S keys.
+
+    key_valid_BS masks keys (left padding); doc_q/doc_k forbid crossing documents. A query always sees itself, so a
+    padded query gets a finite (ignored) output instead of NaN. Returns [B, H, T, D].
+    """
+    T, S = q_BHTD.shape[2], k_BhSD.shape[2]
+    assert S >= T, "queries must be the last T of the keys"
+    gqa = q_BHTD.shape[1] != k_BhSD.shape[1]
+    if window is not None and S <= window:
+        window = None  # no query can reach past the window
+    if window is not None and T > 2 * window:
+        return _local_blocked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
+                              doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS, block=block)
+    needs_mask = window is not None or key_valid_BS is not None or doc_q_BT is not None
+    if not needs_mask and T == S:
+        return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, is_causal=T > 1, scale=scale, enable_gqa=gqa)
+    if not needs_mask and T == 1:
+        return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, scale=scale, enable_gqa=gqa)
+    return _masked_chunked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
+                           doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS)
+
+
+def _masked_chunked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_q_BT, doc_k_BS) -> torch.Tensor:
+    B, _, T, _ = q_BHTD.shape
+    S = k_BhSD.shape[2]
+    dev = q_BHTD.device
+    k_idx = torch.arange(S, device=dev)
+    chunk = max(1, min(T, MASK_BUDGET // max(1, B * S)))
+    outs = []
+    for t0 in range(0, T, chunk):
+        t1 = min(T, t0 + chunk)
+        q_idx = torch.arange(S - T + t0, S - T + t1, device=dev)
+        vis = _band(q_idx, k_idx, window)[None].expand(B, -1, -1)  # [B, tc, S]
+        if key_valid_BS is not None:
+            vis = vis & key_valid_BS[:, None, :]
+        if doc_q_BT is not None:
+            vis = vis & (doc_q_BT[:, t0:t1, None] == doc_k_BS[:, None, :])
+        vis = vis | (q_idx[:, None] == k_idx[None, :])[None]
+        outs.append(F.scaled_dot_product_attention(
+            q_BHTD[:, :, t0:t1], k_BhSD, v_BhSD, attn_mask=vis[:, None], scale=scale,
+            enable_gqa=q_BHTD.shape[1] != k_BhSD.shape[1]))
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def _local_blocked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_q_BT, doc_k_BS,
+                   block=None) -> torch.Tensor:
+    """Sliding-window attention in O(T x window): block b of C queries reads keys [off + bC - W + 1, off + bC + C)."""
+    B, H, T, D = q_BHTD.shape
+    h, S = k_BhSD.shape[1], k_BhSD.shape[2]
+    W = window
+    C = max(W, block or MIN_LOCAL_BLOCK)
+    L = C + W - 1
+    nb = -(-T // C)
+    off = S - T
+    base = off - W + 1  # key index read by query 0's window start
+    front = max(0, -base)
+    start = base + front
+    need = start + (nb - 1) * C + L
+    back = max(0, need - (S + front))
+
+    def windows(x_BhSD: torch.Tensor) -> torch.Tensor:
+        xp = F.pad(x_BhSD, (0, 0, front, back))[:, :, start:start + need]
+        # unfold: [B, h, nb, D, L] (overlapping view) -> [B, nb, h, L, D] (one copy of ~T*(1+W/C) rows)
+        return xp.unfold(2, L, C).permute(0, 2, 1, 4, 3)
+
+    k_win = windows(k_BhSD)
+    v_win = windows(v_BhSD)
+    qp = F.pad(q_BHTD, (0, 0, 0, nb * C - T)).view(B, H, nb, C, D).transpose(1, 2)  # [B, nb, H, C, D]
+
+    dev = q_BHTD.device
+    i = torch.arange(C, device=dev)[:, None]
+    l = torch.arange(L, device=dev)[None, :]
+    band_CL = (l >= i) & (l <= i + W - 1)
+    diag_CL = l == i + W - 1
+    if key_valid_BS is None and doc_q_BT is None and front == 0:
+        mask = band_CL  # the same band for every block: broadcast, nothing per block is materialised
+    else:
+        valid = torch.ones(B, S, dtype=torch.bool, device=dev) if key_valid_BS is None else key_valid_BS
+        valid = F.pad(valid, (front, back), value=False)[:, start:start + need].unfold(1, L, C)  # [B, nb, L]
+        mask = band_CL & valid[:, :, None, :]  # [B, nb, C, L]
+        if doc_q_BT is not None:
+            dk = F.pad(doc_k_BS, (front, back), value=-1)[:, start:start + need].unfold(1, L, C)  # [B, nb, L]
+            dq = F.pad(doc_q_BT, (0, nb * C - T), value=-2).view(B, nb, C)
+            mask = mask & (dq[:, :, :, None] == dk[:, :, None, :])
+        mask = (mask | diag_CL)[:, :, None]  # [B, nb, 1, C, L]
+    gqa = H != h
+    out = F.scaled_dot_product_attention(
+        qp.reshape(B * nb, H, C, D), k_win.reshape(B * nb, h, L, D), v_win.reshape(B * nb, h, L, D),
+        attn_mask=mask if mask.dim() == 2 else mask.reshape(B * nb, 1, C, L), scale=scale, enable_gqa=gqa)
+    out = out.view(B, nb, H, C, D).transpose(1, 2).reshape(B, H, nb * C, D)
+    return out[:, :, :T]
+
+
+class Attention(nn.Module):
+    """QK-normed GQA attention block for layer `layer_idx` (the MTP layer passes layer_idx = num_hidden_layers)."""
+
+    def __init__(self, config, layer_idx: int, sliding: bool, use_rope: bool) -> None:
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.num_heads = config.num_attention_heads
+        self.num_kv_heads = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.sliding = sliding
+        self.window = config.sliding_window if sliding else None
+        self.use_rope = use_rope
+        self.scale = self.head_dim ** -0.5
+        H = config.hidden_size
+        self.q_proj = nn.Linear(H, self.num_heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(H, self.num_kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(H, self.num_kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.num_heads * self.head_dim, H, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+
+    def forward(self, x_BTH: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
+                inputs: AttentionInputs, cache=None) -> torch.Tensor:
+        B, T, _ = x_BTH.shape
+        q = self.q_norm(self.q_proj(x_BTH).view(B, T, self.num_heads, self.head_dim))
+        k = self.k_norm(self.k_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim))
+        v = self.v_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.use_rope:
+            cos, sin = rope
+            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
+        if cache is None:
+            valid, doc_k = inputs.token_valid_BT, inputs.doc_ids_BT
+        else:
+            k, v, key_start = cache.update(self.layer_idx, k, v)
+            valid = cache.key_valid(self.layer_idx, key_start, k.shape[2])
+            doc_k = None
+        o = attend(q, k, v, scale=self.scale, window=self.window, key_valid_BS=valid,
+                   doc_q_BT=inputs.doc_ids_BT, doc_k_BS=doc_k)
+        return self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

@@ -1,0 +1,219 @@
+"""KV cache for generation with K-EXAONE's hybrid attention.
+
+- Sliding-window layers keep a ring buffer of `window + extra_slots` positions: memory is constant in the context
+  length. The extra slots exist so that rejecting up to `extra_slots` speculative draft tokens (`rollback`) never
+  needs an entry that was overwritten.
+- Global layers (and the MTP layer, an extra slot at index `num_hidden_layers`) keep a growing buffer whose
+  capacity doubles, so appending is amortised O(1) per token instead of a `torch.cat` per step.
+- Rows of a batch share one length; rows that are shorter are left-padded and the padding is remembered (per-row
+  `pad_len`) and masked in every later step.
+
+Layout of every buffer: [B, kv_heads, slots, head_dim], so a prefix slice is a strided view that SDPA reads
+without a copy. This module stores and returns tensors; attention maths lives in attention.py.
+"""
+
+from __future__ import annotations
+
+import torch
+
+_MIN_CAPACITY = 256
+
+
+class _RingSlot:
+    """Sliding-window layer: position p lives at slot p % size; only the last window-1 old keys are ever read."""
+
+    def __init__(self, window: int, extra: int) -> None:
+        self.window = window
+        self.size = window + extra
+        self.length = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        B, h, T, D = k_new.shape
+        if self.k is None:
+            self.k = k_new.new_zeros(B, h, self.size, D)
+            self.v = v_new.new_zeros(B, h, self.size, D)
+        L = self.length
+        n_old = min(L, self.window - 1)
+        dev = k_new.device
+        if n_old:
+            old = torch.arange(L - n_old, L, device=dev) % self.size
+            k_all = torch.cat((self.k.index_select(2, old), k_new), dim=2)
+            v_all = torch.cat((self.v.index_select(2, old), v_new), dim=2)
+        else:
+            k_all, v_all = k_new, v_new
+        m = min(T, self.size)  # only the newest `size` positions can survive in the ring
+        slots = torch.arange(L + T - m, L + T, device=dev) % self.size
+        self.k.index_copy_(2, slots, k_new[:, :, T - m:].to(self.k.dtype))
+        self.v.index_copy_(2, slots, v_new[:, :, T - m:].to(self.v.dtype))
+        self.length = L + T
+        return k_all, v_all, L - n_old
+
+    def max_rollback(self) -> int:
+        return self.size - self.window
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+class _GrowSlot:
+    """Global (or MTP) layer: every position is kept; capacity doubles when full."""
+
+    def __init__(self) -> None:
+        self.length = 0
+        self.k: torch.Tensor | None = None
+        self.v: torch.Tensor | None = None
+
+    def update(self, k_new: torch.Tensor, v_new: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        B, h, T, D = k_new.shape
+        L = self.length
+        cap = 0 if self.k is None else self.k.shape[2]
+        if L + T > cap:
+            new_cap = max(_MIN_CAPACITY, 2 * cap, L + T)
+            k = k_new.new_zeros(B, h, new_cap, D)
+            v = v_new.new_zeros(B, h, new_cap, D)
+            if L:
+                k[:, :, :L] = self.k[:, :, :L]
+                v[:, :, :L] = self.v[:, :, :L]
+            self.k, self.v = k, v
+        self.k[:, :, L:L + T] = k_new
+        self.v[:, :, L:L + T] = v_new
+        self.length = L + T
+        return self.k[:, :, :L + T], self.v[:, :, :L + T], 0
+
+    def max_rollback(self) -> int:
+        return self.length
+
+    def nbytes(self) -> int:
+        return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+class KVCache:
+    """Per-layer key/value storage for a batch of `batch_size` rows (see the module docstring).
+
+    `seq_len` counts positions of the main model (padding included); the MTP slot has its own `mtp_seq_len`
+    because it runs one step behind (its input at position t needs token t+1).
+    """
+
+    def __init__(self, config, batch_size: int, dtype: torch.dtype = torch.float32,
+                 device: torch.device | str = "cpu", extra_slots: int = 8) -> None:
+        if not isinstance(batch_size, int) or batch_size < 1:
+            raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+        if not isinstance(extra_slots, int) or extra_slots < 0:
+            raise ValueError(f"extra_slots must be an integer >= 0, got {extra_slots!r}")
+        self.config = config
+        self.batch_size = batch_size
+        self.dtype = dtype
+        self.device = torch.device(device)
+        self.extra_slots = extra_slots
+        self.num_layers = config.num_hidden_layers
+        self.mtp_slot = config.num_hidden_layers if config.num_nextn_predict_layers else None
+        self._slots: list[_RingSlot | _GrowSlot] = [
+            _RingSlot(config.sliding_window, extra_slots) if config.is_sliding(i) else _GrowSlot()
+            for i in range(config.num_hidden_layers)
+        ]
+        if self.mtp_slot is not None:
+            self._slots.append(_GrowSlot())  # the MTP layer attends globally (see mtp.py)
+        self.pad_len = torch.zeros(batch_size, dtype=torch.long, device=self.device)
+
+    # ------------------------------------------------------------------ state
+    @property
+    def seq_len(self) -> int:
+        return self._slots[0].length if self.num_layers else 0
+
+    @property
+    def mtp_seq_len(self) -> int:
+        return 0 if self.mtp_slot is None else self._slots[self.mtp_slot].length
+
+    @property
+    def has_padding(self) -> bool:
+        return bool(self.pad_len.any())
+
+    def set_left_padding(self, attention_mask_BT: torch.Tensor, new_tokens: int) -> None:
+        """Record (first call) or check (later calls) the left padding given by an attention mask of either the
+        new tokens [B, new_tokens] or the whole sequence [B, seq_len + new_tokens] (the transformers style)."""
+        if attention_mask_BT.dim() != 2 or attention_mask_BT.shape[0] != self.batch_size:
+            raise ValueError(f"attention_mask must be [batch={self.batch_size}, T], got {tuple(attention_mask_BT.shape)}")
+        m = attention_mask_BT.to(self.pad_len.device).bool()
+        total = self.seq_len + new_tokens
+        if m.shape[1] == total and self.seq_len:
+            m_old, m_new = m[:, :self.seq_len], m[:, self.seq_len:]
+            if not torch.equal(m_old.sum(1), self.seq_len - self.pad_len):
+                raise ValueError("attention_mask disagrees with the padding already recorded in the cache")
+            m = m_new
+        elif m.shape[1] != new_tokens:
+            raise ValueError(f"attention_mask has {m.shape[1]} columns; expected {new_tokens} (new tokens) or "
+                             f"{total} (cached + new)")
+        if self.seq_len:
+            if not bool(m.all()):
+                raise ValueError("only left padding is supported: after the first step every new token must have "
+                                 "attention_mask == 1")
+            return
+        pad = (~m).sum(1)
+        # left padding means the zeros form a prefix: the first `pad` columns are 0 and the rest 1
+        expect = torch.arange(m.shape[1], device=m.device)[None, :] >= pad[:, None]
+        if not torch.equal(expect, m):
+            raise ValueError("attention_mask must be left padding (a row of 0s followed by 1s); "
+                             "right or interior padding is not supported with a cache")
+        self.pad_len = pad.to(torch.long)
+
+    def update(self, layer_idx: int, k_BhTD: torch.Tensor, v_BhTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """Append new keys/values of one layer; return the keys/values to attend (oldest first) and the position of
+        the first returned key."""
+        return self._slots[layer_idx].update(k_BhTD.to(self.dtype), v_BhTD.to(self.dtype))
+
+    def key_valid(self, layer_idx: int, key_start: int, n: int) -> torch.Tensor | None:
+        """[B, n] bool for keys at positions key_start.., False on left padding; None when nothing is padded."""
+        if not self.has_padding:
+            return None
+        pos = torch.arange(key_start, key_start + n, device=self.pad_len.device)
+        return pos[None, :] >= self.pad_len[:, None]
+
+    def position_ids(self, new_tokens: int, mtp: bool = False) -> torch.Tensor:
+        """[B, new_tokens]: position of each new token, counting from each row's first real token."""
+        start = self.mtp_seq_len if mtp else self.seq_len
+        pos = torch.arange(start, start + new_tokens, device=self.pad_len.device)[None, :] - self.pad_len[:, None]
+        return pos.clamp_min(0)
+
+    # ------------------------------------------------------------------ editing
+    def rollback(self, k: int) -> None:
+        """Drop the last k positions of the main model (k <= extra_slots is always possible). The MTP slot is cut
+        to at most the new seq_len (its entries past it were computed from dropped hidden states)."""
+        if not isinstance(k, int) or k < 0:
+            raise ValueError(f"rollback count must be an integer >= 0, got {k!r}")
+        if k > self.seq_len:
+            raise ValueError(f"cannot roll back {k} positions: the cache holds {self.seq_len}")
+        limit = min((s.max_rollback() for s in self._slots[:self.num_layers] if isinstance(s, _RingSlot)),
+                    default=k)
+        if k > limit:
+            raise ValueError(f"cannot roll back {k} positions: sliding-window layers keep only {limit} extra slots "
+                             f"(create the cache with extra_slots >= {k})")
+        for s in self._slots[:self.num_layers]:
+            s.length -= k
+        if self.mtp_slot is not None:
+            mtp = self._slots[self.mtp_slot]
+            mtp.length = min(mtp.length, self.seq_len)
+
+    def rollback_mtp(self, k: int) -> None:
+        """Drop the last k positions of the MTP slot only (e.g. draft steps whose tokens were rejected)."""
+        if self.mtp_slot is None:
+            raise ValueError("this cache has no MTP slot (config.num_nextn_predict_layers == 0)")
+        mtp = self._slots[self.mtp_slot]
+        if not isinstance(k, int) or not 0 <= k <= mtp.length:
+            raise ValueError(f"MTP rollback count must be in [0, {mtp.length}], got {k!r}")
+        mtp.length -= k
+
+    def reset(self) -> None:
+        """Forget every position (buffers are kept for reuse)."""
+        for s in self._slots:
+            s.length = 0
+        self.pad_len.zero_()
+
+    def nbytes(self) -> int:
+        """Bytes held by key/value buffers (allocated capacity, not only the used part)."""
+        return sum(s.nbytes() for s in self._slots)
+
+    def __repr__(self) -> str:
+        return (f"KVCache(batch={self.batch_size}, seq_len={self.seq_len}, mtp_seq_len={self.mtp_seq_len}, "
+                f"layers={len(self._slots)}, nbytes={self.nbytes()})")

@@ -1,0 +1,152 @@
+"""kexaone.report: the report card built from a run directory (files in the formats the stages write)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+
+import numpy as np
+import pytest
+
+from kexaone.pipeline.stages import Stage, StageRunner
+from kexaone.report.card import build_report, write_report
+from kexaone.report.document import Details, Document, Figure, Heading, Para, Table, to_html, to_markdown
+from kexaone.report.machine import machine_info
+from kexaone.train.metrics import MetricsLogger
+
+MACHINE = {"cpu": "Test CPU", "cores": 2, "cores_usable": 2, "torch_threads": 2, "memory_bytes": 8 << 30,
+           "os": "Linux", "python": "3.11", "torch": "2.13.0", "accelerator": None, "date": "2026-01-01T00:00:00",
+           "git": {"commit": "abc123", "dirty": False}}
+
+
+def _tokenizer_stage(ctx):
+    ev = {"vocab_size": 1024, "baseline_vocab_size": 1024, "train_bytes": 5000, "superword_share": 0.2,
+          "seconds": 1.5, "baseline_seconds": 0.5,
+          "rows": [{"group": "facts/en", "bytes": 1200, "superbpe_tokens": 300, "bpe_tokens": 400},
+                   {"group": "code/py", "bytes": 800, "superbpe_tokens": 200, "bpe_tokens": 200}]}
+    (ctx.stage_dir / "tokenizer_eval.json").write_text(json.dumps(ev))
+    return {"eval": ctx.rel(ctx.stage_dir / "tokenizer_eval.json")}
+
+
+def _pretrain_stage(ctx):
+    log = MetricsLogger(ctx.stage_dir)
+    log.log({"kind": "config", "step": 0, "tokens_per_step": 100})
+    for step in range(1, 31):
+        stage = "foundation" if step <= 10 else ("expertise" if step <= 20 else "reasoning")
+        log.log({"kind": "train", "step": step, "loss": 5.0 - 0.1 * step, "ce": 4.9 - 0.1 * step,
+                 "mtp": 5.5 - 0.1 * step, "aux": 1.0, "tokens": 100 * step, "stage": stage, "tok_per_s": 1000.0,
+                 "max_vio": 1.0 / step, "max_vio_layers": [1.0 / step, 2.0 / step]})
+        if step % 10 == 0:
+            log.log({"kind": "eval", "step": step, "loss": 5.0 - 0.1 * step, "bpb": 2.0})
+            log.save_expert_load(step, np.full((2, 4), 0.25, dtype=np.float32))
+    log.close()
+    return {"metrics": ctx.rel(ctx.stage_dir / "metrics.jsonl"), "out_dir": ctx.rel(ctx.stage_dir), "seconds": 12.0}
+
+
+def _evaluate_stage(ctx):
+    ev = {"heldout": [{"domain": "facts", "language": "en", "documents": 3, "tokens": 90, "bytes": 300,
+                       "loss": 2.0, "bits_per_byte": 0.9}],
+          "heldout_untrained": [{"domain": "facts", "language": "en", "documents": 3, "tokens": 90, "bytes": 300,
+                                 "loss": 7.0, "bits_per_byte": 3.0}],
+          "tasks": [{"task": "arithmetic", "items": 100, "correct": 60, "accuracy": 0.6, "chance": 0.1,
+                     "stderr": 0.049, "untrained_accuracy": 0.05,
+                     "examples": [{"prompt": "2+2=<x>", "answer": "4", "output": "4 | ok", "correct": True}]}]}
+    (ctx.stage_dir / "eval.json").write_text(json.dumps(ev))
+    return {"eval": ctx.rel(ctx.stage_dir / "eval.json")}
+
+
+def _generate_stage(ctx):
+    gen = {"samples": [{"mode": "reasoning", "prompt": "What is 2+3?", "text": "...", "reasoning": "2+3 = 5",
+                        "content": "5 <b>", "tokens": 12, "seconds": 0.4, "parse_errors": []}],
+           "speed": {"new_tokens": 64, "draft_tokens": 2, "plain_tokens_per_s": 100.0, "mtp_tokens_per_s": 150.0,
+                     "acceptance_rate": 0.7, "tokens_per_forward": 2.1, "identical": True, "repeats": 3}}
+    (ctx.stage_dir / "generation.json").write_text(json.dumps(gen))
+    return {"generation": ctx.rel(ctx.stage_dir / "generation.json")}
+
+
+@pytest.fixture
+def run_dir(tmp_path):
+    stages = [Stage("tokenizer", _tokenizer_stage), Stage("pretrain", _pretrain_stage),
+              Stage("evaluate", _evaluate_stage), Stage("generate", _generate_stage)]
+    StageRunner(tmp_path, stages, {"budget": {"name": "tiny"}, "seed": 0}, log=lambda s: None).run()
+    return tmp_path
+
+
+def test_report_numbers_come_from_the_run_files(run_dir):
+    doc, summary = build_report(run_dir, machine=MACHINE)
+    assert summary["budget"] == "tiny"
+    # tokenizer: (2000/500) / (2000/600) bytes per token
+    assert summary["tokenizer_gain"] == pytest.approx((2000 / 500) / (2000 / 600))
+    assert summary["final_train_loss"] == pytest.approx(sum(5.0 - 0.1 * s for s in range(21, 31)) / 10)
+    assert summary["max_vio_first"] == pytest.approx(1.5)
+    assert summary["heldout_bpb"] == pytest.approx(0.9) and summary["heldout_bpb_untrained"] == pytest.approx(3.0)
+    assert summary["tasks"] == [{"task": "arithmetic", "accuracy": 0.6, "baseline": 0.1, "chance": 0.1,
+                                 "untrained": 0.05}]
+    assert summary["mtp_speedup"] == pytest.approx(1.5) and summary["acceptance_rate"] == 0.7
+    assert set(summary["stage_seconds"]) == {"tokenizer", "pretrain", "evaluate", "generate"}
+    assert all(v > 0 for v in summary["stage_seconds"].values())
+    figures = [b.name for b in doc.blocks if isinstance(b, Figure)]
+    assert {"tokenizer", "loss_curves", "mtp_loss", "max_vio", "expert_load", "tasks"} <= set(figures)
+
+
+def test_write_report_files_are_self_contained_and_parse(run_dir):
+    paths = write_report(run_dir, machine=MACHINE)
+    md = (run_dir / paths["markdown"]).read_text()
+    html = (run_dir / paths["html"]).read_text()
+    summary = json.loads((run_dir / paths["json"]).read_text())
+    assert summary["mtp_speedup"] == pytest.approx(1.5)
+    # every image in the HTML is an embedded PNG; no external resources at all
+    srcs = re.findall(r'src="([^"]+)"', html)
+    assert srcs and all(s.startswith("data:image/png;base64,") for s in srcs)
+    for s in srcs:
+        assert base64.b64decode(s.split(",", 1)[1])[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "http://" not in html and "https://" not in html
+    # markdown links figures that exist next to it
+    for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
+        assert (run_dir / rel).is_file()
+    # the decode-speed table row parses back to the measured numbers
+    row = next(line for line in md.splitlines() if line.startswith("| MTP speculative ("))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert float(cells[1]) == 150.0 and cells[-1] == "1.50x"
+    # user text is escaped in HTML (a sample answer contains "<b>")
+    assert "5 &lt;b&gt;" in html and "5 <b>" not in html
+    # a task example containing '|' does not break the markdown table structure
+    assert "4 | ok" in md  # inside a fenced details block, verbatim
+
+
+def test_partial_run_still_reports(tmp_path):
+    StageRunner(tmp_path, [Stage("tokenizer", _tokenizer_stage)], {"budget": {"name": "tiny"}},
+                log=lambda s: None).run()
+    doc, summary = build_report(tmp_path, machine=MACHINE)
+    text = to_markdown(doc, tmp_path / "figs", "figs")
+    assert "not available: the pretrain stage has not finished" in text
+    assert "tokenizer_gain" in summary and "mtp_speedup" not in summary
+
+
+def test_report_needs_a_run_directory(tmp_path):
+    with pytest.raises(FileNotFoundError, match="stages.json"):
+        build_report(tmp_path, machine=MACHINE)
+
+
+def test_document_escaping_and_rendering(tmp_path):
+    png = b"\x89PNG\r\n\x1a\nfake"
+    doc = Document("T <1>", [Heading("H"), Para("a < b & c"), Table(["x|y", "z"], [["1|2", "3"]]),
+                             Figure(png, "fig_1", "cap"), Details("s", "```code```")])
+    md = to_markdown(doc, tmp_path / "f", "f")
+    assert "| x\\|y | z |" in md and "| 1\\|2 | 3 |" in md
+    assert "````text\n```code```\n````" in md
+    assert (tmp_path / "f" / "fig_1.png").read_bytes() == png
+    html = to_html(doc)
+    assert "<title>T &lt;1&gt;</title>" in html and "a &lt; b &amp; c" in html
+    assert base64.b64encode(png).decode() in html
+    with pytest.raises(ValueError, match="figure name"):
+        to_markdown(Document("t", [Figure(png, "bad name")]), tmp_path / "f", "f")
+
+
+def test_machine_info_describes_this_machine():
+    info = machine_info()
+    assert info["cores"] >= 1 and info["torch"]
+    assert info["memory_bytes"] is None or info["memory_bytes"] > 0
+    assert set(info["git"]) == {"commit", "dirty"}
+    json.dumps(info)

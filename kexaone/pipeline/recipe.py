@@ -1,0 +1,209 @@
+"""The speedrun's stages: tokenizer -> pretrain -> evaluate -> generate -> report.
+
+Each stage function reads the run parameters (`budget`, `data`, `seed`) and the outputs of earlier stages from its
+StageContext, writes into its own directory, and returns the paths (relative to the run directory) and headline
+numbers that later stages and the report read. The stage runner (kexaone.pipeline.stages) makes them resumable.
+
+What each stage does:
+1. tokenizer: trains the SuperBPE tokenizer and, on the same text with the same vocabulary size, a plain byte-level
+   BPE baseline (the same trainer with no superword stage); measures both on held-out text.
+2. pretrain: `run_pretraining` on the embedded three-stage curriculum (plus --data) with MTP and MoE balancing;
+   killed mid-way, it resumes from the trainer's last checkpoint. The model is exported in the HF layout.
+3. evaluate: held-out loss and bits per byte per (domain, language), and accuracy on the held-out synthetic tasks,
+   for the trained model and for the untrained initial model (same config and seed).
+4. generate: sampled answers in reasoning and non-reasoning mode; decode speed plain vs MTP speculative.
+5. report: report.md, report.html, report.json in the run directory.
+
+The data these stages read (synthetic corpus, held-out documents and tasks) comes from kexaone.pipeline.corpus.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from kexaone.pipeline.budgets import Budget
+from kexaone.pipeline.stages import Stage, StageContext
+from kexaone.utils.io import atomic_write_text
+
+STAGE_NAMES = ("tokenizer", "pretrain", "evaluate", "generate", "report")
+
+
+def _budget(ctx: StageContext) -> Budget:
+    return Budget(**ctx.params["budget"])
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+
+
+def _workers() -> int:
+    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+
+
+# ---------------------------------------------------------------------------------------------- 1. tokenizer
+def stage_tokenizer(ctx: StageContext) -> dict[str, Any]:
+    from kexaone.pipeline import corpus
+    from kexaone.tokenizer.superbpe import train_superbpe
+
+    b = _budget(ctx)
+    texts = corpus.tokenizer_texts(ctx.params.get("data", []), b.tokenizer_train_bytes, seed=ctx.params["seed"])
+    train_bytes = sum(len(t.encode("utf-8")) for t in texts)
+    ctx.log(f"[tokenizer] training on {len(texts):,} documents, {train_bytes / 1e6:.2f} MB")
+    inputs = [(t, None) for t in texts]  # (text, language): None lets the trainer detect the script per text
+    t0 = time.perf_counter()
+    tok = train_superbpe(inputs, b.tokenizer_vocab_size, out_dir=ctx.stage_dir / "tokenizer", workers=_workers(),
+                         seed=ctx.params["seed"])
+    seconds = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    # transition == vocab_size: stage 1 only, i.e. ordinary byte-level BPE with whitespace pre-tokenization.
+    base = train_superbpe(inputs, b.tokenizer_vocab_size, out_dir=ctx.stage_dir / "bpe_baseline",
+                          transition=b.tokenizer_vocab_size, workers=_workers(), seed=ctx.params["seed"])
+    baseline_seconds = time.perf_counter() - t0
+
+    rows = []
+    for group, docs in corpus.tokenizer_eval_groups(b).items():
+        rows.append({"group": group, "bytes": sum(len(d.encode("utf-8")) for d in docs),
+                     "superbpe_tokens": sum(len(x) for x in tok.encode_batch(docs)),
+                     "bpe_tokens": sum(len(x) for x in base.encode_batch(docs))})
+    ev = {"vocab_size": tok.vocab_size, "baseline_vocab_size": base.vocab_size, "train_bytes": train_bytes,
+          "train_documents": len(texts), "superword_share": superword_share(tok), "seconds": seconds,
+          "baseline_seconds": baseline_seconds, "rows": rows}
+    _write_json(ctx.stage_dir / "tokenizer_eval.json", ev)
+    return {"dir": ctx.rel(ctx.stage_dir / "tokenizer"), "baseline_dir": ctx.rel(ctx.stage_dir / "bpe_baseline"),
+            "eval": ctx.rel(ctx.stage_dir / "tokenizer_eval.json"), "vocab_size": tok.vocab_size}
+
+
+def superword_share(tok: Any) -> float:
+    """Share of the vocabulary whose tokens span a space between two non-space bytes (several words)."""
+    n = 0
+    specials = set(tok.special_ids.values())
+    for i in range(tok.vocab_size):
+        if i in specials:
+            continue
+        b = tok.token_bytes(i).strip()
+        n += b" " in b
+    return n / max(1, tok.vocab_size - len(specials))
+
+
+# ---------------------------------------------------------------------------------------------- 2. pretrain
+def pretrain_config(ctx: StageContext, resume: bool):
+    """The TrainConfig of the speedrun's pre-training (what `kexaone pretrain` flags would say)."""
+    from kexaone.train.config import TrainConfig
+
+    b = _budget(ctx)
+    steps = b.train_steps
+    return TrainConfig(
+        preset=b.preset, model_overrides=dict(b.config_overrides), data=list(ctx.params.get("data", [])),
+        tokenizer=str(ctx.path(ctx.outputs["tokenizer"]["dir"])), out=str(ctx.stage_dir),
+        max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr,
+        warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
+        precision=b.precision, seed=ctx.params["seed"], save_every=b.checkpoint_every,
+        eval_every=max(1, steps // 8), log_every=1, resume=resume, tensorboard=False, workers=_workers(),
+    )
+
+
+def stage_pretrain(ctx: StageContext) -> dict[str, Any]:
+    from kexaone.train.pretrain import run_pretraining
+
+    ckpt = ctx.stage_dir / "checkpoints"
+    resume = ckpt.is_dir() and any(ckpt.iterdir())
+    if resume:
+        ctx.log(f"[pretrain] resuming from the checkpoint in {ckpt}")
+    t0 = time.perf_counter()
+    res = run_pretraining(pretrain_config(ctx, resume))
+    if res.interrupted:
+        # The trainer saved a checkpoint and returned; leave the stage unfinished so a re-run resumes it.
+        raise KeyboardInterrupt(f"pre-training interrupted ({res.signal_name}) at step {res.steps}")
+    if res.model_dir is None:
+        raise RuntimeError("pre-training finished without exporting a model directory")
+    return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path), "out_dir": ctx.rel(ctx.stage_dir),
+            "steps": res.steps, "tokens": res.tokens, "final_loss": res.final_loss, "eval_loss": res.eval_loss,
+            "eval_bpb": res.eval_bpb, "seconds": time.perf_counter() - t0, "resumed": resume}
+
+
+# ---------------------------------------------------------------------------------------------- 3. evaluate
+def _load_trained(ctx: StageContext):
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.tokenizer import KExaoneTokenizer
+
+    model_dir = ctx.path(ctx.outputs["pretrain"]["model_dir"])
+    model = KExaoneForCausalLM.from_pretrained(model_dir).eval()
+    tok = KExaoneTokenizer.from_dir(model_dir)
+    return model, tok
+
+
+def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
+    import torch
+
+    from kexaone.eval.heldout import evaluate_heldout
+    from kexaone.eval.tasks import evaluate_task
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.pipeline import corpus
+
+    b = _budget(ctx)
+    model, tok = _load_trained(ctx)
+    torch.manual_seed(ctx.params["seed"])
+    untrained = KExaoneForCausalLM(model.config).eval()  # the initial model: same config, same seed, no training
+
+    groups = corpus.heldout_groups(b, ctx.params.get("data", []))
+    ctx.log(f"[evaluate] held-out loss on {len(groups)} groups")
+    held = evaluate_heldout(model, tok, groups, seq_len=b.seq_len)
+    held_u = evaluate_heldout(untrained, tok, groups, seq_len=b.seq_len)
+
+    tasks = []
+    for spec in corpus.task_specs(b, seed=ctx.params["seed"]):
+        t0 = time.perf_counter()
+        kw = dict(chance=spec.chance, max_new_tokens=spec.max_new_tokens, extract=spec.extract)
+        r = evaluate_task(model, tok, spec.name, spec.items, **kw)
+        r.untrained_accuracy = evaluate_task(untrained, tok, spec.name, spec.items, keep_examples=0, **kw).accuracy
+        ctx.log(f"[evaluate] {spec.name}: {r.accuracy:.3f} (chance {r.chance:.3f}, untrained "
+                f"{r.untrained_accuracy:.3f}) in {time.perf_counter() - t0:.1f} s")
+        tasks.append(r.to_dict())
+    ev = {"heldout": [r.to_dict() for r in held], "heldout_untrained": [r.to_dict() for r in held_u], "tasks": tasks}
+    _write_json(ctx.stage_dir / "eval.json", ev)
+    return {"eval": ctx.rel(ctx.stage_dir / "eval.json"),
+            "accuracy": {t["task"]: t["accuracy"] for t in tasks},
+            "baseline": {t["task"]: t["baseline"] for t in tasks}}
+
+
+# ---------------------------------------------------------------------------------------------- 4. generate
+def stage_generate(ctx: StageContext) -> dict[str, Any]:
+    from kexaone.engine.engine import Engine
+    from kexaone.eval.generation import sample_answers
+    from kexaone.eval.speed import measure_decode_speed
+    from kexaone.pipeline import corpus
+
+    b = _budget(ctx)
+    model, tok = _load_trained(ctx)
+    engine = Engine(model, tok)
+    questions = corpus.chat_questions(b, seed=ctx.params["seed"])
+    samples = sample_answers(engine, tok, questions, b.generation_max_new_tokens, seed=ctx.params["seed"])
+    prompts = corpus.speed_prompts(tok, b)
+    ctx.log(f"[generate] decode speed: {len(prompts)} prompts x {b.speed_new_tokens} tokens, plain vs MTP")
+    speed = measure_decode_speed(engine, prompts, new_tokens=b.speed_new_tokens, repeats=b.speed_repeats,
+                                 draft_tokens=2)
+    gen = {"samples": [s.to_dict() for s in samples], "speed": speed.to_dict()}
+    _write_json(ctx.stage_dir / "generation.json", gen)
+    return {"generation": ctx.rel(ctx.stage_dir / "generation.json"), "speedup": speed.speedup,
+            "acceptance_rate": speed.acceptance_rate}
+
+
+# ---------------------------------------------------------------------------------------------- 5. report
+def stage_report(ctx: StageContext) -> dict[str, Any]:
+    from kexaone.report.card import write_report
+
+    return write_report(ctx.out_dir)
+
+
+def speedrun_stages() -> list[Stage]:
+    return [
+        Stage("tokenizer", stage_tokenizer, "train the SuperBPE tokenizer and a plain-BPE baseline"),
+        Stage("pretrain", stage_pretrain, "pre-train through the three-stage curriculum (MTP, MoE balancing)"),
+        Stage("evaluate", stage_evaluate, "held-out bits/byte and task accuracy vs baselines"),
+        Stage("generate", stage_generate, "sample answers; decode speed plain vs MTP speculative"),
+        Stage("report", stage_report, "write report.md / report.html"),
+    ]

@@ -1,0 +1,68 @@
+"""`kexaone speedrun`: the whole K-EXAONE recipe end to end on this machine, as resumable stages, with a report card.
+
+Stages (kexaone.pipeline.recipe): tokenizer -> pretrain -> evaluate -> generate -> report. A finished stage is
+skipped when the command is run again; an interrupted pre-training continues from its last checkpoint; `--from`
+redoes a stage and everything after it. This module only parses flags and hands over to the pipeline.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+HELP = "Run the whole recipe (tokenizer, pre-training, evaluation, generation, report) as resumable stages."
+
+STAGES = ("tokenizer", "pretrain", "evaluate", "generate", "report")
+BUDGET_NAMES = ("tiny", "default", "large")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", help="run directory (default runs/speedrun-BUDGET)")
+    parser.add_argument("--budget", choices=BUDGET_NAMES, default="default",
+                        help="tiny: ~2 min smoke test; default: < 30 min on 2 CPU cores; large: bigger machines")
+    parser.add_argument("--data", action="append", default=[], metavar="PATH[@WEIGHT]",
+                        help="extra text (txt/jsonl/parquet/HF datasets dir/glob) for the tokenizer and "
+                             "pre-training, repeatable; default: only the embedded synthetic corpus")
+    parser.add_argument("--from", dest="from_stage", choices=STAGES,
+                        help="redo this stage and every later one (earlier finished stages are kept)")
+    parser.add_argument("--until", choices=STAGES, help="stop after this stage")
+    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--status", action="store_true", help="print the state of each stage and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+    from pathlib import Path
+
+    from kexaone.pipeline.budgets import get_budget
+    from kexaone.pipeline.recipe import speedrun_stages
+    from kexaone.pipeline.stages import StageRunner
+
+    budget = get_budget(args.budget)
+    out = Path(args.out or f"runs/speedrun-{budget.name}")
+    params = {"budget": budget.to_dict(), "data": list(args.data), "seed": int(args.seed)}
+    runner = StageRunner(out, speedrun_stages(), params, log=lambda s: print(s, file=sys.stderr, flush=True))
+    if args.status:
+        status = runner.status()
+        for name in runner.names:
+            rec = status.get(name)
+            print(f"{name:10s} {rec.status if rec else 'not run':8s} "
+                  f"{'' if not rec or rec.seconds is None else f'{rec.seconds + rec.prior_seconds:.1f} s'}")
+        return 0
+    try:
+        outputs = runner.run(from_stage=args.from_stage, until=args.until)
+    except KeyboardInterrupt:
+        print(f"interrupted: finished stages are kept; run the same command again to resume ({out})",
+              file=sys.stderr)
+        return 130
+    if "report" in outputs:
+        summary = json.loads((out / "report.json").read_text(encoding="utf-8"))
+        print(f"report: {out / 'report.md'} and {out / 'report.html'}")
+        for t in summary.get("tasks", []):
+            print(f"  {t['task']}: accuracy {t['accuracy']:.3f} (baseline {t['baseline']:.3f})")
+        if summary.get("mtp_speedup") is not None:
+            print(f"  MTP speculative decoding: {summary['mtp_speedup']:.2f}x plain")
+    if "pretrain" in outputs:
+        model_dir = out / outputs["pretrain"]["model_dir"]
+        print(f"model: {model_dir}  (try: kexaone chat --model {model_dir})")
+    return 0

@@ -1,0 +1,240 @@
+"""The stage runner (resume, redo, parameter checks, locking) and the `tiny` speedrun end to end, including a run
+killed after its tokenizer stage and resumed."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from kexaone.pipeline.budgets import BUDGETS, get_budget
+from kexaone.pipeline.stages import STATE_FILE, Stage, StageRunner, read_state
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _quiet(_msg: str) -> None:
+    pass
+
+
+class Recorder:
+    """Stage functions that count their calls and write a file into their directory."""
+
+    def __init__(self):
+        self.calls: list[str] = []
+        self.fail: set[str] = set()
+        self.interrupt: set[str] = set()
+        self.resumed: dict[str, bool] = {}
+
+    def stage(self, name: str) -> Stage:
+        def fn(ctx):
+            self.calls.append(name)
+            self.resumed[name] = ctx.resumed
+            (ctx.stage_dir / "made.txt").write_text(name)
+            if name in self.interrupt:
+                self.interrupt.discard(name)
+                time.sleep(0.01)
+                raise KeyboardInterrupt
+            if name in self.fail:
+                self.fail.discard(name)
+                raise RuntimeError(f"{name} broke")
+            prev = {k: v.get("n") for k, v in ctx.outputs.items()}
+            return {"n": len(self.calls), "seen": prev, "file": ctx.rel(ctx.stage_dir / "made.txt")}
+
+        return Stage(name, fn)
+
+    def stages(self, names=("a", "b", "c")) -> list[Stage]:
+        return [self.stage(n) for n in names]
+
+
+def test_runs_in_order_passes_outputs_and_skips_done_stages(tmp_path):
+    rec = Recorder()
+    out = StageRunner(tmp_path, rec.stages(), {"x": 1}, log=_quiet).run()
+    assert rec.calls == ["a", "b", "c"]
+    assert out["c"]["seen"] == {"a": 1, "b": 2}
+    assert out["a"]["file"] == "a/made.txt"
+    state = read_state(tmp_path)
+    assert [state["stages"][n]["status"] for n in "abc"] == ["done"] * 3
+    assert all(state["stages"][n]["seconds"] > 0 for n in "abc")
+    # a second run does nothing but returns the same outputs
+    out2 = StageRunner(tmp_path, rec.stages(), {"x": 1}, log=_quiet).run()
+    assert rec.calls == ["a", "b", "c"] and out2 == out
+
+
+def test_failed_stage_is_recorded_and_retried_keeping_its_directory(tmp_path):
+    rec = Recorder()
+    rec.fail.add("b")
+    with pytest.raises(RuntimeError, match="b broke"):
+        StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+    st = read_state(tmp_path)["stages"]
+    assert st["a"]["status"] == "done" and st["b"]["status"] == "failed" and "b broke" in st["b"]["error"]
+    assert "c" not in st
+    StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+    assert rec.calls == ["a", "b", "b", "c"]
+    assert rec.resumed["b"] is True and rec.resumed["c"] is False
+    assert read_state(tmp_path)["stages"]["b"]["attempts"] == 2
+
+
+def test_interrupted_stage_stays_running_and_resumes_with_its_time(tmp_path):
+    rec = Recorder()
+    rec.interrupt.add("b")
+    with pytest.raises(KeyboardInterrupt):
+        StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+    st = read_state(tmp_path)["stages"]["b"]
+    assert st["status"] == "running" and st["seconds"] >= 0.01
+    assert (tmp_path / "b" / "made.txt").exists()
+    StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+    st = read_state(tmp_path)["stages"]["b"]
+    assert st["status"] == "done" and st["prior_seconds"] >= 0.01 and rec.resumed["b"]
+    assert rec.calls == ["a", "b", "b", "c"]
+
+
+def test_from_stage_redoes_that_stage_and_later_ones_from_scratch(tmp_path):
+    rec = Recorder()
+    StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+    (tmp_path / "b" / "stale.txt").write_text("old")
+    StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run(from_stage="b")
+    assert rec.calls == ["a", "b", "c", "b", "c"]
+    assert not (tmp_path / "b" / "stale.txt").exists()
+    assert rec.resumed["b"] is False
+
+
+def test_until_stops_early_and_bad_stage_names_are_refused(tmp_path):
+    rec = Recorder()
+    out = StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run(until="a")
+    assert list(out) == ["a"] and rec.calls == ["a"]
+    with pytest.raises(ValueError, match="from_stage='zz' is not a stage"):
+        StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run(from_stage="zz")
+    with pytest.raises(ValueError, match="unique"):
+        StageRunner(tmp_path, [rec.stage("a"), rec.stage("a")], {})
+
+
+def test_changed_parameters_are_refused_unless_a_stage_is_redone(tmp_path):
+    rec = Recorder()
+    StageRunner(tmp_path, rec.stages(), {"budget": "tiny", "seed": 0}, log=_quiet).run()
+    with pytest.raises(ValueError, match=r"seed: 0 -> 1"):
+        StageRunner(tmp_path, rec.stages(), {"budget": "tiny", "seed": 1}, log=_quiet).run()
+    StageRunner(tmp_path, rec.stages(), {"budget": "tiny", "seed": 1}, log=_quiet).run(from_stage="c")
+    assert read_state(tmp_path)["params"]["seed"] == 1
+    assert rec.calls == ["a", "b", "c", "c"]
+
+
+def test_a_second_process_cannot_drive_the_same_directory(tmp_path):
+    rec = Recorder()
+    seen = {}
+
+    def nested(ctx):
+        try:
+            StageRunner(tmp_path, rec.stages(), {}, log=_quiet).run()
+        except ValueError as e:
+            seen["error"] = str(e)
+        return {}
+
+    StageRunner(tmp_path, [Stage("outer", nested)], {}, log=_quiet).run()
+    assert "another process" in seen["error"]
+
+
+def test_corrupt_state_file_is_a_clear_error(tmp_path):
+    (tmp_path / STATE_FILE).write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        StageRunner(tmp_path, Recorder().stages(), {}, log=_quiet).run()
+
+
+def test_budgets_are_consistent():
+    assert set(BUDGETS) == {"tiny", "default", "large"}
+    for b in BUDGETS.values():
+        assert b.train_steps >= 1 and b.seq_len >= 16 and 0 < b.lr < 1
+    assert BUDGETS["tiny"].train_tokens < BUDGETS["default"].train_tokens < BUDGETS["large"].train_tokens
+    with pytest.raises(ValueError, match="unknown budget 'huge'"):
+        get_budget("huge")
+
+
+# ---------------------------------------------------------------------------------------------- end to end
+def _env(tmp_path: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env["KEXAONE_CACHE"] = str(tmp_path / "cache")  # token caches of this test stay in its tmp dir
+    env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def _speedrun(out: Path, tmp_path: Path, *extra: str, timeout: float = 240) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "kexaone", "speedrun", "--budget", "tiny", "--out", str(out), *extra],
+                          cwd=REPO, env=_env(tmp_path), capture_output=True, text=True, timeout=timeout)
+
+
+def _numbers(cell: str) -> list[float]:
+    return [float(x.replace(",", "")) for x in re.findall(r"-?\d[\d,]*\.?\d*", cell)]
+
+
+@pytest.mark.slow
+def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
+    out = tmp_path / "run"
+    # 1. start, and kill the process as soon as the tokenizer stage is recorded as done
+    proc = subprocess.Popen([sys.executable, "-m", "kexaone", "speedrun", "--budget", "tiny", "--out", str(out)],
+                            cwd=REPO, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.time() + 180
+    try:
+        while time.time() < deadline:
+            state = read_state(out) if (out / STATE_FILE).exists() else {}
+            if state.get("stages", {}).get("tokenizer", {}).get("status") == "done":
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"speedrun exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
+            time.sleep(0.2)
+        else:
+            pytest.fail("the tokenizer stage did not finish in time")
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.stderr.close()
+    tok_record = read_state(out)["stages"]["tokenizer"]
+    tok_mtime = (out / "tokenizer" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
+
+    # 2. run again: the tokenizer stage is skipped, the rest runs to the report
+    res = _speedrun(out, tmp_path)
+    assert res.returncode == 0, res.stderr[-4000:]
+    assert "[tokenizer] already done" in res.stderr
+    state = read_state(out)
+    assert state["stages"]["tokenizer"] == tok_record
+    assert (out / "tokenizer" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tok_mtime
+    assert all(state["stages"][s]["status"] == "done" for s in ("tokenizer", "pretrain", "evaluate", "generate",
+                                                                  "report"))
+
+    # 3. the report exists and its numbers are sane
+    md = (out / "report.md").read_text()
+    html = (out / "report.html").read_text()
+    summary = json.loads((out / "report.json").read_text())
+    assert "data:image/png;base64," in html and "<img" in html
+    assert math.isfinite(summary["final_train_loss"]) and 0 < summary["final_train_loss"] < 20
+    assert 0 < summary["heldout_bpb"] < 20
+    assert summary["tasks"] and all(0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["baseline"] <= 1.0
+                                    for t in summary["tasks"])
+    assert summary["mtp_speedup"] > 0 and summary["plain_tokens_per_s"] > 0
+    assert all(v > 0 for v in summary["stage_seconds"].values())
+    # time table in the markdown: every finished stage has a positive time
+    rows = [line for line in md.splitlines() if re.match(r"\| (tokenizer|pretrain|evaluate|generate) \| done", line)]
+    assert len(rows) == 4 and all(_numbers(r.split("|")[3])[0] > 0 for r in rows)
+    # evaluation table: accuracies are percentages in [0, 100]
+    for line in md.splitlines():
+        if line.startswith("| ") and ("above" in line) and "%" in line:
+            pct = _numbers(line.split("|")[3])[0]
+            assert 0 <= pct <= 100
+    # the final model directory is in the HF layout and loads back
+    model_dir = out / state["stages"]["pretrain"]["outputs"]["model_dir"]
+    assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
+    assert list(model_dir.glob("*.safetensors"))
+
+    # 4. a third run does nothing
+    res = _speedrun(out, tmp_path, "--status")
+    assert res.returncode == 0 and res.stdout.count("done") == 5

@@ -120,13 +120,14 @@ def clip_grad_norm_(parameters: nn.Module | Iterable[torch.Tensor], max_norm: fl
     `max_norm` None or <= 0 only measures. A non-finite norm leaves the gradients untouched (scaling by nan would
     poison every parameter): the caller should skip that step. Sharded (DTensor) gradients give the global norm.
     """
-    params = parameters.parameters() if isinstance(parameters, nn.Module) else parameters
-    grads = [p.grad for p in params if p.grad is not None]
+    params = [p for p in (parameters.parameters() if isinstance(parameters, nn.Module) else parameters)
+              if p.grad is not None]
+    grads = [p.grad for p in params]
     if not grads:
         return torch.zeros((), dtype=torch.float32)
     total = torch.nn.utils.get_total_norm(grads, norm_type=norm_type)
     # A DTensor norm is a partial result until reduced; clipping takes it as is, the caller gets a plain tensor.
     total_full = total.full_tensor() if hasattr(total, "full_tensor") else total
     if max_norm is not None and max_norm > 0 and torch.isfinite(total_full):
-        torch.nn.utils.clip_grads_with_norm_(grads, max_norm, total)
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
     return total_full.detach().float()

@@ -1,0 +1,152 @@
+"""The embedded default corpus: every synthetic domain generated deterministically and written as JSONL.
+
+`write_corpus(out_dir, size)` writes one `<domain>.jsonl` per domain (records `{"text", "domain", "lang"}`, so the
+data pipeline tags each document "domain/lang" for per-domain and per-language evaluation) and `manifest.json`.
+The same (size, seed, package version of the generators, installed stdlib) always gives the same bytes; a directory
+that already holds that corpus is left alone.
+
+Domains: knowledge (world facts in six languages), arithmetic (step-by-step reasoning in chat format), retrieval
+(long key-value documents with questions), tools (tool-use dialogues in chat format), code (Python stdlib).
+Sizes: `tiny` (~0.6 MB of text, for smoke tests), `default` (~11 MB, what the CPU speedrun trains on for a few
+epochs), `large` (~110 MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+import json
+import os
+import platform
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from kexaone.data.sources import Document
+from kexaone.data.synthetic.arithmetic import arithmetic_documents
+from kexaone.data.synthetic.code import code_documents
+from kexaone.data.synthetic.knowledge import knowledge_documents
+from kexaone.data.synthetic.retrieval import retrieval_documents
+from kexaone.data.synthetic.tools import tool_documents
+from kexaone.data.synthetic.world import World
+from kexaone.utils.io import atomic_open, atomic_write_text
+
+GENERATOR_VERSION = 1
+"""Bump when a generator's output changes, so cached corpora are rebuilt."""
+DOMAINS = ("knowledge", "arithmetic", "retrieval", "tools", "code")
+
+
+@dataclass(frozen=True)
+class CorpusSize:
+    name: str
+    world: str
+    """WORLD_SIZES key of the generated world."""
+    chars: dict
+    """Characters of text per domain (each domain stops at the first document that reaches its budget)."""
+    retrieval_long_fraction: float = 0.25
+
+
+CORPUS_SIZES = {
+    "tiny": CorpusSize("tiny", "tiny", {"knowledge": 250_000, "arithmetic": 120_000, "retrieval": 100_000,
+                                        "tools": 60_000, "code": 100_000}),
+    "default": CorpusSize("default", "default", {"knowledge": 4_000_000, "arithmetic": 2_000_000,
+                                                 "retrieval": 2_000_000, "tools": 1_000_000, "code": 2_500_000}),
+    "large": CorpusSize("large", "large", {"knowledge": 40_000_000, "arithmetic": 20_000_000,
+                                           "retrieval": 20_000_000, "tools": 10_000_000, "code": 8_000_000}),
+}
+
+
+def get_size(size: str | CorpusSize) -> CorpusSize:
+    if isinstance(size, CorpusSize):
+        return size
+    if size not in CORPUS_SIZES:
+        raise ValueError(f"unknown corpus size {size!r}; choose one of {sorted(CORPUS_SIZES)}")
+    return CORPUS_SIZES[size]
+
+
+def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int = 0) -> Iterator[Document]:
+    """The documents of one domain, stopping once `size.chars[domain]` characters are reached."""
+    size = get_size(size)
+    world = World(seed, size.world)
+    gens = {
+        "knowledge": lambda: knowledge_documents(world, seed),
+        "arithmetic": lambda: arithmetic_documents(seed),
+        "retrieval": lambda: retrieval_documents(seed, size.retrieval_long_fraction),
+        "tools": lambda: tool_documents([c.name for c in world.cities], seed),
+        "code": lambda: code_documents(heldout=False),
+    }
+    if domain not in gens:
+        raise ValueError(f"unknown synthetic domain {domain!r}; choose one of {DOMAINS}")
+    budget, total = size.chars[domain], 0
+    for doc in gens[domain]():
+        if total >= budget:
+            return
+        total += len(doc.text)
+        yield doc
+
+
+def generate_corpus(size: str | CorpusSize = "default", seed: int = 0) -> dict[str, list[Document]]:
+    """Every domain's documents in memory (for small sizes and tests; write_corpus streams to disk)."""
+    return {d: list(domain_documents(d, size, seed)) for d in DOMAINS}
+
+
+def _identity(size: CorpusSize, seed: int) -> dict:
+    return {"generator_version": GENERATOR_VERSION, "size": asdict(size), "seed": seed,
+            "python": platform.python_version()}
+
+
+def write_corpus(out_dir: str | os.PathLike, size: str | CorpusSize = "default", seed: int = 0) -> dict[str, Path]:
+    """Write (or reuse) the corpus under `out_dir`; returns {domain: path of its JSONL file}."""
+    size = get_size(size)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ident = _identity(size, seed)
+    manifest_path = out / "manifest.json"
+    paths = {d: out / f"{d}.jsonl" for d in DOMAINS}
+    if manifest_path.exists():
+        try:
+            old = json.loads(manifest_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError:
+            old = {}
+        if old.get("identity") == ident and all(p.exists() for p in paths.values()):
+            return paths
+    domains = {}
+    for d in DOMAINS:
+        h, n, chars = hashlib.sha256(), 0, 0
+        with atomic_open(paths[d], "w") as f:
+            for doc in domain_documents(d, size, seed):
+                domain, _, lang = doc.tag.partition("/")
+                line = json.dumps({"text": doc.text, "domain": domain, "lang": lang}, ensure_ascii=False) + "\n"
+                f.write(line)
+                h.update(line.encode("utf-8"))
+                n, chars = n + 1, chars + len(doc.text)
+        domains[d] = {"file": paths[d].name, "documents": n, "chars": chars, "sha256": h.hexdigest()}
+    # The manifest is written last: a directory without a matching one is regenerated.
+    atomic_write_text(manifest_path, json.dumps({"identity": ident, "domains": domains}, indent=1))
+    return paths
+
+
+def tokenizer_corpus(size: str | CorpusSize = "default", seed: int = 0, max_bytes: int | None = 6_000_000
+                     ) -> Iterator[str]:
+    """Texts to train the default tokenizer on: the domains interleaved in proportion to their budgets (so any
+    prefix is a fair sample of the mixture), until `max_bytes` UTF-8 bytes (None: the whole corpus)."""
+    size = get_size(size)
+    total_chars = sum(size.chars.values())
+    gens = {d: domain_documents(d, size, seed) for d in DOMAINS}
+    credit = dict.fromkeys(DOMAINS, 0.0)
+    used = 0
+    for _ in itertools.count():
+        if not gens:
+            return
+        # Deficit round-robin: the domain furthest behind its share of the bytes produced so far goes next.
+        d = min(gens, key=lambda k: (credit[k] - size.chars[k] / total_chars * max(used, 1), k))
+        doc = next(gens[d], None)
+        if doc is None:
+            del gens[d]
+            continue
+        b = len(doc.text.encode("utf-8"))
+        if max_bytes is not None and used + b > max_bytes and used > 0:
+            return
+        credit[d] += b
+        used += b
+        yield doc.text

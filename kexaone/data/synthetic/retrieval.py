@@ -1,0 +1,112 @@
+"""Long documents of key-value records with questions about them: in-context retrieval.
+
+A document lists records ("Locker 4821 holds the Talvik.") in one of three formats and asks questions whose
+answers are values stated earlier in the same document. Short documents (a few hundred tokens) ask at the end;
+long ones (several thousand tokens) also ask every ten to twenty records about a recent record, so a model trained
+on windows shorter than the document still sees questions together with their answers.
+
+Held out by construction: keys whose hash falls in a reserved eighth (`is_reserved_key`) never appear in training
+documents; every evaluation question asks about such a key (its context's other records use ordinary keys, like
+training documents do).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from kexaone.data.sources import Document
+from kexaone.data.synthetic.languages import qa_text
+from kexaone.data.synthetic.names import pseudo_word
+
+DOMAIN = "retrieval"
+RESERVED_MOD = 8
+
+# (header, record template, question template)
+FORMATS = (
+    ("Locker registry.", "Locker {k} holds the {v}.", "What does locker {k} hold?"),
+    ("Key-value table.", "key {k} = {v}", "What is the value of key {k}?"),
+    ("Room code words.", "The code word for room {k} is {v}.", "What is the code word for room {k}?"),
+)
+
+
+def is_reserved_key(key: int) -> bool:
+    return int.from_bytes(hashlib.blake2b(f"key|{key}".encode(), digest_size=8).digest(), "little") % RESERVED_MOD == 0
+
+
+def _keys(rng: random.Random, n: int, reserved: bool) -> list[int]:
+    keys: list[int] = []
+    seen: set[int] = set()
+    while len(keys) < n:
+        k = rng.randint(1000, 9999)
+        if k not in seen and is_reserved_key(k) == reserved:
+            seen.add(k)
+            keys.append(k)
+    return keys
+
+
+def _values(rng: random.Random, n: int) -> list[str]:
+    vals: list[str] = []
+    seen: set[str] = set()
+    while len(vals) < n:
+        v = pseudo_word(rng, rng.randint(2, 3))
+        if v not in seen:
+            seen.add(v)
+            vals.append(v)
+    return vals
+
+
+@dataclass(frozen=True)
+class RetrievalItem:
+    prompt: str
+    answer: str
+    num_records: int
+
+
+def _qa(fmt: tuple[str, str, str], k: int, v: str | None) -> str:
+    return qa_text(fmt[2].format(k=k), v, "en")
+
+
+def make_item(rng: random.Random, num_records: int) -> RetrievalItem:
+    """An evaluation item: `num_records` records, one (at a random depth) with a reserved key, asked about."""
+    fmt = rng.choice(FORMATS)
+    keys = _keys(rng, num_records - 1, reserved=False)
+    target = _keys(rng, 1, reserved=True)[0]
+    depth = rng.randrange(num_records)
+    keys.insert(depth, target)
+    vals = _values(rng, num_records)
+    lines = [fmt[1].format(k=k, v=v) for k, v in zip(keys, vals)]
+    prompt = fmt[0] + "\n\n" + "\n".join(lines) + "\n\n" + _qa(fmt, target, None)  # training layout
+    return RetrievalItem(prompt, vals[depth], num_records)
+
+
+def make_document(rng: random.Random, long: bool) -> str:
+    """One training document (no reserved key anywhere)."""
+    fmt = rng.choice(FORMATS)
+    n = rng.randint(150, 400) if long else rng.randint(8, 30)
+    keys, vals = _keys(rng, n, reserved=False), _values(rng, n)
+    parts = [fmt[0]]
+    block: list[str] = []
+    next_q = rng.randint(10, 20)
+    for i, (k, v) in enumerate(zip(keys, vals)):
+        block.append(fmt[1].format(k=k, v=v))
+        if long and i + 1 == next_q and i + 1 < n:
+            j = rng.randrange(max(0, i - 24), i + 1)
+            parts.append("\n".join(block))
+            parts.append(_qa(fmt, keys[j], vals[j]))
+            block = []
+            next_q += rng.randint(10, 20)
+    if block:
+        parts.append("\n".join(block))
+    for j in rng.sample(range(n), k=min(n, rng.randint(1, 3))):
+        parts.append(_qa(fmt, keys[j], vals[j]))
+    return "\n\n".join(parts)
+
+
+def retrieval_documents(seed: int = 0, long_fraction: float = 0.4) -> Iterator[Document]:
+    """Endless training documents; `long_fraction` of them several thousand tokens long."""
+    rng = random.Random(f"kexaone-retrieval|{seed}")
+    while True:
+        yield Document(make_document(rng, rng.random() < long_fraction), f"{DOMAIN}/en")

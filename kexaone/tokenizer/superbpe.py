@@ -50,7 +50,8 @@ class TrainStats:
     """What training did, written to `superbpe_training.json` next to the tokenizer."""
 
     vocab_size: int
-    transition: int
+    transition: int  # stage-1 vocabulary size reached (smaller than asked when stage 1 ran out of pairs)
+    transition_requested: int
     num_special: int
     stage1_merges: int
     stage2_merges: int
@@ -391,6 +392,88 @@ def _choose_group(done: list[int], weights: list[float], active: list[bool]) -> 
     return best
 
 
+def _count_pretokens(documents, group_names, nfc, workers, show_progress) -> tuple[Counter, dict[str, int]]:
+    """Stage-2 pre-token types with their frequency per language group (multiprocessing), and bytes per language."""
+    from tqdm.auto import tqdm
+
+    counts: Counter = Counter()
+    lang_bytes: Counter = Counter()
+    tasks = ((batch, group_names, nfc) for batch in _batches(documents))
+    bar = tqdm(desc="count stage-2 pre-tokens", unit="MB", disable=not show_progress)
+    if workers > 1:
+        with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
+            for c, lb in pool.imap(_count_batch, tasks, chunksize=1):
+                counts.update(c)
+                lang_bytes.update(lb)
+                bar.update(sum(lb.values()) / 1e6)
+    else:
+        for task in tasks:
+            c, lb = _count_batch(task)
+            counts.update(c)
+            lang_bytes.update(lb)
+            bar.update(sum(lb.values()) / 1e6)
+    bar.close()
+    return counts, dict(sorted(lang_bytes.items()))
+
+
+def _replay_stage1(counts: Counter, group_names, token_bytes, merges, n_special):
+    """Replay the stage-1 merges on every stage-2 type -> (words as id lists, frequencies, group indices)."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    keys = sorted(counts)  # fixed order: results never depend on process scheduling or hashing
+    unique = sorted({piece for piece, _ in keys})
+    s1_vocab = {pretokenize.bytes_to_token(tb): i for i, tb in enumerate(token_bytes) if i >= n_special}
+    s1_names = {i: name for name, i in s1_vocab.items()}
+    # A Rust BPE model holding exactly the stage-1 merges applies them by rank, i.e. replays them in order.
+    s1 = Tokenizer(models.BPE(vocab=s1_vocab, merges=[(s1_names[a], s1_names[b]) for a, b in merges]))
+    s1.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
+    # Stage-1 tokens never hold a non-space followed by a space, so no stage-1 merge crosses the start of a word
+    # inside a stage-2 pre-token: replaying the merges on the whole pre-token equals replaying them word by word.
+    # Segmenting the (far fewer, shorter) distinct words is much cheaper; a test checks the equivalence.
+    split = pretokenize.STAGE1_RE.findall
+    pieces_of = {piece: split(piece) for piece in unique}
+    words1 = sorted({w for ws in pieces_of.values() for w in ws})
+    seg1 = dict(zip(words1, (e.ids for e in s1.encode_batch_fast(words1, add_special_tokens=False))))
+    group_index = {name: g for g, name in enumerate(group_names)}
+    words, freqs, groups = [], [], []
+    for piece, group in keys:
+        ids = [i for w in pieces_of[piece] for i in seg1[w]]
+        if len(ids) > 1:  # a single token can never take part in a merge
+            words.append(ids)
+            freqs.append(counts[(piece, group)])
+            groups.append(group_index[group])
+    return words, freqs, groups
+
+
+def _run_stage2(engine: _Stage2, merges: list[tuple[int, int]], weights: list[float], vocab_size: int,
+                show_progress: bool) -> list[int]:
+    """Merge until the vocabulary has `vocab_size` ids, giving each group its share; returns merges per group."""
+    from tqdm.auto import tqdm
+
+    token_bytes = engine.token_bytes
+    done = [0] * len(weights)
+    active = [w > 0 for w in weights]
+    if not any(active):
+        active = [True] * len(weights)
+        weights = [1.0] * len(weights)
+    bar = tqdm(total=vocab_size - len(token_bytes), desc="stage-2 merges", disable=not show_progress)
+    while len(token_bytes) < vocab_size:
+        g = _choose_group(done, weights, active)
+        if g is None:
+            break  # every group ran out of admissible pairs: the vocabulary stays smaller
+        k = engine.best(g)
+        if k is None:
+            active[g] = False
+            continue
+        before = len(token_bytes)
+        engine.merge(k)
+        merges.append(divmod(k, _PAIR_SHIFT))
+        done[g] += 1
+        bar.update(len(token_bytes) - before)
+    bar.close()
+    return done
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # public API
 
@@ -438,9 +521,6 @@ def train_superbpe(
     are "other" plus the languages named; `{}` = one shared budget). special_tokens: extras after the standard
     ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed: train on a seeded random
     subset of the documents. Deterministic for fixed inputs and settings."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from tqdm.auto import tqdm
-
     specials = special_tokens_with(special_tokens)
     n_special = len(specials)
     t = resolve_transition(vocab_size, n_special, transition, superword_fraction)
@@ -481,92 +561,40 @@ def train_superbpe(
             token_bytes.append(merged)
         merges.append((a, b))
     stage1_count = len(merges)
+    stage1_vocab = len(token_bytes)
 
-    # Count stage-2 pre-token types per language group (multiprocessing).
-    t0 = time.perf_counter()
-    counts: Counter = Counter()
-    lang_bytes: Counter = Counter()
-    tasks = ((batch, group_names, nfc) for batch in _batches(documents()))
-    bar = tqdm(desc="count stage-2 pre-tokens", unit="MB", disable=not show_progress)
-    if workers > 1:
-        with mp.get_context("spawn" if os.name == "nt" else "fork").Pool(workers) as pool:
-            for c, lb in pool.imap(_count_batch, tasks, chunksize=1):
-                counts.update(c)
-                lang_bytes.update(lb)
-                bar.update(sum(lb.values()) / 1e6)
-    else:
-        for task in tasks:
-            c, lb = _count_batch(task)
-            counts.update(c)
-            lang_bytes.update(lb)
-            bar.update(sum(lb.values()) / 1e6)
-    bar.close()
-    seconds_count = time.perf_counter() - t0
-
-    # Replay the stage-1 merges on every type: a Rust BPE model holding exactly those merges, applied by rank.
-    t0 = time.perf_counter()
-    keys = sorted(counts)  # fixed order: results never depend on process scheduling or hashing
-    unique = sorted({piece for piece, _ in keys})
-    s1_vocab = {pretokenize.bytes_to_token(tb): i for i, tb in enumerate(token_bytes) if i >= n_special}
-    s1_names = {i: name for name, i in s1_vocab.items()}
-    s1 = Tokenizer(models.BPE(vocab=s1_vocab, merges=[(s1_names[a], s1_names[b]) for a, b in merges]))
-    s1.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)
-    # Stage-1 tokens never hold a non-space followed by a space, so no stage-1 merge crosses the start of a word
-    # inside a stage-2 pre-token: replaying the merges on the whole pre-token equals replaying them word by word.
-    # Segmenting the (far fewer, shorter) distinct words is much cheaper; a test checks the equivalence.
-    split = pretokenize.STAGE1_RE.findall
-    pieces_of = {piece: split(piece) for piece in unique}
-    words1 = sorted({w for ws in pieces_of.values() for w in ws})
-    seg1 = dict(zip(words1, (e.ids for e in s1.encode_batch_fast(words1, add_special_tokens=False))))
-    seg = {piece: [i for w in ws for i in seg1[w]] for piece, ws in pieces_of.items()}
-    del pieces_of, seg1, words1
-    group_index = {name: g for g, name in enumerate(group_names)}
-    words, freqs, groups = [], [], []
-    for piece, group in keys:
-        ids = seg[piece]
-        if len(ids) > 1:  # a single token can never take part in a merge
-            words.append(list(ids))
-            freqs.append(counts[(piece, group)])
-            groups.append(group_index[group])
-    del counts, seg
-
-    engine = _Stage2(words, freqs, groups, len(group_names), token_bytes, max_words)
-    weights = [float(allocation[name]) for name in group_names]
-    done = [0] * len(group_names)
-    active = [w > 0 for w in weights]
-    if not any(active):
-        active = [True] * len(group_names)
-        weights = [1.0] * len(group_names)
-    bar = tqdm(total=vocab_size - len(token_bytes), desc="stage-2 merges", disable=not show_progress)
-    while len(token_bytes) < vocab_size:
-        g = _choose_group(done, weights, active)
-        if g is None:
-            break  # every group ran out of admissible pairs: the vocabulary stays smaller
-        k = engine.best(g)
-        if k is None:
-            active[g] = False
-            continue
-        before = len(token_bytes)
-        engine.merge(k)
-        merges.append(divmod(k, _PAIR_SHIFT))
-        done[g] += 1
-        bar.update(len(token_bytes) - before)
-    bar.close()
-    seconds_stage2 = time.perf_counter() - t0
+    refused, done, lang_bytes, n_types, seconds_count, seconds_stage2 = 0, [0] * len(group_names), {}, 0, 0.0, 0.0
+    if t < vocab_size:
+        t0 = time.perf_counter()
+        counts, lang_bytes = _count_pretokens(documents(), group_names, nfc, workers, show_progress)
+        seconds_count = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        words, freqs, groups = _replay_stage1(counts, group_names, token_bytes, merges, n_special)
+        del counts
+        n_types = len(words)
+        engine = _Stage2(words, freqs, groups, len(group_names), token_bytes, max_words)
+        done = _run_stage2(engine, merges, [float(allocation[name]) for name in group_names], vocab_size,
+                           show_progress)
+        refused = len(engine.refused)
+        del engine, words, freqs, groups
+        seconds_stage2 = time.perf_counter() - t0
 
     kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
-    tok = KExaoneTokenizer.from_merges(token_bytes, merges, specials, nfc=nfc, **kwargs)
+    # Plain BPE (no stage 2) keeps the stage-1 pre-tokenizer; SuperBPE needs the stage-2 one to reproduce its merges.
+    pattern = pretokenize.STAGE2_PATTERN if t < vocab_size else pretokenize.STAGE1_PATTERN
+    tok = KExaoneTokenizer.from_merges(token_bytes, merges, specials, nfc=nfc, pattern=pattern, **kwargs)
     stats = TrainStats(
         vocab_size=len(token_bytes),
-        transition=t,
+        transition=stage1_vocab,
+        transition_requested=t,
         num_special=n_special,
         stage1_merges=stage1_count,
         stage2_merges=len(merges) - stage1_count,
-        stage2_refused_pairs=len(engine.refused),
+        stage2_refused_pairs=refused,
         stage2_merges_per_group={name: done[g] for g, name in enumerate(group_names)},
         allocation={name: float(allocation[name]) for name in group_names},
-        bytes_per_language=dict(sorted(lang_bytes.items())),
-        pretoken_types=len(words),
+        bytes_per_language=lang_bytes,
+        pretoken_types=n_types,
         seconds_stage1=round(seconds_stage1, 3),
         seconds_count=round(seconds_count, 3),
         seconds_stage2=round(seconds_stage2, 3),

@@ -95,6 +95,10 @@ class TrainConfig:
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     parallel: str = "ddp"
     """Data parallelism under torchrun: 'ddp' or 'fsdp' (FSDP2 fully_shard per decoder layer)."""
+    threads: int = 0
+    """CPU threads for torch (0: torch's default). On a shared, loaded machine 1 thread is often much faster."""
+    activation_checkpointing: bool = False
+    """Recompute each decoder layer in backward (less memory, ~30% more compute)."""
     peak_flops: float | None = None
     """Peak FLOP/s per rank for MFU (None: measured once at startup with a matmul)."""
 
@@ -141,7 +145,7 @@ class TrainConfig:
             need(getattr(self, name) in choices, name, f"choose one of {list(choices)}")
         for name in ("seq_len", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_bad_steps"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
-        for name in ("eval_every", "save_every", "eval_batches", "workers", "seed"):
+        for name in ("eval_every", "save_every", "eval_batches", "workers", "seed", "threads"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 0, name, "must be an integer >= 0")
         need(self.max_steps is None or (is_int(self.max_steps) and self.max_steps >= 1), "max_steps",
              "must be an integer >= 1 (or None)")

@@ -90,7 +90,7 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{kind}/{k}", v, record["step"])
 
     def save_expert_load(self, step: int, load_LE: Any) -> Path | None:
-        """Write the [L, E] expert-load matrix (fraction of routed tokens per expert) of one logging step to
+        """Write the [L, E] expert-load matrix (routed token-slot counts per MoE layer and expert) of one step to
         `<dir>/expert_load/step_XXXXXXXX.npy` for heat maps."""
         if not self.enabled:
             return None

@@ -70,6 +70,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 (default) or fp8")
     g.add_argument("--device", choices=DEVICES)
     g.add_argument("--parallel", choices=PARALLEL, help="data parallelism under torchrun: ddp (default) or fsdp")
+    g.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch default)")
+    g.add_argument("--activation-checkpointing", action="store_true", default=None,
+                   help="recompute decoder layers in backward to save memory")
     g.add_argument("--peak-flops", type=float, help="peak FLOP/s per rank for MFU (default: measured)")
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
@@ -179,7 +182,7 @@ def default_tokenizer(vocab_size: int, workers: int = 0) -> Any:
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
-        tok = train_superbpe(texts, vocab_size)
+        tok = train_superbpe(iter(texts), vocab_size, workers=workers or None, show_progress=False)
         tok.save(tmp)
         try:
             os.replace(tmp, target)
@@ -260,6 +263,8 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
                          "or choose another --out")
     for spec in cfg.data + cfg.eval_data:
         _check_source_exists(spec)
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
     dist = init_distributed(cfg.device)
     try:
         from kexaone.config import KExaoneConfig
@@ -269,6 +274,7 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
         model_config = build_model_config(cfg, tok)
         seed_all(cfg.seed)
         model = KExaoneForCausalLM(model_config)
+        model.gradient_checkpointing = cfg.activation_checkpointing
         data, heldout = build_train_data(cfg, tok, dist)
         eval_set = build_eval_data(cfg, tok, heldout, dist)
         trainer = Trainer(model, tok, data, cfg, eval_set=eval_set, dist=dist, out_dir=out, callbacks=callbacks)
@@ -291,7 +297,6 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
                               world_size=dist.world_size, rank=dist.rank)
     finally:
         destroy_distributed(dist)
-        del torch  # imported for its side effect of failing early when torch is missing
 
 
 def export_model(trainer: Any, model_dir: Path) -> None:

@@ -309,7 +309,7 @@ class Trainer:
         """Load the latest (or the given) checkpoint; returns the step it continues after."""
         target = Path(path) if path is not None else self.ckpt.latest()
         if target is None:
-            raise FileNotFoundError(f"--resume: no checkpoint found in {self.ckpt.dir if hasattr(self.ckpt, 'dir') else self.out_dir / 'checkpoints'}")
+            raise FileNotFoundError(f"--resume: no checkpoint found in {self.ckpt.directory}")
         self.load_state_dict(self.ckpt.load(target))
         return self.step
 
@@ -346,55 +346,86 @@ class Trainer:
             raise ValueError(f"batch contains token id {bad} outside the model's vocabulary [0, {self.vocab_size}); "
                              "was the data tokenized with a different tokenizer?")
 
+    def _uses_mtp(self) -> bool:
+        return self.mtp_weight > 0 and getattr(self.raw_model, "mtp", None) is not None
+
     def _forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Forward one micro-batch: (total loss of this micro-batch alone, its unweighted parts)."""
         with self._autocast():
             out = self.model(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
-                             compute_mtp=self.mtp_weight > 0 and getattr(self.raw_model, "mtp", None) is not None)
-        ce = out.ce_loss.float()
-        total = ce
-        parts = {"ce": ce.detach()}
+                             compute_mtp=self._uses_mtp())
+        parts = {"ce": out.ce_loss.float()}
         if out.mtp_loss is not None:
-            total = total + self.mtp_weight * out.mtp_loss.float()
-            parts["mtp"] = out.mtp_loss.detach().float()
+            parts["mtp"] = out.mtp_loss.float()
         if out.aux_loss is not None:
-            aux = out.aux_loss.float()
-            total = total + self.aux_coef * aux
-            parts["aux"] = aux.detach()
-        return total, parts
+            parts["aux"] = out.aux_loss.float()
+        return self._combine(parts), parts
+
+    def _combine(self, parts: dict[str, Any]) -> Any:
+        total = parts["ce"]
+        if "mtp" in parts:
+            total = total + self.mtp_weight * parts["mtp"]
+        if "aux" in parts:
+            total = total + self.aux_coef * parts["aux"]
+        return total
+
+    @staticmethod
+    def _target_count(batch: dict[str, torch.Tensor], shift: int) -> int:
+        from kexaone.model.mtp import shifted_targets
+
+        return int((shifted_targets(batch["labels"], shift, batch.get("doc_ids")) != -100).sum())
+
+    def _next_batch(self, data_iter: Any) -> dict[str, torch.Tensor]:
+        try:
+            batch = next(data_iter)
+        except StopIteration:
+            raise ValueError(f"the training data ran out at step {self.step + 1} of {self.total_steps}; "
+                             "give more data or fewer steps/tokens") from None
+        self._check_batch(batch)
+        return {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
 
     def train_step(self, data_iter: Any) -> dict[str, Any]:
-        """One optimizer step over grad_accum micro-batches; returns the step's log record."""
+        """One optimizer step over grad_accum micro-batches (on every rank); returns the step's log record.
+
+        CE and MTP are means over every target of the step (all micro-batches, all ranks), not means of
+        micro-batch means: packed rows lose a different number of targets at document boundaries, and weighting
+        each micro-batch by its target count makes accumulation and data parallelism equal to one big batch.
+        The aux loss is a mean over sequences, so micro-batches (equal row counts) weigh equally."""
         c = self.cfg
+        W = self.dist.world_size
         self.model.train()
-        sums: dict[str, torch.Tensor] = {}
-        for micro in range(c.grad_accum):
-            try:
-                batch = next(data_iter)
-            except StopIteration:
-                raise ValueError(f"the training data ran out at step {self.step + 1} of {self.total_steps}; "
-                                 "give more data or fewer steps/tokens") from None
-            self._check_batch(batch)
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in batch.items() if torch.is_tensor(v)}
+        batches = [self._next_batch(data_iter) for _ in range(c.grad_accum)]
+        n_ce = [self._target_count(b, 1) for b in batches]
+        n_mtp = [self._target_count(b, 2) for b in batches] if self._uses_mtp() else [0] * len(batches)
+        tot_ce, tot_mtp = (max(1.0, x) for x in all_reduce_sum([float(sum(n_ce)), float(sum(n_mtp))], self.dist))
+        sums = {"ce": 0.0, "mtp": 0.0, "aux": 0.0}
+        seen: set[str] = set()
+        for micro, batch in enumerate(batches):
             with maybe_no_sync(self.model, skip_sync=micro < c.grad_accum - 1):
-                total, parts = self._forward_loss(batch)
-                (total / c.grad_accum).backward()
-            parts["loss"] = total.detach()
+                _, parts = self._forward_loss(batch)
+                # Each rank's gradient is averaged over W ranks by DDP/FSDP, hence the factor W.
+                weights = {"ce": n_ce[micro] * W / tot_ce, "mtp": n_mtp[micro] * W / tot_mtp,
+                           "aux": 1.0 / c.grad_accum}
+                self._combine({k: v * weights[k] for k, v in parts.items()}).backward()
             for k, v in parts.items():
-                sums[k] = sums.get(k, 0.0) + v / c.grad_accum
-        keys = sorted(sums)
-        local = torch.stack([sums[k].float() for k in keys]).cpu().tolist()
+                seen.add(k)
+                sums[k] = sums[k] + v.detach() * weights[k] / W
+        keys = sorted(seen)
+        local = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in keys]).cpu().tolist()
         from kexaone.train.optim import clip_grad_norm_
 
         # Pre-clip global norm; a non-finite norm leaves the gradients untouched and the step is skipped below.
         grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
-        vals = dict(zip(keys, all_reduce_mean(local, self.dist)))
+        vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
+        vals["loss"] = self._combine(vals)
         lr = self.optimizer.param_groups[0]["lr"]
         record: dict[str, Any] = {"kind": "train", "step": self.step + 1, **vals, "lr": lr, "grad_norm": grad_norm}
         if bad:
+            from kexaone.model.balance import reset_expert_counts
+
             self.optimizer.zero_grad(set_to_none=True)
-            for m in self._moe_layers():  # this step's routed counts must not drive the bias update
-                m.tokens_per_expert.zero_()
+            reset_expert_counts(self.raw_model)  # this step's routed counts must not drive the bias update
             self.bad_in_row += 1
             self.skipped_steps += 1
             record["skipped"] = True
@@ -407,10 +438,9 @@ class Trainer:
             from kexaone.model.balance import update_expert_biases
 
             stats = update_expert_biases(self.raw_model, self.bias_rate)
-            if stats is not None and len(getattr(stats, "max_vio", [])):
-                mv = [float(x) for x in stats.max_vio]
-                record["max_vio"] = sum(mv) / len(mv)
-                record["max_vio_layers"] = mv
+            if stats.max_vio:
+                record["max_vio"] = stats.mean_max_vio
+                record["max_vio_layers"] = list(stats.max_vio)
                 self._last_load = stats.load
         self.scheduler.step()
         self.step += 1
@@ -499,11 +529,6 @@ class Trainer:
                     self.stage = stage
                 if stage is not None:
                     record["stage"] = stage
-                if self.bad_in_row >= c.max_bad_steps:
-                    raise TrainingDiverged(
-                        f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient (last at step "
-                        f"{self.step}); stopping. The last good checkpoint in {self.out_dir / 'checkpoints'} is "
-                        "intact: lower --lr, check the data, or use --precision fp32, then --resume.")
                 steps_since += 1
                 if self.dist.is_main and (self.step % c.log_every == 0 or self.step == self.total_steps):
                     now = time.perf_counter()
@@ -523,6 +548,11 @@ class Trainer:
                         pbar.set_postfix(post, refresh=False)
                 if pbar is not None:
                     pbar.update(1)
+                if self.bad_in_row >= c.max_bad_steps:
+                    raise TrainingDiverged(
+                        f"{self.bad_in_row} consecutive steps had a non-finite loss or gradient (last at step "
+                        f"{self.step}); stopping. The last good checkpoint in {self.out_dir / 'checkpoints'} is "
+                        "intact: lower --lr, check the data, or use --precision fp32, then --resume.")
                 self.history.append(record)
                 last_record = record
                 if c.eval_every and self.step % c.eval_every == 0 and self.step < self.total_steps:

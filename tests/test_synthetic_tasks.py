@@ -1,0 +1,106 @@
+"""Held-out synthetic tasks: well-formed, deterministic, and disjoint from the training corpus by construction."""
+
+from __future__ import annotations
+
+import random
+import re
+
+import pytest
+
+from kexaone.data.synthetic import generate_corpus
+from kexaone.data.synthetic.arithmetic import is_reserved, sample_problem
+from kexaone.data.synthetic.code import code_documents, is_heldout_file
+from kexaone.data.synthetic.retrieval import is_reserved_key, make_document
+from kexaone.data.synthetic.tasks import TASK_NAMES, Task, TaskItem, build_tasks, extract_after_think
+
+
+@pytest.fixture(scope="module")
+def tasks():
+    return build_tasks("tiny", seed=0, n_items=30, retrieval_records=8)
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return generate_corpus("tiny", seed=0)
+
+
+def test_items_are_well_formed(tasks):
+    assert set(tasks) == set(TASK_NAMES)
+    for name, task in tasks.items():
+        assert task.items, name
+        for it in task.items:
+            assert it.prompt and it.answer
+            if task.metric == "choice":
+                assert len(it.choices) == 4 and len(set(it.choices)) == 4
+                assert sum(c.strip() == it.answer.strip() for c in it.choices) == 1
+            else:
+                assert it.choices is None
+    assert tasks["crosslingual_recall"].chance_baseline == tasks["code_completion"].chance_baseline == 0.25
+    assert tasks["retrieval"].chance_baseline == pytest.approx(1 / 8)
+    assert 0 < tasks["arithmetic"].chance_baseline < 0.2
+    assert len(tasks["arithmetic"].items) == 30
+    # the recall prompts use every language, each about a fact held out in that language
+    assert {it.lang for it in tasks["crosslingual_recall"].items} >= {"ko", "en", "ja"}
+
+
+def test_tasks_are_deterministic(tasks):
+    again = build_tasks("tiny", seed=0, n_items=30, retrieval_records=8)
+    for name in TASK_NAMES:
+        assert again[name].items == tasks[name].items
+    other = build_tasks("tiny", seed=1, n_items=30, retrieval_records=8)
+    assert other["arithmetic"].items != tasks["arithmetic"].items
+
+
+def test_arithmetic_items_disjoint_from_training(tasks, corpus):
+    text = "\n".join(d.text for d in corpus["arithmetic"])
+    for it in tasks["arithmetic"].items:
+        question = it.prompt.split("<|user|>\n", 1)[1].split("<|endofturn|>", 1)[0]
+        assert question not in text
+    rng = random.Random(123)
+    assert not any(is_reserved(sample_problem(rng, reserved=False).key) for _ in range(5000))
+
+
+def test_recall_items_never_in_training_language(tasks, corpus):
+    text = "\n".join(d.text for d in corpus["knowledge"])
+    for it in tasks["crosslingual_recall"].items:
+        question_line = it.prompt.split("\n", 1)[0]
+        assert question_line not in text  # never asked in this language...
+        subject_mentions = [d.text for d in corpus["knowledge"] if it.answer in d.text]
+        assert subject_mentions  # ...but its answer is taught (in other languages)
+
+
+def test_retrieval_items_use_keys_no_training_document_has(tasks, corpus):
+    keys_in_training = set()
+    rng = random.Random(5)
+    docs = [d.text for d in corpus["retrieval"]] + [make_document(rng, long=True) for _ in range(20)]
+    for text in docs:
+        keys_in_training.update(int(k) for k in re.findall(r"(?:Locker|key|room) (\d{4})", text))
+    assert keys_in_training and not any(is_reserved_key(k) for k in keys_in_training)
+    for it in tasks["retrieval"].items:
+        question = it.prompt.rsplit("\n\n", 1)[1]
+        asked = int(re.search(r"(?:locker|key|room) (\d{4})", question).group(1))
+        assert is_reserved_key(asked) and asked not in keys_in_training
+        assert f"{asked} holds the {it.answer}." in it.prompt or f"{asked} = {it.answer}" in it.prompt \
+            or f"{asked} is {it.answer}." in it.prompt  # the answer is in the context
+
+
+def test_code_items_come_from_files_held_out_of_training(tasks):
+    training = "\n".join(d.text for _, d in zip(range(3000), code_documents()))
+    for it in tasks["code_completion"].items:
+        rel = it.prompt.split("\n", 1)[0][2:]
+        assert is_heldout_file(rel)
+        assert f"# {rel}\n" not in training
+
+
+def test_scoring_helpers():
+    assert extract_after_think("<think>\n1 + 1\n</think>\n\n2") == "2"
+    assert extract_after_think("no think block 2") == ""
+    t = Task("arithmetic", "", [], 0.0, "exact", extract=extract_after_think)
+    item = TaskItem("p", "42")
+    assert t.score(item, "steps\n</think>\n\n42")
+    assert not t.score(item, "steps\n</think>\n\n421")
+    assert not t.score(item, "42")  # no reasoning block closed: no answer
+    c = Task("x", "", [], 0.25, "choice")
+    assert c.score(TaskItem("p", "Miravel", (" Miravel", " Dorn")), " Miravel")
+    with pytest.raises(ValueError, match="n_items"):
+        build_tasks("tiny", n_items=0)

@@ -108,3 +108,26 @@ def test_synthetic_training_data_end_to_end(tmp_path):
         assert len(idx) > 0
         tags.update(shards.documents_by_tag(idx))
     assert {"knowledge/ko", "knowledge/vi", "arithmetic/en", "code/py", "retrieval/en"} <= tags
+
+
+def test_real_kexaone_tokenizer_through_the_pipeline(tmp_path):
+    """The project's SuperBPE tokenizer (trained here on a slice of the corpus): chat specials are single ids,
+    shards decode back to the corpus text, and the packer separates documents with <|endoftext|>."""
+    from kexaone.data.packing import PackedBatches
+    from kexaone.data.shards import build_token_shards
+    from kexaone.data.synthetic import tokenizer_corpus, write_corpus
+    from kexaone.tokenizer.superbpe import train_superbpe
+
+    tok = train_superbpe(list(tokenizer_corpus("tiny", max_bytes=120_000)), 600, show_progress=False, workers=1)
+    paths = write_corpus(tmp_path / "corpus", "tiny")
+    shards = build_token_shards(str(paths["arithmetic"]), tok, tmp_path / "tok")
+    first = next(iter(open(paths["arithmetic"], encoding="utf-8")))
+    text = json.loads(first)["text"]
+    ids = shards.document(0).tolist()
+    assert tok.decode(ids) == text
+    assert ids[0] == tok.special_ids["<|user|>"] and tok.eos_id in ids
+    again = build_token_shards(str(paths["arithmetic"]), tok, tmp_path / "tok")
+    assert again.path == shards.path  # the tokenizer's fingerprint is stable
+    batch = next(PackedBatches([(shards, 1.0)], seq_len=128, batch_size=2))
+    ids_BT, doc_BT = batch["input_ids"], batch["doc_ids"]
+    assert torch.equal(doc_BT[:, 1:] != doc_BT[:, :-1], ids_BT[:, :-1] == tok.eot_id)

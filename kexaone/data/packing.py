@@ -68,13 +68,12 @@ class SourceStream:
         """Stream tokens [start, start + n) with their row-local document ids."""
         out = np.empty(n, dtype=np.int64)
         is_first = np.zeros(n, dtype=bool)  # True at the first token of a document that starts inside the row
-        filled, pos = 0, start
-        while filled < n:  # one (document + eot) piece per iteration
-            epoch, off = divmod(pos, self.epoch_tokens)
-            docs, ends = self._order(epoch)
-            j = int(np.searchsorted(ends, off, side="right"))
-            doc_start = int(ends[j - 1]) if j else 0
-            within = off - doc_start  # position inside (document + eot)
+        filled = 0
+        epoch, off = divmod(start, self.epoch_tokens)
+        docs, ends = self._order(epoch)
+        j = int(np.searchsorted(ends, off, side="right"))  # the document holding stream offset `off`
+        within = off - (int(ends[j - 1]) if j else 0)  # position inside (document + eot)
+        while filled < n:  # one (document + eot) piece per iteration, walking the order forward
             toks = self.shards.document(int(docs[j]))
             if within == 0 and filled > 0:
                 is_first[filled] = True
@@ -84,7 +83,11 @@ class SourceStream:
             if take > from_doc:  # the piece reaches the eot that closes this document
                 out[filled + from_doc] = eot_id
             filled += take
-            pos += take
+            j, within = j + 1, 0
+            if j == len(docs):  # next epoch: a fresh document order
+                epoch += 1
+                docs, ends = self._order(epoch)
+                j = 0
         return PackedRow(out, np.cumsum(is_first, dtype=np.int64))
 
 

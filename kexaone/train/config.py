@@ -21,6 +21,7 @@ PARALLEL = ("ddp", "fsdp")
 DEVICES = ("auto", "cpu", "cuda")
 DECAY_SHAPES = ("linear", "1-sqrt")
 FP8_FORMATS = ("e4m3", "e5m2")
+SYNTHETIC_SIZES = ("tiny", "default", "large")
 
 
 @dataclass
@@ -37,6 +38,11 @@ class TrainConfig:
     data: list[str] = field(default_factory=list)
     """Training sources, `path[@weight]` each (txt/jsonl/parquet/HF datasets dir/glob). Empty: the embedded
     synthetic curriculum."""
+    synthetic_size: str = "default"
+    """Size of the embedded synthetic corpus used when `data` is empty (or mix_synthetic): tiny, default, large."""
+    mix_synthetic: bool = False
+    """With `data`: train on the synthetic three-stage curriculum with the user sources joining every stage
+    (30% of each stage) instead of the user sources alone."""
     eval_data: list[str] = field(default_factory=list)
     """Held-out sources for evaluation. Empty: held-out synthetic documents (never seen in training)."""
     tokenizer: str | None = None
@@ -141,7 +147,8 @@ class TrainConfig:
             return isinstance(v, int) and not isinstance(v, bool)
 
         for name, choices in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("parallel", PARALLEL),
-                              ("device", DEVICES), ("decay_shape", DECAY_SHAPES), ("fp8_format", FP8_FORMATS)):
+                              ("device", DEVICES), ("decay_shape", DECAY_SHAPES), ("fp8_format", FP8_FORMATS),
+                              ("synthetic_size", SYNTHETIC_SIZES)):
             need(getattr(self, name) in choices, name, f"choose one of {list(choices)}")
         for name in ("seq_len", "batch_size", "grad_accum", "log_every", "keep_checkpoints", "max_bad_steps"):
             need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")

@@ -25,7 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexaone.train.config import DECAY_SHAPES, DEVICES, OPTIMIZERS, PARALLEL, PRECISIONS, TrainConfig
+from kexaone.train.config import (DECAY_SHAPES, DEVICES, OPTIMIZERS, PARALLEL, PRECISIONS, SYNTHETIC_SIZES,
+                                  TrainConfig)
 
 HELP = "Pre-train a K-EXAONE model (Muon + WSD, MTP, MoE balancing, bf16/fp8, exact resume, torchrun-ready)."
 
@@ -42,6 +43,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--data", action="append", metavar="PATH[@WEIGHT]",
                    help="training source (txt/jsonl/parquet/HF datasets dir/glob), repeatable; default: the "
                         "embedded synthetic curriculum")
+    g.add_argument("--synthetic-size", choices=SYNTHETIC_SIZES,
+                   help="size of the embedded synthetic corpus (default 'default')")
+    g.add_argument("--mix-synthetic", action="store_true", default=None,
+                   help="with --data: train on the synthetic curriculum with your data joining every stage")
     g.add_argument("--eval-data", action="append", metavar="PATH", help="held-out source(s) for evaluation")
     g.add_argument("--tokenizer", help="tokenizer directory (default: a SuperBPE tokenizer trained on the "
                                        "synthetic corpus, cached)")
@@ -165,18 +170,20 @@ def cache_root() -> Path:
     return Path(os.environ.get("KEXAONE_CACHE") or Path.home() / ".cache" / "kexaone")
 
 
-def default_tokenizer(vocab_size: int, workers: int = 0) -> Any:
-    """The SuperBPE tokenizer trained on the embedded synthetic corpus, cached by (vocab size, corpus
-    fingerprint). Concurrent builders are safe: each writes a private directory and renames it into place."""
+def default_tokenizer(vocab_size: int, size: str = "default", workers: int = 0) -> Any:
+    """The SuperBPE tokenizer trained on (a fair sample of) the embedded synthetic corpus of `size`, cached by
+    (vocab size, corpus fingerprint). Concurrent builders are safe: each writes a private directory and renames
+    it into place."""
+    from kexaone.data.synthetic import tokenizer_corpus
     from kexaone.tokenizer import KExaoneTokenizer
     from kexaone.tokenizer.superbpe import train_superbpe
 
-    texts = synthetic_tokenizer_texts()
-    h = hashlib.sha256(f"v1|{vocab_size}|".encode())
+    texts = list(tokenizer_corpus(size))
+    h = hashlib.sha256(f"v1|{vocab_size}|{size}|".encode())
     for t in texts:
         h.update(t.encode("utf-8"))
         h.update(b"\x00")
-    target = cache_root() / "tokenizers" / f"synthetic-{vocab_size}-{h.hexdigest()[:16]}"
+    target = cache_root() / "tokenizers" / f"synthetic-{size}-{vocab_size}-{h.hexdigest()[:16]}"
     if (target / "tokenizer.json").is_file():
         return KExaoneTokenizer.from_dir(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -191,13 +198,6 @@ def default_tokenizer(vocab_size: int, workers: int = 0) -> Any:
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return KExaoneTokenizer.from_dir(target)
-
-
-def synthetic_tokenizer_texts() -> list[str]:
-    """The documents the default tokenizer is trained on: every stage of the synthetic curriculum."""
-    from kexaone.data import synthetic
-
-    return list(synthetic.tokenizer_corpus())
 
 
 def load_tokenizer(cfg: TrainConfig, out: Path, preset_vocab: int, is_main: bool, barrier: Callable[[], None]):
@@ -216,9 +216,9 @@ def load_tokenizer(cfg: TrainConfig, out: Path, preset_vocab: int, is_main: bool
     else:
         vocab = cfg.tokenizer_vocab_size or preset_vocab
         if is_main:
-            default_tokenizer(vocab, cfg.workers)
+            default_tokenizer(vocab, cfg.synthetic_size, cfg.workers)
         barrier()
-        tok = default_tokenizer(vocab, cfg.workers)
+        tok = default_tokenizer(vocab, cfg.synthetic_size, cfg.workers)
     if is_main and not (saved / "tokenizer.json").is_file():
         saved.mkdir(parents=True, exist_ok=True)
         tok.save(saved)
@@ -342,7 +342,7 @@ def build_train_data(cfg: TrainConfig, tok: Any, dist: Any) -> tuple[Any, list[t
     from kexaone.train.distributed import barrier
 
     global_rows = cfg.batch_size * dist.world_size
-    if cfg.data:
+    if cfg.data and not cfg.mix_synthetic:
         sources = _tokenize_sources(cfg.data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
         _check_vocab([s for s, _ in sources], tok)
         data = PackedBatches(sources, cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank,
@@ -379,3 +379,23 @@ def _check_vocab(shards: Sequence[Any], tok: Any) -> None:
         if s.vocab_size > tok.vocab_size:
             raise ValueError(f"token cache {s.path} was built for a vocabulary of {s.vocab_size} ids but the "
                              f"tokenizer has {tok.vocab_size}")
+
+
+def _synthetic_curriculum(cfg: TrainConfig, tok: Any, dist: Any, global_rows: int) -> tuple[Any, list]:
+    """The default data: the embedded synthetic corpus in K-EXAONE's three stages (foundational knowledge, domain
+    expertise, reasoning) sized to the run's token budget, plus its held-out documents. Rank 0 writes and
+    tokenizes the corpus (cached under cache_root()); the other ranks then read the cache."""
+    from kexaone.data.curriculum import synthetic_training_data
+    from kexaone.train.distributed import barrier
+
+    total_tokens = cfg.total_steps(dist.world_size) * cfg.tokens_per_step(dist.world_size)
+
+    def build() -> tuple[Any, list]:
+        return synthetic_training_data(
+            tok, cache_root() / "synthetic" / cfg.synthetic_size, cache_root() / "tokens", total_tokens,
+            cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+            size=cfg.synthetic_size, extra=tuple(cfg.data), num_workers=cfg.workers or None)
+
+    out = build() if dist.is_main else None
+    barrier(dist)
+    return out if dist.is_main else build()

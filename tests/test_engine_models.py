@@ -81,3 +81,55 @@ class ScriptedProcessor:
         out = torch.full_like(logits_V, float("-inf"))
         out[tok] = 0.0
         return out
+
+
+class SwitchableProcessor:
+    """A logits processor the server tests steer between requests: `script` forces a token sequence, `fail`
+    raises inside the engine (to check that one failing request does not take the server down), None of both
+    leaves the model's logits alone."""
+
+    def __init__(self):
+        self.script: list[int] | None = None
+        self.fail = False
+
+    def __call__(self, generated: list[int], logits_V: torch.Tensor) -> torch.Tensor:
+        if self.fail:
+            raise RuntimeError("injected failure")
+        if self.script is None:
+            return logits_V
+        return ScriptedProcessor(self.script)(generated, logits_V)
+
+
+class ServerThread:
+    """uvicorn serving an app on 127.0.0.1 at a free port, in a background thread (stopped by `stop`)."""
+
+    def __init__(self, app):
+        import socket
+        import threading
+
+        import uvicorn
+
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        config = uvicorn.Config(app, log_level="warning", lifespan="on", timeout_graceful_shutdown=2)
+        self.server = uvicorn.Server(config)
+        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True)
+
+    def start(self) -> "ServerThread":
+        import time
+
+        self.thread.start()
+        deadline = time.monotonic() + 30
+        while not self.server.started:
+            if time.monotonic() > deadline or not self.thread.is_alive():
+                raise RuntimeError("test server did not start")
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=15)
+        self.sock.close()

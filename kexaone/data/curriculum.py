@@ -196,10 +196,19 @@ class CurriculumLoader:
         self.stage_name = self.stage.name
         return batch
 
+    def _identity(self) -> list:
+        """The curriculum with each source named by its content fingerprint rather than its path, so a resumed
+        run may find the same data in another directory."""
+        return [
+            [s.name, s.tokens, [[self.shards[parse_spec(m).path].fingerprint, parse_spec(m).weight]
+                                for m in s.mixture]]
+            for s in self.curriculum.stages
+        ]
+
     def state_dict(self) -> dict:
         return {
             "version": STATE_VERSION,
-            "curriculum": self.curriculum.to_dict(),
+            "curriculum": self._identity(),
             "stage_index": self.stage_index,
             "tokens_before_stage": self.tokens_before_stage,
             "stage_name": self.stage_name,
@@ -209,7 +218,7 @@ class CurriculumLoader:
     def load_state_dict(self, state: dict) -> None:
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"unsupported CurriculumLoader state version {state.get('version')!r}")
-        if state.get("curriculum") != self.curriculum.to_dict():
+        if state.get("curriculum") != self._identity():
             raise ValueError("cannot resume: the saved curriculum differs from this loader's")
         i = int(state["stage_index"])
         loader = self._make(i)

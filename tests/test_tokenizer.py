@@ -269,3 +269,16 @@ def test_loads_foreign_hf_tokenizer(tmp_path):
     assert tok.pad_id == hf.token_to_id("[PAD]")
     assert tok.eos_id == hf.token_to_id("[UNK]")
     assert tok.encode("hello world") == hf.encode("hello world").ids
+
+
+def test_stage1_is_a_prefix_and_parts_equal_whole(corpus):
+    from kexaone.tokenizer.superbpe import build_superbpe, count_pretokens, learn_stage1
+
+    sub = corpus[::3]
+    short = learn_stage1(sub, 300, show_progress=False)
+    long = learn_stage1(sub, 500, show_progress=False)
+    assert long[: len(short)] == short  # one long stage-1 run serves every transition
+    counts, _ = count_pretokens(sub, workers=1, show_progress=False)
+    parts = build_superbpe(long, counts, 900, superword_fraction=0.3, show_progress=False)
+    whole = train_superbpe(sub, 900, superword_fraction=0.3, workers=1, show_progress=False)
+    assert parts.tokenizer.to_str() == whole.tokenizer.to_str()

@@ -90,6 +90,13 @@ def _resolve_spec(spec: str) -> list[tuple[Path, str | None]]:
     return []
 
 
+class _Resolved:
+    """Already-resolved inputs passed back through `resolve_inputs` unchanged."""
+
+    def __init__(self, inputs):
+        self.inputs = inputs
+
+
 def resolve_inputs(files_or_texts) -> tuple[list[tuple[Path, str | None]], list[tuple[str, str | None]]]:
     """Split the trainer's input into files and inline texts.
 
@@ -97,6 +104,8 @@ def resolve_inputs(files_or_texts) -> tuple[list[tuple[Path, str | None]], list[
     an inline text with its language; a `str` is a file spec (`path`, directory or glob, optionally suffixed with a
     language tag such as `ko.txt:ko`) when it names something that exists, and an inline text otherwise. A generator
     of strings is always inline texts."""
+    if isinstance(files_or_texts, _Resolved):
+        return files_or_texts.inputs
     if isinstance(files_or_texts, (str, Path)):
         files_or_texts = [files_or_texts]
     as_texts = isinstance(files_or_texts, Iterator)
@@ -496,6 +505,121 @@ def resolve_transition(vocab_size: int, num_special: int, transition: int | None
     return int(transition)
 
 
+def _check_allocation(allocation: dict[str, float] | None) -> dict[str, float]:
+    allocation = dict(DEFAULT_ALLOCATION if allocation is None else allocation)
+    for name, w in allocation.items():
+        if name not in pretokenize.LANGUAGES or not w >= 0:
+            raise ValueError(f"allocation {name}={w}: groups must be in {pretokenize.LANGUAGES} with weight >= 0")
+    allocation.setdefault("other", 0.0 if allocation else 1.0)
+    return allocation
+
+
+def learn_stage1(files_or_texts, num_learned: int, *, nfc: bool = True, sample_fraction: float = 1.0,
+                 seed: int = 0, show_progress: bool = True) -> list[tuple[str, str]]:
+    """Stage 1 alone: `num_learned` byte-level BPE merges (byte-level strings, rank order). The sequence does not
+    depend on `num_learned` (greedy), so one long run serves every shorter transition as a prefix."""
+    files, texts = resolve_inputs(files_or_texts)
+    if not files and not texts:
+        raise ValueError("no training input: give files, directories, globs or texts")
+    docs = iter_training_texts(files, texts, sample_fraction, seed)
+    # Texts are normalised here exactly as the final tokenizer's NFC normalizer will do.
+    return _stage1_merges((pretokenize.normalize(x, nfc) for x, _ in docs), num_learned, show_progress)
+
+
+def count_pretokens(files_or_texts, allocation: dict[str, float] | None = None, *, nfc: bool = True,
+                    workers: int | None = None, sample_fraction: float = 1.0, seed: int = 0,
+                    show_progress: bool = True) -> tuple[Counter, dict[str, int]]:
+    """Stage-2 pre-token types counted per language group of `allocation`, and bytes per detected language."""
+    group_names = tuple(sorted(_check_allocation(allocation)))
+    files, texts = resolve_inputs(files_or_texts)
+    if not files and not texts:
+        raise ValueError("no training input: give files, directories, globs or texts")
+    workers = max(1, min(4, os.cpu_count() or 1) if workers is None else int(workers))
+    docs = iter_training_texts(files, texts, sample_fraction, seed)
+    return _count_pretokens(docs, group_names, nfc, workers, show_progress)
+
+
+def build_superbpe(
+    stage1: list[tuple[str, str]],
+    counts: Counter | None,
+    vocab_size: int,
+    *,
+    transition: int | None = None,
+    superword_fraction: float | None = None,
+    allocation: dict[str, float] | None = None,
+    max_words: int = 4,
+    nfc: bool = True,
+    special_tokens: list[str] | None = None,
+    show_progress: bool = True,
+    model_max_length: int | None = None,
+) -> KExaoneTokenizer:
+    """Stage 2 from parts: the first t - specials - 256 merges of `stage1` (from `learn_stage1`) are replayed on
+    `counts` (from `count_pretokens` with the same allocation) and merging continues to `vocab_size`. `counts`
+    may be None for plain BPE (transition == vocab_size). `tok.train_stats` describes the result."""
+    specials = special_tokens_with(special_tokens)
+    n_special = len(specials)
+    t = resolve_transition(vocab_size, n_special, transition, superword_fraction)
+    if max_words < 1:
+        raise ValueError(f"max_words {max_words} must be at least 1")
+    allocation = _check_allocation(allocation)
+    group_names = tuple(sorted(allocation))
+
+    # Ids: specials, then the 256 bytes in byte order, then merges in rank order.
+    token_bytes: list[bytes] = [b""] * n_special + [bytes([i]) for i in range(256)]
+    index: dict[bytes, int] = {tb: i for i, tb in enumerate(token_bytes) if tb}
+    merges: list[tuple[int, int]] = []
+    for left, right in stage1[: t - n_special - 256]:
+        a, b = index[pretokenize.token_to_bytes(left)], index[pretokenize.token_to_bytes(right)]
+        merged = token_bytes[a] + token_bytes[b]
+        if merged not in index:
+            index[merged] = len(token_bytes)
+            token_bytes.append(merged)
+        merges.append((a, b))
+    stage1_count = len(merges)
+    stage1_vocab = len(token_bytes)
+
+    refused, done, n_types, seconds = 0, [0] * len(group_names), 0, 0.0
+    if t < vocab_size:
+        if counts is None:
+            raise ValueError(f"transition {t} < vocab_size {vocab_size} needs stage-2 pre-token counts")
+        unknown = {g for _, g in counts} - set(group_names)
+        if unknown:
+            raise ValueError(f"counts hold groups {sorted(unknown)} that the allocation {allocation} lacks")
+        t0 = time.perf_counter()
+        words, freqs, groups = _replay_stage1(counts, group_names, token_bytes, merges, n_special)
+        n_types = len(words)
+        engine = _Stage2(words, freqs, groups, len(group_names), token_bytes, max_words)
+        done = _run_stage2(engine, merges, [float(allocation[name]) for name in group_names], vocab_size,
+                           show_progress)
+        refused = len(engine.refused)
+        del engine, words, freqs, groups
+        seconds = time.perf_counter() - t0
+
+    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
+    # Plain BPE (no stage 2) keeps the stage-1 pre-tokenizer; SuperBPE needs the stage-2 one to reproduce its merges.
+    pattern = pretokenize.STAGE2_PATTERN if t < vocab_size else pretokenize.STAGE1_PATTERN
+    tok = KExaoneTokenizer.from_merges(token_bytes, merges, specials, nfc=nfc, pattern=pattern, **kwargs)
+    tok.train_stats = TrainStats(
+        vocab_size=len(token_bytes),
+        transition=stage1_vocab,
+        transition_requested=t,
+        num_special=n_special,
+        stage1_merges=stage1_count,
+        stage2_merges=len(merges) - stage1_count,
+        stage2_refused_pairs=refused,
+        stage2_merges_per_group={name: done[g] for g, name in enumerate(group_names)},
+        allocation={name: float(allocation[name]) for name in group_names},
+        bytes_per_language={},
+        pretoken_types=n_types,
+        seconds_stage1=0.0,
+        seconds_count=0.0,
+        seconds_stage2=round(seconds, 3),
+        settings={"max_words": max_words, "nfc": nfc, "stage2_pattern": pretokenize.STAGE2_PATTERN,
+                  "stage1_pattern": pretokenize.STAGE1_PATTERN},
+    )
+    return tok
+
+
 def train_superbpe(
     files_or_texts,
     vocab_size: int,
@@ -520,88 +644,32 @@ def train_superbpe(
     vocab_size gives plain BPE). allocation: stage-2 share per language group (default en:ko:other = 2:3:1; groups
     are "other" plus the languages named; `{}` = one shared budget). special_tokens: extras after the standard
     ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed: train on a seeded random
-    subset of the documents. Deterministic for fixed inputs and settings."""
+    subset of the documents. Deterministic for fixed inputs and settings. `tok.train_stats` says what happened
+    (also saved as `superbpe_training.json`)."""
     specials = special_tokens_with(special_tokens)
-    n_special = len(specials)
-    t = resolve_transition(vocab_size, n_special, transition, superword_fraction)
-    if max_words < 1:
-        raise ValueError(f"max_words {max_words} must be at least 1")
+    t = resolve_transition(vocab_size, len(specials), transition, superword_fraction)
     if not 0.0 < sample_fraction <= 1.0:
         raise ValueError(f"sample_fraction {sample_fraction} must be in (0, 1]")
-    allocation = dict(DEFAULT_ALLOCATION if allocation is None else allocation)
-    for name, w in allocation.items():
-        if name not in pretokenize.LANGUAGES or not w >= 0:
-            raise ValueError(f"allocation {name}={w}: groups must be in {pretokenize.LANGUAGES} with weight >= 0")
-    allocation.setdefault("other", 0.0 if allocation else 1.0)
-    group_names = tuple(sorted(allocation))
-    workers = max(1, min(4, os.cpu_count() or 1) if workers is None else int(workers))
+    allocation = _check_allocation(allocation)
+    inputs = resolve_inputs(files_or_texts)  # resolve once: validates before any work, iterated twice below
+    common = dict(nfc=nfc, sample_fraction=sample_fraction, seed=seed, show_progress=show_progress)
 
-    files, texts = resolve_inputs(files_or_texts)
-    if not files and not texts:
-        raise ValueError("no training input: give files, directories, globs or texts")
-
-    def documents() -> Iterator[tuple[str, str | None]]:
-        return iter_training_texts(files, texts, sample_fraction, seed)
-
-    # Stage 1 (Rust). Texts are normalised here, exactly as the final tokenizer's NFC normalizer will do.
     t0 = time.perf_counter()
-    stage1 = _stage1_merges((pretokenize.normalize(x, nfc) for x, _ in documents()), t - n_special - 256,
-                            show_progress)
+    stage1 = learn_stage1(_Resolved(inputs), t - len(specials) - 256, **common)
     seconds_stage1 = time.perf_counter() - t0
-
-    # Ids: specials, then the 256 bytes in byte order, then merges in rank order.
-    token_bytes: list[bytes] = [b""] * n_special + [bytes([i]) for i in range(256)]
-    index: dict[bytes, int] = {tb: i for i, tb in enumerate(token_bytes) if tb}
-    merges: list[tuple[int, int]] = []
-    for left, right in stage1:
-        a, b = index[pretokenize.token_to_bytes(left)], index[pretokenize.token_to_bytes(right)]
-        merged = token_bytes[a] + token_bytes[b]
-        if merged not in index:
-            index[merged] = len(token_bytes)
-            token_bytes.append(merged)
-        merges.append((a, b))
-    stage1_count = len(merges)
-    stage1_vocab = len(token_bytes)
-
-    refused, done, lang_bytes, n_types, seconds_count, seconds_stage2 = 0, [0] * len(group_names), {}, 0, 0.0, 0.0
+    counts, lang_bytes, seconds_count = None, {}, 0.0
     if t < vocab_size:
         t0 = time.perf_counter()
-        counts, lang_bytes = _count_pretokens(documents(), group_names, nfc, workers, show_progress)
+        counts, lang_bytes = count_pretokens(_Resolved(inputs), allocation, workers=workers, **common)
         seconds_count = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        words, freqs, groups = _replay_stage1(counts, group_names, token_bytes, merges, n_special)
-        del counts
-        n_types = len(words)
-        engine = _Stage2(words, freqs, groups, len(group_names), token_bytes, max_words)
-        done = _run_stage2(engine, merges, [float(allocation[name]) for name in group_names], vocab_size,
-                           show_progress)
-        refused = len(engine.refused)
-        del engine, words, freqs, groups
-        seconds_stage2 = time.perf_counter() - t0
-
-    kwargs = {} if model_max_length is None else {"model_max_length": model_max_length}
-    # Plain BPE (no stage 2) keeps the stage-1 pre-tokenizer; SuperBPE needs the stage-2 one to reproduce its merges.
-    pattern = pretokenize.STAGE2_PATTERN if t < vocab_size else pretokenize.STAGE1_PATTERN
-    tok = KExaoneTokenizer.from_merges(token_bytes, merges, specials, nfc=nfc, pattern=pattern, **kwargs)
-    stats = TrainStats(
-        vocab_size=len(token_bytes),
-        transition=stage1_vocab,
-        transition_requested=t,
-        num_special=n_special,
-        stage1_merges=stage1_count,
-        stage2_merges=len(merges) - stage1_count,
-        stage2_refused_pairs=refused,
-        stage2_merges_per_group={name: done[g] for g, name in enumerate(group_names)},
-        allocation={name: float(allocation[name]) for name in group_names},
-        bytes_per_language=lang_bytes,
-        pretoken_types=n_types,
-        seconds_stage1=round(seconds_stage1, 3),
-        seconds_count=round(seconds_count, 3),
-        seconds_stage2=round(seconds_stage2, 3),
-        settings={"max_words": max_words, "nfc": nfc, "sample_fraction": sample_fraction, "seed": seed,
-                  "stage2_pattern": pretokenize.STAGE2_PATTERN, "stage1_pattern": pretokenize.STAGE1_PATTERN},
-    )
-    tok.train_stats = stats
+    tok = build_superbpe(stage1, counts, vocab_size, transition=t, allocation=allocation, max_words=max_words,
+                         nfc=nfc, special_tokens=special_tokens, show_progress=show_progress,
+                         model_max_length=model_max_length)
+    stats = tok.train_stats
+    stats.bytes_per_language = lang_bytes
+    stats.seconds_stage1 = round(seconds_stage1, 3)
+    stats.seconds_count = round(seconds_count, 3)
+    stats.settings.update(sample_fraction=sample_fraction, seed=seed)
     if out_dir is not None:
         save_with_stats(tok, out_dir, stats)
     return tok

@@ -8,9 +8,11 @@ experts (`mlp.experts.gate_up_proj` [E, 2I, H], `mlp.experts.down_proj` [E, H, I
 
 - loading builds the model on the meta device, allocates it once in the target dtype, then copies each stored
   tensor (read lazily with `safe_open`) straight into its place (an expert's slice of the stacked weight);
-- saving plans the shards from tensor sizes first, then materialises one shard at a time, writes it to a temporary
-  file and renames it into place; `model.safetensors.index.json` is written last, so a directory whose index exists
-  is complete.
+- saving plans the shards from tensor sizes first, then materialises one shard at a time into a temporary file;
+  only when all are written does it remove the old index, rename the shards into place and write
+  `model.safetensors.index.json` last. An interrupted save therefore never leaves an index over mixed shards: a
+  single-file checkpoint is replaced by one atomic rename, a sharded one is either complete (index present) or
+  rejected with a clear error (index missing).
 
 Only safetensors is read: no pickle, ever. Errors name the file, the tensor and what was expected.
 """
@@ -121,48 +123,57 @@ def save_pretrained(model, path: str | os.PathLike, dtype: torch.dtype | None = 
         shards[-1].append(i)
         cur += sz
 
+    names = [SINGLE_NAME] if len(shards) == 1 else [
+        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
+    # Phase 1: every shard goes to a temporary file (fsynced); nothing the loader reads has changed yet.
+    weight_map: dict[str, str] = {}
+    temps: list[Path] = []
+    try:
+        for fname, idxs in zip(names, shards):
+            tensors = {}
+            for i in idxs:
+                disk_name, mem_name, _, index = entries[i]
+                t = _select(state[mem_name].detach(), index)
+                tensors[disk_name] = t.to(out_dtype(disk_name, t)).contiguous().cpu()
+                weight_map[disk_name] = fname
+            temps.append(_write_temp_safetensors(save_file, tensors, out, fname))
+            del tensors
+    except BaseException:
+        for t in temps:
+            t.unlink(missing_ok=True)
+        raise
+    # Phase 2: drop the old index first, so an interruption while the shards are renamed leaves a directory the
+    # loader rejects loudly (no index) instead of an old index over a mix of old and new shards.
+    (out / INDEX_NAME).unlink(missing_ok=True)
+    for tmp, fname in zip(temps, names):
+        os.replace(tmp, out / fname)
+    fsync_dir(out)
+    # Phase 3: config.json, then the index, last: its presence marks a complete sharded checkpoint.
     main_dtype = dtype or model.lm_head.weight.dtype
     cfg = model.config.to_hf_dict()
     cfg["dtype"] = _DTYPE_NAMES.get(main_dtype, str(main_dtype).replace("torch.", ""))
     atomic_write_text(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    names = [SINGLE_NAME] if len(shards) == 1 else [
-        f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
-    if len(shards) == 1:
-        # An index left by an earlier sharded save would shadow the new single file: remove it first.
-        (out / INDEX_NAME).unlink(missing_ok=True)
-    weight_map = {}
-    for fname, idxs in zip(names, shards):
-        tensors = {}
-        for i in idxs:
-            disk_name, mem_name, _, index = entries[i]
-            t = _select(state[mem_name].detach(), index)
-            tensors[disk_name] = t.to(out_dtype(disk_name, t)).contiguous().cpu()
-            weight_map[disk_name] = fname
-        _atomic_save_safetensors(save_file, tensors, out / fname)
-        del tensors
     if len(shards) > 1:
         index = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
         atomic_write_text(out / INDEX_NAME, json.dumps(index, indent=2, sort_keys=True) + "\n")
-    # Shards of an earlier save that the new one does not use.
     keep = set(names)
-    for f in out.iterdir():
+    for f in out.iterdir():  # shards of an earlier save that this one does not use
         if (f.name == SINGLE_NAME or _SHARD_RE.match(f.name)) and f.name not in keep:
             f.unlink(missing_ok=True)
 
 
-def _atomic_save_safetensors(save_file, tensors: dict, target: Path) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+def _write_temp_safetensors(save_file, tensors: dict, out: Path, fname: str) -> Path:
+    fd, tmp = tempfile.mkstemp(prefix=f".{fname}.", suffix=".tmp", dir=out)
     os.close(fd)
     try:
         save_file(tensors, tmp, metadata={"format": "pt"})
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(tmp, target)
-        fsync_dir(target.parent)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    return Path(tmp)
 
 
 # ---------------------------------------------------------------------------------------------- loading

@@ -249,3 +249,58 @@ def test_eval_batches_cover_documents(two_sources):
             got.setdefault(d, []).extend(bt["labels"][row][keep].tolist())
     for d in idx:
         assert got[int(d)] == tok.encode(DOCS[d]) + [tok.eot_id]
+
+
+# ----------------------------------------------------------------------------- property: packing laws
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+from kexaone.data.shards import build_token_shards_from_ids  # noqa: E402
+
+EOT = 1
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(
+    lengths=st.lists(st.integers(0, 30), min_size=1, max_size=12),
+    seq_len=st.integers(1, 40),
+    world=st.sampled_from([1, 2, 3]),
+    seed=st.integers(0, 5),
+)
+def test_packing_laws(tmp_path, lengths, seq_len, world, seed):
+    # Document i holds tokens 10 + i (a unique id per document), so the stream can be checked token by token.
+    docs = [[10 + i] * n for i, n in enumerate(lengths)]
+    shards = build_token_shards_from_ids(docs, tmp_path, vocab_size=64, eot_id=EOT)
+    batch = 2 * world
+    single = PackedBatches([(shards, 1.0)], seq_len, batch, seed=seed, heldout=0.0)
+    ranks = [PackedBatches([(shards, 1.0)], seq_len, batch, seed=seed, rank=r, world_size=world, heldout=0.0)
+             for r in range(world)]
+    rows = []
+    for _ in range(3):
+        g = next(single)
+        for r, p in enumerate(ranks):
+            assert torch.equal(next(p)["input_ids"], g["input_ids"][r::world])
+        ids, doc = g["input_ids"], g["doc_ids"]
+        assert torch.equal(doc[:, 1:] != doc[:, :-1], ids[:, :-1] == EOT)
+        assert (doc[:, 0] == 0).all()
+        rows.append(ids)
+    stream = torch.cat(rows).reshape(-1).tolist()
+    # One epoch: every document exactly once, contiguous, each followed by one eot.
+    epoch_len = sum(lengths) + len(lengths)
+    seen = []
+    pos = 0
+    while pos < min(len(stream), epoch_len):
+        if stream[pos] == EOT:
+            seen.append(None)  # an empty document
+            pos += 1
+            continue
+        d = stream[pos] - 10
+        assert stream[pos:pos + lengths[d]] == [10 + d] * min(lengths[d], len(stream) - pos)  # contiguous
+        seen.append(d)
+        pos += lengths[d]
+        if pos < len(stream):
+            assert stream[pos] == EOT
+        pos += 1
+    if len(stream) >= epoch_len:
+        named = [d for d in seen if d is not None]
+        assert sorted(named) == [i for i, n in enumerate(lengths) if n > 0]

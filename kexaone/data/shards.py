@@ -355,6 +355,23 @@ class _ShardWriter:
         atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1))
 
 
+def _publish(tmp: Path, final: Path) -> TokenShards:
+    """Rename a finished temporary cache directory into place (atomic), unless an equal one already is there."""
+    if (final / "meta.json").exists():  # built meanwhile by another process, or an iterable seen before
+        shutil.rmtree(tmp, ignore_errors=True)
+        return TokenShards.load(final)
+    if final.exists():  # a leftover without meta.json is never valid: replace it
+        shutil.rmtree(final)
+    try:
+        os.rename(tmp, final)
+    except OSError:
+        if not (final / "meta.json").exists():
+            raise
+        shutil.rmtree(tmp, ignore_errors=True)  # another process published the same content first
+    fsync_dir(final.parent)
+    return TokenShards.load(final)
+
+
 def _cache_name(content_key: str, tok_fp: str) -> str:
     return f"{content_key[:24]}-{hashlib.sha256(tok_fp.encode()).hexdigest()[:12]}"
 
@@ -433,19 +450,48 @@ def build_token_shards(
             "format": FORMAT, "version": VERSION, "content_key": content_key, "tokenizer_fingerprint": tok_fp,
             "vocab_size": vocab, "eot_id": eot_id, "pad_id": pad_id, "source": where,
         })
-        if (final / "meta.json").exists():  # built meanwhile by another process, or an iterable seen before
-            shutil.rmtree(tmp, ignore_errors=True)
-            return TokenShards.load(final)
-        if final.exists():  # a leftover without meta.json is never valid: replace it
-            shutil.rmtree(final)
-        try:
-            os.rename(tmp, final)
-        except OSError:
-            if not (final / "meta.json").exists():
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-        fsync_dir(out_dir)
-        return TokenShards.load(final)
+        return _publish(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def build_token_shards_from_ids(
+    docs_ids: Iterable[Sequence[int]],
+    out_dir: str | os.PathLike,
+    vocab_size: int,
+    eot_id: int,
+    pad_id: int = 0,
+    tags: Sequence[str] | None = None,
+    *,
+    source_id: str = "token-ids",
+    shard_tokens: int = DEFAULT_SHARD_TOKENS,
+) -> TokenShards:
+    """A TokenShards from already tokenized documents (lists of ids), e.g. data tokenized elsewhere. Cached by the
+    ids themselves; `doc_bytes` is 0 (no text is known, so bits per byte are unavailable for such sources)."""
+    if vocab_size < 1 or not 0 <= eot_id < vocab_size or not 0 <= pad_id < vocab_size:
+        raise ValueError(f"need 0 <= eot_id, pad_id < vocab_size, got {eot_id}, {pad_id}, {vocab_size}")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".tmp-{uuid.uuid4().hex[:12]}"
+    tmp.mkdir()
+    try:
+        writer = _ShardWriter(tmp, vocab_size, shard_tokens)
+        for i, ids in enumerate(docs_ids):
+            tag = tags[i] if tags is not None else ""
+            arr = np.asarray(ids, dtype=np.int64)
+            writer.add([Document("", tag)], [arr], source_id)
+            writer.content.update(arr.tobytes())
+        if not writer.doc_bytes:
+            raise ValueError(f"{source_id}: no document given")
+        content_key = writer.content.hexdigest()
+        tok_fp = f"{source_id}|v{vocab_size}|eot{eot_id}|pad{pad_id}"
+        final = out_dir / _cache_name(content_key, tok_fp)
+        writer.finish({
+            "format": FORMAT, "version": VERSION, "content_key": content_key, "tokenizer_fingerprint": tok_fp,
+            "vocab_size": vocab_size, "eot_id": eot_id, "pad_id": pad_id, "source": source_id,
+        })
+        return _publish(tmp, final)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

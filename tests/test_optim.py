@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import io
+import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -253,3 +255,105 @@ def test_bad_arguments():
         build_optimizer(m, lr=0.0)
     with pytest.raises(ValueError, match="ns_dtype"):
         build_optimizer(m, ns_dtype="float16")
+
+
+_FSDP_SCRIPT = '''
+import os, socket, sys
+import torch, torch.distributed as dist
+from torch import nn
+import torch.multiprocessing as mp
+torch.set_num_threads(1)
+from kexaone.train.optim import build_optimizer
+
+
+class M(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a = nn.Linear(24, 40, bias=False)          # 2-D: gathered, orthogonalised, re-sharded
+        self.experts = nn.Module()
+        self.experts.gate_up_proj = nn.Parameter(torch.randn(4, 32, 40) * 0.1)  # 3-D: whole experts per rank
+        self.experts.down_proj = nn.Parameter(torch.randn(4, 40, 16) * 0.1)
+        self.norm = nn.Parameter(torch.ones(40))          # 1-D: AdamW on the shard
+
+    def forward(self, x):
+        h = self.a(x) * self.norm
+        u = torch.einsum("bh,ejh->bej", h, self.experts.gate_up_proj)[..., :16]
+        return torch.einsum("bei,ehi->bh", torch.nn.functional.silu(u), self.experts.down_proj).clone()
+
+
+def train(m):
+    opt = build_optimizer(m, lr=1e-2)
+    for step in range(2):
+        x = torch.randn(8, 24, generator=torch.Generator().manual_seed(step))
+        loss = m(x).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def worker(rank, world, port, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    from torch.distributed.fsdp import fully_shard
+    torch.manual_seed(0)
+    m = M()
+    fully_shard(m)
+    train(m)
+    full = {n: p.full_tensor() for n, p in m.named_parameters()}
+    if rank == 0:
+        torch.save(full, out)
+    dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); port = s.getsockname()[1]; s.close()
+    mp.spawn(worker, args=(2, port, sys.argv[1]), nprocs=2)
+    torch.manual_seed(0)
+    m = M()
+    train(m)
+    torch.save({n: p.detach() for n, p in m.named_parameters()}, sys.argv[2])
+'''
+
+
+@pytest.mark.slow
+def test_muon_under_fsdp2_equals_single_process(tmp_path):
+    # Two gloo ranks with FSDP2 (fully_shard): 2-D matrices take the gather/orthogonalise/re-shard path, expert
+    # stacks sharded along the expert dim are orthogonalised locally. Both ranks see the same batch, so the
+    # averaged gradient equals the single-process one and the weights must match it exactly.
+    import subprocess
+    import sys
+
+    script = tmp_path / "fsdp_muon.py"
+    script.write_text(_FSDP_SCRIPT)
+    sharded, single = tmp_path / "sharded.pt", tmp_path / "single.pt"
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    proc = subprocess.run([sys.executable, str(script), str(sharded), str(single)], cwd=repo, env=env,
+                          capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr.decode()[-3000:]
+    a = torch.load(sharded, weights_only=True)
+    b = torch.load(single, weights_only=True)
+    assert set(a) == set(b) == {"a.weight", "experts.gate_up_proj", "experts.down_proj", "norm"}
+    for name in a:
+        assert torch.equal(a[name], b[name]), name
+
+
+def test_real_tiny_model_assignment():
+    from kexaone.config import KExaoneConfig
+    from kexaone.model.transformer import KExaoneForCausalLM
+
+    torch.manual_seed(0)
+    model = KExaoneForCausalLM(KExaoneConfig.preset("tiny"))
+    opt = build_optimizer(model)
+    tag_of = {n: g["tag"] for g in opt.param_groups for n in g["param_names"]}
+    assert set(tag_of) == {n for n, _ in model.named_parameters()}
+    for name, p in model.named_parameters():
+        if p.ndim == 1:
+            assert tag_of[name] == "adamw_no_decay", name
+        elif "embed_tokens" in name or name.startswith("lm_head") or name.endswith("mlp.gate.weight"):
+            assert tag_of[name] == "adamw", name
+        elif name.endswith("experts.gate_up_proj"):
+            assert tag_of[name] == "muon_split2", name
+        else:
+            assert tag_of[name] == "muon", name
+    assert tag_of["mtp.fc.weight"] == "muon" and tag_of["mtp.norm.weight"] == "adamw_no_decay"

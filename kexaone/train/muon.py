@@ -53,10 +53,16 @@ def zeropower_via_newtonschulz(G: torch.Tensor, steps: int = 5, eps: float = 1e-
     if transposed:
         norm = norm.mT
     X = X / (norm + eps).to(dtype)
+    batch_shape = X.shape[:-2]
+    if X.ndim > 3:
+        X = X.reshape(-1, *X.shape[-2:])
+    # Fused multiply-adds (addmm/baddbmm) save two elementwise passes per iteration over `b*A + c*A@A` etc.
+    mm_add = torch.addmm if X.ndim == 2 else torch.baddbmm
     for _ in range(steps):
         A = X @ X.mT  # [..., r, r] with r = min(rows, cols)
-        B = b * A + c * (A @ A)
-        X = a * X + B @ X
+        B = mm_add(A, A, A, beta=b, alpha=c)  # b*A + c*A@A
+        X = mm_add(X, B, X, beta=a, alpha=1.0)  # a*X + B@X
+    X = X.reshape(*batch_shape, *X.shape[-2:])
     if transposed:
         X = X.mT
     return X.contiguous()
@@ -114,8 +120,15 @@ def _orthogonalize_any(update: torch.Tensor, steps: int, ns_dtype: torch.dtype, 
     """Newton-Schulz needs whole matrices: a sharded DTensor is gathered, orthogonalised (identically on every
     rank) and re-sharded to its original placements."""
     if _is_dtensor(update):
-        from torch.distributed.tensor import distribute_tensor
+        from torch.distributed.tensor import DTensor, Replicate, Shard, distribute_tensor
 
+        if update.ndim == 3 and all(isinstance(pl, (Replicate, Shard)) and (not isinstance(pl, Shard) or pl.dim == 0)
+                                    for pl in update.placements):
+            # An expert stack sharded along the expert dim holds whole experts locally: orthogonalise them in place,
+            # no gather (this is what makes Muon cheap under FSDP2 / expert parallelism).
+            local = orthogonalized_update(update.to_local(), steps, ns_dtype, split)
+            return DTensor.from_local(local, update.device_mesh, update.placements, run_check=False,
+                                      shape=update.shape, stride=update.stride())
         full = update.full_tensor()
         ortho = orthogonalized_update(full, steps, ns_dtype, split)
         return distribute_tensor(ortho, update.device_mesh, update.placements)

@@ -36,6 +36,7 @@ def _state(seed: int = 0) -> dict:
         "optimizer": {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(8, 4, generator=g)}},
                       "param_groups": [{"lr": 1e-3, "betas": (0.9, 0.95), "params": [0], "kind": "muon"}]},
         "trainer": {"step": seed, "tokens": 1234, "name": "run", "history": [1.5, 2.5]},
+        "step": seed, "lr": 0.1 + seed, "stage": None, "resumed": True, "name": "run",  # scalars: manifest
     }
 
 
@@ -64,9 +65,12 @@ def test_round_trip_layout_and_metadata(tmp_path):
     assert path.name == "step_00000007" and step_of(path) == 7
     assert sorted(p.name for p in path.iterdir()) == ["manifest.json", "model.safetensors", "optimizer.pt",
                                                       "trainer.pt"]
+    assert json.loads((path / "manifest.json").read_text())["values"] == {"step": 1, "lr": 1.1, "stage": None,
+                                                                         "resumed": True, "name": "run"}
     assert (tmp_path / "ckpt" / "latest").read_text().strip() == "step_00000007"
     loaded = cm.load()
     _assert_state_equal(state, loaded)
+    assert list(loaded) == list(state) and type(loaded["step"]) is int and type(loaded["lr"]) is float
     assert cm.metadata()["metadata"] == {"loss": 2.5} and cm.metadata()["step"] == 7
     assert cm.latest_step() == 7
     # every .pt file loads with weights_only=True on its own

@@ -3,7 +3,8 @@
 Layout of a checkpoint directory `DIR/step_{N:08d}/`:
   model.safetensors   the "model" entry of the saved state when it is a flat {name: tensor} dict
   {key}.pt            every other top-level entry, written with torch.save (plain dicts, lists, tensors, numbers)
-  manifest.json       written last: step, file names, byte sizes and sha256 of every file, user metadata
+  manifest.json       written last: step, file names, byte sizes and sha256 of every file, the top-level entries
+                      that are plain scalars (None, bool, int, finite float, str: kept exactly), user metadata
 and `DIR/latest` names the newest complete checkpoint.
 
 Atomicity: a checkpoint is written into a hidden temporary directory, every file is fsynced, then the directory is
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
+import math
 import os
 import random
 import re
@@ -98,6 +100,13 @@ def _sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 22), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _is_scalar(obj: Any) -> bool:
+    """Values JSON keeps exactly (type and value): None, bool, int, finite float, str."""
+    if obj is None or isinstance(obj, (bool, int, str)):
+        return type(obj) in (type(None), bool, int, str)  # not int/str subclasses such as IntEnum
+    return type(obj) is float and math.isfinite(obj)
 
 
 def _is_tensor_dict(obj: Any) -> bool:
@@ -192,7 +201,11 @@ class CheckpointManager:
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-{os.getpid()}-", dir=self.directory))
         try:
             files: dict[str, dict[str, Any]] = {}
+            values: dict[str, Any] = {}
             for key, value in state.items():
+                if _is_scalar(value):
+                    values[key] = value  # small scalars (step, token counts, names) live in the manifest itself
+                    continue
                 if key == self.model_key and _is_tensor_dict(value):
                     fname = f"{key}.safetensors"
                     _write_safetensors(value, tmp / fname)
@@ -201,7 +214,7 @@ class CheckpointManager:
                     _write_torch(value, tmp / fname, key)
                 files[key] = {"file": fname, "bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
             manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), "created": time.time(),
-                        "files": files, "metadata": metadata or {}}
+                        "order": list(state), "files": files, "values": values, "metadata": metadata or {}}
             with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -303,16 +316,17 @@ class CheckpointManager:
         if problem is not None:
             raise CheckpointError(problem)
         manifest = self._read_manifest(path)
-        state: dict[str, Any] = {}
+        loaded: dict[str, Any] = dict(manifest.get("values", {}))
         for key, info in manifest["files"].items():
             f = path / info["file"]
             if f.suffix == ".safetensors":
                 from safetensors.torch import load_file
 
-                state[key] = load_file(str(f), device=str(map_location))
+                loaded[key] = load_file(str(f), device=str(map_location))
             else:
-                state[key] = torch.load(f, map_location=map_location, weights_only=True)
-        return state
+                loaded[key] = torch.load(f, map_location=map_location, weights_only=True)
+        order = manifest.get("order", list(loaded))
+        return {key: loaded[key] for key in order}
 
     def metadata(self, path: str | os.PathLike | None = None) -> dict[str, Any]:
         """The manifest of a checkpoint (step, files, user metadata) without loading tensors."""

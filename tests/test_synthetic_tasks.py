@@ -104,3 +104,9 @@ def test_scoring_helpers():
     assert c.score(TaskItem("p", "Miravel", (" Miravel", " Dorn")), " Miravel")
     with pytest.raises(ValueError, match="n_items"):
         build_tasks("tiny", n_items=0)
+
+
+def test_code_distractors_match_the_answer_length(tasks):
+    for it in tasks["code_completion"].items:
+        for c in it.choices:
+            assert 0.75 <= len(c) / len(it.answer) <= 1.33

@@ -8,7 +8,7 @@
   no training document contains it); scored by exact match of the generated value. Chance: guessing one of the
   context's values.
 - `code_completion`: the next line of Python code from standard-library files held out of training
-  (`code.is_heldout_file`), against three other lines of the same file (chance 1/4).
+  (`code.is_heldout_file`), against three other lines of about the same length from the same file (chance 1/4).
 
 Formats are kept short and identical to the training formats so that a ~30M-parameter model trained for minutes can
 show each capability. Items are a pure function of (size, seed, parameters). The scoring conventions match
@@ -145,7 +145,9 @@ def code_task(n_items: int, context_lines: int = 12, seed: int = 0, root=None) -
         if len(items) == n_items:
             break
         target = lines[i]
-        others = [ln for ln in pool if ln.strip() != target.strip()]
+        # Distractors of about the target's length: choices are scored by summed log-probability, which would
+        # otherwise favour whichever line is shortest rather than the one that follows.
+        others = [ln for ln in pool if ln.strip() != target.strip() and 0.75 <= len(ln) / len(target) <= 1.33]
         if len(others) < 3:
             continue
         # Lines of the chunk up to the target; the header is kept so the prompt looks like a training document.

@@ -99,7 +99,12 @@ def crosslingual_task(world: World, n_items: int, seed: int = 0) -> Task:
         lang = f.heldout_lang
         answer = f.answer(lang)
         pool = [x for x in world.object_pool(f.kind) if x != answer]
-        choices = [answer, *rng.sample(pool, 3)]
+        # Names of about the answer's length (summed log-probability favours short choices); the 3 closest
+        # lengths when fewer are that close.
+        near = [x for x in pool if abs(len(x) - len(answer)) <= 2]
+        if len(near) < 3:
+            near = sorted(pool, key=lambda x: (abs(len(x) - len(answer)), x))[:3]
+        choices = [answer, *rng.sample(near, 3)]
         rng.shuffle(choices)
         items.append(TaskItem(f.qa(lang, with_answer=False), answer, tuple(" " + c for c in choices), lang))
     return Task("crosslingual_recall", "recall a world fact in a language it was never stated in (4 choices)",

@@ -108,5 +108,6 @@ def test_scoring_helpers():
 
 def test_code_distractors_match_the_answer_length(tasks):
     for it in tasks["code_completion"].items:
+        assert "\n" + it.answer in it.choices
         for c in it.choices:
-            assert 0.75 <= len(c) / len(it.answer) <= 1.33
+            assert c.startswith("\n") and 0.75 <= (len(c) - 1) / len(it.answer) <= 1.33

@@ -157,10 +157,12 @@ def code_task(n_items: int, context_lines: int = 12, seed: int = 0, root=None) -
             continue
         # Lines of the chunk up to the target; the header is kept so the prompt looks like a training document.
         ctx = lines[max(0, i - context_lines):i]
-        prompt = header + "\n" + "\n".join(ctx) + "\n"
+        # Each choice starts with the newline that ends the previous line, so prompt + choice tokenizes as the
+        # running file does (a prompt ending in "\n" would split the newline from the indentation after it).
+        prompt = header + "\n" + "\n".join(ctx)
         choices = [target, *rng.sample(others, 3)]
         rng.shuffle(choices)
-        items.append(TaskItem(prompt, target, tuple(choices), "py"))
+        items.append(TaskItem(prompt, target, tuple("\n" + c for c in choices), "py"))
     return Task("code_completion", "next line of held-out Python stdlib code (4 choices)", items,
                 chance_baseline=0.25, metric="choice")
 

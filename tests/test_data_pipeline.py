@@ -239,16 +239,18 @@ def test_rank_sharding_union_is_global_batch(two_sources):
 def test_eval_batches_cover_documents(two_sources):
     tok, a, _ = two_sources
     idx = np.array([0, 5, 9])
-    batches = list(iter_document_batches(a, idx, seq_len=8, batch_size=3))
     got: dict[int, list[int]] = {}
-    for bt in batches:
-        for row, d in zip(range(bt["input_ids"].shape[0]), bt["doc_index"].tolist()):
-            keep = bt["labels"][row] != -100
-            assert torch.equal(bt["input_ids"][row][~keep], torch.full((int((~keep).sum()),), tok.pad_id))
-            assert (bt["doc_ids"][row][~keep] != 0).all()
-            got.setdefault(d, []).extend(bt["labels"][row][keep].tolist())
-    for d in idx:
-        assert got[int(d)] == tok.encode(DOCS[d]) + [tok.eot_id]
+    for seq_len in (2, 5, 8, 64):
+        got.clear()
+        for bt in iter_document_batches(a, idx, seq_len=seq_len, batch_size=3):
+            for row, d in enumerate(bt["doc_index"].tolist()):
+                keep = bt["labels"][row] != -100
+                pad = ~keep
+                assert torch.equal(bt["input_ids"][row][pad], torch.full((int(pad.sum()),), tok.pad_id))
+                assert (bt["doc_ids"][row][pad] != 0).all() and (bt["doc_ids"][row][keep] == 0).all()
+                got.setdefault(d, []).extend(bt["labels"][row][1:][keep[1:]].tolist())  # the row's targets
+        for d in idx:  # every token of the document and its closing eot is a target exactly once
+            assert got[int(d)] == tok.encode(DOCS[d]) + [tok.eot_id], seq_len
 
 
 # ----------------------------------------------------------------------------- property: packing laws

@@ -221,17 +221,21 @@ def iter_document_batches(
     seq_len: int,
     batch_size: int,
 ) -> Iterator[dict[str, torch.Tensor]]:
-    """Evaluation batches over whole documents: each document (plus its eot) is cut into rows of at most `seq_len`
-    tokens, short rows padded with pad_id (labels -100 there). Yields dicts with `input_ids`, `labels`, `doc_ids`
-    ([B, T] int64) and `doc_index` ([B] int64: which document each row belongs to), in document order, so losses can
-    be summed per document, tag and byte. Every token of every document is predicted exactly once across rows,
-    except each row's first token (it has no predictor inside the row)."""
+    """Evaluation batches over whole documents, in document order.
+
+    Each document is scored as training sees it after a document boundary: `[eot, t1 .. tn, eot]`, cut into rows of
+    at most `seq_len` tokens that overlap by one token, so every document token and the closing eot is a target
+    exactly once (targets of a row are its positions 1.., predicted from the row's earlier positions). Short rows
+    are padded with pad_id, labels -100 there. Yields dicts with `input_ids`, `labels`, `doc_ids` ([B, T] int64)
+    and `doc_index` ([B] int64: the document of each row), so losses can be summed per document, tag and byte.
+    """
     if seq_len < 2 or batch_size < 1:
         raise ValueError(f"seq_len must be >= 2 and batch_size >= 1, got {seq_len}, {batch_size}")
     rows: list[tuple[np.ndarray, int]] = []
+    eot = shards.eot_id
     for d in np.asarray(doc_indices, dtype=np.int64):
-        toks = np.concatenate([shards.document(int(d)).astype(np.int64), [shards.eot_id]])
-        for start in range(0, len(toks), seq_len):
+        toks = np.concatenate([[eot], shards.document(int(d)).astype(np.int64), [eot]])
+        for start in range(0, len(toks) - 1, seq_len - 1):
             rows.append((toks[start : start + seq_len], int(d)))
             if len(rows) == batch_size:
                 yield _pad_rows(rows, seq_len, shards.pad_id)

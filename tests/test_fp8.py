@@ -235,3 +235,12 @@ def test_torchao_mode_needs_cuda():
         apply_fp8(m, mode="torchao")
     with pytest.raises(ValueError, match="mode"):
         apply_fp8(m, mode="fast")
+
+
+def test_apply_fp8_is_idempotent():
+    _, m = _tiny_moe_model()
+    apply_fp8(m)
+    first = fp8_module_names(m)
+    proj = m.model.proj
+    apply_fp8(m)
+    assert fp8_module_names(m) == first and m.model.proj is proj

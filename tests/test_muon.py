@@ -173,3 +173,20 @@ def test_muon_rejects_bad_parameters_and_options():
     with pytest.raises(ValueError, match="Newton-Schulz"):
         zeropower_via_newtonschulz(torch.zeros(4))
     assert math.isclose(muon_scale(3, 7), 0.2 * math.sqrt(7))
+
+
+def test_plain_momentum_and_zero_lr():
+    torch.manual_seed(0)
+    p = torch.nn.Parameter(torch.randn(8, 24))
+    p0 = p.detach().clone()
+    g = torch.randn(8, 24)
+    opt = MuonAdamW([{"params": [p], "kind": "muon"}], lr=0.02, weight_decay=0.0, nesterov=False)
+    p.grad = g.clone()
+    opt.step()
+    torch.testing.assert_close(p.detach(), p0 - 0.02 * muon_scale(8, 24) * zeropower_via_newtonschulz(g),
+                               rtol=0, atol=1e-6)
+    # lr 0 moves nothing (what distributed-checkpoint helpers rely on when they initialise optimizer state)
+    opt.param_groups[0]["lr"] = 0.0
+    before = p.detach().clone()
+    opt.step()
+    assert torch.equal(p.detach(), before)

@@ -99,10 +99,11 @@ def orthogonalized_update(update: torch.Tensor, steps: int, ns_dtype: torch.dtyp
         raise ValueError(f"cannot split a matrix of {rows} rows into {split} equal parts")
     part_rows = rows // split
     batch_shape = update.shape[:-2]
-    # [..., split*r, c] -> [(... * split), r, c]: one batched Newton-Schulz call over experts and parts.
-    parts = update.reshape(-1, split, part_rows, cols).reshape(-1, part_rows, cols)
     if update.ndim == 2 and split == 1:
         parts = update
+    else:
+        # [..., split*r, c] -> [(... * split), r, c]: one batched Newton-Schulz call over experts and parts.
+        parts = update.reshape(-1, split, part_rows, cols).reshape(-1, part_rows, cols)
     ortho = zeropower_via_newtonschulz(parts, steps=steps, dtype=ns_dtype)
     ortho = ortho.reshape(*batch_shape, rows, cols)
     return ortho.mul_(muon_scale(part_rows, cols)).to(update.dtype)

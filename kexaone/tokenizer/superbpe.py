@@ -654,14 +654,15 @@ def train_superbpe(
     inputs = resolve_inputs(files_or_texts)  # resolve once: validates before any work, iterated twice below
     common = dict(nfc=nfc, sample_fraction=sample_fraction, seed=seed, show_progress=show_progress)
 
-    t0 = time.perf_counter()
-    stage1 = learn_stage1(_Resolved(inputs), t - len(specials) - 256, **common)
-    seconds_stage1 = time.perf_counter() - t0
+    # Counting first: its worker processes are forked before the Rust trainer starts threads in this process.
     counts, lang_bytes, seconds_count = None, {}, 0.0
     if t < vocab_size:
         t0 = time.perf_counter()
         counts, lang_bytes = count_pretokens(_Resolved(inputs), allocation, workers=workers, **common)
         seconds_count = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    stage1 = learn_stage1(_Resolved(inputs), t - len(specials) - 256, **common)
+    seconds_stage1 = time.perf_counter() - t0
     tok = build_superbpe(stage1, counts, vocab_size, transition=t, allocation=allocation, max_words=max_words,
                          nfc=nfc, special_tokens=special_tokens, show_progress=show_progress,
                          model_max_length=model_max_length)

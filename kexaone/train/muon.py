@@ -13,8 +13,9 @@ with AdamW (SPEC section 3). This module holds the maths and the optimizer class
   single `state_dict()` / `load_state_dict()` and any LR scheduler cover both halves.
 
 Which parameter goes where is decided by `kexaone.train.optim.build_optimizer`; this module does not look at names.
-Under FSDP2 (DTensor parameters) the Newton-Schulz step gathers the full matrix, orthogonalises it on every rank
-and keeps the local shard; plain tensors (single device, DDP) take the direct path.
+Under FSDP2 (DTensor parameters) an expert stack sharded along the expert dim is orthogonalised on the local shard
+(each rank holds whole experts: no communication); a sharded 2-D matrix is gathered, orthogonalised identically on
+every rank, and re-sharded. Plain tensors (single device, DDP) take the direct path.
 """
 
 from __future__ import annotations

@@ -26,6 +26,10 @@ def tok():
     return train_superbpe(CORPUS, 500, superword_fraction=0.3, workers=1, show_progress=False)
 
 
+# Deterministic (derandomize) and fast; the module fixture is read-only, so sharing it across examples is safe.
+PROPS = settings(max_examples=250, deadline=None, derandomize=True,
+                 suppress_health_check=[HealthCheck.function_scoped_fixture])
+
 # Any code point except surrogates, plus explicit surrogates/combining marks/controls so they occur often.
 TEXT = st.text(
     alphabet=st.one_of(
@@ -37,14 +41,14 @@ TEXT = st.text(
 )
 
 
-@settings(max_examples=300, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@PROPS
 @given(text=TEXT)
 def test_round_trip_property(tok, text):
     expected = unicodedata.normalize("NFC", pretokenize.fix_surrogates(text))
     assert tok.decode(tok.encode(text)) == expected
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@PROPS
 @given(text=TEXT)
 def test_fix_surrogates_gives_valid_utf8(text):
     fixed = pretokenize.fix_surrogates(text)
@@ -53,13 +57,13 @@ def test_fix_surrogates_gives_valid_utf8(text):
         assert fixed == text
 
 
-@settings(max_examples=200, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@PROPS
 @given(texts=st.lists(TEXT, max_size=8))
 def test_batch_equals_single(tok, texts):
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
 
 
-@settings(max_examples=200, deadline=None, derandomize=True)
+@PROPS
 @given(data=st.binary(max_size=40))
 def test_byte_level_alphabet_round_trip(data):
     assert pretokenize.token_to_bytes(pretokenize.bytes_to_token(data)) == data

@@ -25,7 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kexaone.train.config import (DECAY_SHAPES, DEVICES, OPTIMIZERS, PARALLEL, PRECISIONS, SYNTHETIC_SIZES,
+from kexaone.train.config import (DECAY_SHAPES, DEVICES, FP8_FORMATS, OPTIMIZERS, PARALLEL, PRECISIONS, SYNTHETIC_SIZES,
                                   TrainConfig)
 
 HELP = "Pre-train a K-EXAONE model (Muon + WSD, MTP, MoE balancing, bf16/fp8, exact resume, torchrun-ready)."
@@ -66,13 +66,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--decay-fraction", type=float)
     g.add_argument("--decay-shape", choices=DECAY_SHAPES)
+    g.add_argument("--min-lr-ratio", type=float, help="final LR as a fraction of --lr (default 0)")
     g.add_argument("--weight-decay", type=float)
+    g.add_argument("--betas", type=float, nargs=2, metavar=("B1", "B2"), help="AdamW betas (default 0.9 0.95)")
+    g.add_argument("--momentum", type=float, help="Muon Nesterov momentum (default 0.95)")
     g.add_argument("--grad-clip", type=float, help="max gradient norm (0 disables; default 1.0)")
     g.add_argument("--aux-loss-coef", type=float, help="sequence aux-loss weight (default 1e-4)")
     g.add_argument("--mtp-loss-weight", type=float, help="MTP loss weight (default 0.05)")
     g.add_argument("--bias-update-rate", type=float, help="expert-bias update factor (default 1e-4; 0 disables)")
     g = parser.add_argument_group("precision, devices, bookkeeping")
     g.add_argument("--precision", choices=PRECISIONS, help="fp32, bf16 (default) or fp8")
+    g.add_argument("--fp8-format", choices=FP8_FORMATS, help="FP8 format of the forward pass (default e4m3)")
     g.add_argument("--device", choices=DEVICES)
     g.add_argument("--parallel", choices=PARALLEL, help="data parallelism under torchrun: ddp (default) or fsdp")
     g.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch default)")
@@ -82,6 +86,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--seed", type=int)
     g.add_argument("--log-every", type=int)
     g.add_argument("--eval-every", type=int, help="evaluate every N steps (0: only at the end)")
+    g.add_argument("--eval-batches", type=int, help="held-out micro-batches per evaluation (default 8; 0 = none)")
     g.add_argument("--save-every", type=int, help="checkpoint every N steps (0: only at the end / on interrupt)")
     g.add_argument("--keep-checkpoints", type=int)
     g.add_argument("--max-bad-steps", type=int, help="stop after N consecutive non-finite steps (default 5)")

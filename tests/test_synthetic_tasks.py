@@ -111,3 +111,15 @@ def test_code_distractors_match_the_answer_length(tasks):
         assert "\n" + it.answer in it.choices
         for c in it.choices:
             assert c.startswith("\n") and 0.75 <= (len(c) - 1) / len(it.answer) <= 1.33
+
+
+def test_retrieval_context_shrinks_to_fit_the_model_context():
+    from test_data_support import tiny_tokenizer
+
+    tok = tiny_tokenizer()
+    task = build_tasks("tiny", n_items=5, retrieval_records=24, tokenizer=tok, max_prompt_tokens=300)["retrieval"]
+    lengths = [len(tok.encode(it.prompt + " " + it.answer)) for it in task.items]
+    assert max(lengths) <= 300
+    assert task.chance_baseline > 1 / 24  # fewer records than asked, and the chance rate says so
+    with pytest.raises(ValueError, match="both"):
+        build_tasks("tiny", n_items=5, max_prompt_tokens=300)

@@ -111,11 +111,23 @@ def crosslingual_task(world: World, n_items: int, seed: int = 0) -> Task:
                 items, chance_baseline=0.25, metric="choice")
 
 
-def retrieval_task(n_items: int, num_records: int = 24, seed: int = 0) -> Task:
+def retrieval_task(n_items: int, num_records: int = 24, seed: int = 0, tokenizer=None,
+                   max_prompt_tokens: int | None = None) -> Task:
+    """`num_records` records per context; with a tokenizer and max_prompt_tokens, fewer records when needed so
+    that every prompt plus its answer fits in max_prompt_tokens tokens (the model's training context)."""
     if num_records < 2:
         raise ValueError(f"num_records must be >= 2, got {num_records}")
-    rng = random.Random(f"kexaone-task-retrieval|{seed}")
-    raw = [make_item(rng, num_records) for _ in range(n_items)]
+    if (tokenizer is None) != (max_prompt_tokens is None):
+        raise ValueError("give both tokenizer and max_prompt_tokens, or neither")
+    while True:
+        rng = random.Random(f"kexaone-task-retrieval|{seed}")
+        raw = [make_item(rng, num_records) for _ in range(n_items)]
+        if tokenizer is None or num_records == 2:
+            break
+        longest = max(len(ids) for ids in tokenizer.encode_batch([r.prompt + " " + r.answer for r in raw]))
+        if longest <= max_prompt_tokens:
+            break
+        num_records -= 1
     items = [TaskItem(r.prompt, r.answer, None, "en") for r in raw]
     return Task("retrieval", f"in-context retrieval of a value among {num_records} records, exact answer",
                 items, chance_baseline=1.0 / num_records, metric="exact", max_new_tokens=8)
@@ -168,15 +180,17 @@ def code_task(n_items: int, context_lines: int = 12, seed: int = 0, root=None) -
 
 
 def build_tasks(size: str = "default", seed: int = 0, n_items: int = 100, retrieval_records: int = 24,
-                code_context_lines: int = 12) -> dict[str, Task]:
+                code_context_lines: int = 12, tokenizer=None, max_prompt_tokens: int | None = None
+                ) -> dict[str, Task]:
     """Every held-out task for the corpus of (size, seed). `n_items` per task (recall has at most one item per
-    held-out fact). `retrieval_records` sizes the retrieval context: keep prompts inside the model's context."""
+    held-out fact). `retrieval_records` sizes the retrieval context; pass the tokenizer and the training seq_len
+    as max_prompt_tokens to shrink it until every retrieval prompt fits the model's context."""
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
     world = World(seed, get_size(size).world)
     return {
         "arithmetic": arithmetic_task(n_items, seed),
         "crosslingual_recall": crosslingual_task(world, n_items, seed),
-        "retrieval": retrieval_task(n_items, retrieval_records, seed),
+        "retrieval": retrieval_task(n_items, retrieval_records, seed, tokenizer, max_prompt_tokens),
         "code_completion": code_task(n_items, code_context_lines, seed),
     }

@@ -81,12 +81,15 @@ def _resolve_spec(spec: str) -> list[tuple[Path, str | None]]:
     """`path`, `dir`, `glob` with an optional `:lang` tag -> files (sorted, so training order is stable)."""
     path_part, lang = _split_lang_tag(spec)
     p = Path(path_part)
-    if p.is_file():
-        return [(p, lang)]
-    if p.is_dir():
-        return [(f, lang) for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")]
-    if glob.has_magic(path_part):
-        return [(Path(f), lang) for f in sorted(glob.glob(path_part, recursive=True)) if Path(f).is_file()]
+    try:
+        if p.is_file():
+            return [(p, lang)]
+        if p.is_dir():
+            return [(f, lang) for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")]
+        if glob.has_magic(path_part):
+            return [(Path(f), lang) for f in sorted(glob.glob(path_part, recursive=True)) if Path(f).is_file()]
+    except (OSError, ValueError):  # a long or odd inline text is not a path (name too long, NUL byte, ...)
+        pass
     return []
 
 
@@ -229,7 +232,9 @@ def _stage1_merges(texts: Iterable[str], num_learned: int, show_progress: bool) 
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         special_tokens=[],
     )
-    tok.train_from_iterator(texts, trainer)
+    # Lists of texts cross into Rust once per batch instead of once per line.
+    it = iter(texts)
+    tok.train_from_iterator(iter(lambda: list(itertools.islice(it, 1024)), []), trainer)
     merges = json.loads(tok.to_str())["model"]["merges"]
     return [tuple(m) if isinstance(m, list) else tuple(m.split(" ", 1)) for m in merges]
 

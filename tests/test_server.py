@@ -190,6 +190,16 @@ def test_bad_chat_requests_get_clear_errors(stack, body, param, status):
         assert "prompt too long" in err["message"]
 
 
+def test_lone_surrogates_in_json_strings_are_answered(stack):
+    server = stack[0]
+    raw = b'{"prompt": "ab\\ud800cd", "max_tokens": 3, "echo": true, "temperature": 0}'
+    r = _post(server.url, "/v1/completions", raw)
+    assert r.status_code == 200, r.text
+    assert r.json()["choices"][0]["text"].startswith("ab\ufffdcd")
+    raw = b'{"messages": [{"role": "user", "content": "\\udc80 hi"}], "max_tokens": 3}'
+    assert _post(server.url, "/v1/chat/completions", raw).status_code == 200
+
+
 def test_bad_completion_requests_and_unknown_routes(stack):
     server = stack[0]
     for body, param in [({"prompt": [999999]}, "prompt"), ({"prompt": ""}, "prompt"), ({"prompt": []}, "prompt"),

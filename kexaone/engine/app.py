@@ -50,6 +50,7 @@ from kexaone.engine.protocol import (
 from kexaone.engine.sampling import SamplingParams
 from kexaone.engine.sequence import FINISH_TIMEOUT, GenerationResult
 from kexaone.engine.server import MAX_BODY_BYTES, ServerSettings
+from kexaone.tokenizer.pretokenize import fix_surrogates
 
 log = logging.getLogger("kexaone.server")
 
@@ -362,7 +363,7 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
         prompt = req.single_prompt()
         if isinstance(prompt, str):
             ids = await run_in_threadpool(tok.encode, prompt)
-            prompt_text = prompt
+            prompt_text = fix_surrogates(prompt)  # JSON may carry lone surrogates, which UTF-8 cannot encode
         else:
             V = min(engine.config.vocab_size, tok.vocab_size)
             bad = [i for i in prompt if not 0 <= i < V]

@@ -257,7 +257,7 @@ class Engine:
         batch = DecodeBatch(seqs=seqs, sampling=sampling, cache=cache, last_B=first_B, speculative=speculative,
                             draft_tokens=draft_tokens, stats=stats, positions=longest)
         self._emit(batch, first_B[:, None], torch.ones(B, dtype=torch.long))
-        if speculative == "mtp":
+        if speculative == "mtp" and not batch.done:
             # Fill the MTP layer's cache over the prompt: position t reads (h[t], token t+1); the last position
             # reads the freshly sampled token and drafts the one after it.
             next_BT = torch.cat([input_BT[:, 1:], first_B[:, None]], dim=1)

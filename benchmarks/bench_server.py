@@ -1,0 +1,208 @@
+"""The OpenAI-compatible server under load: N concurrent streaming chat clients from this process against
+`kexaone serve` running in a subprocess on 127.0.0.1 (loopback only; bounded client count, request count and time).
+
+Measures, per concurrency level: requests/s, generated tokens/s, time to first token (first streamed content or
+reasoning delta) and total latency (p50 / p99), and failed requests (non-200, an error event, or a stream without
+`data: [DONE]`). The served model is a randomly initialised `small`-shape model with a byte-level tokenizer: the
+numbers measure the serving stack (scheduler, batching, streaming), not answer quality.
+
+    nice -n 10 python benchmarks/bench_server.py [--clients 1 4 16] [--requests-per-client 4] [--max-tokens 32]
+
+Prints a markdown table and writes it into benchmarks/results/engine.md (its "server" section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_decode import machine, write_section  # noqa: E402
+
+from kexaone.config import KExaoneConfig  # noqa: E402
+
+
+def byte_tokenizer():
+    from kexaone.tokenizer import KExaoneTokenizer
+    from kexaone.tokenizer.specials import SPECIAL_TOKENS
+
+    return KExaoneTokenizer.from_merges([b""] * len(SPECIAL_TOKENS) + [bytes([i]) for i in range(256)], [])
+
+
+def make_model_dir(out: Path) -> None:
+    from kexaone.model.transformer import KExaoneForCausalLM
+
+    tok = byte_tokenizer()
+    torch.manual_seed(0)
+    cfg = KExaoneConfig.preset("small").replace(vocab_size=tok.vocab_size, max_position_embeddings=8192)
+    KExaoneForCausalLM(cfg).save_pretrained(out)
+    tok.save(out)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def pct(xs: list[float], q: float) -> float:
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
+
+
+async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
+    body = {"model": "bench", "stream": True, "max_tokens": max_tokens, "temperature": 1.0, "seed": i,
+            "stream_options": {"include_usage": True},
+            "messages": [{"role": "user", "content": f"Request {i}: tell me something about Seoul."}]}
+    t0 = time.perf_counter()
+    ttft = None
+    tokens = 0
+    done = False
+    ok = True
+    async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
+        if r.status_code != 200:
+            await r.aread()
+            return {"ok": False, "status": r.status_code}
+        async for line in r.aiter_lines():
+            if not line.startswith("data: "):
+                continue
+            data = line[6:]
+            if data == "[DONE]":
+                done = True
+                break
+            obj = json.loads(data)
+            if "error" in obj:
+                ok = False
+                continue
+            if obj.get("usage"):
+                tokens = obj["usage"]["completion_tokens"]
+            for ch in obj.get("choices", []):
+                d = ch.get("delta", {})
+                if ttft is None and (d.get("content") or d.get("reasoning_content")):
+                    ttft = time.perf_counter() - t0
+    total = time.perf_counter() - t0
+    return {"ok": ok and done, "status": 200, "ttft": ttft if ttft is not None else total, "total": total,
+            "tokens": tokens}
+
+
+async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float) -> dict:
+    import httpx
+
+    results = []
+    deadline = time.perf_counter() + time_limit
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(timeout=httpx.Timeout(300.0), limits=limits) as client:
+        async def worker(w: int) -> None:
+            for j in range(per_client):
+                if time.perf_counter() > deadline:
+                    return
+                try:
+                    results.append(await one_request(client, url, max_tokens, w * 1000 + j))
+                except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
+                    results.append({"ok": False, "status": repr(e)})
+
+        t0 = time.perf_counter()
+        await asyncio.gather(*(worker(w) for w in range(clients)))
+        wall = time.perf_counter() - t0
+    good = [r for r in results if r["ok"]]
+    return {
+        "clients": clients, "requests": len(results), "failed": len(results) - len(good), "wall": wall,
+        "rps": len(good) / wall, "tok_s": sum(r["tokens"] for r in good) / wall,
+        "ttft50": pct([r["ttft"] for r in good], 0.5), "ttft99": pct([r["ttft"] for r in good], 0.99),
+        "lat50": pct([r["total"] for r in good], 0.5), "lat99": pct([r["total"] for r in good], 0.99),
+        "tokens": statistics.fmean([r["tokens"] for r in good]) if good else 0.0,
+    }
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    ap.add_argument("--requests-per-client", type=int, default=4)
+    ap.add_argument("--max-tokens", type=int, default=32)
+    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    args = ap.parse_args(argv)
+    if max(args.clients) > 64:
+        raise ValueError("--clients is bounded to 64 concurrent clients")
+
+    with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
+        model_dir = Path(tmp)
+        make_model_dir(model_dir)
+        port = free_port()
+        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+        server = subprocess.Popen(
+            [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+             "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
+             "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"],
+            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        rows = []
+        try:
+            import httpx
+
+            deadline = time.monotonic() + 120
+            while True:
+                if server.poll() is not None:
+                    raise RuntimeError("kexaone serve exited during start-up")
+                try:
+                    if httpx.get(url + "/health", timeout=2).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise RuntimeError("kexaone serve did not start within 120 s")
+                time.sleep(0.3)
+            asyncio.run(load(url, 1, 1, 4, 30))  # warm-up
+            for c in args.clients:
+                row = asyncio.run(load(url, c, args.requests_per_client, args.max_tokens, args.time_limit))
+                rows.append(row)
+                print(f"{c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
+            health = httpx.get(url + "/health", timeout=5).json()
+        finally:
+            server.terminate()
+            try:
+                server.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+                server.wait()
+
+    lines = [
+        "## Server under load (streaming chat completions)",
+        "",
+        f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback).",
+        "",
+        f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
+        f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
+        f"(max_tokens {args.max_tokens}, temperature 1.0); scheduler batch size {args.max_batch_size}.",
+        "",
+        "| clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 | "
+        "mean tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']:.2f} | {r['tok_s']:.1f} | "
+                     f"{r['ttft50'] * 1000:.0f} ms | {r['ttft99'] * 1000:.0f} ms | {r['lat50']:.2f} s | "
+                     f"{r['lat99']:.2f} s | {r['tokens']:.1f} |")
+    lines += ["", f"Server health after the run: {json.dumps(health)}."]
+    text = "\n".join(lines)
+    print(text)
+    write_section("server", text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -131,3 +131,25 @@ def test_real_kexaone_tokenizer_through_the_pipeline(tmp_path):
     batch = next(PackedBatches([(shards, 1.0)], seq_len=128, batch_size=2))
     ids_BT, doc_BT = batch["input_ids"], batch["doc_ids"]
     assert torch.equal(doc_BT[:, 1:] != doc_BT[:, :-1], ids_BT[:, :-1] == tok.eot_id)
+
+
+def test_data_cli(tmp_path, capsys):
+    import argparse
+
+    from kexaone.data import cli
+
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    assert cli.run(parser.parse_args(["corpus", "--out", str(tmp_path / "c"), "--size", "tiny"])) == 0
+    assert (tmp_path / "c" / "manifest.json").exists()
+    assert cli.run(parser.parse_args(["tasks", "--out", str(tmp_path / "t.jsonl"), "--size", "tiny",
+                                      "--items", "3"])) == 0
+    recs = [json.loads(x) for x in open(tmp_path / "t.jsonl", encoding="utf-8")]
+    assert {r["task"] for r in recs} == {"arithmetic", "crosslingual_recall", "retrieval", "code_completion"}
+    from kexaone.data.shards import build_token_shards
+
+    s = build_token_shards(str(tmp_path / "c" / "tools.jsonl"), tiny_tokenizer(), tmp_path / "tok")
+    capsys.readouterr()
+    assert cli.run(parser.parse_args(["info", str(s.path)])) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["documents"] == s.num_documents and "tools/ko" in info["tags"]

@@ -131,6 +131,18 @@ def test_real_kexaone_tokenizer_through_the_pipeline(tmp_path):
     batch = next(PackedBatches([(shards, 1.0)], seq_len=128, batch_size=2))
     ids_BT, doc_BT = batch["input_ids"], batch["doc_ids"]
     assert torch.equal(doc_BT[:, 1:] != doc_BT[:, :-1], ids_BT[:, :-1] == tok.eot_id)
+    # `kexaone data tokenize` with the saved tokenizer reuses the very same cache entry
+    import argparse
+
+    from kexaone.data import cli
+
+    tok.save(tmp_path / "tokdir")
+    parser = argparse.ArgumentParser()
+    cli.add_arguments(parser)
+    args = parser.parse_args(["tokenize", f"{paths['arithmetic']}@2", "--tokenizer", str(tmp_path / "tokdir"),
+                              "--cache", str(tmp_path / "tok"), "--workers", "1"])
+    assert cli.run(args) == 0
+    assert len([p for p in (tmp_path / "tok").iterdir() if not p.name.startswith(".")]) == 1
 
 
 def test_data_cli(tmp_path, capsys):

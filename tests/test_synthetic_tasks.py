@@ -123,3 +123,19 @@ def test_retrieval_context_shrinks_to_fit_the_model_context():
     assert task.chance_baseline > 1 / 24  # fewer records than asked, and the chance rate says so
     with pytest.raises(ValueError, match="both"):
         build_tasks("tiny", n_items=5, max_prompt_tokens=300)
+
+
+def test_arithmetic_prompt_is_a_prefix_of_the_training_rendering():
+    """The evaluation prompt is exactly how a reasoning-mode training document begins, so the model's learned
+    continuation (reasoning, </think>, answer, <|endofturn|>) is what the task scores."""
+    from kexaone.data.synthetic.arithmetic import messages
+    from kexaone.tokenizer.chat import render
+
+    rng = random.Random(0)
+    for _ in range(50):
+        p = sample_problem(rng, reserved=True)
+        prompt = render(messages(p)[:1], add_generation_prompt=True, enable_thinking=True)
+        full = render(messages(p), enable_thinking=True)
+        assert full.startswith(prompt)
+        assert extract_after_think(full[len(prompt):].removesuffix("<|endofturn|>\n").removesuffix("<|endofturn|>")) \
+            == p.answer

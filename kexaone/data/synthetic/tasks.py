@@ -86,7 +86,7 @@ def arithmetic_task(n_items: int, seed: int = 0) -> Task:
         items.append(TaskItem(prompt, p.answer, None, p.lang))
     top = Counter(it.answer for it in items).most_common(1)[0][1]
     return Task("arithmetic", "arithmetic with step-by-step reasoning (reserved problems), exact answer",
-                items, chance_baseline=top / len(items), metric="exact", max_new_tokens=160,
+                items, chance_baseline=top / len(items), metric="exact", max_new_tokens=192,
                 extract=extract_after_think)
 
 

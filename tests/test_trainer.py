@@ -102,7 +102,7 @@ def test_loss_is_ce_plus_weighted_mtp_and_aux(tok, shards, tmp_path):
 
 def test_loss_falls_and_outputs_are_written(tok, shards, tmp_path):
     heldout = [(shards, shards.split_indices(0.05)[1])]
-    ev = eval_set_from_shards(heldout, SEQ, BATCH, max_batches=4)
+    ev = eval_set_from_shards(heldout, SEQ, BATCH, max_rows=4 * BATCH)
     m = tiny_model(tok)
     t = Trainer(m, tok, loader(shards), cfg(tmp_path, max_steps=30, eval_every=15, save_every=10), eval_set=ev)
     res = t.fit()

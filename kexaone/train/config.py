@@ -114,7 +114,7 @@ class TrainConfig:
     eval_every: int = 100
     """Evaluate every N steps (0: only at the end)."""
     eval_batches: int = 8
-    """Held-out micro-batches per evaluation."""
+    """Held-out micro-batches per rank per evaluation (eval_batches x batch_size x world size rows in all)."""
     save_every: int = 100
     """Checkpoint every N steps (0: only at the end and on interruption)."""
     keep_checkpoints: int = 3

@@ -372,7 +372,9 @@ def build_eval_data(cfg: TrainConfig, tok: Any, heldout: list[tuple[Any, Any]], 
         heldout = [(s, np.arange(s.num_documents)) for s, _ in sources]
     if cfg.eval_batches == 0:
         return None
-    ev = eval_set_from_shards(heldout, cfg.seq_len, cfg.batch_size, cfg.eval_batches)
+    # eval_batches micro-batches per rank: the same rows whatever the world size (batches are sharded over ranks).
+    ev = eval_set_from_shards(heldout, cfg.seq_len, cfg.batch_size,
+                              max_rows=cfg.eval_batches * cfg.batch_size * dist.world_size)
     if ev is None and dist.is_main:
         warnings.warn("no held-out documents to evaluate on (the data is too small for a held-out split); "
                       "pass --eval-data to evaluate", stacklevel=2)

@@ -60,10 +60,12 @@ class EvalSet:
 
 
 def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch_size: int,
-                         max_batches: int) -> EvalSet | None:
+                         max_rows: int) -> EvalSet | None:
     """Held-out batches from (TokenShards, document indices) pairs: whole documents cut into rows (one document per
-    row, padding labelled -100, see kexaone.data.packing.iter_document_batches), taken round-robin over the
-    sources until max_batches. None when there is no held-out document."""
+    row, padding labelled -100, see kexaone.data.packing.iter_document_batches), taken one row at a time
+    round-robin over the sources until max_rows, then grouped into batches of batch_size rows. The rows do not
+    depend on batch_size, so runs with different per-rank batches evaluate on the same text. None when there is
+    no held-out document."""
     import numpy as np
 
     from kexaone.data.packing import iter_document_batches
@@ -75,19 +77,21 @@ def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch
             continue
         n_tok += int(shards.doc_lengths()[idx].sum()) + len(idx)  # + one eot per document
         n_bytes += int(shards.doc_bytes[idx].sum())
-        iters.append(iter_document_batches(shards, idx, seq_len, batch_size))
-    batches: list[dict[str, torch.Tensor]] = []
-    while iters and len(batches) < max_batches:
+        iters.append(iter_document_batches(shards, idx, seq_len, 1))
+    rows: list[dict[str, torch.Tensor]] = []
+    while iters and len(rows) < max_rows:
         for it in list(iters):
-            b = next(it, None)
-            if b is None:
+            row = next(it, None)
+            if row is None:
                 iters.remove(it)
                 continue
-            batches.append({k: b[k] for k in ("input_ids", "labels", "doc_ids")})
-            if len(batches) >= max_batches:
+            rows.append(row)
+            if len(rows) >= max_rows:
                 break
-    if not batches:
+    if not rows:
         return None
+    batches = [{k: torch.cat([r[k] for r in rows[i:i + batch_size]]) for k in ("input_ids", "labels", "doc_ids")}
+               for i in range(0, len(rows), batch_size)]
     return EvalSet(batches, n_tok, n_bytes)
 
 

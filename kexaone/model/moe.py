@@ -187,14 +187,16 @@ class GroupedExperts(nn.Module):
         n, k = topk_idx_NK.shape
         if n == 0:
             return x_NH.new_zeros(x_NH.shape)
-        gate_up_EHJ = self.gate_up_proj.transpose(1, 2)  # [E, H, 2I] view: x @ W^T per expert
-        down_EIH = self.down_proj.transpose(1, 2)  # [E, I, H]
+        gate_up_EJH, down_EHI = self.gate_up_proj, self.down_proj
         if torch.is_autocast_enabled(x_NH.device.type):
-            # Grouped matmul is not an autocast op: cast explicitly, as autocast would for nn.Linear.
+            # Grouped matmul is not an autocast op: cast explicitly, as autocast would for nn.Linear. Cast the
+            # contiguous parameters, then transpose: converting a transposed view is a slow strided copy.
             dtype = torch.get_autocast_dtype(x_NH.device.type)
-            x_NH, gate_up_EHJ, down_EIH = x_NH.to(dtype), gate_up_EHJ.to(dtype), down_EIH.to(dtype)
+            x_NH, gate_up_EJH, down_EHI = x_NH.to(dtype), gate_up_EJH.to(dtype), down_EHI.to(dtype)
         else:
-            x_NH = x_NH.to(gate_up_EHJ.dtype)
+            x_NH = x_NH.to(gate_up_EJH.dtype)
+        gate_up_EHJ = gate_up_EJH.transpose(1, 2)  # [E, H, 2I] view: x @ W^T per expert
+        down_EIH = down_EHI.transpose(1, 2)  # [E, I, H]
         with torch.no_grad():
             flat_e_M = topk_idx_NK.reshape(-1)  # M = N*K (token, slot) pairs
             if counts_E is None:

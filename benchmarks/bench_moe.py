@@ -1,0 +1,153 @@
+"""MoE layer speed: kexaone's dropless grouped execution vs transformers' exaone_moe expert loop, same weights.
+
+Measures one sparse layer at the `small` preset width (H 256, expert SwiGLU 128, 1 shared expert) with 32 experts
+top-2 (the small preset) and 128 experts top-8 (K-EXAONE's routing), on batches of 4 x 1024 tokens:
+training step (forward + backward) and forward only, tokens/s. transformers' own `grouped_mm` experts backend is
+measured too, for reference. Runs are interleaved (A, B, C, A, B, C, ...) and the median is kept, because this
+machine is shared and noisy; ratios are what to read.
+
+    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 7]
+
+Prints a markdown table and writes it, with a machine description, to benchmarks/results/moe.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from kexaone.config import KExaoneConfig
+from kexaone.model.moe import KExaoneMoE
+from kexaone.utils.io import atomic_write_text
+
+RESULTS = Path(__file__).resolve().parent / "results" / "moe.md"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def build(cfg: KExaoneConfig):
+    """kexaone layer and transformers layers (eager loop, grouped_mm backend) holding the same weights."""
+    from transformers import ExaoneMoeConfig
+    from transformers.models.exaone_moe.modeling_exaone_moe import ExaoneMoeSparseMoEBlock
+
+    torch.manual_seed(0)
+    ours = KExaoneMoE(cfg).train()
+    with torch.no_grad():
+        ours.gate.e_score_correction_bias.normal_(0, 1e-3)
+    hf_dict = {k: v for k, v in cfg.to_hf_dict().items() if k not in ("kexaone", "architectures", "model_type")}
+    layers = {"kexaone grouped": ours}
+    for impl in ("eager", "grouped_mm"):
+        hc = ExaoneMoeConfig(**hf_dict)
+        hc._experts_implementation = impl
+        ref = ExaoneMoeSparseMoEBlock(hc).train()
+        ref.load_state_dict(ours.state_dict())
+        layers[f"transformers {impl}"] = ref
+    return layers
+
+
+def train_step(layer, x):
+    y = layer(x)
+    y.float().square().mean().backward()
+
+
+@torch.no_grad()
+def forward_only(layer, x):
+    layer(x)
+
+
+def measure(layers: dict, x: torch.Tensor, fn, repeats: int, autocast: bool) -> dict[str, float]:
+    times: dict[str, list[float]] = {name: [] for name in layers}
+    for _ in range(repeats + 1):  # the first round is a warm-up
+        for name, layer in layers.items():
+            layer.zero_grad(set_to_none=True)
+            x.grad = None
+            t0 = time.perf_counter()
+            if autocast:
+                with torch.autocast("cpu", dtype=torch.bfloat16):
+                    fn(layer, x)
+            else:
+                fn(layer, x)
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts[1:]) for name, ts in times.items()}
+
+
+def check_same_output(layers: dict, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        outs = [layer(x) for layer in layers.values()]
+    return max(float((o - outs[0]).abs().max()) for o in outs[1:])
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch (batch 4 x tokens/4)")
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/moe.md")
+    args = ap.parse_args()
+
+    small = KExaoneConfig.preset("small")
+    setups = [("32 experts, top-2 (small preset)", small),
+              ("128 experts, top-8 (K-EXAONE routing)", small.replace(num_experts=128, num_experts_per_tok=8))]
+    b = 4
+    t = args.tokens // b
+    rows = []
+    for label, cfg in setups:
+        layers = build(cfg)
+        x = torch.randn(b, t, cfg.hidden_size, requires_grad=True)
+        err = check_same_output(layers, x)
+        for mode, fn, autocast in (("train fwd+bwd fp32", train_step, False),
+                                   ("train fwd+bwd bf16 autocast", train_step, True),
+                                   ("forward fp32", forward_only, False)):
+            try:
+                med = measure(layers, x, fn, args.repeats, autocast)
+            except RuntimeError as e:  # a backend that cannot run this mode on this machine
+                print(f"skipped {label} / {mode}: {e}")
+                continue
+            base = med["transformers eager"]
+            for name, sec in med.items():
+                rows.append((label, mode, name, b * t / sec, base / sec, err))
+            print(f"{label:40s} {mode:28s} " + "  ".join(f"{n}: {b * t / s:,.0f} tok/s" for n, s in med.items()))
+
+    header = ["setup", "mode", "implementation", "tokens/s", "speed-up vs transformers eager"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for label, mode, name, tps, ratio, _ in rows:
+        lines.append(f"| {label} | {mode} | {name} | {tps:,.0f} | {ratio:.2f}x |")
+    max_err = max((r[5] for r in rows), default=float("nan"))
+    machine = (f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+               f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
+               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
+    table = "\n".join(lines)
+    text = (
+        "# MoE layer: kexaone grouped vs transformers exaone_moe\n\n"
+        f"One sparse layer at `small` width (H {small.hidden_size}, expert SwiGLU {small.moe_intermediate_size}, "
+        f"1 shared expert), batch {b} x {t} tokens, same weights in every implementation "
+        f"(max output difference {max_err:.1e}). Median of {args.repeats} interleaved runs after a warm-up.\n\n"
+        f"Machine: {machine}. Shared machine: read the ratios, not the absolute numbers.\n\n"
+        f"Command: `nice -n 10 python benchmarks/bench_moe.py --tokens {args.tokens} --repeats {args.repeats}`\n\n"
+        f"{table}\n"
+    )
+    print()
+    print(table)
+    if not args.no_write:
+        RESULTS.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(RESULTS, text)
+        print(f"\nwrote {RESULTS}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

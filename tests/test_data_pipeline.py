@@ -85,6 +85,8 @@ def test_glob_missing_empty_and_unsupported(tmp_path):
     (tmp_path / "empty.txt").write_text("\n \n")
     with pytest.raises(ValueError, match="no non-empty document"):
         list(iter_documents(str(tmp_path / "empty.txt")))
+    (tmp_path / "m.py").write_text("def f():\n    return 1\n")
+    assert list(iter_tagged_documents(str(tmp_path / "*.py"))) == [Document("def f():\n    return 1\n", "code/py")]
     (tmp_path / "x.csv").write_text("a,b\n")
     with pytest.raises(ValueError, match="unsupported data file"):
         list(iter_documents(str(tmp_path / "x.csv")))

@@ -5,6 +5,7 @@ A *source spec* is a string naming where documents come from, optionally followe
 - `corpus.txt`            one document per non-empty line (or the whole file with `txt_mode="file"`)
 - `data.jsonl`            one JSON object per line; the document is its `text` field (configurable)
 - `data.parquet`          the `text` column (configurable)
+- `src/*.py`, `notes.md`  source code and markup files: one document per file, tagged "code/<extension>"
 - `some/dir`              a directory written by `datasets.Dataset.save_to_disk` (or `DatasetDict`), else every
                           supported file under it, sorted
 - `shards/*.jsonl`        a glob (sorted, so the order is deterministic)
@@ -30,7 +31,11 @@ from pathlib import Path
 TEXT_SUFFIXES = (".txt",)
 JSONL_SUFFIXES = (".jsonl", ".ndjson")
 PARQUET_SUFFIXES = (".parquet",)
-SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES
+# Source code and markup: each file is one document, tagged "code/<extension>".
+CODE_SUFFIXES = (".py", ".js", ".ts", ".tsx", ".jsx", ".java", ".go", ".rs", ".c", ".cc", ".cpp", ".h", ".hpp",
+                 ".cs", ".rb", ".php", ".sh", ".swift", ".kt", ".scala", ".lua", ".sql", ".md", ".rst", ".tex",
+                 ".html", ".css", ".toml", ".yaml", ".yml")
+SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CODE_SUFFIXES
 TXT_MODES = ("line", "file")
 HUB_PREFIX = "hf:"
 # Files whose presence marks a directory written by `datasets` save_to_disk.
@@ -155,6 +160,15 @@ def _read_txt(path: Path, txt_mode: str) -> Iterator[Document]:
                 yield Document(line, tag)
 
 
+def _read_code(path: Path) -> Iterator[Document]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise ValueError(f"{path}: not UTF-8 text") from None
+    if text.strip():
+        yield Document(text, f"code/{path.suffix.lower().lstrip('.')}")
+
+
 def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
     tag = path.stem
     with open(path, encoding="utf-8") as f:
@@ -274,6 +288,8 @@ def _iter_files(files: list[Path], text_field: str, txt_mode: str) -> Iterator[D
             yield from _read_txt(f, txt_mode)
         elif suffix in JSONL_SUFFIXES:
             yield from _read_jsonl(f, text_field)
+        elif suffix in CODE_SUFFIXES:
+            yield from _read_code(f)
         else:
             yield from _read_parquet(f, text_field)
 

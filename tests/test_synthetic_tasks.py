@@ -139,3 +139,12 @@ def test_arithmetic_prompt_is_a_prefix_of_the_training_rendering():
         assert full.startswith(prompt)
         assert extract_after_think(full[len(prompt):].removesuffix("<|endofturn|>\n").removesuffix("<|endofturn|>")) \
             == p.answer
+
+
+def test_recall_asks_about_the_corpus_world_whatever_the_item_seed():
+    from kexaone.data.synthetic.world import World
+
+    held = {(f.question(f.heldout_lang), f.answer(f.heldout_lang)) for f in World(0, "tiny").heldout_facts}
+    for seed in (0, 7):
+        items = build_tasks("tiny", seed=seed, n_items=10)["crosslingual_recall"].items
+        assert all((it.prompt.split("\n")[0].split(": ", 1)[1], it.answer) in held for it in items)

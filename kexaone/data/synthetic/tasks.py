@@ -180,14 +180,16 @@ def code_task(n_items: int, context_lines: int = 12, seed: int = 0, root=None) -
 
 
 def build_tasks(size: str = "default", seed: int = 0, n_items: int = 100, retrieval_records: int = 24,
-                code_context_lines: int = 12, tokenizer=None, max_prompt_tokens: int | None = None
-                ) -> dict[str, Task]:
-    """Every held-out task for the corpus of (size, seed). `n_items` per task (recall has at most one item per
-    held-out fact). `retrieval_records` sizes the retrieval context; pass the tokenizer and the training seq_len
-    as max_prompt_tokens to shrink it until every retrieval prompt fits the model's context."""
+                code_context_lines: int = 12, tokenizer=None, max_prompt_tokens: int | None = None,
+                corpus_seed: int = 0) -> dict[str, Task]:
+    """Every held-out task for the corpus of `size` generated with `corpus_seed` (the seed given to write_corpus /
+    synthetic_training_data: it fixes the world the recall task asks about). `seed` only draws the items.
+    `n_items` per task (recall has at most one item per held-out fact). `retrieval_records` sizes the retrieval
+    context; pass the tokenizer and the training seq_len as max_prompt_tokens to shrink it until every retrieval
+    prompt fits the model's context."""
     if n_items < 1:
         raise ValueError(f"n_items must be >= 1, got {n_items}")
-    world = World(seed, get_size(size).world)
+    world = World(corpus_seed, get_size(size).world)
     return {
         "arithmetic": arithmetic_task(n_items, seed),
         "crosslingual_recall": crosslingual_task(world, n_items, seed),

@@ -118,7 +118,7 @@ def test_shards_roundtrip_cache_and_split(tmp_path):
     s2 = build_token_shards(str(f), tok, tmp_path / "cache")
     assert s2.path == s.path and os.path.getmtime(s2.path / "meta.json") == mtime
     # a list of the same documents (different tags: none) gets its own key; an iterator equals the list
-    s3 = build_token_shards(list(DOCS), tok, tmp_path / "cache")
+    s3 = build_token_shards(list(DOCS) + ["  "], tok, tmp_path / "cache")
     s4 = build_token_shards(iter(DOCS), tok, tmp_path / "cache")
     assert s3.path == s4.path != s.path
     assert not [p for p in (tmp_path / "cache").iterdir() if p.name.startswith(".tmp")]

@@ -266,6 +266,8 @@ def _as_documents(items: Iterable) -> Iterator[Document]:
 def _hash_documents(docs: Sequence) -> str:
     h = hashlib.sha256(b"kexaone-docs-v1|")
     for d in _as_documents(docs):
+        if not d.text.strip():  # skipped when tokenizing too, so a list and an iterator of it share a key
+            continue
         b = d.text.encode("utf-8")
         h.update(len(b).to_bytes(8, "little") + b + b"\0" + d.tag.encode() + b"\0")
     return h.hexdigest()

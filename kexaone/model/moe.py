@@ -148,6 +148,14 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -
     return torch.cat(outs, dim=0)
 
 
+def count_per_expert(topk_idx_NK: torch.Tensor, num_experts: int, keep_NK: torch.Tensor | None = None) -> torch.Tensor:
+    """[E] int64 number of (token, slot) pairs routed to each expert (only where `keep_NK` is true, if given).
+    A scatter-add rather than bincount: bincount synchronises with the host on GPUs to size its output."""
+    ones = torch.ones_like(topk_idx_NK) if keep_NK is None else keep_NK.to(topk_idx_NK.dtype)
+    counts = torch.zeros(num_experts, dtype=torch.long, device=topk_idx_NK.device)
+    return counts.scatter_add_(0, topk_idx_NK.reshape(-1), ones.reshape(-1))
+
+
 # ---------------------------------------------------------------------------------------------------------- experts
 class GroupedExperts(nn.Module):
     """All routed experts of one layer, executed dropless with grouped matmuls.
@@ -200,7 +208,7 @@ class GroupedExperts(nn.Module):
         with torch.no_grad():
             flat_e_M = topk_idx_NK.reshape(-1)  # M = N*K (token, slot) pairs
             if counts_E is None:
-                counts_E = torch.bincount(flat_e_M, minlength=self.num_experts)
+                counts_E = count_per_expert(topk_idx_NK, self.num_experts)
             offs_E = counts_E.cumsum(0).to(torch.int32)
             order_M = torch.argsort(flat_e_M, stable=True)  # stable: tokens keep their order inside an expert
             token_M = order_M // k
@@ -241,10 +249,9 @@ def sequence_aux_loss(scores_BTE: torch.Tensor, topk_idx_BTK: torch.Tensor,
         f_BE = counts_BE * (e / k) / ntok_B.clamp(min=1).unsqueeze(-1)
     p_BE = probs_BTE.sum(dim=1) / ntok_B.clamp(min=1).unsqueeze(-1)
     per_seq_B = (f_BE * p_BE).sum(dim=-1)
-    has_tokens_B = ntok_B > 0
-    if bool(has_tokens_B.all()):
-        return per_seq_B.mean()
-    return per_seq_B[has_tokens_B].sum() / has_tokens_B.sum().clamp(min=1)
+    # no data-dependent branch (a host sync on GPUs): empty sequences contribute 0 and are not counted
+    has_tokens_B = (ntok_B > 0).to(per_seq_B.dtype)
+    return (per_seq_B * has_tokens_B).sum() / has_tokens_B.sum().clamp(min=1)
 
 
 def _inside_backward() -> bool:
@@ -292,7 +299,7 @@ class KExaoneMoE(nn.Module):
         x_NH = x_3d.reshape(b * t, h)
         scores_NE, weights_NK, idx_NK = self.gate(x_NH)
         with torch.no_grad():
-            counts_E = torch.bincount(idx_NK.reshape(-1), minlength=self.num_experts)
+            counts_E = count_per_expert(idx_NK, self.num_experts)
         y_NH = self.experts(x_NH, idx_NK, weights_NK, counts_E=counts_E)
         if self.shared_experts is not None:
             y_NH = y_NH + self.shared_experts(x_NH)
@@ -303,7 +310,7 @@ class KExaoneMoE(nn.Module):
         if self.training and self.count_tokens and not _inside_backward():
             with torch.no_grad():
                 if valid_BT is not None:
-                    keep_NK = valid_BT.reshape(-1, 1).expand(-1, self.top_k).reshape(-1).bool()
-                    counts_E = torch.bincount(idx_NK.reshape(-1)[keep_NK], minlength=self.num_experts)
+                    keep_NK = (valid_BT.reshape(-1, 1) != 0).expand(-1, self.top_k)
+                    counts_E = count_per_expert(idx_NK, self.num_experts, keep_NK)
                 self.tokens_per_expert += counts_E
         return y_NH.view(shape)

@@ -14,6 +14,7 @@ import sys
 COMMANDS: dict[str, str] = {
     "info": "kexaone.model.info",
     "tokenizer": "kexaone.tokenizer.cli",
+    "data": "kexaone.data.cli",
     "pretrain": "kexaone.train.pretrain",
     "generate": "kexaone.engine.cli_generate",
     "chat": "kexaone.engine.cli_chat",

@@ -129,9 +129,13 @@ class TrainConfig:
     """Write the final model (HF layout) and tokenizer to <out>/model."""
 
     def __post_init__(self) -> None:
-        self.data = list(self.data)
-        self.eval_data = list(self.eval_data)
-        self.model_overrides = dict(self.model_overrides)
+        for name in ("data", "eval_data"):
+            v = getattr(self, name)
+            if isinstance(v, str) or not isinstance(v, (list, tuple)):
+                raise ValueError(f"TrainConfig.{name} = {v!r} is invalid: must be a list of 'path[@weight]' strings")
+            setattr(self, name, list(v))
+        if not isinstance(self.betas, (list, tuple)) or len(self.betas) != 2:
+            raise ValueError(f"TrainConfig.betas = {self.betas!r} is invalid: must be two numbers")
         self.betas = tuple(float(b) for b in self.betas)  # type: ignore[assignment]
         self.validate()
 
@@ -146,6 +150,16 @@ class TrainConfig:
         def is_int(v: Any) -> bool:
             return isinstance(v, int) and not isinstance(v, bool)
 
+        for name in ("lr", "min_lr_ratio", "decay_fraction", "weight_decay", "momentum", "grad_clip"):
+            v = getattr(self, name)
+            need(isinstance(v, (int, float)) and not isinstance(v, bool), name, "must be a number")
+        for name in ("aux_loss_coef", "mtp_loss_weight", "bias_update_rate", "peak_flops"):
+            v = getattr(self, name)
+            need(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), name,
+                 "must be a number (or None)")
+        for name in ("resume", "progress", "tensorboard", "export", "mix_synthetic", "activation_checkpointing"):
+            need(isinstance(getattr(self, name), bool), name, "must be true or false")
+        need(isinstance(self.model_overrides, dict), "model_overrides", "must be a table of KExaoneConfig fields")
         for name, choices in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("parallel", PARALLEL),
                               ("device", DEVICES), ("decay_shape", DECAY_SHAPES), ("fp8_format", FP8_FORMATS),
                               ("synthetic_size", SYNTHETIC_SIZES)):

@@ -525,9 +525,10 @@ class Trainer:
         eval_metrics = None
         try:
             while self.step < self.total_steps:
-                stage = _stage_of(self.data)
                 record = self.train_step(data_iter)
+                stage = _stage_of(self.data)  # the stage of the batches this step consumed
                 if stage is not None and stage != self.stage:
+                    # "step" = the steps finished before the stage began (where its boundary line is drawn).
                     self.logger.log({"kind": "stage", "step": self.step - 1, "stage": stage,
                                      "tokens": self.tokens_seen - self.tokens_per_step})
                     self.stage = stage

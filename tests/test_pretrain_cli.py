@@ -1,0 +1,157 @@
+"""`kexaone pretrain` end to end (in this process, through kexaone.cli.main): the defaults just work (synthetic
+curriculum, default tokenizer cached, HF export that loads back), user data and config files, stage boundaries in
+the metrics, and the clear errors of bad input (exit code 2 and a message naming the problem; 1 on divergence)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from kexaone.cli import main
+
+FAST = ["--synthetic-size", "tiny", "--threads", "1", "--no-progress", "--no-tensorboard", "--peak-flops", "1e12"]
+
+
+@pytest.fixture(autouse=True, scope="module")
+def isolated_cache(tmp_path_factory):
+    """Every run of this module shares one fresh cache (tokenizer, corpus, token shards); threads restored."""
+    cache = tmp_path_factory.mktemp("kexaone-cache")
+    old_env, old_threads = os.environ.get("KEXAONE_CACHE"), torch.get_num_threads()
+    os.environ["KEXAONE_CACHE"] = str(cache)
+    yield cache
+    torch.set_num_threads(old_threads)
+    if old_env is None:
+        del os.environ["KEXAONE_CACHE"]
+    else:
+        os.environ["KEXAONE_CACHE"] = old_env
+
+
+def records(out: Path, kind: str | None = None) -> list[dict]:
+    recs = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r for r in recs if kind is None or r["kind"] == kind]
+
+
+def corpus_lines(n: int = 400) -> list[str]:
+    return [f"Document {i}: the number {i} is {'even' if i % 2 == 0 else 'odd'}, and {i} + 1 = {i + 1}."
+            for i in range(n)]
+
+
+@pytest.fixture(scope="module")
+def default_run(tmp_path_factory, isolated_cache) -> Path:
+    """`kexaone pretrain --preset tiny --max-steps 10 --out DIR` (plus the tiny corpus and one thread)."""
+    out = tmp_path_factory.mktemp("default") / "run"
+    assert main(["pretrain", "--preset", "tiny", "--max-steps", "10", "--out", str(out), "--seq-len", "64",
+                 "--batch-size", "4", "--eval-every", "5", "--eval-batches", "2", *FAST]) == 0
+    return out
+
+
+def test_defaults_train_export_and_cache(default_run, isolated_cache, capsys):
+    out = default_run
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.tokenizer import KExaoneTokenizer
+    from kexaone.train.checkpoint import CheckpointManager
+
+    tok = KExaoneTokenizer.from_dir(out / "model")
+    model = KExaoneForCausalLM.from_pretrained(out / "model")
+    assert model.config.vocab_size == tok.vocab_size == 2048  # sized from the tokenizer (tiny preset's default)
+    assert model.config.pad_token_id == tok.pad_id and model.config.eos_token_id == tok.eos_id
+    # The export holds exactly the final checkpoint's weights.
+    final = CheckpointManager(out / "checkpoints").load()
+    assert final["step"] == 10
+    sd = model.state_dict()
+    assert all(torch.equal(sd[k], v) for k, v in final["model"].items())
+    ids = torch.tensor([tok.encode("Hello world")])
+    assert model(ids).logits.shape == (1, ids.shape[1], tok.vocab_size)
+    # Default tokenizer: built once into the cache, copied into <out>/tokenizer for resumes.
+    cached = list((isolated_cache / "tokenizers").glob("synthetic-tiny-2048-*/tokenizer.json"))
+    assert len(cached) == 1 and (out / "tokenizer" / "tokenizer.json").is_file()
+    assert (out / "loss_curve.png").read_bytes()[:4] == b"\x89PNG"
+    train = records(out, "train")
+    assert [r["step"] for r in train] == list(range(1, 11))
+    assert all(set(r) >= {"loss", "ce", "mtp", "aux", "lr", "grad_norm", "tok_per_s", "mfu", "max_vio"} for r in train)
+    assert [r["step"] for r in records(out, "eval")] == [5, 10]
+
+
+def test_curriculum_stage_boundaries_are_recorded(default_run):
+    # 10 steps of 256 tokens = 2560 tokens split 50/30/20 over the three stages.
+    stages = [(r["step"], r["stage"]) for r in records(default_run, "stage")]
+    assert stages == [(0, "foundational-knowledge"), (5, "domain-expertise"), (8, "reasoning")]
+    assert [r["stage"] for r in records(default_run, "train")][4:6] == ["foundational-knowledge", "domain-expertise"]
+
+
+def test_user_data_and_config_file(tmp_path, default_run):
+    (tmp_path / "a.txt").write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+    (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t.upper()}) for t in corpus_lines(200)) + "\n")
+    (tmp_path / "run.toml").write_text(
+        'preset = "tiny"\nmax_steps = 4\nseq_len = 32\nbatch_size = 2\noptimizer = "adamw"\nlr = 1e-3\n'
+        f'data = ["{tmp_path / "a.txt"}@3", "{tmp_path / "b.jsonl"}"]\n'
+        '[model_overrides]\nnum_hidden_layers = 2\n')
+    out = tmp_path / "run"
+    assert main(["pretrain", "--config", str(tmp_path / "run.toml"), "--tokenizer", str(default_run / "tokenizer"),
+                 "--out", str(out), "--eval-batches", "2", *FAST]) == 0
+    cfg = records(out, "config")[0]
+    assert cfg["train_config"]["optimizer"] == "adamw" and cfg["model_config"]["num_hidden_layers"] == 2
+    assert len(records(out, "train")) == 4 and not records(out, "stage")  # user data alone: no curriculum
+    assert records(out, "eval")  # held-out split of the user's documents
+
+
+@pytest.mark.parametrize("case", ["missing-data", "empty-data", "unwritable-out", "missing-tokenizer",
+                                  "bad-config", "bad-preset", "resume-without-checkpoint"])
+def test_bad_input_is_a_clear_error(case, tmp_path, capsys, default_run):
+    out = tmp_path / "run"
+    args = ["pretrain", "--preset", "tiny", "--max-steps", "2", "--seq-len", "32", "--batch-size", "2",
+            "--out", str(out), *FAST]
+    if case == "missing-data":
+        args += ["--data", str(tmp_path / "nope.jsonl")]
+        needle = "nope.jsonl' does not exist"
+    elif case == "empty-data":
+        (tmp_path / "empty.txt").write_text("\n\n")
+        args += ["--data", str(tmp_path / "empty.txt"), "--tokenizer", str(default_run / "tokenizer")]
+        needle = "no non-empty document"
+    elif case == "unwritable-out":
+        (tmp_path / "file").write_text("x")
+        args[args.index(str(out))] = str(tmp_path / "file" / "run")
+        needle = "cannot be created"
+    elif case == "missing-tokenizer":
+        args += ["--tokenizer", str(tmp_path / "no-tok")]
+        needle = "no-tok does not exist"
+    elif case == "bad-config":
+        (tmp_path / "c.json").write_text('{"lr": "fast"}')
+        args += ["--config", str(tmp_path / "c.json")]
+        needle = "lr"
+    elif case == "bad-preset":
+        args[args.index("tiny")] = "huge"
+        needle = "unknown preset 'huge'"
+    else:
+        args += ["--resume"]
+        needle = "no checkpoint"
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "kexaone pretrain: error:" in err and needle in err, err
+    assert not (out / "checkpoints").exists()  # failed before training
+
+
+def test_existing_run_needs_resume(default_run, capsys):
+    assert main(["pretrain", "--preset", "tiny", "--max-steps", "2", "--out", str(default_run), *FAST]) == 2
+    assert "pass --resume" in capsys.readouterr().err
+    assert sorted(p.name for p in (default_run / "checkpoints").glob("step_*"))[-1] == "step_00000010"
+
+
+def test_divergence_exits_1_and_keeps_the_last_good_checkpoint(tmp_path, capsys):
+    out = tmp_path / "run"
+    # An absurd LR blows the weights up after the first step; every later step is non-finite.
+    with pytest.warns(UserWarning, match="non-finite loss or gradient"):
+        rc = main(["pretrain", "--preset", "tiny", "--max-steps", "12", "--seq-len", "32", "--batch-size", "2",
+                   "--lr", "1e8", "--max-bad-steps", "2", "--save-every", "1", "--precision", "fp32",
+                   "--out", str(out), *FAST])
+    assert rc == 1
+    assert "2 consecutive steps had a non-finite loss" in capsys.readouterr().err
+    from kexaone.train.checkpoint import CheckpointManager
+
+    state = CheckpointManager(out / "checkpoints").load()
+    assert state["step"] <= 2 and state["bad_in_row"] <= 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())

@@ -238,7 +238,7 @@ class Engine:
             seqs.append(SequenceState(ids, p, stop_ids, self.tokenizer,
                                       on_text=None if on_text is None else on_text[r]))
         sampling = BatchSampling.from_params([s.params for s in seqs], device=self.device)
-        stats = GenerationStats(prompt_tokens=sum(len(x) for x in ids_list))
+        stats = GenerationStats(prompt_tokens=sum(len(x) for x in ids_list), rows=B)
 
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         input_BT = torch.full((B, longest), pad, dtype=torch.long)

@@ -7,8 +7,10 @@
 - `start(...)` + `step(batch)`: one decode step at a time, which the server's scheduler interleaves across batches.
 
 Rows of a batch have different prompt lengths: they are left-padded and the model masks the padding; all rows share
-one cache length, so speculative decoding keeps, per step, the number of drafts accepted by every unfinished row
-(each kept token is still an exact sample of the main model, see speculative.py).
+one cache length, so a speculative step commits, for every row, the number of drafts accepted by every unfinished
+row (each kept token is still an exact sample of the main model, see speculative.py). A batch therefore advances at
+the pace of its least predictable row; `stats.acceptance_rate` measures the drafter per row, `tokens_per_forward`
+what the batch actually gained.
 
 MTP drafting (speculative="mtp"): the MTP head reads the main model's final-normed hidden state h[t] and token
 t+1 and predicts token t+2. Draft 1 comes from the MTP run over the last accepted position; drafts 2..K reuse the
@@ -321,6 +323,7 @@ class Engine:
     def _speculative_step(self, batch: DecodeBatch) -> None:
         K = batch.draft_tokens
         cache = batch.cache
+        B = len(batch.seqs)
         drafts = [batch.draft_B]
         qs = [batch.draft_q_BV]
         h_B1H = batch.mtp_hidden_B1H
@@ -338,7 +341,7 @@ class Engine:
         # Verify [last, d1..dK] in one main-model forward: K+1 distributions.
         inp_BK1 = torch.cat([batch.last_B[:, None], draft_BK], dim=1)
         out = self.model(inp_BK1, cache=cache, logits_to_keep=K + 1)
-        B, _, V = out.logits.shape
+        V = out.logits.shape[-1]
         drafted = draft_BK.tolist()
         p_BK1V = self._probs(out.logits.reshape(B * (K + 1), V), _repeat_rows(batch.sampling, K + 1), lambda: [
             s.tokens + drafted[r][:j] for r, s in enumerate(batch.seqs) for j in range(K + 1)])
@@ -346,17 +349,18 @@ class Engine:
         verdict = verify(draft_BK, q_BKV, p_BK1V, batch.sampling)
         batch.stats.main_forwards += 1
 
-        # All rows share one cache length: keep the drafts every unfinished row accepted.
-        live = torch.tensor([not s.finished for s in batch.seqs], device=verdict.accepted_B.device)
-        a = int(verdict.accepted_B[live].min()) if bool(live.any()) else 0
-        rows = torch.arange(B, device=draft_BK.device)
+        # All rows share one cache length: the batch keeps the drafts every unfinished row accepted (a).
+        live = [not s.finished for s in batch.seqs]
+        acc = verdict.accepted_B.tolist()
+        nxt = verdict.next_B.tolist()
+        a = min((acc[r] for r in range(B) if live[r]), default=0)
         # Token a+1 of each row: the verdict's token where the row stopped accepting at a, else its accepted draft.
-        nxt_B = torch.where(verdict.accepted_B == a, verdict.next_B,
-                            draft_BK[rows, min(a, K - 1)] if a < K else verdict.next_B)
-        emitted_BN = torch.cat([draft_BK[:, :a], nxt_B[:, None]], dim=1)  # [B, a+1]
-        n_live = int(live.sum())
-        batch.stats.draft_tokens += K * n_live
-        batch.stats.accepted_tokens += a * n_live
+        committed = [drafted[r][:a] + [nxt[r] if acc[r] == a else drafted[r][a]] for r in range(B)]
+        for r in range(B):
+            if live[r]:  # the acceptance rate measures the drafter: per row, whatever the batch could keep
+                batch.stats.draft_tokens += K
+                batch.stats.accepted_tokens += acc[r]
+        emitted_BN = torch.tensor(committed, dtype=torch.long, device=batch.last_B.device)  # [B, a+1]
 
         # Main layers keep [last, d1..da]; the MTP layer drops its K-1 draft positions (its entries from here on
         # are recomputed below from the main model's real hidden states).
@@ -364,7 +368,7 @@ class Engine:
         cache.rollback(K - a)
         cache.rollback_mtp(cache.mtp_seq_len - L)
         batch.positions += a + 1
-        batch.last_B = nxt_B
+        batch.last_B = emitted_BN[:, -1]
         self._emit(batch, emitted_BN, torch.full((B,), a + 1, dtype=torch.long))
         # Re-run the MTP layer on the kept positions with the main model's hidden states, drafting the next d1.
         self._mtp_catch_up(batch, out.hidden_states[:, : a + 1], emitted_BN)

@@ -305,3 +305,23 @@ def test_meta_device_construction():
         moe = KExaoneMoE(cfg)
     assert moe.experts.gate_up_proj.shape == (128, 4096, 6144)
     assert moe.gate.e_score_correction_bias.dtype == torch.float32
+
+
+def test_compile_op_is_registered_and_differentiable():
+    from kexaone.model.moe import _grouped_mm_op
+
+    torch.manual_seed(14)
+    counts = torch.tensor([2, 0, 5, 1])
+    offs = counts.cumsum(0).to(torch.int32)
+    x = torch.randn(8, 12, requires_grad=True)
+    w = torch.randn(4, 16, 12).transpose(1, 2)  # [E, K=12, N=16] view, as GroupedExperts passes it
+    w_leaf = w.detach().clone().requires_grad_(True)
+    torch.library.opcheck(_grouped_mm_op, (x, w_leaf, offs), test_utils=("test_schema", "test_faketensor",
+                                                                         "test_autograd_registration"))
+    g = torch.randn(8, 16)
+    (_grouped_mm_op(x, w_leaf, offs) * g).sum().backward()
+    x2 = x.detach().clone().requires_grad_(True)
+    w2 = w.detach().clone().requires_grad_(True)
+    (_segment_mm(x2, w2, offs) * g).sum().backward()
+    torch.testing.assert_close(x.grad, x2.grad, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(w_leaf.grad, w2.grad, rtol=1e-5, atol=1e-5)

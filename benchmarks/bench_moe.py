@@ -6,7 +6,7 @@ training step (forward + backward) and forward only, tokens/s. transformers' own
 measured too, for reference. Runs are interleaved (A, B, C, A, B, C, ...) and the median is kept, because this
 machine is shared and noisy; ratios are what to read.
 
-    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 7]
+    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 5] [--threads N]
 
 Prints a markdown table and writes it, with a machine description, to benchmarks/results/moe.md.
 """
@@ -95,9 +95,12 @@ def check_same_output(layers: dict, x: torch.Tensor) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch (batch 4 x tokens/4)")
-    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/moe.md")
     args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
 
     small = KExaoneConfig.preset("small")
     setups = [("32 experts, top-2 (small preset)", small),

@@ -9,7 +9,7 @@ import pytest
 from kexaone.cli import main as cli_main
 from kexaone.config import KExaoneConfig
 from kexaone.model.info import (count_parameters, flops_per_token, kv_cache_bytes, kv_cache_bytes_per_token,
-                                mean_keys_per_query)
+                                mean_keys_per_query, sliding_kv_cache_bytes)
 
 BIG = "k-exaone-236b-a23b"
 
@@ -90,6 +90,8 @@ def test_kv_cache_bytes_whole_cache():
     assert kv_cache_bytes(c, 32768) == 32768 * 12 * per_layer + 36 * 128 * per_layer
     assert kv_cache_bytes(c, 10) == 10 * 48 * per_layer
     assert kv_cache_bytes(c, 1000, extra_slots=8) == 1000 * 12 * per_layer + 36 * 136 * per_layer
+    assert sliding_kv_cache_bytes(c) == 36 * 128 * per_layer
+    assert sliding_kv_cache_bytes(c.replace(sliding_window=None)) == 0
 
 
 def test_cli_json(capsys):

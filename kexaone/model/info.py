@@ -125,6 +125,14 @@ def kv_cache_bytes(config: KExaoneConfig, context_len: int, bytes_per_value: int
     return total
 
 
+def sliding_kv_cache_bytes(config: KExaoneConfig, bytes_per_value: int = 2, extra_slots: int = 0) -> int:
+    """Constant bytes held by the sliding layers of one sequence once the context exceeds the window."""
+    n_sliding = sum(1 for i in range(config.num_hidden_layers) if config.is_sliding(i))
+    if not n_sliding:
+        return 0
+    return n_sliding * (config.sliding_window + extra_slots) * _kv_bytes_per_layer_token(config, bytes_per_value)
+
+
 # -------------------------------------------------------------------------------------------------------- FLOPs
 def mean_keys_per_query(seq_len: int, window: int | None) -> float:
     """Average number of keys a causal query attends to over positions 0..seq_len-1 (window=None: global)."""
@@ -180,8 +188,7 @@ def summarize(config: KExaoneConfig, seq_len: int = 8192) -> dict[str, Any]:
         "router_bias_buffers": counts["router_bias_buffers"],
         "kv_cache_bytes_per_token": kv_cache_bytes_per_token(config, 2),
         "kv_cache_bytes_per_token_with_mtp": kv_cache_bytes_per_token(config, 2, include_mtp=True),
-        "sliding_kv_cache_bytes": kv_cache_bytes(config, config.sliding_window or 0, 2)
-        - (config.sliding_window or 0) * kv_cache_bytes_per_token(config, 2),
+        "sliding_kv_cache_bytes": sliding_kv_cache_bytes(config, 2),
         "seq_len": seq_len,
         "flops_per_token": flops_per_token(config, seq_len),
         "flops_per_token_with_mtp": flops_per_token(config, seq_len, include_mtp=True),

@@ -6,6 +6,9 @@ layer: sums the counts over all ranks, nudges every expert's router bias by `rat
 (underloaded experts become more attractive), removes the mean of that nudge so the biases do not drift as a whole,
 and resets the counters. Because counts accumulate until the update, gradient accumulation needs no special care.
 
+Data parallelism: the counters are buffers, so wrap with DDP(broadcast_buffers=False); otherwise DDP copies rank
+0's counters over every rank's at each forward and the all-reduced load is wrong. FSDP2 leaves buffers alone.
+
 Not here: the aux loss (computed in `moe.py`, weighted by the model) and when to call the update (the trainer).
 """
 

@@ -114,9 +114,11 @@ class Scheduler:
 
     # ------------------------------------------------------------------ submission
     def submit(self, req: Request) -> Request:
+        """Queue a request (before `start`, it waits until the loop starts). Raises QueueFullError when
+        `max_queue` requests are already waiting, SchedulerStopped after `stop`."""
         with self._cond:
-            if not self.running:
-                raise SchedulerStopped("the generation scheduler is not running")
+            if self._stopping:
+                raise SchedulerStopped("the generation scheduler is stopped")
             if len(self._pending) >= self.max_queue:
                 raise QueueFullError(f"{len(self._pending)} requests are already waiting (limit {self.max_queue})")
             self._pending.append(req)

@@ -1,0 +1,132 @@
+"""The scheduler thread on its own (no HTTP): batching of concurrent requests, no head-of-line blocking, results
+equal to direct generation, cancellation, deadlines, and isolation of a failing batch."""
+
+from __future__ import annotations
+
+import queue
+import time
+
+import pytest
+
+from kexaone.engine import Engine, SamplingParams
+from kexaone.engine.batching import QueueFullError, Request, Scheduler, SchedulerStopped
+from test_engine_models import SwitchableProcessor, one_thread, tiny_model
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    with one_thread():
+        yield
+
+
+@pytest.fixture(scope="module")
+def engine():
+    return Engine(tiny_model(0), logits_processors=[SwitchableProcessor()])
+
+
+class Inbox:
+    def __init__(self):
+        self.q = queue.Queue()
+
+    def __call__(self, kind, payload):
+        self.q.put((time.monotonic(), kind, payload))
+
+    def final(self, timeout=60):
+        while True:
+            t, kind, payload = self.q.get(timeout=timeout)
+            if kind in ("done", "error"):
+                return t, kind, payload
+
+
+def _req(ids, inbox, **kw):
+    return Request(prompt_ids=ids, params=SamplingParams(temperature=0, stop_token_ids=(), **kw), on_event=inbox)
+
+
+def test_concurrent_requests_are_batched_and_equal_direct_generation(engine):
+    prompts = [[5, 6, 7], [9], list(range(30, 50)), [3, 3]]
+    expect = [engine.generate(p, max_new_tokens=25, temperature=0, stop_token_ids=()).tokens for p in prompts]
+    sched = Scheduler(engine, max_batch_size=4)
+    boxes = [Inbox() for _ in prompts]
+    for p, b in zip(prompts, boxes):  # submitted before the loop starts: admitted together as one batch
+        sched.submit(_req(p, b, max_new_tokens=25))
+    sched.start()
+    try:
+        results = [b.final()[2] for b in boxes]
+    finally:
+        sched.stop()
+    assert [r.tokens for r in results] == expect
+    assert results[0].stats.rows == 4  # one batch served all four
+    assert sched.steps == 24
+
+
+def test_short_request_is_not_blocked_by_a_long_one(engine):
+    sched = Scheduler(engine, max_batch_size=4).start()
+    try:
+        long_box, short_box = Inbox(), Inbox()
+        sched.submit(_req([1, 2, 3], long_box, max_new_tokens=400))
+        long_box.q.get(timeout=30)  # the long one is running
+        sched.submit(_req([4, 5], short_box, max_new_tokens=5))
+        t_short, kind, res = short_box.final()
+        assert kind == "done" and len(res.tokens) == 5
+        t_long, _, res_long = long_box.final(timeout=120)
+        assert t_short < t_long and len(res_long.tokens) == 400
+    finally:
+        sched.stop()
+
+
+def test_cancel_and_deadline(engine):
+    sched = Scheduler(engine).start()
+    try:
+        box = Inbox()
+        r = sched.submit(_req([1, 2], box, max_new_tokens=2000))
+        box.q.get(timeout=30)
+        r.cancel()
+        _, kind, res = box.final()
+        assert kind == "done" and res.finish_reason == "abort" and len(res.tokens) < 2000
+        box = Inbox()
+        r = _req([1, 2], box, max_new_tokens=2000)
+        r.deadline = time.monotonic() + 0.2
+        sched.submit(r)
+        _, kind, res = box.final()
+        assert kind == "done" and res.finish_reason == "timeout"
+    finally:
+        sched.stop()
+
+
+def test_failing_batch_fails_only_its_requests(engine):
+    proc = engine.logits_processors[0]
+    sched = Scheduler(engine, max_batch_size=1).start()
+    try:
+        proc.fail = True
+        bad = Inbox()
+        sched.submit(_req([1, 2], bad, max_new_tokens=5))
+        _, kind, err = bad.final()
+        assert kind == "error" and "injected failure" in str(err)
+        proc.fail = False
+        good = Inbox()
+        sched.submit(_req([1, 2], good, max_new_tokens=5))
+        _, kind, res = good.final()
+        assert kind == "done" and len(res.tokens) == 5
+        assert sched.failures == 1 and sched.running
+    finally:
+        proc.fail = False
+        sched.stop()
+
+
+def test_queue_bound_and_stopped_scheduler(engine):
+    sched = Scheduler(engine, max_queue=1, max_active_batches=1, max_batch_size=1).start()
+    try:
+        first, second = Inbox(), Inbox()
+        sched.submit(_req([1, 2], first, max_new_tokens=3000))
+        first.q.get(timeout=30)  # running: the queue is empty again
+        sched.submit(_req([1, 2], second, max_new_tokens=3000))
+        with pytest.raises(QueueFullError):
+            sched.submit(_req([1, 2], Inbox(), max_new_tokens=3))
+    finally:
+        sched.stop()
+    # requests still running or waiting at shutdown get an error event; a stopped scheduler refuses new ones
+    assert first.final()[1] == "error" and second.final()[1] == "error"
+    with pytest.raises(SchedulerStopped):
+        sched.submit(_req([1], Inbox(), max_new_tokens=1))
+    with pytest.raises(ValueError, match="max_batch_size"):
+        Scheduler(engine, max_batch_size=0)

@@ -130,3 +130,21 @@ def test_queue_bound_and_stopped_scheduler(engine):
         sched.submit(_req([1], Inbox(), max_new_tokens=1))
     with pytest.raises(ValueError, match="max_batch_size"):
         Scheduler(engine, max_batch_size=0)
+
+
+def test_speculative_requests_through_the_scheduler(engine):
+    prompts = [[5, 6, 7], [9, 10, 11, 12]]
+    expect = [engine.generate(p, max_new_tokens=20, temperature=0, stop_token_ids=()).tokens for p in prompts]
+    sched = Scheduler(engine)
+    boxes = [Inbox() for _ in prompts]
+    for p, b in zip(prompts, boxes):
+        r = _req(p, b, max_new_tokens=20)
+        r.speculative, r.draft_tokens = "mtp", 2
+        sched.submit(r)
+    sched.start()
+    try:
+        results = [b.final()[2] for b in boxes]
+    finally:
+        sched.stop()
+    assert [r.tokens for r in results] == expect
+    assert results[0].stats.draft_tokens > 0

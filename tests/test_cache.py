@@ -127,8 +127,8 @@ def test_sliding_memory_is_constant_and_global_grows_amortised(model):
     ring = cache._slots[sliding].k
     assert ring.shape[2] == cfg.sliding_window + 4  # window + extra slots, whatever the length
     grown = cache._slots[glob].k.shape[2]
-    assert 1000 <= grown <= 2 * 1000
-    assert reallocations <= 4  # 256 -> 512 -> 1024: doubling, not a copy per token
+    assert 1000 <= grown <= 1.25 * 1000 + 64  # at most a quarter spare
+    assert reallocations <= 8  # geometric growth (256 * 1.25^k), not a copy per token
     per_pos = 2 * cfg.num_key_value_heads * cfg.head_dim * 4
     assert cache.nbytes() == per_pos * ((cfg.sliding_window + 4) + grown)
 

@@ -196,3 +196,16 @@ def test_bad_arguments(model, cfg):
         model.mtp_forward(torch.zeros(2, 10, 7), ids)
     with pytest.raises(ValueError, match="KExaoneConfig"):
         KExaoneForCausalLM({"hidden_size": 8})
+
+
+def test_no_grad_ffn_chunking_is_exact(model, cfg, monkeypatch):
+    """Long no-grad forwards run the FFN in token chunks (bounded memory); logits do not change."""
+    import kexaone.model.layer as layer_mod
+
+    ids = _ids(cfg, 2, 40)
+    with torch.no_grad():
+        whole = model(ids)
+        monkeypatch.setattr(layer_mod, "FFN_CHUNK_TOKENS", 24)  # 12 tokens per row per chunk
+        chunked = model(ids)
+    assert (whole.logits - chunked.logits).abs().max().item() < 1e-5
+    assert torch.isfinite(chunked.aux_loss) and chunked.aux_loss > 0

@@ -4,7 +4,8 @@
   length. The extra slots exist so that rejecting up to `extra_slots` speculative draft tokens (`rollback`) never
   needs an entry that was overwritten.
 - Global layers (and the MTP layer, an extra slot at index `num_hidden_layers`) keep a growing buffer whose
-  capacity doubles, so appending is amortised O(1) per token instead of a `torch.cat` per step.
+  capacity grows geometrically (x1.25), so appending is amortised O(1) per token instead of a `torch.cat` per step,
+  and at most a quarter of the buffer is spare.
 - Rows of a batch share one length; rows that are shorter are left-padded and the padding is remembered (per-row
   `pad_len`) and masked in every later step.
 
@@ -17,6 +18,7 @@ from __future__ import annotations
 import torch
 
 _MIN_CAPACITY = 256
+_GROW_ROUND = 64
 
 
 class _RingSlot:
@@ -58,7 +60,7 @@ class _RingSlot:
 
 
 class _GrowSlot:
-    """Global (or MTP) layer: every position is kept; capacity doubles when full."""
+    """Global (or MTP) layer: every position is kept; capacity grows by 1.25x when full."""
 
     def __init__(self) -> None:
         self.length = 0
@@ -70,7 +72,10 @@ class _GrowSlot:
         L = self.length
         cap = 0 if self.k is None else self.k.shape[2]
         if L + T > cap:
-            new_cap = max(_MIN_CAPACITY, 2 * cap, L + T)
+            # Geometric growth (x1.25) keeps appends amortised O(1) while wasting at most a quarter of the buffer
+            # (doubling could hold 2x the needed memory at long contexts).
+            new_cap = max(_MIN_CAPACITY, L + T, cap + cap // 4)
+            new_cap = -(-new_cap // _GROW_ROUND) * _GROW_ROUND
             k = k_new.new_zeros(B, h, new_cap, D)
             v = v_new.new_zeros(B, h, new_cap, D)
             if L:

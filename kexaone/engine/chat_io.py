@@ -107,7 +107,6 @@ class ChatResult:
 
 REASONING = "reasoning"
 CONTENT = "content"
-_TAGS = (THINK_OPEN, THINK_CLOSE, TOOL_CALL_OPEN)
 
 
 class ReplyStreamParser:

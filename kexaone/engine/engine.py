@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +64,6 @@ class DecodeBatch:
     """The MTP layer's hidden state at the position that produced draft_B."""
     positions: int = 0
     """Positions stored in the cache (prompt padding included)."""
-    meta: dict = field(default_factory=dict)
 
     @property
     def done(self) -> bool:

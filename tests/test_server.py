@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import httpx
 import pytest
@@ -251,6 +252,23 @@ def test_many_concurrent_clients_get_correct_answers(stack):
         t.join(90)
     assert not errors and results == [expect] * 12
     assert httpx.get(server.url + "/health").json()["status"] == "ok"
+
+
+def test_client_leaving_a_stream_stops_its_generation(stack):
+    server, _, _, proc = stack
+    proc.script = None
+    steps0 = httpx.get(server.url + "/health").json()["steps"]
+    with httpx.stream("POST", server.url + "/v1/completions", timeout=30, json={
+            "prompt": "abc", "max_tokens": 200, "stream": True, "temperature": 1.0}) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                break  # first chunk arrived: leave
+    deadline = time.monotonic() + 20
+    while httpx.get(server.url + "/health").json()["active"] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    health = httpx.get(server.url + "/health").json()
+    assert health["active"] == 0 and health["queued"] == 0
+    assert health["steps"] - steps0 < 150  # cancelled well before its 200 tokens
 
 
 # ------------------------------------------------------------------------------------------------ settings

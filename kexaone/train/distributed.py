@@ -120,7 +120,8 @@ def _collective_device(info: DistInfo) -> torch.device:
     return info.device if info.backend == "nccl" else torch.device("cpu")
 
 
-def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Module:
+def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp",
+               find_unused_parameters: bool = False) -> nn.Module:
     """The module to call in the training step. Single process: the model itself.
 
     DDP: `broadcast_buffers=False` because each rank's MoE layers count their own routed tokens in a buffer
@@ -134,7 +135,7 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp") -> nn.Mo
         from torch.nn.parallel import DistributedDataParallel as DDP
 
         ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, broadcast_buffers=False)
+        return DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
     if strategy == "fsdp":
         from torch.distributed.fsdp import fully_shard
 

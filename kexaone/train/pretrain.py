@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import shutil
 import sys
@@ -122,7 +121,9 @@ def run(args: argparse.Namespace) -> int:
             print(f"interrupted ({result.signal_name}) at step {result.steps}; checkpoint saved in "
                   f"{result.checkpoint_dir}. Continue with --resume.", file=sys.stderr)
         else:
-            line = f"done: {result.steps} steps, {result.tokens:,} tokens, final loss {result.final_loss:.4f}"
+            line = f"done: {result.steps} steps, {result.tokens:,} tokens"
+            if result.final_loss is not None:
+                line += f", final loss {result.final_loss:.4f}"
             if result.eval_loss is not None:
                 line += f", held-out loss {result.eval_loss:.4f} ({result.eval_bpb:.3f} bits/byte)"
             print(line)

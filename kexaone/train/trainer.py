@@ -15,6 +15,7 @@ checkpoints (exact resume needs this); `tokens_consumed` and a curriculum stage 
 
 from __future__ import annotations
 
+import collections
 import math
 import signal
 import threading
@@ -30,11 +31,12 @@ import torch
 from torch import nn
 
 from kexaone.train.config import TrainConfig
-from kexaone.train.distributed import (DistInfo, all_reduce_mean, all_reduce_sum, any_true, barrier, maybe_no_sync,
-                                       wrap_model)
+from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrier, maybe_no_sync, wrap_model
 from kexaone.train.metrics import MetricsLogger
 
 LN2 = math.log(2.0)
+HISTORY_SIZE = 10_000
+"""Step records kept in memory for TrainResult.history (the JSONL file has them all)."""
 
 
 class TrainingDiverged(RuntimeError):
@@ -115,11 +117,12 @@ def measure_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32,
     return 2.0 * n ** 3 / max(best, 1e-9)
 
 
-def training_flops_per_token(config: Any, seq_len: int) -> float:
-    """Forward + backward model FLOPs per token: 3 x the forward count of kexaone.model.info."""
+def training_flops_per_token(config: Any, seq_len: int, include_mtp: bool = True) -> float:
+    """Forward + backward model FLOPs per token: 3 x the forward count of kexaone.model.info (with the MTP block
+    when it is trained)."""
     from kexaone.model.info import flops_per_token
 
-    return 3.0 * float(flops_per_token(config, seq_len))
+    return 3.0 * float(flops_per_token(config, seq_len, include_mtp=include_mtp))
 
 
 # ---------------------------------------------------------------------------------------------- results
@@ -185,7 +188,9 @@ class Trainer:
 
             apply_fp8(model, mode="torchao" if self.device.type == "cuda" else "emulate", fmt=c.fp8_format)
         self.raw_model = model
-        self.model = wrap_model(model, self.dist, c.parallel)
+        # An MTP block that is not trained (weight 0) has no gradient; DDP must then be told to expect that.
+        unused_mtp = getattr(model, "mtp", None) is not None and not self._uses_mtp()
+        self.model = wrap_model(model, self.dist, c.parallel, find_unused_parameters=unused_mtp)
         self.optimizer = optimizer or self._build_optimizer()
         self.scheduler = scheduler or self._build_scheduler()
 
@@ -199,7 +204,7 @@ class Trainer:
         self.stage: str | None = None
         self._metrics_offset: int | None = None
         self._stop_signal: str | None = None
-        self.history: list[dict[str, Any]] = []
+        self.history: collections.deque[dict[str, Any]] = collections.deque(maxlen=HISTORY_SIZE)
         self.logger: MetricsLogger | None = None
         self._peak_flops: float | None = c.peak_flops
         self._flops_per_token: float | None = None
@@ -286,7 +291,11 @@ class Trainer:
             set_model_state_dict(self.raw_model, state["model"], options=opts)
             set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
         else:
-            self.raw_model.load_state_dict(state["model"])
+            try:
+                self.raw_model.load_state_dict(state["model"])
+            except RuntimeError as e:  # missing/unexpected keys or shape mismatches
+                raise ValueError(f"the checkpoint does not fit this model (resume with the same --preset, "
+                                 f"model_overrides and tokenizer): {str(e).splitlines()[0]}") from None
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         data_state = state["data"][self.dist.rank]
@@ -325,10 +334,15 @@ class Trainer:
 
         def handler(signum: int, frame: Any) -> None:
             name = signal.Signals(signum).name
-            if self._stop_signal is None:
-                self._stop_signal = name
-                warnings.warn(f"{name} received: finishing the current step, saving a checkpoint, then exiting",
-                              stacklevel=1)
+            if self._stop_signal is not None:
+                # A second signal: the user does not want to wait. Checkpoints are atomic, so the last complete
+                # one stays valid.
+                if signum == signal.SIGINT:
+                    raise KeyboardInterrupt
+                raise SystemExit(128 + signum)
+            self._stop_signal = name
+            warnings.warn(f"{name} received: finishing the current step, saving a checkpoint, then exiting "
+                          "(send it again to stop at once)", stacklevel=1)
 
         for sig in (signal.SIGINT, signal.SIGTERM):
             old[sig] = signal.signal(sig, handler)
@@ -486,7 +500,8 @@ class Trainer:
         tok_s = self.tokens_per_step * steps / max(dt, 1e-9)
         if self._flops_per_token is None:
             try:
-                self._flops_per_token = training_flops_per_token(self.config, self.cfg.seq_len)
+                self._flops_per_token = training_flops_per_token(self.config, self.cfg.seq_len,
+                                                                 include_mtp=self._uses_mtp())
             except Exception as e:  # MFU is informative only; never stop a run for it
                 warnings.warn(f"MFU disabled: could not count model FLOPs ({e})", stacklevel=2)
                 self._flops_per_token = float("nan")
@@ -594,4 +609,4 @@ class Trainer:
                            final_loss=None if last is None else last.get("loss"),
                            eval_loss=None if ev is None else ev["loss"], eval_bpb=None if ev is None else ev["bpb"],
                            interrupted=interrupted, signal_name=sig, skipped_steps=self.skipped_steps,
-                           checkpoint=ckpt, history=self.history)
+                           checkpoint=ckpt, history=list(self.history))

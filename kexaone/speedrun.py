@@ -27,6 +27,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="redo this stage and every later one (earlier finished stages are kept)")
     parser.add_argument("--until", choices=STAGES, help="stop after this stage")
     parser.add_argument("--seed", type=int, default=0, help="seed of every random choice (default 0)")
+    parser.add_argument("--threads", type=int, default=0,
+                        help="CPU threads for torch (0 = auto: the cores not already busy, at least 1; on a shared, "
+                             "loaded machine one thread is much faster than two fighting for a core)")
     parser.add_argument("--status", action="store_true", help="print the state of each stage and exit")
 
 
@@ -38,10 +41,17 @@ def run(args: argparse.Namespace) -> int:
     from kexaone.pipeline.recipe import speedrun_stages
     from kexaone.pipeline.stages import StageRunner
 
+    import torch
+
     budget = get_budget(args.budget)
+    if args.threads < 0:
+        raise ValueError(f"--threads must be >= 0 (0 = auto), got {args.threads}")
+    threads = args.threads or auto_threads()
+    torch.set_num_threads(threads)
     out = Path(args.out or f"runs/speedrun-{budget.name}")
     params = {"budget": budget.to_dict(), "data": list(args.data), "seed": int(args.seed)}
-    runner = StageRunner(out, speedrun_stages(), params, log=lambda s: print(s, file=sys.stderr, flush=True))
+    print(f"speedrun: budget {budget.name}, {threads} torch thread(s), run directory {out}", file=sys.stderr)
+    runner = StageRunner(out, speedrun_stages(threads), params, log=lambda s: print(s, file=sys.stderr, flush=True))
     if args.status:
         status = runner.status()
         for name in runner.names:
@@ -66,3 +76,15 @@ def run(args: argparse.Namespace) -> int:
         model_dir = out / outputs["pretrain"]["model_dir"]
         print(f"model: {model_dir}  (try: kexaone chat --model {model_dir})")
     return 0
+
+
+def auto_threads() -> int:
+    """Cores this process may use minus those already busy (1-minute load average), at least 1."""
+    import os
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    try:
+        busy = round(os.getloadavg()[0])
+    except (OSError, AttributeError):
+        busy = 0
+    return max(1, min(cores, cores - busy))

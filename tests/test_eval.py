@@ -100,13 +100,28 @@ def test_free_form_task_with_extractor():
     assert res.correct == 1 and res.accuracy == 0.5
 
 
+def test_mean_normalisation_removes_the_length_bias_of_summed_scores():
+    # Uniform model: every token costs ln V. Summed scores prefer the shortest choice (one answer here); the mean
+    # scores tie, so the pick is the first choice.
+    items = [Item("q", "bbbb", ["a", "bbbb"])]
+    assert evaluate_task(UniformLM(V), TOK, "t", items, choice_norm="sum").correct == 0
+    scores = choice_logprobs(UniformLM(V), TOK, "q", ["a", "bbbb"], norm="mean")
+    assert scores[0] == pytest.approx(scores[1])
+
+
 def test_multiple_choice_picks_highest_likelihood_and_sets_chance():
     items = [Item("abc", "def", ["xyz", "def", "qqq"]), Item("lmn", "opq", ["opq", "zzz"]),
              Item("abc", "aaa", ["aaa", "def"])]
     scores = choice_logprobs(SuccessorLM(V), TOK, "abc", ["def", "dxf"])
     assert scores[0] > scores[1]
-    res = evaluate_task(SuccessorLM(V), TOK, "mc", items)
-    assert res.correct == 2  # the third item's gold answer is not what the model prefers
+    mean = choice_logprobs(SuccessorLM(V), TOK, "abc", ["def", "dxf"], norm="mean")
+    assert mean == pytest.approx([s / 3 for s in scores])
+    with pytest.raises(ValueError, match="norm"):
+        choice_logprobs(SuccessorLM(V), TOK, "abc", ["d"], norm="max")
+    for norm in ("mean", "sum"):
+        res = evaluate_task(SuccessorLM(V), TOK, "mc", items, choice_norm=norm)
+        assert res.correct == 2  # the third item's gold answer is not what the model prefers
+        assert "log-likelihood" in res.scoring
     assert res.chance == pytest.approx((1 / 3 + 1 / 2 + 1 / 2) / 3)
     with pytest.raises(ValueError, match="no items"):
         evaluate_task(SuccessorLM(V), TOK, "empty", [])

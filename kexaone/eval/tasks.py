@@ -1,14 +1,19 @@
 """Accuracy on held-out tasks, each beside its chance rate and the score of the untrained model.
 
 An item is anything with `prompt`, `answer` and optional `choices` (kexaone.data.synthetic.tasks.TaskItem):
-- with `choices`: the model picks the choice whose continuation has the highest log-likelihood after the prompt
-  (summed over its tokens; the continuation is tokenised as it would be in running text, see `_continuation_ids`);
+- with `choices`: the model picks the choice whose continuation has the highest log-likelihood after the prompt,
+  averaged over the continuation's tokens by default (`choice_norm="mean"`, the per-token normalisation of the
+  GPT-3 paper's multiple-choice evaluations: a summed score mostly rewards whichever choice has the fewest tokens,
+  which an untrained model does too); `choice_norm="sum"` gives the unnormalised score. The continuation is
+  tokenised as it would be in running text (see `_continuation_ids`);
 - without: greedy decoding from the prompt, correct when the generated text, leading whitespace removed, begins
   with the answer and the answer is not followed by a letter or digit ("42" does not match "421"). When the answer
   is preceded by reasoning, callers pass `extract` to pull the final answer out of the generated text.
 
-Greedy decoding here re-runs the whole (short) sequence each step, right-padded, so it depends on nothing but the
-model's forward; it is for evaluation batches of short answers, not a serving path (see kexaone.engine).
+Free-form items are decoded greedily by `generate(prompts, max_new_tokens) -> texts`: `engine_generator` wraps the
+inference engine (KV cache, batched; what long reasoning answers need). Without one, `greedy_continuations` re-runs
+the whole sequence each step, right-padded, so it depends on nothing but the model's forward (fine for short
+answers and for tests, quadratic for long ones).
 """
 
 from __future__ import annotations
@@ -20,6 +25,9 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+
+CHOICE_NORMS = ("mean", "sum")
 
 
 @dataclass
@@ -34,6 +42,8 @@ class TaskResult:
     """Binomial standard error of `accuracy`."""
     untrained_accuracy: float | None = None
     """The same evaluation of the untrained (initial) model, when it was run."""
+    scoring: str = ""
+    """How items were scored (choice log-likelihood normalisation, or greedy exact match)."""
     examples: list[dict[str, Any]] = field(default_factory=list)
 
     @property
@@ -60,8 +70,11 @@ def _continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[i
 
 @torch.inference_mode()
 def choice_logprobs(model: torch.nn.Module, tokenizer, prompt: str, choices: Sequence[str],
-                    device: str | torch.device = "cpu") -> list[float]:
-    """Summed log-probability of each choice's tokens after the prompt (one batched forward)."""
+                    device: str | torch.device = "cpu", norm: str = "sum") -> list[float]:
+    """Log-probability of each choice's tokens after the prompt (one batched forward), summed over the tokens
+    (norm="sum") or averaged (norm="mean")."""
+    if norm not in CHOICE_NORMS:
+        raise ValueError(f"norm must be one of {CHOICE_NORMS}, got {norm!r}")
     if not choices:
         raise ValueError("choices must not be empty")
     rows = []
@@ -81,7 +94,8 @@ def choice_logprobs(model: torch.nn.Module, tokenizer, prompt: str, choices: Seq
         # logits at position t predict token t+1: the continuation's tokens sit at len(p) .. len(p)+len(c)-1.
         pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=ids_BT.device)
         tgt = ids_BT[r, len(p):len(p) + len(c)]
-        out.append(float(logp_BTV[r, pos, tgt].sum()))
+        total = float(logp_BTV[r, pos, tgt].sum())
+        out.append(total / len(c) if norm == "mean" else total)
     return out
 
 
@@ -128,6 +142,25 @@ def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: Sequence[st
     return texts
 
 
+def engine_generator(engine, tokenizer, batch_size: int = 16) -> Callable[[Sequence[str], int], list[str]]:
+    """A `generate` function for evaluate_task backed by kexaone.engine.Engine: greedy, batched, stopping at the
+    end-of-turn token; the text keeps special tokens (reasoning answers are extracted after `</think>`)."""
+
+    def generate(prompts: Sequence[str], max_new_tokens: int) -> list[str]:
+        stop = set(engine.default_stop_token_ids())
+        texts: list[str] = []
+        for b in range(0, len(prompts), batch_size):
+            ids = tokenizer.encode_batch(list(prompts[b:b + batch_size]))
+            for r in engine.generate_batch(ids, max_new_tokens=max_new_tokens, temperature=0.0):
+                toks = list(r.tokens)
+                if toks and toks[-1] in stop:
+                    toks = toks[:-1]
+                texts.append(tokenizer.decode(toks, skip_special_tokens=False))
+        return texts
+
+    return generate
+
+
 def answer_matches(generated: str, answer: str) -> bool:
     """True when `generated` (leading whitespace ignored) starts with `answer` at a word boundary."""
     g, a = generated.lstrip(), answer.strip()
@@ -139,7 +172,9 @@ def answer_matches(generated: str, answer: str) -> bool:
 
 def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[Any], chance: float | None = None,
                   max_new_tokens: int | None = None, extract: Callable[[str], str] | None = None,
-                  batch_size: int = 16, keep_examples: int = 3, device: str | torch.device = "cpu") -> TaskResult:
+                  batch_size: int = 16, keep_examples: int = 3, device: str | torch.device = "cpu",
+                  generate: Callable[[Sequence[str], int], list[str]] | None = None,
+                  choice_norm: str = "mean") -> TaskResult:
     """Accuracy of `model` on `items` (see the module docstring for how each kind of item is scored)."""
     if not items:
         raise ValueError(f"task {name!r} has no items")
@@ -151,15 +186,19 @@ def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[
         with_choices = [it for it in items if getattr(it, "choices", None)]
         free = [it for it in items if not getattr(it, "choices", None)]
         for it in with_choices:
-            scores = choice_logprobs(model, tokenizer, it.prompt, list(it.choices), device=device)
+            scores = choice_logprobs(model, tokenizer, it.prompt, list(it.choices), device=device, norm=choice_norm)
             pick = max(range(len(scores)), key=scores.__getitem__)
             outputs.append(it.choices[pick])
             verdicts.append(it.choices[pick].strip() == str(it.answer).strip())
         if free:
             budget = max_new_tokens or max(len(tokenizer.encode(" " + str(it.answer))) for it in free) + 3
             stop = [t for t in (getattr(tokenizer, "eos_id", None), getattr(tokenizer, "eot_id", None)) if t is not None]
-            texts = greedy_continuations(model, tokenizer, [it.prompt for it in free], budget, stop_ids=stop,
-                                         batch_size=batch_size, device=device)
+            prompts = [it.prompt for it in free]
+            if generate is not None:
+                texts = generate(prompts, budget)
+            else:
+                texts = greedy_continuations(model, tokenizer, prompts, budget, stop_ids=stop, batch_size=batch_size,
+                                             device=device)
             for it, text in zip(free, texts):
                 got = extract(text) if extract is not None else text
                 outputs.append(text)
@@ -172,7 +211,13 @@ def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[
         acc = correct / n
         examples = [{"prompt": it.prompt[-300:], "answer": str(it.answer), "output": out[:300], "correct": ok}
                     for it, out, ok in list(zip(ordered, outputs, verdicts))[:keep_examples]]
+        kinds = []
+        if with_choices:
+            kinds.append(f"{'mean' if choice_norm == 'mean' else 'summed'} log-likelihood of each choice")
+        if free:
+            kinds.append("greedy decoding, exact answer")
         return TaskResult(task=name, items=n, correct=correct, accuracy=acc, chance=float(chance),
-                          stderr=math.sqrt(max(acc * (1 - acc), 1e-12) / n), examples=examples)
+                          stderr=math.sqrt(max(acc * (1 - acc), 1e-12) / n), examples=examples,
+                          scoring="; ".join(kinds))
     finally:
         model.train(was_training)

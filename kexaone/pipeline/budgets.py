@@ -18,6 +18,8 @@ class Budget:
     description: str
     preset: str
     """KExaoneConfig preset the model starts from (vocab_size is then set to the trained tokenizer's)."""
+    corpus_size: str
+    """Size of the embedded synthetic corpus (kexaone.data.synthetic.CORPUS_SIZES): tiny, default or large."""
     tokenizer_vocab_size: int
     """Vocabulary size of the SuperBPE tokenizer and of the plain-BPE baseline it is compared with."""
     tokenizer_train_bytes: int
@@ -37,6 +39,8 @@ class Budget:
     """Held-out documents per (domain, language) group for loss and bits per byte."""
     task_items: int = 100
     """Held-out items per synthetic task."""
+    answer_tokens_cap: int | None = None
+    """Upper bound on the tokens generated per free-form task answer (None: each task's own limit)."""
     generation_prompts: int = 3
     """Prompts sampled in each of reasoning and non-reasoning mode."""
     generation_max_new_tokens: int = 96
@@ -61,21 +65,21 @@ class Budget:
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget(
         name="tiny", description="smoke test: every stage on the `tiny` preset, about 2 minutes on 2 CPU cores",
-        preset="tiny", tokenizer_vocab_size=1024, tokenizer_train_bytes=400_000,
-        seq_len=128, batch_size=8, train_tokens=128 * 8 * 40, lr=3e-3, heldout_docs=6, task_items=12,
-        generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24, speed_repeats=1,
-        checkpoint_every=10,
+        preset="tiny", corpus_size="tiny", tokenizer_vocab_size=1024, tokenizer_train_bytes=300_000,
+        seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, heldout_docs=3, task_items=8,
+        answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
+        speed_repeats=1, checkpoint_every=10,
     ),
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
-        preset="small", tokenizer_vocab_size=8192, tokenizer_train_bytes=6_000_000,
-        seq_len=512, batch_size=16, train_tokens=6_000_000, lr=3e-3, heldout_docs=40, task_items=100,
+        preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
+        seq_len=512, batch_size=8, train_tokens=800_000, lr=2e-3, heldout_docs=20, task_items=100,
         generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
-        checkpoint_every=50,
+        checkpoint_every=100,
     ),
     "large": Budget(
         name="large", description="a wider `small` model on 10x the tokens, for many cores or a GPU",
-        preset="small", tokenizer_vocab_size=16_384, tokenizer_train_bytes=40_000_000,
+        preset="small", corpus_size="large", tokenizer_vocab_size=16_384, tokenizer_train_bytes=40_000_000,
         seq_len=1024, batch_size=32, train_tokens=200_000_000, lr=2e-3, precision="bf16",
         config_overrides={"hidden_size": 512, "num_hidden_layers": 12, "intermediate_size": 1536,
                           "moe_intermediate_size": 256, "num_attention_heads": 8, "num_key_value_heads": 2,

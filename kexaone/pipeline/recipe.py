@@ -50,7 +50,8 @@ def stage_tokenizer(ctx: StageContext) -> dict[str, Any]:
     from kexaone.tokenizer.superbpe import train_superbpe
 
     b = _budget(ctx)
-    texts = corpus.tokenizer_texts(ctx.params.get("data", []), b.tokenizer_train_bytes, seed=ctx.params["seed"])
+    texts = corpus.tokenizer_texts(ctx.params.get("data", []), b.tokenizer_train_bytes, b.corpus_size,
+                                   seed=ctx.params["seed"])
     train_bytes = sum(len(t.encode("utf-8")) for t in texts)
     ctx.log(f"[tokenizer] training on {len(texts):,} documents, {train_bytes / 1e6:.2f} MB")
     inputs = [(t, None) for t in texts]  # (text, language): None lets the trainer detect the script per text
@@ -65,7 +66,7 @@ def stage_tokenizer(ctx: StageContext) -> dict[str, Any]:
     baseline_seconds = time.perf_counter() - t0
 
     rows = []
-    for group, docs in corpus.tokenizer_eval_groups(b).items():
+    for group, docs in corpus.tokenizer_eval_groups(b, seed=ctx.params["seed"]).items():
         rows.append({"group": group, "bytes": sum(len(d.encode("utf-8")) for d in docs),
                      "superbpe_tokens": sum(len(x) for x in tok.encode_batch(docs)),
                      "bpe_tokens": sum(len(x) for x in base.encode_batch(docs))})
@@ -90,7 +91,7 @@ def superword_share(tok: Any) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- 2. pretrain
-def pretrain_config(ctx: StageContext, resume: bool):
+def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
     """The TrainConfig of the speedrun's pre-training (what `kexaone pretrain` flags would say)."""
     from kexaone.train.config import TrainConfig
 
@@ -98,15 +99,17 @@ def pretrain_config(ctx: StageContext, resume: bool):
     steps = b.train_steps
     return TrainConfig(
         preset=b.preset, model_overrides=dict(b.config_overrides), data=list(ctx.params.get("data", [])),
+        synthetic_size=b.corpus_size, mix_synthetic=bool(ctx.params.get("data")),
         tokenizer=str(ctx.path(ctx.outputs["tokenizer"]["dir"])), out=str(ctx.stage_dir),
         max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr,
         warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
         precision=b.precision, seed=ctx.params["seed"], save_every=b.checkpoint_every,
-        eval_every=max(1, steps // 8), log_every=1, resume=resume, tensorboard=False, workers=_workers(),
+        eval_every=max(1, steps // 4), eval_batches=4, log_every=1, resume=resume, tensorboard=False, workers=_workers(),
+        threads=threads,
     )
 
 
-def stage_pretrain(ctx: StageContext) -> dict[str, Any]:
+def stage_pretrain(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     from kexaone.train.pretrain import run_pretraining
 
     ckpt = ctx.stage_dir / "checkpoints"
@@ -114,7 +117,7 @@ def stage_pretrain(ctx: StageContext) -> dict[str, Any]:
     if resume:
         ctx.log(f"[pretrain] resuming from the checkpoint in {ckpt}")
     t0 = time.perf_counter()
-    res = run_pretraining(pretrain_config(ctx, resume))
+    res = run_pretraining(pretrain_config(ctx, resume, threads))
     if res.interrupted:
         # The trainer saved a checkpoint and returned; leave the stage unfinished so a re-run resumes it.
         raise KeyboardInterrupt(f"pre-training interrupted ({res.signal_name}) at step {res.steps}")
@@ -140,7 +143,8 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
     import torch
 
     from kexaone.eval.heldout import evaluate_heldout
-    from kexaone.eval.tasks import evaluate_task
+    from kexaone.engine.engine import Engine
+    from kexaone.eval.tasks import engine_generator, evaluate_task
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.pipeline import corpus
 
@@ -149,17 +153,20 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
     torch.manual_seed(ctx.params["seed"])
     untrained = KExaoneForCausalLM(model.config).eval()  # the initial model: same config, same seed, no training
 
-    groups = corpus.heldout_groups(b, ctx.params.get("data", []))
+    groups = corpus.heldout_groups(tok, b, ctx.params.get("data", []), seed=ctx.params["seed"])
     ctx.log(f"[evaluate] held-out loss on {len(groups)} groups")
     held = evaluate_heldout(model, tok, groups, seq_len=b.seq_len)
     held_u = evaluate_heldout(untrained, tok, groups, seq_len=b.seq_len)
 
+    gen_trained = engine_generator(Engine(model, tok), tok)
+    gen_untrained = engine_generator(Engine(untrained, tok), tok)
     tasks = []
-    for spec in corpus.task_specs(b, seed=ctx.params["seed"]):
+    for spec in corpus.task_specs(b, tok, seed=ctx.params["seed"]):
         t0 = time.perf_counter()
         kw = dict(chance=spec.chance, max_new_tokens=spec.max_new_tokens, extract=spec.extract)
-        r = evaluate_task(model, tok, spec.name, spec.items, **kw)
-        r.untrained_accuracy = evaluate_task(untrained, tok, spec.name, spec.items, keep_examples=0, **kw).accuracy
+        r = evaluate_task(model, tok, spec.name, spec.items, generate=gen_trained, **kw)
+        r.untrained_accuracy = evaluate_task(untrained, tok, spec.name, spec.items, keep_examples=0,
+                                             generate=gen_untrained, **kw).accuracy
         ctx.log(f"[evaluate] {spec.name}: {r.accuracy:.3f} (chance {r.chance:.3f}, untrained "
                 f"{r.untrained_accuracy:.3f}) in {time.perf_counter() - t0:.1f} s")
         tasks.append(r.to_dict())
@@ -182,7 +189,7 @@ def stage_generate(ctx: StageContext) -> dict[str, Any]:
     engine = Engine(model, tok)
     questions = corpus.chat_questions(b, seed=ctx.params["seed"])
     samples = sample_answers(engine, tok, questions, b.generation_max_new_tokens, seed=ctx.params["seed"])
-    prompts = corpus.speed_prompts(tok, b)
+    prompts = corpus.speed_prompts(tok, b, seed=ctx.params["seed"])
     ctx.log(f"[generate] decode speed: {len(prompts)} prompts x {b.speed_new_tokens} tokens, plain vs MTP")
     speed = measure_decode_speed(engine, prompts, new_tokens=b.speed_new_tokens, repeats=b.speed_repeats,
                                  draft_tokens=2)
@@ -199,10 +206,14 @@ def stage_report(ctx: StageContext) -> dict[str, Any]:
     return write_report(ctx.out_dir)
 
 
-def speedrun_stages() -> list[Stage]:
+def speedrun_stages(threads: int = 0) -> list[Stage]:
+    """The five stages; `threads` (0 = torch's default) is handed to the trainer, which sets torch's CPU threads."""
+    import functools
+
     return [
         Stage("tokenizer", stage_tokenizer, "train the SuperBPE tokenizer and a plain-BPE baseline"),
-        Stage("pretrain", stage_pretrain, "pre-train through the three-stage curriculum (MTP, MoE balancing)"),
+        Stage("pretrain", functools.partial(stage_pretrain, threads=threads),
+              "pre-train through the three-stage curriculum (MTP, MoE balancing)"),
         Stage("evaluate", stage_evaluate, "held-out bits/byte and task accuracy vs baselines"),
         Stage("generate", stage_generate, "sample answers; decode speed plain vs MTP speculative"),
         Stage("report", stage_report, "write report.md / report.html"),

@@ -80,6 +80,9 @@ class StageRecord:
     attempts: int = 1
     prior_seconds: float = 0.0
     """Time spent in earlier, interrupted attempts (known when they were stopped by Ctrl-C / SIGTERM)."""
+    cpu_seconds: float | None = None
+    """CPU time (user + system, this process and its finished children) of the last attempt: on a shared machine
+    this is close to what the stage costs on one idle core, whatever the load was."""
     outputs: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
 
@@ -94,6 +97,11 @@ class StageRecord:
 
 def _now() -> str:
     return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _cpu_time() -> float:
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
 
 
 def read_state(out_dir: str | os.PathLike) -> dict[str, Any]:
@@ -223,12 +231,12 @@ class StageRunner:
         self.log(f"[{stage.name}] {'resuming' if resumed else 'starting'}" + (f": {stage.help}" if stage.help else ""))
         ctx = StageContext(out_dir=self.out_dir, stage_dir=stage_dir, params=self.params, outputs=dict(outputs),
                            log=self.log, resumed=resumed)
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), _cpu_time()
         try:
             result = stage.run(ctx)
         except BaseException as e:
             # KeyboardInterrupt/SystemExit leave "running" (resumable); a real error is recorded as failed.
-            rec.seconds = time.perf_counter() - t0
+            rec.seconds, rec.cpu_seconds = time.perf_counter() - t0, _cpu_time() - c0
             if isinstance(e, Exception):
                 rec.status, rec.error = "failed", f"{type(e).__name__}: {e}"
             state["stages"][stage.name] = rec.to_dict()
@@ -237,7 +245,7 @@ class StageRunner:
         if not isinstance(result, dict):
             raise TypeError(f"stage {stage.name!r} returned {type(result).__name__}, expected a dict of outputs")
         rec.status, rec.finished_at = "done", _now()
-        rec.seconds = time.perf_counter() - t0
+        rec.seconds, rec.cpu_seconds = time.perf_counter() - t0, _cpu_time() - c0
         rec.outputs = json.loads(json.dumps(result))  # fail here, not at the next run, if not JSON-serialisable
         state["stages"][stage.name] = rec.to_dict()
         self._write(state)

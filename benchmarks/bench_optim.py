@@ -123,6 +123,28 @@ def run(kind: str, lr: float, args: argparse.Namespace, train_ids: torch.Tensor,
             "fwd_bwd_s": t_fwd_bwd / len(losses), "opt_s": t_opt / len(losses), "curve": losses}
 
 
+def lr_rows(results: list[dict], lrs: list[float]) -> list[str]:
+    rows = ["| LR | AdamW eval bits/byte | Muon eval bits/byte | Muon / AdamW |", "|---:|---:|---:|---:|"]
+    for lr in lrs:
+        a = next(r for r in results if r["kind"] == "adamw" and r["lr"] == lr)
+        m = next(r for r in results if r["kind"] == "muon" and r["lr"] == lr)
+        rows.append(f"| {lr:g} | {a['eval_bpb']:.4f} | {m['eval_bpb']:.4f} | {m['eval_bpb'] / a['eval_bpb']:.3f} |")
+    return rows
+
+
+def append_results(results: list[dict], lrs: list[float], args: argparse.Namespace) -> None:
+    """Add more LRs of the same setup to an existing results file (the grid is extended, nothing is rewritten)."""
+    if not RESULTS.is_file():
+        raise FileNotFoundError(f"--append needs an earlier {RESULTS}")
+    lines = ["", f"Additional LRs, same setup ({args.steps} steps x {args.batch} x {args.seq_len}), measured "
+             f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}:", "",
+             *lr_rows(results, lrs)]
+    text = RESULTS.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n"
+    print(text)
+    atomic_write_text(RESULTS, text)
+    print(f"appended to {RESULTS}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -131,6 +153,8 @@ def main() -> None:
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fp8", action="store_true", help="skip the FP8-vs-bf16 run")
+    ap.add_argument("--append", action="store_true",
+                    help="extend the LR grid of an earlier run: append these LRs' table to the results file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     lrs = [float(v) for v in args.lrs.split(",")]
@@ -148,6 +172,9 @@ def main() -> None:
             results.append(r)
             print(f"{kind:5s} lr={lr:g}: eval {r['eval_bpb']:.4f} bits/byte, fwd+bwd {r['fwd_bwd_s'] * 1e3:.0f} ms, "
                   f"optimizer {r['opt_s'] * 1e3:.1f} ms per step", flush=True)
+    if args.append:
+        append_results(results, lrs, args)
+        return
     best = {k: min((r for r in results if r["kind"] == k), key=lambda r: r["eval_bpb"]) for k in ("adamw", "muon")}
     fp8_run = None
     if not args.no_fp8:
@@ -161,11 +188,7 @@ def main() -> None:
              f"{sum(p.numel() for p in KExaoneForCausalLM.from_config(model_config(), device='meta').parameters()):,} "
              f"parameters), {args.steps} steps x {args.batch} x {args.seq_len} = {tokens:,} tokens of train/en.txt per "
              "run, WSD (10% warmup, 20% decay), bf16 autocast, same batches for every run. Eval: held-out bits/byte.",
-             "", "| LR | AdamW eval bits/byte | Muon eval bits/byte | Muon / AdamW |", "|---:|---:|---:|---:|"]
-    for lr in lrs:
-        a = next(r for r in results if r["kind"] == "adamw" and r["lr"] == lr)
-        m = next(r for r in results if r["kind"] == "muon" and r["lr"] == lr)
-        lines.append(f"| {lr:g} | {a['eval_bpb']:.4f} | {m['eval_bpb']:.4f} | {m['eval_bpb'] / a['eval_bpb']:.3f} |")
+             "", *lr_rows(results, lrs)]
     a, m = best["adamw"], best["muon"]
     winner = "Muon" if m["eval_bpb"] < a["eval_bpb"] else "AdamW"
     lines += ["", f"Best AdamW: lr {a['lr']:g}, {a['eval_bpb']:.4f} bits/byte. Best Muon: lr {m['lr']:g}, "

@@ -244,3 +244,27 @@ def test_invalid_requests_raise_value_errors(model, tok):
     with pytest.raises(ValueError, match="context"):
         Engine(tiny_model(0, max_position_embeddings=8)).generate(list(range(1, 10)), max_new_tokens=2)
     assert eng.generate([1, 2], max_new_tokens=0).tokens == []
+
+
+@pytest.mark.parametrize("speculative", [None, "mtp"])
+def test_merge_admits_requests_into_a_running_batch(model, speculative):
+    """Continuous batching: rows of a running batch are re-prefilled together with new requests; every row's
+    output equals its own generation, and finished rows are shed."""
+    eng = Engine(model)
+    a_prompt, b_prompt, c_prompt = [5, 6, 7, 8], [9, 10], list(range(40, 60))
+    direct = {name: eng.generate(p, max_new_tokens=n, temperature=0, stop_token_ids=()).tokens
+              for name, p, n in [("a", a_prompt, 40), ("b", b_prompt, 3), ("c", c_prompt, 25)]}
+    kw = dict(temperature=0, stop_token_ids=())
+    batch = eng.start([a_prompt, b_prompt], [SamplingParams(max_new_tokens=40, **kw),
+                                             SamplingParams(max_new_tokens=3, **kw)],
+                      speculative=speculative, draft_tokens=2)
+    a_seq, b_seq = batch.seqs
+    while not b_seq.finished:
+        eng.step(batch)
+    merged = eng.merge(batch, [c_prompt], [SamplingParams(max_new_tokens=25, **kw)])
+    assert len(merged.seqs) == 2 and merged.seqs[0] is a_seq  # b (finished) was shed
+    while not merged.done:
+        eng.step(merged)
+    assert b_seq.tokens == direct["b"]
+    assert a_seq.tokens == direct["a"]
+    assert merged.seqs[1].tokens == direct["c"]

@@ -59,17 +59,23 @@ def test_concurrent_requests_are_batched_and_equal_direct_generation(engine):
     assert sched.steps == 24
 
 
-def test_short_request_is_not_blocked_by_a_long_one(engine):
-    sched = Scheduler(engine, max_batch_size=4).start()
+@pytest.mark.parametrize("merge", [True, False])
+def test_short_request_is_not_blocked_by_a_long_one(engine, merge):
+    """A request arriving while a long one runs joins its batch (continuous batching) or starts its own, and in
+    both cases finishes first; the outputs equal direct generation."""
+    expect_long = engine.generate([1, 2, 3], max_new_tokens=150, temperature=0, stop_token_ids=()).tokens
+    expect_short = engine.generate([4, 5], max_new_tokens=5, temperature=0, stop_token_ids=()).tokens
+    sched = Scheduler(engine, max_batch_size=4, merge=merge).start()
     try:
         long_box, short_box = Inbox(), Inbox()
-        sched.submit(_req([1, 2, 3], long_box, max_new_tokens=400))
+        sched.submit(_req([1, 2, 3], long_box, max_new_tokens=150))
         long_box.q.get(timeout=30)  # the long one is running
         sched.submit(_req([4, 5], short_box, max_new_tokens=5))
         t_short, kind, res = short_box.final()
-        assert kind == "done" and len(res.tokens) == 5
+        assert kind == "done" and res.tokens == expect_short
         t_long, _, res_long = long_box.final(timeout=120)
-        assert t_short < t_long and len(res_long.tokens) == 400
+        assert t_short < t_long and res_long.tokens == expect_long
+        assert sched.merges == (1 if merge else 0)
     finally:
         sched.stop()
 

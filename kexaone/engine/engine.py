@@ -220,48 +220,91 @@ class Engine:
               speculative: str | None = None, draft_tokens: int = 2,
               on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
         """Prefill `prompts` and sample each row's first token."""
-        from kexaone.model.cache import KVCache
-
         self._check_speculative(speculative, draft_tokens)
         ids_list = [self.encode_prompt(p) for p in prompts]
-        B = len(ids_list)
         longest = max(len(x) for x in ids_list)
+        seqs = self._new_seqs(ids_list, params, on_text, longest, speculative, draft_tokens)
+        sampling = BatchSampling.from_params([s.params for s in seqs], device=self.device)
+        return self._prefill(seqs, ids_list, [None] * len(seqs), sampling, speculative, draft_tokens)
+
+    @torch.inference_mode()
+    def merge(self, batch: DecodeBatch, prompts: Sequence[str | Sequence[int]], params: Sequence[SamplingParams],
+              on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
+        """A new batch holding the unfinished rows of `batch` and the new requests (continuous batching).
+
+        The kept rows' keys and values are recomputed by one prefill over prompt + generated tokens (their
+        sampling state and text streams carry on unchanged), which lets a running batch admit requests and shed
+        finished rows although all rows of a cache share one length. Raises ValueError when the merged rows would
+        not fit the model's context."""
+        keep = [r for r, s in enumerate(batch.seqs) if not s.finished]
+        ids_list = [self.encode_prompt(p) for p in prompts]
+        prefixes = [batch.seqs[r].prompt_ids + batch.seqs[r].tokens[:-1] for r in keep] + ids_list
+        longest = max(len(x) for x in prefixes)
+        K = batch.draft_tokens if batch.speculative else 0
+        left = max((batch.seqs[r].params.max_new_tokens - len(batch.seqs[r].tokens) for r in keep), default=0)
+        if longest + left + K + 1 > self.config.max_position_embeddings:
+            raise ValueError(f"merged batch would need {longest + left + K + 1} positions; the context is "
+                             f"{self.config.max_position_embeddings}")
+        seqs = [batch.seqs[r] for r in keep] + self._new_seqs(ids_list, params, on_text, longest, batch.speculative,
+                                                              batch.draft_tokens)
+        fresh = BatchSampling.from_params([s.params for s in seqs[len(keep):]], device=self.device)
+        sampling = BatchSampling.cat([batch.sampling.select(torch.tensor(keep, dtype=torch.long)), fresh]) \
+            if keep else fresh
+        lasts = [batch.seqs[r].tokens[-1] for r in keep] + [None] * len(ids_list)
+        return self._prefill(seqs, prefixes, lasts, sampling, batch.speculative, batch.draft_tokens)
+
+    def _new_seqs(self, ids_list, params, on_text, longest: int, speculative, draft_tokens: int):
         limit = self.config.max_position_embeddings
         if longest >= limit:
             raise ValueError(f"prompt has {longest} tokens; the model's context is {limit} "
                              f"(max_position_embeddings), leaving no room to generate")
         seqs = []
+        room = limit - longest - (draft_tokens + 1 if speculative else 0)
         for r, (ids, p) in enumerate(zip(ids_list, params)):
             stop_ids = p.stop_token_ids if p.stop_token_ids is not None else self.default_stop_token_ids()
-            room = limit - longest - (draft_tokens + 1 if speculative else 0)
             if p.max_new_tokens > room:
                 p = _replace(p, max_new_tokens=max(0, room))
             seqs.append(SequenceState(ids, p, stop_ids, self.tokenizer,
                                       on_text=None if on_text is None else on_text[r]))
-        sampling = BatchSampling.from_params([s.params for s in seqs], device=self.device)
-        stats = GenerationStats(prompt_tokens=sum(len(x) for x in ids_list), rows=B)
+        return seqs
 
+    def _prefill(self, seqs: list[SequenceState], prefixes: list[list[int]], lasts: list[int | None],
+                 sampling: BatchSampling, speculative: str | None, draft_tokens: int) -> DecodeBatch:
+        """Run `prefixes` (left-padded) into a fresh cache. Rows whose `lasts` entry is None sample their first
+        token from the prefill's logits; the others already hold their next token (a merged running row)."""
+        from kexaone.model.cache import KVCache
+
+        B = len(seqs)
+        longest = max(len(x) for x in prefixes)
         pad = self.config.pad_token_id if self.config.pad_token_id is not None else 0
         input_BT = torch.full((B, longest), pad, dtype=torch.long)
         mask_BT = torch.zeros((B, longest), dtype=torch.long)
-        for r, ids in enumerate(ids_list):
+        for r, ids in enumerate(prefixes):
             input_BT[r, longest - len(ids):] = torch.tensor(ids, dtype=torch.long)
             mask_BT[r, longest - len(ids):] = 1
         input_BT, mask_BT = input_BT.to(self.device), mask_BT.to(self.device)
+        stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs), rows=B)
 
         t0 = time.perf_counter()
         cache = KVCache(self.config, B, dtype=self.cache_dtype, device=self.device)
         padded = bool((mask_BT == 0).any())
         out = self.model(input_BT, cache=cache, attention_mask=mask_BT if padded else None, logits_to_keep=1)
-        probs_BV = self._probs(out.logits[:, -1], sampling, lambda: [[] for _ in seqs])
-        first_B = sample_from_probs(probs_BV, sampling)
-        batch = DecodeBatch(seqs=seqs, sampling=sampling, cache=cache, last_B=first_B, speculative=speculative,
+        need = [r for r, t in enumerate(lasts) if t is None]
+        last_B = torch.tensor([0 if t is None else t for t in lasts], dtype=torch.long, device=self.device)
+        count_B = torch.zeros(B, dtype=torch.long)
+        if need:
+            rows = torch.tensor(need, dtype=torch.long, device=self.device)
+            sub = sampling.select(rows) if len(need) < B else sampling
+            probs = self._probs(out.logits[rows, -1], sub, lambda: [[] for _ in need])
+            last_B[rows] = sample_from_probs(probs, sub)
+            count_B[need] = 1
+        batch = DecodeBatch(seqs=seqs, sampling=sampling, cache=cache, last_B=last_B, speculative=speculative,
                             draft_tokens=draft_tokens, stats=stats, positions=longest)
-        self._emit(batch, first_B[:, None], torch.ones(B, dtype=torch.long))
+        self._emit(batch, last_B[:, None], count_B)
         if speculative == "mtp" and not batch.done:
-            # Fill the MTP layer's cache over the prompt: position t reads (h[t], token t+1); the last position
-            # reads the freshly sampled token and drafts the one after it.
-            next_BT = torch.cat([input_BT[:, 1:], first_B[:, None]], dim=1)
+            # Fill the MTP layer's cache over the prefix: position t reads (h[t], token t+1); the last position
+            # reads each row's next token and drafts the one after it.
+            next_BT = torch.cat([input_BT[:, 1:], last_B[:, None]], dim=1)
             self._mtp_catch_up(batch, out.hidden_states, next_BT)
         stats.prefill_seconds = time.perf_counter() - t0
         return batch

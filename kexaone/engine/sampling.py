@@ -110,6 +110,11 @@ class BatchSampling:
     def all_greedy(self) -> bool:
         return bool(self.greedy_B.all())
 
+    @classmethod
+    def cat(cls, parts: Sequence["BatchSampling"]) -> "BatchSampling":
+        return cls(torch.cat([p.temperature_B for p in parts]), torch.cat([p.top_p_B for p in parts]),
+                   torch.cat([p.top_k_B for p in parts]), [g for p in parts for g in p.generators])
+
     def select(self, rows: torch.Tensor) -> "BatchSampling":
         idx = rows.tolist()
         return BatchSampling(self.temperature_B[rows], self.top_p_B[rows], self.top_k_B[rows],

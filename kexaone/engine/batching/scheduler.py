@@ -1,11 +1,12 @@
 """The scheduler: a single thread that owns the model and decodes every active request, batched.
 
-Requests arrive from any thread (`submit`), wait in a bounded queue, and are admitted as a cohort: everything
-waiting (up to `max_batch_size`) is prefilled together into one `DecodeBatch` with its own KV cache. Several
-cohorts may be active at once (up to `max_active_batches`); the loop advances them in turn, one decode step each,
-so a request arriving while a long generation runs starts within one step instead of waiting for it to finish.
-Rows of a cohort cannot leave its cache early (all rows share one cache length), so a finished or cancelled row
-rides along until its cohort ends; new arrivals form a new cohort instead of joining a running one.
+Requests arrive from any thread (`submit`) and wait in a bounded queue. Between decode steps the loop admits them
+(continuous batching): when a running batch of the same decoding mode has free rows and a moderate length
+(`max_merge_positions`), the waiting requests join it through `Engine.merge`, which re-prefills the batch's
+unfinished rows together with the new prompts into a fresh cache (all rows of a cache share one length, so joining
+means recomputing; it also sheds finished rows). Otherwise they start a new batch, up to `max_active_batches`
+batches, which the loop advances in turn, one decode step each. Either way a request arriving while a long
+generation runs starts within one step instead of waiting for it to finish.
 
 Isolation: an exception while prefilling or stepping a cohort fails that cohort's requests (each gets an error
 event) and the loop keeps serving the others. Deadlines and cancellations are checked before every step.
@@ -65,10 +66,16 @@ class Request:
 class _Cohort:
     batch: Any
     requests: list[Request]
+    """Aligned with batch.seqs."""
+    mode: tuple
+
+    def live(self) -> int:
+        return sum(1 for r in self.requests if not r.reported)
 
 
 class Scheduler:
-    def __init__(self, engine, max_batch_size: int = 8, max_active_batches: int = 4, max_queue: int = 64):
+    def __init__(self, engine, max_batch_size: int = 8, max_active_batches: int = 4, max_queue: int = 64,
+                 merge: bool = True, max_merge_positions: int = 2048):
         for name, v in (("max_batch_size", max_batch_size), ("max_active_batches", max_active_batches),
                         ("max_queue", max_queue)):
             if not isinstance(v, int) or v < 1:
@@ -77,6 +84,9 @@ class Scheduler:
         self.max_batch_size = max_batch_size
         self.max_active_batches = max_active_batches
         self.max_queue = max_queue
+        self.merge = merge
+        self.max_merge_positions = max_merge_positions
+        self.merges = 0
         self._pending: collections.deque[Request] = collections.deque()
         self._active: list[_Cohort] = []
         self._cond = threading.Condition()
@@ -110,7 +120,8 @@ class Scheduler:
         with self._cond:
             return {"queued": len(self._pending),
                     "active": sum(1 for c in self._active for r in c.requests if not r.reported),
-                    "batches": len(self._active), "steps": self.steps, "failures": self.failures}
+                    "batches": len(self._active), "steps": self.steps, "merges": self.merges,
+                    "failures": self.failures}
 
     # ------------------------------------------------------------------ submission
     def submit(self, req: Request) -> Request:
@@ -133,26 +144,48 @@ class Scheduler:
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
                     break
-                cohort_reqs = self._take_cohort() if len(self._active) < self.max_active_batches else []
-            if cohort_reqs:
-                self._admit(cohort_reqs)
+                target, reqs = self._plan()
+            if reqs:
+                if target is not None:
+                    self._merge(target, reqs)
+                else:
+                    self._admit(reqs)
             for cohort in list(self._active):
                 self._advance(cohort)
         self._shutdown()
 
-    def _take_cohort(self) -> list[Request]:
-        """Waiting requests that can share a batch (same decoding mode), oldest first; drops cancelled ones."""
+    def _plan(self) -> tuple[_Cohort | None, list[Request]]:
+        """Which waiting requests to admit now, and the running batch they join (None: a new batch)."""
+        while self._pending and (self._pending[0].cancelled or self._expired(self._pending[0])):
+            self._finish_unstarted(self._pending.popleft())
+        if not self._pending:
+            return None, []
+        mode = (self._pending[0].speculative, self._pending[0].draft_tokens)
+        target, room = None, self.max_batch_size
+        if self.merge:
+            for c in self._active:
+                live = c.live()
+                if c.mode == mode and live < self.max_batch_size and not c.batch.done \
+                        and c.batch.positions <= self.max_merge_positions:
+                    target, room = c, self.max_batch_size - live
+                    break
+        if target is None and len(self._active) >= self.max_active_batches:
+            return None, []
+        return target, self._take(mode, room)
+
+    @staticmethod
+    def _expired(r: Request) -> bool:
+        return r.deadline is not None and time.monotonic() > r.deadline
+
+    def _take(self, mode: tuple, n: int) -> list[Request]:
+        """Up to n waiting requests of decoding mode `mode`, oldest first; drops cancelled or expired ones."""
         out: list[Request] = []
         keep: collections.deque[Request] = collections.deque()
-        mode = None
         while self._pending:
             r = self._pending.popleft()
-            if r.cancelled or (r.deadline is not None and time.monotonic() > r.deadline):
+            if r.cancelled or self._expired(r):
                 self._finish_unstarted(r)
-                continue
-            key = (r.speculative, r.draft_tokens)
-            if len(out) < self.max_batch_size and (mode is None or key == mode):
-                mode = key
+            elif len(out) < n and (r.speculative, r.draft_tokens) == mode:
                 out.append(r)
             else:
                 keep.append(r)
@@ -181,9 +214,27 @@ class Scheduler:
             return
         for r, s in zip(reqs, batch.seqs):
             r.state = s
-        cohort = _Cohort(batch, reqs)
+        cohort = _Cohort(batch, reqs, (reqs[0].speculative, reqs[0].draft_tokens))
         with self._cond:
             self._active.append(cohort)
+        self._after_step(cohort)
+
+    def _merge(self, cohort: _Cohort, reqs: list[Request]) -> None:
+        def sink(r: Request) -> Callable[[str], None]:
+            return lambda delta: self._safe_event(r, "text", delta)
+
+        try:
+            batch = self.engine.merge(cohort.batch, [r.prompt_ids for r in reqs], [r.params for r in reqs],
+                                      on_text=[sink(r) for r in reqs])
+        except Exception:  # noqa: BLE001 - the running batch is untouched: start the newcomers on their own
+            log.exception("merging %d request(s) into a running batch failed; starting a new batch", len(reqs))
+            self._admit(reqs)
+            return
+        kept = [r for r in cohort.requests if not r.state.finished]
+        for r, s in zip(reqs, batch.seqs[len(kept):]):
+            r.state = s
+        cohort.batch, cohort.requests = batch, kept + reqs
+        self.merges += 1
         self._after_step(cohort)
 
     def _advance(self, cohort: _Cohort) -> None:

@@ -85,6 +85,8 @@ def _section_summary(run: _Run, summary: dict[str, Any]) -> list:
     rows = []
     if "total_seconds" in summary:
         rows.append(["wall-clock time of all stages", f"{summary['total_seconds'] / 60:.1f} min"])
+    if summary.get("stage_cpu_seconds"):
+        rows.append(["CPU time of all stages", f"{sum(summary['stage_cpu_seconds'].values()) / 60:.1f} min"])
     if summary.get("final_train_loss") is not None:
         rows.append(["final training loss (total)", _f(summary["final_train_loss"])])
     if summary.get("heldout_bpb") is not None:
@@ -112,7 +114,7 @@ def _section_machine(machine: dict[str, Any]) -> list:
             ["torch", str(machine.get("torch"))],
             ["git revision", f"{git.get('commit', 'unknown')}" + (" (uncommitted changes)" if git.get("dirty") else "")],
             ["report written", str(machine.get("date"))]]
-    return [Heading("Machine and code"), Table(["", ""], rows)]
+    return [Heading("Machine and code"), Table(["item", "value"], rows)]
 
 
 def _section_params(run: _Run) -> list:
@@ -162,11 +164,20 @@ def _section_times(run: _Run) -> list:
     for name in run.state.get("order", list(run.stages)):
         rec = run.stages.get(name)
         if rec is None:
-            rows.append([name, "not run", "n/a", "0"])
+            rows.append([name, "not run", "n/a", "n/a", "0"])
+            continue
+        if rec.get("status") == "running" and rec.get("seconds") is None:
+            rows.append([name, "running (this report)", "n/a", "n/a", str(rec.get("attempts", 1))])
             continue
         secs = (rec.get("seconds") or 0.0) + (rec.get("prior_seconds") or 0.0)
-        rows.append([name, rec.get("status", "?"), f"{secs:.1f}", str(rec.get("attempts", 1))])
-    return [Heading("Time per stage"), Table(["stage", "status", "seconds", "attempts"], rows)]
+        cpu = rec.get("cpu_seconds")
+        rows.append([name, rec.get("status", "?"), f"{secs:.1f}", "n/a" if cpu is None else f"{cpu:.1f}",
+                     str(rec.get("attempts", 1))])
+    return [Heading("Time per stage"),
+            Para("Wall-clock seconds (all attempts) and CPU seconds of the last attempt (user + system, this process "
+                 "and its workers). On a shared machine the wall time depends on the load; the CPU time is about "
+                 "what the stage costs on one otherwise idle core."),
+            Table(["stage", "status", "wall seconds", "CPU seconds", "attempts"], rows)]
 
 
 def _section_tokenizer(run: _Run, plots: Any, summary: dict[str, Any]) -> list:
@@ -274,7 +285,14 @@ def _section_balance(run: _Run, out: dict[str, Any], train: list[dict[str, Any]]
             from kexaone.train.metrics import read_expert_loads
 
             steps, loads = read_expert_loads(run.path(out["out_dir"]))
-            blocks.append(Figure(plots.expert_load_heatmap(loads[-1]), "expert_load",
+            names = None
+            if out.get("model_dir"):
+                from kexaone.config import KExaoneConfig
+
+                cfg = KExaoneConfig.from_json_file(run.path(out["model_dir"]) / "config.json")
+                sparse = [f"layer {i}" for i in range(cfg.num_hidden_layers) if cfg.is_sparse(i)]
+                names = sparse if len(sparse) == loads.shape[1] else None
+            blocks.append(Figure(plots.expert_load_heatmap(loads[-1], names), "expert_load",
                                  f"share of routed tokens per expert at step {steps[-1]} (rows: MoE layers)"))
         except FileNotFoundError:
             blocks.append(Para("no expert-load matrices were saved."))
@@ -312,7 +330,7 @@ def _section_eval(run: _Run, plots: Any, summary: dict[str, Any]) -> list:
             b = max(t["chance"], t.get("untrained_accuracy") or 0.0)
             verdict = "above" if t["accuracy"] - 2 * t["stderr"] > b else "not clearly above"
             rows.append([t["task"], _f(t["items"]), f"{_pct(t['accuracy'])} +/- {_pct(t['stderr'])}",
-                         _pct(t["chance"]), _pct(t.get("untrained_accuracy")), verdict])
+                         _pct(t["chance"]), _pct(t.get("untrained_accuracy")), verdict, t.get("scoring", "")])
             names.append(t["task"])
             acc.append(t["accuracy"])
             chance.append(t["chance"])
@@ -322,7 +340,8 @@ def _section_eval(run: _Run, plots: Any, summary: dict[str, Any]) -> list:
         blocks.append(Heading("Held-out synthetic tasks", 3))
         blocks.append(Para("Accuracy +/- one binomial standard error; 'above' means more than two standard errors "
                            "above the better of chance and the untrained model."))
-        blocks.append(Table(["task", "items", "accuracy", "chance", "untrained model", "vs baseline"], rows))
+        blocks.append(Table(["task", "items", "accuracy", "chance", "untrained model", "vs baseline", "scoring"],
+                            rows))
         blocks.append(Figure(plots.accuracy_bars(names, acc, chance, untrained), "tasks", "accuracy per task"))
         for t in tasks:
             for ex in t.get("examples", [])[:2]:
@@ -381,6 +400,8 @@ def build_report(run_dir: str | os.PathLike, machine: dict[str, Any] | None = No
         summary["total_seconds"] = sum((r.get("seconds") or 0.0) + (r.get("prior_seconds") or 0.0) for r in done)
     summary["stage_seconds"] = {n: (r.get("seconds") or 0.0) + (r.get("prior_seconds") or 0.0)
                                 for n, r in run.stages.items() if r.get("seconds") is not None}
+    summary["stage_cpu_seconds"] = {n: r["cpu_seconds"] for n, r in run.stages.items()
+                                    if r.get("cpu_seconds") is not None}
     sections: list[Callable[[], list]] = [
         lambda: _section_machine(machine),
         lambda: _section_params(run),

@@ -101,12 +101,10 @@ def to_markdown(doc: Document, figure_dir: str | os.PathLike, figure_rel: str) -
             figure_dir.mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(figure_dir / f"{b.name}.png", b.png)
             out += [f"![{_md_cell(b.caption or b.name)}]({figure_rel}/{b.name}.png)", ""]
-            if b.caption:
-                out += [f"*{b.caption}*", ""]
         elif isinstance(b, Code):
             out += [_md_fence(b.text), ""]
         elif isinstance(b, Details):
-            out += [f"<details><summary>{html.escape(b.summary)}</summary>", "", _md_fence(b.text), "", "</details>",
+            out += [f"<details><summary>{html.escape(b.summary, quote=False)}</summary>", "", _md_fence(b.text), "", "</details>",
                     ""]
         else:  # pragma: no cover - the union above is closed
             raise TypeError(f"unknown block {type(b).__name__}")

@@ -64,13 +64,12 @@ def expert_load_heatmap(load_LE: Sequence[Sequence[float]], layer_names: Sequenc
     if a.ndim != 2 or a.size == 0:
         raise ValueError(f"load must be a non-empty [layers, experts] table, got shape {a.shape}")
     share = a / np.clip(a.sum(axis=1, keepdims=True), 1e-12, None)
-    fig, ax = plt.subplots(figsize=(min(12, 2 + 0.25 * a.shape[1]), 1 + 0.4 * a.shape[0]))
+    fig, ax = plt.subplots(figsize=(min(12.0, max(6.5, 2 + 0.25 * a.shape[1])), 1.6 + 0.35 * a.shape[0]))
     im = ax.imshow(share, aspect="auto", cmap="viridis", interpolation="nearest")
     ax.set_xlabel("expert")
-    ax.set_ylabel("MoE layer")
     ax.set_yticks(range(a.shape[0]))
-    ax.set_yticklabels(layer_names if layer_names is not None else [str(i) for i in range(a.shape[0])])
-    ax.set_title(f"{title}; balanced = {1 / a.shape[1]:.3f}")
+    ax.set_yticklabels(layer_names if layer_names is not None else [f"MoE {i}" for i in range(a.shape[0])])
+    ax.set_title(f"{title}; balanced = {1 / a.shape[1]:.3f}", fontsize=10)
     fig.colorbar(im, ax=ax, fraction=0.03)
     return _png(fig)
 

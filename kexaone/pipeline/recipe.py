@@ -103,7 +103,8 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
         tokenizer=str(ctx.path(ctx.outputs["tokenizer"]["dir"])), out=str(ctx.stage_dir),
         max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr,
         warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
-        precision=b.precision, seed=ctx.params["seed"], save_every=b.checkpoint_every,
+        precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
+        save_every=b.checkpoint_every,
         eval_every=max(1, steps // 4), eval_batches=4, log_every=1, resume=resume, tensorboard=False, workers=_workers(),
         threads=threads,
     )

@@ -127,6 +127,34 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
     }
 
 
+def start_server(model_dir: Path, args, continuous: bool):
+    """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
+    import httpx
+
+    port = free_port()
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
+           "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
+           "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"]
+    if not continuous:
+        cmd.append("--no-continuous-batching")
+    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 120
+    while True:
+        if server.poll() is not None:
+            raise RuntimeError("kexaone serve exited during start-up")
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                return url, server
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline:
+            server.kill()
+            raise RuntimeError("kexaone serve did not start within 120 s")
+        time.sleep(0.3)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -135,50 +163,40 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
+    ap.add_argument("--modes", nargs="+", default=["continuous", "cohorts"], choices=["continuous", "cohorts"],
+                    help="continuous: requests join running batches; cohorts: --no-continuous-batching")
     args = ap.parse_args(argv)
     if max(args.clients) > 64:
         raise ValueError("--clients is bounded to 64 concurrent clients")
 
+    rows, healths = [], {}
     with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
         model_dir = Path(tmp)
         make_model_dir(model_dir)
-        port = free_port()
-        env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
-        server = subprocess.Popen(
-            [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
-             "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
-             "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"],
-            env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        url = f"http://127.0.0.1:{port}"
-        rows = []
+        servers = {}
         try:
             import httpx
 
-            deadline = time.monotonic() + 120
-            while True:
-                if server.poll() is not None:
-                    raise RuntimeError("kexaone serve exited during start-up")
-                try:
-                    if httpx.get(url + "/health", timeout=2).status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                if time.monotonic() > deadline:
-                    raise RuntimeError("kexaone serve did not start within 120 s")
-                time.sleep(0.3)
-            asyncio.run(load(url, 1, 1, 4, 30))  # warm-up
-            for c in args.clients:
-                row = asyncio.run(load(url, c, args.requests_per_client, args.max_tokens, args.time_limit))
-                rows.append(row)
-                print(f"{c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
-            health = httpx.get(url + "/health", timeout=5).json()
+            for mode in args.modes:
+                servers[mode] = start_server(model_dir, args, continuous=mode == "continuous")
+                asyncio.run(load(servers[mode][0], 1, 1, 4, 30))  # warm-up
+            for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
+                for mode in args.modes:
+                    row = asyncio.run(load(servers[mode][0], c, args.requests_per_client, args.max_tokens,
+                                           args.time_limit))
+                    row["mode"] = mode
+                    rows.append(row)
+                    print(f"{mode}, {c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
+            for mode, (url, _) in servers.items():
+                healths[mode] = httpx.get(url + "/health", timeout=5).json()
         finally:
-            server.terminate()
-            try:
-                server.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                server.kill()
-                server.wait()
+            for _, server in servers.values():
+                server.terminate()
+                try:
+                    server.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    server.kill()
+                    server.wait()
 
     lines = [
         "## Server under load (streaming chat completions)",
@@ -187,17 +205,22 @@ def main(argv=None) -> int:
         "",
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
-        f"(max_tokens {args.max_tokens}, temperature 1.0); scheduler batch size {args.max_batch_size}.",
+        f"(max_tokens {args.max_tokens}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
+        f"at most 4 batches interleaved.",
         "",
-        "| clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | latency p99 | "
-        "mean tokens |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| batching | clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | "
+        "latency p99 | mean tokens |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lines.append(f"| {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']:.2f} | {r['tok_s']:.1f} | "
+        lines.append(f"| {r['mode']} | {r['clients']} | {r['requests']} | {r['failed']} | {r['rps']:.2f} | "
+                     f"{r['tok_s']:.1f} | "
                      f"{r['ttft50'] * 1000:.0f} ms | {r['ttft99'] * 1000:.0f} ms | {r['lat50']:.2f} s | "
                      f"{r['lat99']:.2f} s | {r['tokens']:.1f} |")
-    lines += ["", f"Server health after the run: {json.dumps(health)}."]
+    lines += ["", "continuous = waiting requests join a running batch (Engine.merge re-prefills it); cohorts = "
+              "`--no-continuous-batching`, requests arriving together form a batch and batches are interleaved "
+              "step by step.", ""]
+    lines += [f"Server health after the {m} run: {json.dumps(h)}." for m, h in healths.items()]
     text = "\n".join(lines)
     print(text)
     write_section("server", text)

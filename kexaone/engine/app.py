@@ -100,7 +100,8 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
     if engine.tokenizer is None:
         raise ValueError("the server needs an Engine with a tokenizer")
     sched = scheduler or Scheduler(engine, max_batch_size=settings.max_batch_size,
-                                   max_active_batches=settings.max_active_batches, max_queue=settings.max_queue)
+                                   max_active_batches=settings.max_active_batches, max_queue=settings.max_queue,
+                                   merge=settings.continuous_batching)
     tok = engine.tokenizer
     context = engine.config.max_position_embeddings
     prompt_limit = min(settings.max_prompt_tokens, context - 1)

@@ -39,6 +39,8 @@ class ServerSettings:
     max_queue: int = 64
     speculative: str | None = None
     draft_tokens: int = 2
+    continuous_batching: bool = True
+    """Let waiting requests join a running batch (re-prefilling it) instead of only starting new batches."""
 
     def validate(self) -> "ServerSettings":
         for name in ("max_prompt_tokens", "max_tokens", "default_max_tokens", "max_batch_size",
@@ -66,6 +68,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before new ones get HTTP 429")
     p.add_argument("--speculative", choices=["mtp"], default=None, help="MTP self-speculative decoding")
     p.add_argument("--draft-tokens", type=int, default=2)
+    p.add_argument("--no-continuous-batching", action="store_true",
+                   help="new requests never join a running batch (they start their own)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -86,7 +90,8 @@ def run(args) -> int:
         model_name=args.served_model_name or Path(args.model).resolve().name, api_key=args.api_key,
         max_prompt_tokens=args.max_prompt_tokens, max_tokens=args.max_tokens,
         default_max_tokens=min(1024, args.max_tokens), timeout=args.timeout, max_batch_size=args.max_batch_size,
-        max_queue=args.max_queue, speculative=args.speculative, draft_tokens=args.draft_tokens).validate()
+        max_queue=args.max_queue, speculative=args.speculative, draft_tokens=args.draft_tokens,
+        continuous_batching=not args.no_continuous_batching).validate()
     engine = load_engine(args)
     if engine.tokenizer is None:
         raise FileNotFoundError(f"{args.model} has no tokenizer.json: the server needs a tokenizer")

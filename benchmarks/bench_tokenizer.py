@@ -65,7 +65,7 @@ def prepare(work: Path, mb_per_source: float, seed: int) -> tuple[list[str], dic
         held[name] = lines[-HELD_OUT_LINES:]
         pool = lines[:-HELD_OUT_LINES]
         total = sum(len(x.encode()) for x in pool)
-        rate = min(1.0, mb_per_source * 1e6 / total)
+        rate = 1.0 if mb_per_source <= 0 else min(1.0, mb_per_source * 1e6 / total)
         chosen = [x for x in pool if rng.random() < rate]
         out = work / f"{name}.txt"
         out.write_text("".join(chosen), encoding="utf-8")
@@ -79,7 +79,7 @@ def prepare(work: Path, mb_per_source: float, seed: int) -> tuple[list[str], dic
     code_dir.mkdir()
     used = 0
     for f in train_code:
-        if used >= mb_per_source * 1e6:
+        if 0 < mb_per_source * 1e6 <= used:
             break
         data = f.read_bytes()
         (code_dir / f.name).write_bytes(data)
@@ -131,12 +131,16 @@ def timed_training(specs: list[str], vocab: int, transition: int | None, out: Pa
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--mb-per-source", type=float, default=4.0, help="training MB per language/STEM/code source")
+    ap.add_argument("--mb-per-source", type=float, default=4.0,
+                    help="training MB per language/STEM/code source (0 = everything but the held-out part)")
     ap.add_argument("--vocabs", type=int, nargs="+", default=[32768, 65536])
     ap.add_argument("--superword-fractions", type=float, nargs="+", default=[0.1, 0.2, 0.3],
                     help="stage-2 shares of the vocabulary (transition t = (1 - f) * V)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--skip-timing", action="store_true", help="skip the end-to-end training-time runs")
+    ap.add_argument("--timing-only", action="store_true",
+                    help="only the complete training runs (SuperBPE f=0.2 per vocabulary), e.g. with "
+                         "--mb-per-source 0 for the whole corpus")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "tokenizer.md"))
     args = ap.parse_args()
     if not (CORPORA / "train").is_dir():
@@ -151,6 +155,9 @@ def main() -> int:
     specs, held, flores, sizes = prepare(work, args.mb_per_source, args.seed)
     train_mb = sum(sizes.values()) / 1e6
     print(f"training text: {train_mb:.1f} MB in {work} ({sizes})", flush=True)
+
+    if args.timing_only:
+        return timing_only(args, specs, sizes, train_mb, work)
 
     n_special = 16
     t0 = time.perf_counter()
@@ -207,6 +214,26 @@ def main() -> int:
     atomic_write_text(out.with_suffix(".json"), json.dumps(
         {"results": results, "timing": {f"{v} {k}": x for (v, k), x in timing.items()}, "sizes": sizes},
         indent=1) + "\n")
+    return 0
+
+
+def timing_only(args, specs, sizes, train_mb, work) -> int:
+    from kexaone.utils.io import atomic_write_text
+
+    lines = ["# Tokenizer training time and memory", "", f"Machine: {machine()}.", "",
+             f"Training text: {train_mb:.1f} MB ({', '.join(f'{k} {v / 1e6:.1f} MB' for k, v in sizes.items())}); "
+             "complete `train_superbpe` runs (superword fraction 0.2, 2 counting workers) in a fresh process each. "
+             "Stage 1 is exactly the plain byte-level BPE training of the same vocabulary (HF BpeTrainer).", "",
+             "| V | wall s | counting s | stage 1 (= BPE) s | stage 2 s | stage-2 types | peak memory MB |",
+             "|---:|---:|---:|---:|---:|---:|---:|"]
+    for vocab in args.vocabs:
+        x = timed_training(specs, vocab, None, work / f"timed_{vocab}")
+        print(f"timed SuperBPE V={vocab}: {x}", flush=True)
+        lines.append(f"| {vocab} | {x['seconds']:.0f} | {x['count']:.0f} | {x['stage1']:.0f} | {x['stage2']:.0f} | "
+                     f"{x['types']:,} | {x['peak_mb']:.0f} |")
+    report = "\n".join(lines) + "\n"
+    print(report)
+    atomic_write_text(Path(args.out), report)
     return 0
 
 

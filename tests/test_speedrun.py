@@ -174,6 +174,29 @@ def _numbers(cell: str) -> list[float]:
     return [float(x.replace(",", "")) for x in re.findall(r"-?\d[\d,]*\.?\d*", cell)]
 
 
+def _check_model_dir_loads_in_transformers(model_dir: Path) -> None:
+    """The speedrun's final directory is a Hugging Face checkpoint: transformers loads model and tokenizer and
+    computes the same logits as kexaone."""
+    import torch
+
+    transformers = pytest.importorskip("transformers")
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.tokenizer import KExaoneTokenizer
+
+    tok = KExaoneTokenizer.from_dir(model_dir)
+    hf_tok = transformers.AutoTokenizer.from_pretrained(model_dir)
+    text = "The code word for room 7306 is"
+    ids = tok.encode(text)
+    assert hf_tok(text, add_special_tokens=False)["input_ids"] == ids
+    ours = KExaoneForCausalLM.from_pretrained(model_dir).eval()
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
+    x = torch.tensor([ids])
+    with torch.no_grad():
+        a = ours(x).logits
+        b = theirs(x).logits
+    assert a.shape == b.shape and torch.allclose(a, b, atol=1e-4, rtol=0), float((a - b).abs().max())
+
+
 @pytest.mark.slow
 def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     out = tmp_path / "run"
@@ -234,6 +257,7 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     model_dir = out / state["stages"]["pretrain"]["outputs"]["model_dir"]
     assert (model_dir / "config.json").is_file() and (model_dir / "tokenizer.json").is_file()
     assert list(model_dir.glob("*.safetensors"))
+    _check_model_dir_loads_in_transformers(model_dir)
 
     # 4. a third run does nothing
     res = _speedrun(out, tmp_path, "--status")

@@ -10,7 +10,8 @@ import torch
 from eval_fakes import ByteTokenizer, FakeEngine, Item, RandomPositionwiseLM, SuccessorLM, UniformLM
 from kexaone.eval.heldout import _windows, evaluate_heldout
 from kexaone.eval.speed import measure_decode_speed
-from kexaone.eval.tasks import answer_matches, choice_logprobs, evaluate_task, greedy_continuations
+from kexaone.eval.tasks import (answer_matches, choice_logprobs, choice_logprobs_batch, evaluate_task,
+                                greedy_continuations)
 
 TOK = ByteTokenizer()
 V = TOK.vocab_size
@@ -98,6 +99,18 @@ def test_free_form_task_with_extractor():
     items = [Item("abc", "def"), Item("xyz", "nope")]
     res = evaluate_task(SuccessorLM(V), TOK, "t", items, chance=0.0, max_new_tokens=3, extract=lambda s: s + " ")
     assert res.correct == 1 and res.accuracy == 0.5
+
+
+def test_batched_choice_scoring_equals_one_question_at_a_time():
+    model = RandomPositionwiseLM(V, seed=3)
+    questions = [("abc", ["d", "de", "xyz!"]), ("a much longer prompt here", ["x", "yy"]), ("q", ["z"])]
+    single = [choice_logprobs(model, TOK, p, c, norm="mean") for p, c in questions]
+    for rows in (1, 2, 16):
+        batched = choice_logprobs_batch(model, TOK, questions, norm="mean", max_rows=rows)
+        for a, b in zip(batched, single):
+            assert a == pytest.approx(b, rel=1e-5)
+    with pytest.raises(ValueError, match="no choices"):
+        choice_logprobs_batch(model, TOK, [("p", [])])
 
 
 def test_mean_normalisation_removes_the_length_bias_of_summed_scores():

@@ -69,34 +69,55 @@ def _continuation_ids(tokenizer, prompt: str, continuation: str) -> tuple[list[i
 
 
 @torch.inference_mode()
-def choice_logprobs(model: torch.nn.Module, tokenizer, prompt: str, choices: Sequence[str],
-                    device: str | torch.device = "cpu", norm: str = "sum") -> list[float]:
-    """Log-probability of each choice's tokens after the prompt (one batched forward), summed over the tokens
-    (norm="sum") or averaged (norm="mean")."""
+def choice_logprobs_batch(model: torch.nn.Module, tokenizer, questions: Sequence[tuple[str, Sequence[str]]],
+                          device: str | torch.device = "cpu", norm: str = "sum",
+                          max_rows: int = 16) -> list[list[float]]:
+    """For each (prompt, choices): the log-probability of each choice's tokens after the prompt, summed over the
+    tokens (norm="sum") or averaged (norm="mean"). Rows (one per choice) of several questions share a forward,
+    longest first so each batch has little padding; only the continuation positions go through the softmax."""
     if norm not in CHOICE_NORMS:
         raise ValueError(f"norm must be one of {CHOICE_NORMS}, got {norm!r}")
+    if max_rows < 1:
+        raise ValueError(f"max_rows must be >= 1, got {max_rows}")
+    rows: list[tuple[int, list[int], list[int]]] = []  # (question index, prompt ids, continuation ids)
+    for qi, (prompt, choices) in enumerate(questions):
+        if not choices:
+            raise ValueError(f"question {qi} has no choices")
+        for c in choices:
+            p, cont = _continuation_ids(tokenizer, prompt, c)
+            if not cont:
+                raise ValueError(f"choice {c!r} encodes to no tokens")
+            if not p:
+                raise ValueError(f"prompt of question {qi} encodes to no tokens")
+            rows.append((qi, p, cont))
+    totals = [0.0] * len(rows)
+    order = sorted(range(len(rows)), key=lambda r: -(len(rows[r][1]) + len(rows[r][2])))
+    for b in range(0, len(order), max_rows):
+        idx = order[b:b + max_rows]
+        width = max(len(rows[r][1]) + len(rows[r][2]) for r in idx)
+        ids_BT = torch.full((len(idx), width), tokenizer.pad_id, dtype=torch.long)
+        for row, r in enumerate(idx):
+            _, p, c = rows[r]
+            ids_BT[row, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
+        logits_BTV = model(input_ids=ids_BT.to(device)).logits
+        for row, r in enumerate(idx):
+            _, p, c = rows[r]
+            # logits at position t predict token t+1: the continuation's tokens sit at len(p) .. len(p)+len(c)-1.
+            logp_CV = F.log_softmax(logits_BTV[row, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
+            total = float(logp_CV[torch.arange(len(c)), torch.tensor(c, device=logp_CV.device)].sum())
+            totals[r] = total / len(c) if norm == "mean" else total
+    out: list[list[float]] = [[] for _ in questions]
+    for r, (qi, _, _) in enumerate(rows):
+        out[qi].append(totals[r])
+    return out
+
+
+def choice_logprobs(model: torch.nn.Module, tokenizer, prompt: str, choices: Sequence[str],
+                    device: str | torch.device = "cpu", norm: str = "sum") -> list[float]:
+    """choice_logprobs_batch for one question."""
     if not choices:
         raise ValueError("choices must not be empty")
-    rows = []
-    for c in choices:
-        p, cont = _continuation_ids(tokenizer, prompt, c)
-        if not cont:
-            raise ValueError(f"choice {c!r} encodes to no tokens")
-        rows.append((p, cont))
-    width = max(len(p) + len(c) for p, c in rows)
-    ids_BT = torch.full((len(rows), width), tokenizer.pad_id, dtype=torch.long)
-    for r, (p, c) in enumerate(rows):
-        ids_BT[r, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-    ids_BT = ids_BT.to(device)
-    logp_BTV = F.log_softmax(model(input_ids=ids_BT).logits.float(), dim=-1)
-    out = []
-    for r, (p, c) in enumerate(rows):
-        # logits at position t predict token t+1: the continuation's tokens sit at len(p) .. len(p)+len(c)-1.
-        pos = torch.arange(len(p) - 1, len(p) + len(c) - 1, device=ids_BT.device)
-        tgt = ids_BT[r, len(p):len(p) + len(c)]
-        total = float(logp_BTV[r, pos, tgt].sum())
-        out.append(total / len(c) if norm == "mean" else total)
-    return out
+    return choice_logprobs_batch(model, tokenizer, [(prompt, choices)], device=device, norm=norm)[0]
 
 
 @torch.inference_mode()
@@ -142,7 +163,7 @@ def greedy_continuations(model: torch.nn.Module, tokenizer, prompts: Sequence[st
     return texts
 
 
-def engine_generator(engine, tokenizer, batch_size: int = 16) -> Callable[[Sequence[str], int], list[str]]:
+def engine_generator(engine, tokenizer, batch_size: int = 64) -> Callable[[Sequence[str], int], list[str]]:
     """A `generate` function for evaluate_task backed by kexaone.engine.Engine: greedy, batched, stopping at the
     end-of-turn token; the text keeps special tokens (reasoning answers are extracted after `</think>`)."""
 
@@ -185,8 +206,9 @@ def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[
         outputs: list[str] = []
         with_choices = [it for it in items if getattr(it, "choices", None)]
         free = [it for it in items if not getattr(it, "choices", None)]
-        for it in with_choices:
-            scores = choice_logprobs(model, tokenizer, it.prompt, list(it.choices), device=device, norm=choice_norm)
+        all_scores = choice_logprobs_batch(model, tokenizer, [(it.prompt, list(it.choices)) for it in with_choices],
+                                           device=device, norm=choice_norm, max_rows=batch_size)
+        for it, scores in zip(with_choices, all_scores):
             pick = max(range(len(scores)), key=scores.__getitem__)
             outputs.append(it.choices[pick])
             verdicts.append(it.choices[pick].strip() == str(it.answer).strip())

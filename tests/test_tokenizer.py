@@ -282,3 +282,15 @@ def test_stage1_is_a_prefix_and_parts_equal_whole(corpus):
     parts = build_superbpe(long, counts, 900, superword_fraction=0.3, show_progress=False)
     whole = train_superbpe(sub, 900, superword_fraction=0.3, workers=1, show_progress=False)
     assert parts.tokenizer.to_str() == whole.tokenizer.to_str()
+
+
+def test_mixed_language_documents_are_split_by_line():
+    from kexaone.tokenizer.superbpe import _count_batch
+
+    doc = "the cat sat on the mat\n고양이가 매트 위에 앉았다\nthe dog sat\n"
+    counts, lang_bytes = _count_batch(([(doc, None)], ("en", "ko", "other"), True))
+    assert lang_bytes == {"en": len(b"the cat sat on the mat\n") + len(b"the dog sat\n"),
+                          "ko": len("고양이가 매트 위에 앉았다\n".encode())}
+    assert counts[("the cat sat on the mat", "en")] == 1 and counts[("고양이가 매트 위에 앉았다", "ko")] == 1
+    # Pre-tokens are those of the whole document (what the encoder sees), not of separate lines.
+    assert sum(counts.values()) == len(pretokenize.STAGE2_RE.findall(doc))

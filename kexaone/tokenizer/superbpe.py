@@ -18,6 +18,7 @@ does not evaluate tokenizers (`evaluate.py`) or provide the command line (`cli.p
 
 from __future__ import annotations
 
+import bisect
 import glob
 import heapq
 import itertools
@@ -202,12 +203,31 @@ def _count_batch(args) -> tuple[Counter, Counter]:
     findall = pretokenize.STAGE2_RE.findall
     for text, lang in batch:
         text = pretokenize.normalize(text, nfc)
+        if lang is None and "\n" in text.rstrip("\r\n"):
+            _count_mixed(text, groups, counts, lang_bytes)
+            continue
         lang = lang or pretokenize.detect_language(text)
         lang_bytes[lang] += len(text.encode("utf-8"))
         group = pretokenize.language_group(lang, groups)
         for piece in findall(text):
             counts[(piece, group)] += 1
     return counts, lang_bytes
+
+
+def _count_mixed(text: str, groups, counts: Counter, lang_bytes: Counter) -> None:
+    """A multi-line document of unknown language: each line gets its own language, and each pre-token the group
+    of the line it starts in. The document is still pre-tokenized whole, exactly as the encoder will see it."""
+    starts: list[int] = []
+    line_groups: list[str] = []
+    pos = 0
+    for line in text.splitlines(keepends=True):
+        lang = pretokenize.detect_language(line)
+        lang_bytes[lang] += len(line.encode("utf-8"))
+        starts.append(pos)
+        line_groups.append(pretokenize.language_group(lang, groups))
+        pos += len(line)
+    for m in pretokenize.STAGE2_RE.finditer(text):
+        counts[(m.group(), line_groups[bisect.bisect_right(starts, m.start()) - 1])] += 1
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -182,3 +182,33 @@ def test_cache_argument_errors(model):
     no_mtp = KVCache(model.config.replace(num_nextn_predict_layers=0), batch_size=1)
     with pytest.raises(ValueError, match="MTP"):
         no_mtp.rollback_mtp(1)
+
+
+@torch.no_grad()
+def test_cache_in_another_dtype(model, ids, full):
+    """A bf16 cache under an fp32 model: keys/values are stored rounded, attention still runs in fp32."""
+    cache = model.new_cache(2, dtype=torch.bfloat16)
+    out = torch.cat([model(ids[:, :16], cache=cache).logits] +
+                    [model(ids[:, t:t + 1], cache=cache).logits for t in range(16, 30)], 1)
+    assert out.dtype == torch.float32
+    assert (out - full).abs().max().item() < 5e-2
+    assert all(s.k.dtype == torch.bfloat16 for s in cache._slots[:model.config.num_hidden_layers])
+
+
+@torch.no_grad()
+def test_max_seq_len_reserves_once(model, ids, full):
+    cache = model.new_cache(2, max_seq_len=30)
+    out = torch.cat([model(ids[:, :10], cache=cache).logits] +
+                    [model(ids[:, t:t + 1], cache=cache).logits for t in range(10, 30)], 1)
+    assert (out - full).abs().max().item() < ATOL
+    glob = [s for i, s in enumerate(cache._slots[:model.config.num_hidden_layers]) if not model.config.is_sliding(i)]
+    assert all(s.k.shape[2] == 30 for s in glob)  # exactly the bound, allocated once
+    assert cache.used_nbytes() <= cache.nbytes()
+    per_pos = 2 * 2 * model.config.num_key_value_heads * model.config.head_dim * 4
+    ring = model.config.sliding_window + cache.extra_slots
+    n_sliding = sum(model.config.is_sliding(i) for i in range(model.config.num_hidden_layers))
+    assert cache.used_nbytes() == per_pos * (len(glob) * 30 + n_sliding * ring)
+    model(ids[:, :5], cache=cache)  # past the bound: growth resumes instead of failing
+    assert cache.seq_len == 35
+    with pytest.raises(ValueError, match="max_seq_len"):
+        model.new_cache(1, max_seq_len=0)

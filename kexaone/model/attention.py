@@ -182,6 +182,7 @@ class Attention(nn.Module):
             valid, doc_k = inputs.token_valid_BT, inputs.doc_ids_BT
         else:
             k, v, key_start = cache.update(self.layer_idx, k, v)
+            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be kept in another dtype than the activations
             valid = cache.key_valid(self.layer_idx, key_start, k.shape[2])
             doc_k = None
         o = attend(q, k, v, scale=self.scale, window=self.window, key_valid_BS=valid,

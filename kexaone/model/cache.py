@@ -60,10 +60,12 @@ class _RingSlot:
 
 
 class _GrowSlot:
-    """Global (or MTP) layer: every position is kept; capacity grows by 1.25x when full."""
+    """Global (or MTP) layer: every position is kept; capacity grows by 1.25x when full (or is reserved once when
+    the caller knows the final length)."""
 
-    def __init__(self) -> None:
+    def __init__(self, reserve: int | None = None) -> None:
         self.length = 0
+        self.reserve = reserve or 0
         self.k: torch.Tensor | None = None
         self.v: torch.Tensor | None = None
 
@@ -76,6 +78,8 @@ class _GrowSlot:
             # (doubling could hold 2x the needed memory at long contexts).
             new_cap = max(_MIN_CAPACITY, L + T, cap + cap // 4)
             new_cap = -(-new_cap // _GROW_ROUND) * _GROW_ROUND
+            if L + T <= self.reserve:
+                new_cap = self.reserve  # the caller's bound: one allocation, nothing spare at the end
             k = k_new.new_zeros(B, h, new_cap, D)
             v = v_new.new_zeros(B, h, new_cap, D)
             if L:
@@ -102,11 +106,15 @@ class KVCache:
     """
 
     def __init__(self, config, batch_size: int, dtype: torch.dtype = torch.float32,
-                 device: torch.device | str = "cpu", extra_slots: int = 8) -> None:
+                 device: torch.device | str = "cpu", extra_slots: int = 8, max_seq_len: int | None = None) -> None:
+        """max_seq_len: optional bound on the positions this cache will hold (prompt + new tokens + drafts); global
+        layers then allocate exactly that once instead of growing. Exceeding it is allowed (growth resumes)."""
         if not isinstance(batch_size, int) or batch_size < 1:
             raise ValueError(f"batch_size must be an integer >= 1, got {batch_size!r}")
         if not isinstance(extra_slots, int) or extra_slots < 0:
             raise ValueError(f"extra_slots must be an integer >= 0, got {extra_slots!r}")
+        if max_seq_len is not None and (not isinstance(max_seq_len, int) or max_seq_len < 1):
+            raise ValueError(f"max_seq_len must be an integer >= 1 or None, got {max_seq_len!r}")
         self.config = config
         self.batch_size = batch_size
         self.dtype = dtype
@@ -115,11 +123,11 @@ class KVCache:
         self.num_layers = config.num_hidden_layers
         self.mtp_slot = config.num_hidden_layers if config.num_nextn_predict_layers else None
         self._slots: list[_RingSlot | _GrowSlot] = [
-            _RingSlot(config.sliding_window, extra_slots) if config.is_sliding(i) else _GrowSlot()
+            _RingSlot(config.sliding_window, extra_slots) if config.is_sliding(i) else _GrowSlot(max_seq_len)
             for i in range(config.num_hidden_layers)
         ]
         if self.mtp_slot is not None:
-            self._slots.append(_GrowSlot())  # the MTP layer attends globally (see mtp.py)
+            self._slots.append(_GrowSlot(max_seq_len))  # the MTP layer attends globally (see mtp.py)
         self.pad_len = torch.zeros(batch_size, dtype=torch.long, device=self.device)
 
     # ------------------------------------------------------------------ state
@@ -218,6 +226,16 @@ class KVCache:
     def nbytes(self) -> int:
         """Bytes held by key/value buffers (allocated capacity, not only the used part)."""
         return sum(s.nbytes() for s in self._slots)
+
+    def used_nbytes(self) -> int:
+        """Bytes of the key/value entries a forward can still read (sliding layers: up to their ring size)."""
+        total = 0
+        for s in self._slots:
+            if s.k is None:
+                continue
+            per_pos = 2 * s.k.shape[0] * s.k.shape[1] * s.k.shape[3] * s.k.element_size()
+            total += per_pos * (min(s.length, s.size) if isinstance(s, _RingSlot) else s.length)
+        return total
 
     def __repr__(self) -> str:
         return (f"KVCache(batch={self.batch_size}, seq_len={self.seq_len}, mtp_seq_len={self.mtp_seq_len}, "

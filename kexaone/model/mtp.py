@@ -54,15 +54,21 @@ class MTPBlock(nn.Module):
         return self.norm(x)
 
 
-def shifted_targets(labels_BT: torch.Tensor, shift: int, doc_ids_BT: torch.Tensor | None = None) -> torch.Tensor:
-    """[B, T - shift]: targets[:, t] = labels[:, t + shift], or -100 where position t + shift lies in another
-    document than t (documents are contiguous runs of one id, so comparing the two ends is enough). Callers slice
-    their predictions to the first T - shift positions."""
+def shifted_targets(labels_BT: torch.Tensor, shift: int, doc_ids_BT: torch.Tensor | None = None,
+                    length: int | None = None) -> torch.Tensor:
+    """targets[:, t] = labels[:, t + shift], or -100 where t + shift is past the end or lies in another document
+    than t (documents are contiguous runs of one id, so comparing the two ends is enough).
+
+    Returns [B, length] (default T - shift), padded with -100: callers pass the length of their predictions so the
+    logits never need slicing (a slice of [B, T, V] logits would cost a copy of the whole tensor)."""
     B, T = labels_BT.shape
+    length = T - shift if length is None else length
     tgt = labels_BT[:, shift:]
     if doc_ids_BT is not None:
         tgt = tgt.masked_fill(doc_ids_BT[:, shift:] != doc_ids_BT[:, :T - shift], IGNORE_INDEX)
-    return tgt
+    if tgt.shape[1] < length:
+        tgt = F.pad(tgt, (0, length - tgt.shape[1]), value=IGNORE_INDEX)
+    return tgt[:, :length]
 
 
 def masked_cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> torch.Tensor:
@@ -76,7 +82,7 @@ def masked_cross_entropy(logits_BTV: torch.Tensor, targets_BT: torch.Tensor) -> 
 
 def mtp_loss(mtp_logits_BTV: torch.Tensor, labels_BT: torch.Tensor,
              doc_ids_BT: torch.Tensor | None = None) -> torch.Tensor:
-    """Loss of MTP logits computed at positions 0..T-2 ([B, T-1, V]): position t is scored on labels[t + 2]."""
-    T = labels_BT.shape[1]
-    tgt = shifted_targets(labels_BT, 2, doc_ids_BT)  # [B, T-2]
-    return masked_cross_entropy(mtp_logits_BTV[:, :T - 2], tgt)
+    """Loss of MTP logits computed at positions 0..T-2 ([B, T-1, V]): position t is scored on labels[t + 2]
+    (the last position has no target)."""
+    tgt = shifted_targets(labels_BT, 2, doc_ids_BT, length=mtp_logits_BTV.shape[1])
+    return masked_cross_entropy(mtp_logits_BTV, tgt)

@@ -122,9 +122,12 @@ class KExaoneForCausalLM(nn.Module):
             total += p.numel()
         return total
 
-    def new_cache(self, batch_size: int, extra_slots: int = 8, dtype: torch.dtype | None = None) -> KVCache:
+    def new_cache(self, batch_size: int, extra_slots: int = 8, dtype: torch.dtype | None = None,
+                  max_seq_len: int | None = None) -> KVCache:
+        """A KVCache on this model's device and dtype (see KVCache for the arguments)."""
         p = self.lm_head.weight
-        return KVCache(self.config, batch_size, dtype=dtype or p.dtype, device=p.device, extra_slots=extra_slots)
+        return KVCache(self.config, batch_size, dtype=dtype or p.dtype, device=p.device, extra_slots=extra_slots,
+                       max_seq_len=max_seq_len)
 
     # ------------------------------------------------------------------ input checks
     def _check_ids(self, ids: torch.Tensor, name: str) -> None:
@@ -233,7 +236,7 @@ class KExaoneForCausalLM(nn.Module):
                 raise ValueError("labels need logits at every position: use logits_to_keep=0 when passing labels")
             if token_valid is not None:
                 labels = labels.masked_fill(~token_valid, -100)
-            out.ce_loss = masked_cross_entropy(logits[:, :-1], shifted_targets(labels, 1, doc_ids))
+            out.ce_loss = masked_cross_entropy(logits, shifted_targets(labels, 1, doc_ids, length=T))
             loss = out.ce_loss + self.config.aux_loss_coef * aux
             if mtp_logits is not None:
                 out.mtp_loss = mtp_loss(mtp_logits, labels, doc_ids)

@@ -214,7 +214,8 @@ def evaluate_task(model: torch.nn.Module, tokenizer, name: str, items: Sequence[
             verdicts.append(it.choices[pick].strip() == str(it.answer).strip())
         if free:
             budget = max_new_tokens or max(len(tokenizer.encode(" " + str(it.answer))) for it in free) + 3
-            stop = [t for t in (getattr(tokenizer, "eos_id", None), getattr(tokenizer, "eot_id", None)) if t is not None]
+            stop = [t for t in (getattr(tokenizer, "eos_id", None), getattr(tokenizer, "eot_id", None))
+                    if t is not None]
             prompts = [it.prompt for it in free]
             if generate is not None:
                 texts = generate(prompts, budget)

@@ -105,7 +105,8 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
         warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
         precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
         save_every=b.checkpoint_every,
-        eval_every=max(1, steps // 4), eval_batches=4, log_every=1, resume=resume, tensorboard=False, workers=_workers(),
+        eval_every=max(1, steps // 4), eval_batches=4, log_every=1, resume=resume, tensorboard=False,
+        workers=_workers(),
         threads=threads,
     )
 
@@ -124,7 +125,8 @@ def stage_pretrain(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
         raise KeyboardInterrupt(f"pre-training interrupted ({res.signal_name}) at step {res.steps}")
     if res.model_dir is None:
         raise RuntimeError("pre-training finished without exporting a model directory")
-    return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path), "out_dir": ctx.rel(ctx.stage_dir),
+    return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path),
+            "out_dir": ctx.rel(ctx.stage_dir),
             "steps": res.steps, "tokens": res.tokens, "final_loss": res.final_loss, "eval_loss": res.eval_loss,
             "eval_bpb": res.eval_bpb, "seconds": time.perf_counter() - t0, "resumed": resume}
 

@@ -112,7 +112,7 @@ def _section_machine(machine: dict[str, Any]) -> list:
             ["accelerator", str(machine.get("accelerator") or "none")],
             ["OS", str(machine.get("os"))], ["Python", str(machine.get("python"))],
             ["torch", str(machine.get("torch"))],
-            ["git revision", f"{git.get('commit', 'unknown')}" + (" (uncommitted changes)" if git.get("dirty") else "")],
+            ["git revision", git.get("commit", "unknown") + (" (uncommitted changes)" if git.get("dirty") else "")],
             ["report written", str(machine.get("date"))]]
     return [Heading("Machine and code"), Table(["item", "value"], rows)]
 
@@ -135,14 +135,16 @@ def _section_model(run: _Run) -> list:
 
     cfg = KExaoneConfig.from_json_file(run.path(out["model_dir"]) / "config.json")
     blocks: list = [Heading("Model")]
+    n_sliding = sum(map(cfg.is_sliding, range(cfg.num_hidden_layers)))
     arch = [["vocabulary", _f(cfg.vocab_size)], ["hidden size", _f(cfg.hidden_size)],
-            ["layers (sliding / global)", f"{cfg.num_hidden_layers} ({sum(map(cfg.is_sliding, range(cfg.num_hidden_layers)))}"
-                                          f" / {cfg.num_hidden_layers - sum(map(cfg.is_sliding, range(cfg.num_hidden_layers)))})"],
+            ["layers (sliding / global)",
+             f"{cfg.num_hidden_layers} ({n_sliding} / {cfg.num_hidden_layers - n_sliding})"],
             ["sliding window", str(cfg.sliding_window)],
             ["heads (q / kv) x head_dim", f"{cfg.num_attention_heads} / {cfg.num_key_value_heads} x {cfg.head_dim}"],
             ["dense FFN (layer 0, MTP)", _f(cfg.intermediate_size)],
             ["experts (routed top-k + shared) x width",
-             f"{cfg.num_experts} (top-{cfg.num_experts_per_tok} + {cfg.num_shared_experts}) x {cfg.moe_intermediate_size}"],
+             f"{cfg.num_experts} (top-{cfg.num_experts_per_tok} + {cfg.num_shared_experts}) x "
+             f"{cfg.moe_intermediate_size}"],
             ["MTP layers", str(cfg.num_nextn_predict_layers)],
             ["loss weights (MTP / aux) and bias-update rate",
              f"{cfg.mtp_loss_weight} / {cfg.aux_loss_coef}, {cfg.bias_update_rate}"]]

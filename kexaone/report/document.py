@@ -104,8 +104,8 @@ def to_markdown(doc: Document, figure_dir: str | os.PathLike, figure_rel: str) -
         elif isinstance(b, Code):
             out += [_md_fence(b.text), ""]
         elif isinstance(b, Details):
-            out += [f"<details><summary>{html.escape(b.summary, quote=False)}</summary>", "", _md_fence(b.text), "", "</details>",
-                    ""]
+            out += [f"<details><summary>{html.escape(b.summary, quote=False)}</summary>", "", _md_fence(b.text), "",
+                    "</details>", ""]
         else:  # pragma: no cover - the union above is closed
             raise TypeError(f"unknown block {type(b).__name__}")
     return "\n".join(out).rstrip() + "\n"

@@ -41,24 +41,25 @@ def run(args: argparse.Namespace) -> int:
     from kexaone.pipeline.recipe import speedrun_stages
     from kexaone.pipeline.stages import StageRunner
 
-    import torch
-
     budget = get_budget(args.budget)
     if args.threads < 0:
         raise ValueError(f"--threads must be >= 0 (0 = auto), got {args.threads}")
-    threads = args.threads or auto_threads()
-    torch.set_num_threads(threads)
     out = Path(args.out or f"runs/speedrun-{budget.name}")
     params = {"budget": budget.to_dict(), "data": list(args.data), "seed": int(args.seed)}
+    if args.status:
+        status = StageRunner(out, speedrun_stages(), params).status()
+        for name in STAGES:
+            rec = status.get(name)
+            took = "" if not rec or rec.seconds is None else f"{rec.seconds + rec.prior_seconds:.1f} s"
+            print(f"{name:10s} {rec.status if rec else 'not run':8s} {took}")
+        return 0
+
+    import torch
+
+    threads = args.threads or auto_threads()
+    torch.set_num_threads(threads)
     print(f"speedrun: budget {budget.name}, {threads} torch thread(s), run directory {out}", file=sys.stderr)
     runner = StageRunner(out, speedrun_stages(threads), params, log=lambda s: print(s, file=sys.stderr, flush=True))
-    if args.status:
-        status = runner.status()
-        for name in runner.names:
-            rec = status.get(name)
-            print(f"{name:10s} {rec.status if rec else 'not run':8s} "
-                  f"{'' if not rec or rec.seconds is None else f'{rec.seconds + rec.prior_seconds:.1f} s'}")
-        return 0
     try:
         outputs = runner.run(from_stage=args.from_stage, until=args.until)
     except KeyboardInterrupt:

@@ -114,10 +114,18 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
 def stage_pretrain(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     from kexaone.train.pretrain import run_pretraining
 
+    import shutil
+
+    from kexaone.train.checkpoint import CheckpointManager
+
     ckpt = ctx.stage_dir / "checkpoints"
-    resume = ckpt.is_dir() and any(ckpt.iterdir())
+    latest = CheckpointManager(ckpt).latest() if ckpt.is_dir() else None
+    resume = latest is not None
     if resume:
-        ctx.log(f"[pretrain] resuming from the checkpoint in {ckpt}")
+        ctx.log(f"[pretrain] resuming from the checkpoint {latest}")
+    elif ckpt.is_dir():
+        # Killed while writing its first checkpoint: nothing usable to resume from, so start the stage over.
+        shutil.rmtree(ckpt)
     t0 = time.perf_counter()
     res = run_pretraining(pretrain_config(ctx, resume, threads))
     if res.interrupted:

@@ -202,6 +202,10 @@ def test_language_allocation_and_detection(tok):
     assert pretokenize.detect_language(SAMPLES["vi"]) == "vi"
     assert pretokenize.detect_language(SAMPLES["en"]) == "en"
     assert pretokenize.detect_language("1234 + 5 = ?") == "other"
+    # Short lines (as in the synthetic corpus) still resolve by their few telling letters and words.
+    assert pretokenize.detect_language("Hu Naigar sinh năm 1899.") == "vi"
+    assert pretokenize.detect_language("Debel Rikrous wurde in Brouzotir geboren.") == "de"
+    assert pretokenize.detect_language("Wi Treibak trabaja para Vashox.") == "es"
     per = tok.train_stats.stage2_merges_per_group
     total = sum(per.values())
     assert total == tok.train_stats.stage2_merges

@@ -96,9 +96,12 @@ _VI_RE = regex.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắ�
 _DE_RE = regex.compile(r"[äöüßÄÖÜ]")
 _ES_RE = regex.compile(r"[ñÑ¿¡]")
 _STOPWORDS = {
-    "en": frozenset("the and of to is in that it was with for as on are be this by not he she they".split()),
-    "de": frozenset("der die das und nicht ist ein eine zu den mit sich auf dem des von ich sie er es".split()),
-    "es": frozenset("el la los las que y de en un una por con para se del no es su al lo".split()),
+    "en": frozenset("the and of to is in that it was with for as on are be this by not he she they his her at from "
+                    "has have had were which who works born".split()),
+    "de": frozenset("der die das und nicht ist ein eine einen zu den mit sich auf dem des von ich sie er es im wurde "
+                    "hat als war sind wird nach bei aus auch seinen seine ihre geboren arbeitet".split()),
+    "es": frozenset("el la los las que y de en un una por con para se del no es su al lo fue como trabaja nació "
+                    "está son tiene".split()),
 }
 
 
@@ -119,7 +122,7 @@ def detect_language(text: str) -> str:
         return "zh"
     if latin < 0.5 * letters:
         return "other"
-    if len(_VI_RE.findall(text)) >= max(2, 0.03 * latin):
+    if len(_VI_RE.findall(text)) >= max(1, 0.02 * latin):
         return "vi"
     words = [w.lower() for w in _WORD_RE.findall(text)[:200]]
     scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}

@@ -199,8 +199,10 @@ def _check_model_dir_loads_in_transformers(model_dir: Path) -> None:
 
 @pytest.mark.slow
 def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
+    from kexaone.train.checkpoint import CheckpointManager
+
     out = tmp_path / "run"
-    # 1. start, and kill the process as soon as the tokenizer stage is recorded as done
+    # 1. start, and SIGKILL the process once the tokenizer stage is done and pre-training has saved a checkpoint
     proc = subprocess.Popen([sys.executable, "-m", "kexaone", "speedrun", "--budget", "tiny", "--out", str(out)],
                             cwd=REPO, env=_env(tmp_path), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
@@ -208,19 +210,21 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     try:
         while time.time() < deadline:
             state = read_state(out) if (out / STATE_FILE).exists() else {}
-            if state.get("stages", {}).get("tokenizer", {}).get("status") == "done":
+            tok_done = state.get("stages", {}).get("tokenizer", {}).get("status") == "done"
+            if tok_done and CheckpointManager(out / "pretrain" / "checkpoints").latest() is not None:
                 break
             if proc.poll() is not None:
                 pytest.fail(f"speedrun exited early ({proc.returncode}): {proc.stderr.read()[-3000:]}")
             time.sleep(0.2)
         else:
-            pytest.fail("the tokenizer stage did not finish in time")
+            pytest.fail("no pre-training checkpoint appeared in time")
         proc.send_signal(signal.SIGKILL)
         proc.wait(timeout=30)
     finally:
         if proc.poll() is None:
             proc.kill()
         proc.stderr.close()
+    assert read_state(out)["stages"]["pretrain"]["status"] == "running"
     tok_record = read_state(out)["stages"]["tokenizer"]
     tok_mtime = (out / "tokenizer" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns
 
@@ -233,6 +237,12 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     assert (out / "tokenizer" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tok_mtime
     assert all(state["stages"][s]["status"] == "done" for s in ("tokenizer", "pretrain", "evaluate", "generate",
                                                                   "report"))
+    # pre-training continued from its checkpoint: a second attempt, and every step logged exactly once
+    pre = state["stages"]["pretrain"]
+    assert pre["attempts"] == 2 and pre["outputs"]["resumed"] is True
+    steps = [json.loads(line)["step"] for line in (out / "pretrain" / "metrics.jsonl").open()
+             if json.loads(line).get("kind") == "train"]
+    assert steps == list(range(1, get_budget("tiny").train_steps + 1))
 
     # 3. the report exists and its numbers are sane
     md = (out / "report.md").read_text()

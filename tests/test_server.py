@@ -317,3 +317,26 @@ def test_timeout_and_full_queue():
             assert httpx.get(server.url + "/health").json()["status"] == "ok"
         finally:
             server.stop()
+
+
+def test_speculative_server_needs_an_mtp_head():
+    tok = byte_tokenizer()
+    no_mtp = Engine(tiny_model(0, vocab_size=tok.vocab_size, num_nextn_predict_layers=0), tok)
+    with pytest.raises(ValueError, match="MTP head"):
+        create_app(no_mtp, ServerSettings(speculative="mtp"))
+    with pytest.raises(ValueError, match="draft_tokens"):
+        create_app(Engine(tiny_model(0, vocab_size=tok.vocab_size), tok),
+                   ServerSettings(speculative="mtp", draft_tokens=50))
+
+
+def test_speculative_server_answers_like_plain_decoding():
+    with one_thread():
+        tok = byte_tokenizer()
+        engine = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok)
+        expect = engine.generate("abc", max_new_tokens=16, temperature=0).text
+        server = ServerThread(create_app(engine, ServerSettings(model_name=MODEL, speculative="mtp"))).start()
+        try:
+            r = _post(server.url, "/v1/completions", {"prompt": "abc", "max_tokens": 16, "temperature": 0})
+            assert r.status_code == 200 and r.json()["choices"][0]["text"] == expect
+        finally:
+            server.stop()

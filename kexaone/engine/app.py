@@ -99,6 +99,8 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
     settings = (settings or ServerSettings()).validate()
     if engine.tokenizer is None:
         raise ValueError("the server needs an Engine with a tokenizer")
+    if settings.speculative is not None:
+        engine.check_speculative(settings.speculative, settings.draft_tokens)  # fail at start-up, not per request
     sched = scheduler or Scheduler(engine, max_batch_size=settings.max_batch_size,
                                    max_active_batches=settings.max_active_batches, max_queue=settings.max_queue,
                                    merge=settings.continuous_batching)

@@ -160,7 +160,8 @@ class Engine:
         return SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k,
                               seed=seed, stop=strings, stop_token_ids=stop_token_ids, **extra)
 
-    def _check_speculative(self, speculative: str | None, draft_tokens: int) -> None:
+    def check_speculative(self, speculative: str | None, draft_tokens: int) -> None:
+        """Raise ValueError unless this engine can decode with `speculative` and `draft_tokens`."""
         if speculative not in SPECULATIVE_METHODS:
             raise ValueError(f"speculative must be one of {SPECULATIVE_METHODS}, got {speculative!r}")
         if speculative == "mtp":
@@ -220,7 +221,7 @@ class Engine:
               speculative: str | None = None, draft_tokens: int = 2,
               on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
         """Prefill `prompts` and sample each row's first token."""
-        self._check_speculative(speculative, draft_tokens)
+        self.check_speculative(speculative, draft_tokens)
         ids_list = [self.encode_prompt(p) for p in prompts]
         longest = max(len(x) for x in ids_list)
         seqs = self._new_seqs(ids_list, params, on_text, longest, speculative, draft_tokens)

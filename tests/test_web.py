@@ -122,3 +122,20 @@ def test_page_shows_server_errors(served, browser):
     assert "max_tokens" in err.text_content() and "limit" in err.text_content()
     assert not page.is_disabled("#send")  # the page recovers
     page.close()
+
+
+def test_page_shows_tool_calls(served, browser):
+    server, tok, proc = served
+    page = browser.new_page()
+    page.goto(server.url + "/")
+    page.wait_for_function(f"document.getElementById('model').textContent === {MODEL!r}", timeout=15_000)
+    _script(proc, tok, 'Need the weather.\n</think>\n\n<tool_call>{"name": "get_weather", "arguments": '
+                       '{"city": "Seoul"}}</tool_call>')
+    page.fill("#input", "Weather in Seoul?")
+    page.click("#send")
+    page.wait_for_selector(".msg.assistant.done", timeout=30_000)
+    tools = page.locator(".msg.assistant .tools").first
+    assert tools.is_visible()
+    assert tools.text_content() == 'tool call: get_weather({"city": "Seoul"})'
+    assert "finish: tool_calls" in page.locator(".msg.assistant .meta").first.text_content()
+    page.close()

@@ -15,6 +15,7 @@ thread (batching/scheduler.py), so a failure in one request is reported to that 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from dataclasses import dataclass
 
@@ -59,7 +60,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="model directory (Hugging Face layout, with tokenizer.json)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--api-key", default=None, help="require 'Authorization: Bearer KEY' on /v1 requests")
+    p.add_argument("--api-key", default=os.environ.get("KEXAONE_API_KEY"),
+                   help="require 'Authorization: Bearer KEY' on /v1 requests (default: $KEXAONE_API_KEY, which "
+                        "keeps the key out of the process list)")
     p.add_argument("--served-model-name", default=None, help="model id reported by /v1/models (default: dir name)")
     p.add_argument("--max-prompt-tokens", type=int, default=8192, help="longest prompt accepted (tokens)")
     p.add_argument("--max-tokens", type=int, default=4096, help="largest max_tokens a request may ask for")

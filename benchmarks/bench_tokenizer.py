@@ -187,7 +187,8 @@ def main() -> int:
                                      show_progress=False)
             sec = time.perf_counter() - t0
             s = tok.train_stats
-            row = {"vocab": vocab, "fraction": frac, "allocation": alloc, "transition": s.transition, "stage2_seconds": sec,
+            row = {"vocab": vocab, "fraction": frac, "allocation": alloc, "transition": s.transition,
+                   "stage2_seconds": sec,
                    "stage2_merges": s.stage2_merges, "per_group": s.stage2_merges_per_group,
                    "refused": s.stage2_refused_pairs, "vocab_superwords": vocab_superword_share(tok),
                    "held": bytes_per_token(tok, held), "flores": bytes_per_token(tok, flores),

@@ -101,7 +101,8 @@ CASES = [
     (SIMPLE, None, True, False), (SIMPLE, None, False, False), (SIMPLE[:2], None, True, True),
     (SIMPLE[:2], None, False, True), (MULTI, None, True, False), (MULTI[:3], None, True, True),
     (TOOLS, [WEATHER, CLOCK], True, False), (TOOLS[:4], [WEATHER], False, True),
-    ([{"role": "system", "content": "only"}], [CLOCK], True, True), ([{"role": "user", "content": "u"}], [WEATHER], True, True),
+    ([{"role": "system", "content": "only"}], [CLOCK], True, True),
+    ([{"role": "user", "content": "u"}], [WEATHER], True, True),
     ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
       {"role": "tool", "content": {"ok": True}}, {"role": "assistant", "content": None}], None, True, False),
 ]

@@ -6,7 +6,8 @@ Format, one turn per message, each ending `<|endofturn|>\\n`:
     <|tool_declare|>\\n<tool>{json schema}</tool>\\n<tool>...</tool><|endofturn|>\\n   (when tools are given; after
                                                                                a leading system turn)
     <|user|>\\n{question}<|endofturn|>\\n
-    <|assistant|>\\n<think>\\n{reasoning}\\n</think>\\n\\n{answer}\\n<tool_call>{"name": ..., "arguments": {...}}</tool_call><|endofturn|>\\n
+    <|assistant|>\\n<think>\\n{reasoning}\\n</think>\\n\\n{answer}
+        \\n<tool_call>{"name": ..., "arguments": {...}}</tool_call><|endofturn|>\\n    (one line; calls optional)
     <|tool|>\\n<tool_result>{result}</tool_result><|endofturn|>\\n
 Reasoning is on by default; with it off (or with no reasoning) an assistant turn opens with the empty block
 `<think>\\n\\n</think>\\n\\n`. Earlier assistant turns, those before the last user message, keep only their answer:

@@ -7,6 +7,7 @@ It does not train or encode anything; `superbpe.py` and `wrapper.py` do.
 from __future__ import annotations
 
 import functools
+import itertools
 import unicodedata
 
 import regex
@@ -91,6 +92,7 @@ _KANA_RE = regex.compile(r"[\p{Hiragana}\p{Katakana}]")
 _HAN_RE = regex.compile(r"[\p{Han}]")
 _LATIN_RE = regex.compile(r"[\p{Latin}]")
 _WORD_RE = regex.compile(r"\p{L}+")
+_ASCII_LETTER_RE = regex.compile(r"[A-Za-z]")
 # Letters that (among en/de/es/vi) only Vietnamese uses: horned/breve vowels, d-stroke, dot-below/hook-above tones.
 _VI_RE = regex.compile(r"[ăâđêôơưĂÂĐÊÔƠƯạảấầẩẫậắằẳẵặẹẻẽếềểễệỉịọỏốồổỗộớờởỡợụủứừửữựỳỵỷỹ]")
 _DE_RE = regex.compile(r"[äöüßÄÖÜ]")
@@ -105,8 +107,23 @@ _STOPWORDS = {
 }
 
 
+def _latin_language(text: str, latin: int) -> str:
+    """en / de / es / vi for text that is mostly Latin letters (`latin` of them)."""
+    if latin and len(_VI_RE.findall(text)) >= max(1, 0.02 * latin):
+        return "vi"
+    words = [m.group().lower() for m in itertools.islice(_WORD_RE.finditer(text), 200)]
+    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
+    if latin:  # not pure ASCII: German and Spanish letters count too
+        scores["de"] += 2 * len(_DE_RE.findall(text))
+        scores["es"] += 2 * len(_ES_RE.findall(text))
+    best = max(scores, key=lambda k: (scores[k], k == "en"))
+    return best if scores[best] > 0 else "en"
+
+
 def detect_language(text: str) -> str:
     """Best guess among LANGUAGES from the scripts and words of `text` ("other" when it has no letters)."""
+    if text.isascii():  # fast path (most lines of English, code and maths): no script or diacritic to look at
+        return _latin_language(text, 0) if _ASCII_LETTER_RE.search(text) else "other"
     hangul = len(_HANGUL_RE.findall(text))
     kana = len(_KANA_RE.findall(text))
     han = len(_HAN_RE.findall(text))
@@ -122,14 +139,7 @@ def detect_language(text: str) -> str:
         return "zh"
     if latin < 0.5 * letters:
         return "other"
-    if len(_VI_RE.findall(text)) >= max(1, 0.02 * latin):
-        return "vi"
-    words = [w.lower() for w in _WORD_RE.findall(text)[:200]]
-    scores = {lang: sum(w in stop for w in words) for lang, stop in _STOPWORDS.items()}
-    scores["de"] += 2 * len(_DE_RE.findall(text))
-    scores["es"] += 2 * len(_ES_RE.findall(text))
-    best = max(scores, key=lambda k: (scores[k], k == "en"))
-    return best if scores[best] > 0 else "en"
+    return _latin_language(text, latin)
 
 
 def language_group(lang: str, groups: tuple[str, ...]) -> str:

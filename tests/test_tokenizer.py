@@ -298,3 +298,11 @@ def test_mixed_language_documents_are_split_by_line():
     assert counts[("the cat sat on the mat", "en")] == 1 and counts[("고양이가 매트 위에 앉았다", "ko")] == 1
     # Pre-tokens are those of the whole document (what the encoder sees), not of separate lines.
     assert sum(counts.values()) == len(pretokenize.STAGE2_RE.findall(doc))
+
+
+def test_pickles_for_worker_processes(tok):
+    import pickle
+
+    again = pickle.loads(pickle.dumps(tok))
+    assert again.encode(SAMPLES["ko"]) == tok.encode(SAMPLES["ko"])
+    assert again.special_ids == tok.special_ids and again.chat_template == tok.chat_template

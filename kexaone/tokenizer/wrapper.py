@@ -41,6 +41,7 @@ class KExaoneTokenizer:
     def __init__(self, tokenizer, config: dict | None = None):
         self._tok = tokenizer
         self.config: dict = dict(config or {})
+        self.train_stats = None  # superbpe.TrainStats when this tokenizer was just trained
         self._special_ids: dict[str, int] = {}
         for added in tokenizer.get_added_tokens_decoder().values():
             if added.special:

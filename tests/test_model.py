@@ -188,6 +188,8 @@ def test_bad_arguments(model, cfg):
         model(ids, doc_ids=torch.zeros_like(ids), cache=model.new_cache(2))
     with pytest.raises(ValueError, match="logits_to_keep"):
         model(ids, logits_to_keep=-1)
+    with pytest.raises(ValueError, match="logits_to_keep=0"):
+        model(ids, labels=ids, logits_to_keep=2)
     with pytest.raises(ValueError, match="attention_mask"):
         model(ids, attention_mask=torch.ones(2, 3))
     with pytest.raises(ValueError, match="position_ids"):

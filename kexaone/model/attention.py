@@ -3,9 +3,10 @@ layers are NoPE), causal, with the sliding window of `transformers` (a query at 
 p - window < j <= p).
 
 Cost model (the reason this file exists instead of one masked SDPA call):
-- sliding layers never build a T x T mask: queries are cut into blocks of C, each block attends to a window of
-  C + window - 1 keys taken from an overlapping `unfold` view, with one small [C, C + window - 1] band mask. Time and
-  memory are O(T x window), in training, prefill and cached multi-token steps alike;
+- sliding layers never build a T x T mask: queries are cut into blocks of C (64), each block attends to a window of
+  C + window - 1 keys taken from an overlapping `unfold` view, with one small [C, C + window - 1] band mask, all
+  blocks in one batched SDPA call. Time and memory are O(T x (window + C)), in training, prefill and cached
+  multi-token steps alike;
 - global layers call `scaled_dot_product_attention` (flash kernel on CPU/GPU, GQA without expanding k/v); when a
   mask is needed (padding, packed documents, multi-token steps over a cache) it is built one query chunk at a time,
   so its memory is bounded too.
@@ -26,7 +27,7 @@ from kexaone.model.rope import apply_rope
 
 # Queries per block of blocked local attention. Each query reads C + window - 1 keys, so smaller blocks waste less;
 # below ~32 the per-block overhead wins (measured on CPU: 64 is within 5% of the best at 1K and 16K tokens).
-MIN_LOCAL_BLOCK = 64
+LOCAL_BLOCK = 64
 # Upper bound on mask elements materialised at once by the chunked masked path (bools, so bytes).
 MASK_BUDGET = 1 << 25
 
@@ -104,7 +105,7 @@ def _local_blocked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_q
     B, H, T, D = q_BHTD.shape
     h, S = k_BhSD.shape[1], k_BhSD.shape[2]
     W = window
-    C = block or MIN_LOCAL_BLOCK
+    C = block or LOCAL_BLOCK
     L = C + W - 1
     nb = -(-T // C)
     off = S - T

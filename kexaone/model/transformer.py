@@ -188,6 +188,14 @@ class KExaoneForCausalLM(nn.Module):
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
                 compute_mtp: bool | None = None) -> KExaoneOutput:
+        """Run the model on input_ids [B, T].
+
+        labels [B, T]: aligned with input_ids (the shift happens inside), -100 ignored; gives ce/mtp/aux losses.
+        cache: a KVCache to append to (generation); position_ids then default to each row's position after its
+          left padding. attention_mask [B, T] (or [B, cached + T] with a cache): 1 = token, 0 = left padding.
+        doc_ids [B, T]: packed documents; attention and targets never cross a change of id (training only).
+        logits_to_keep: 0 = logits at every position, n = only the last n. compute_mtp: default = labels given and
+        the model has MTP; MTP logits are computed for positions 0..T-2."""
         self._check_ids(input_ids, "input_ids")
         B, T = input_ids.shape
         dev = self.lm_head.weight.device
@@ -198,6 +206,8 @@ class KExaoneForCausalLM(nn.Module):
             raise ValueError("doc_ids (packed training documents) cannot be combined with a KV cache")
         if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
             raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
+        if labels is not None and 0 < logits_to_keep < T:
+            raise ValueError("labels need logits at every position: use logits_to_keep=0 when passing labels")
         if compute_mtp is None:
             compute_mtp = labels is not None and self.mtp is not None
         if compute_mtp and self.mtp is None:
@@ -232,8 +242,6 @@ class KExaoneForCausalLM(nn.Module):
         out = KExaoneOutput(logits=logits, hidden_states=hidden, aux_loss=aux, mtp_logits=mtp_logits)
         if labels is not None:
             labels = labels.to(dev)
-            if logits_to_keep and logits_to_keep < T:
-                raise ValueError("labels need logits at every position: use logits_to_keep=0 when passing labels")
             if token_valid is not None:
                 labels = labels.masked_fill(~token_valid, -100)
             out.ce_loss = masked_cross_entropy(logits, shifted_targets(labels, 1, doc_ids, length=T))
@@ -260,8 +268,9 @@ class KExaoneForCausalLM(nn.Module):
                     position_ids: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft with the MTP head: input at t is h[t] (main model, final-normed) and token t+1; the logits at t
-        predict token t+2. With a cache, the MTP layer's keys go to its slot (positions counted by
-        cache.mtp_seq_len) and left padding is the one recorded by the main model's forward.
+        predict token t+2. With a cache, the MTP layer's keys go to its slot, whose entry i is the pair at main
+        position i (cache.mtp_seq_len counts them): feed the pairs from position 0 on (the prompt's pairs first), so
+        that the left padding recorded by the main model's forward lines up.
         Returns (logits [B, T, V], mtp_hidden [B, T, H] after mtp.norm, reusable as h for a further draft step)."""
         if self.mtp is None:
             raise ValueError("this model has no MTP block (config.num_nextn_predict_layers == 0)")

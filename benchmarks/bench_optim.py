@@ -145,6 +145,54 @@ def append_results(results: list[dict], lrs: list[float], args: argparse.Namespa
     print(f"appended to {RESULTS}")
 
 
+def step_cost(preset: str, args: argparse.Namespace, repeats: int = 3) -> None:
+    """Time `optimizer.step()` alone for both optimizers on a preset (random gradients), interleaved, median."""
+    import statistics
+
+    from kexaone.train.muon import MuonAdamW
+    from kexaone.train.optim import parameter_groups
+
+    cfg = KExaoneConfig.preset(preset)
+    torch.manual_seed(0)
+    model = KExaoneForCausalLM(cfg)
+    for p in model.parameters():
+        p.grad = torch.randn_like(p) * 1e-3
+    opts = {kind: build_optimizer(model, kind=kind) for kind in ("adamw", "muon")}
+    times: dict[str, list[float]] = {k: [] for k in opts}
+    for kind, opt in opts.items():
+        opt.step()  # allocate state
+    for _ in range(repeats):
+        for kind, opt in opts.items():
+            t0 = time.perf_counter()
+            opt.step()
+            times[kind].append(time.perf_counter() - t0)
+    # Newton-Schulz FLOPs: per iteration 2r^2c (X X^T) + 2r^3 (A A) + 2r^2c (B X) per matrix of r <= c
+    flops = 0
+    for tag, items in parameter_groups(model).items():
+        if not tag.startswith("muon"):
+            continue
+        split = 2 if tag == "muon_split2" else 1
+        for _, p in items:
+            n = (p.shape[0] if p.ndim == 3 else 1) * split
+            r, c = sorted((p.shape[-2] // split, p.shape[-1]))
+            flops += n * 5 * (4 * r * r * c + 2 * r ** 3)
+    assert isinstance(opts["muon"], MuonAdamW)
+    a, m = statistics.median(times["adamw"]), statistics.median(times["muon"])
+    n_params = sum(p.numel() for p in model.parameters())
+    lines = ["", f"One optimizer step on the `{preset}` preset ({n_params:,} parameters, random gradients, "
+             f"{args.threads} thread(s), median of {repeats}, "
+             f"{datetime.datetime.now(datetime.timezone.utc).strftime('%Y-%m-%d %H:%M UTC')}):", "",
+             "| optimizer | step s | Newton-Schulz GFLOP | Muon / AdamW |", "|---|---:|---:|---:|",
+             f"| adamw | {a:.3f} | 0 | 1.00 |", f"| muon | {m:.3f} | {flops / 1e9:.1f} | {m / a:.2f} |", "",
+             "Muon's cost grows with the parameter count, not with the batch: it is amortised over the tokens of a "
+             "step (larger batches or gradient accumulation make it relatively cheaper)."]
+    text = RESULTS.read_text(encoding="utf-8").rstrip("\n") + "\n" + "\n".join(lines) + "\n" \
+        if RESULTS.is_file() else "\n".join(lines).lstrip("\n") + "\n"
+    print(text)
+    atomic_write_text(RESULTS, text)
+    print(f"appended to {RESULTS}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -153,10 +201,15 @@ def main() -> None:
     ap.add_argument("--lrs", default="1e-3,3e-3,1e-2,3e-2")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--no-fp8", action="store_true", help="skip the FP8-vs-bf16 run")
+    ap.add_argument("--step-cost", metavar="PRESET",
+                    help="only measure one optimizer step (Muon vs AdamW) on a model preset and append the table")
     ap.add_argument("--append", action="store_true",
                     help="extend the LR grid of an earlier run: append these LRs' table to the results file")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    if args.step_cost:
+        step_cost(args.step_cost, args)
+        return
     lrs = [float(v) for v in args.lrs.split(",")]
     tokens = args.steps * args.batch * args.seq_len
     train_ids, eval_ids = load_bytes(corpora_dir() / "train" / "en.txt", n_train=tokens + args.seq_len,

@@ -42,6 +42,8 @@ MAX_DRAFT_TOKENS = 8  # the cache keeps `extra_slots` (default 8) positions so a
 # Prompt positions run through the MTP head per call when catching up after a prefill: bounds the [B, T, V]
 # logits it returns (only the last position's are used).
 MTP_PREFILL_CHUNK = 256
+# Most new tokens per row for which cache memory is reserved up front at prefill.
+RESERVE_NEW_TOKENS = 2048
 
 
 @dataclass
@@ -287,7 +289,11 @@ class Engine:
         stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs), rows=B)
 
         t0 = time.perf_counter()
-        cache = KVCache(self.config, B, dtype=self.cache_dtype, device=self.device)
+        # Reserve the global layers' buffers once for the expected length (bounded: requests that stop early
+        # should not pin a worst-case allocation; past the reservation the cache grows as usual).
+        budget = max(s.params.max_new_tokens - len(s.tokens) for s in seqs)
+        reserve = longest + min(budget, RESERVE_NEW_TOKENS) + (draft_tokens + 1 if speculative else 1)
+        cache = KVCache(self.config, B, dtype=self.cache_dtype, device=self.device, max_seq_len=reserve)
         padded = bool((mask_BT == 0).any())
         out = self.model(input_BT, cache=cache, attention_mask=mask_BT if padded else None, logits_to_keep=1)
         need = [r for r, t in enumerate(lasts) if t is None]

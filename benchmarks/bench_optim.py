@@ -12,8 +12,12 @@ update is scaled by 0.2*sqrt(max(rows, cols)) so the two share LR scales). Then,
 repeated with FP8 emulation (kexaone.train.fp8, e4m3 forward / e5m2 gradients, tensorwise scaling).
 
     nice -n 10 python benchmarks/bench_optim.py [--steps 300] [--batch 16] [--seq-len 128] [--lrs 1e-3,3e-3,1e-2,3e-2]
+    nice -n 10 python benchmarks/bench_optim.py --lrs 3e-4 --no-fp8 --append     # extend the LR grid
+    nice -n 10 python benchmarks/bench_optim.py --step-cost small                 # optimizer step cost only
+    nice -n 10 python benchmarks/bench_optim.py --curves 1e-3,1e-2                # loss-curve plot
 
-Prints markdown tables and writes them, with a machine description, to benchmarks/results/optim.md.
+Prints markdown tables and writes them, with a machine description, to benchmarks/results/optim.md (the plot to
+benchmarks/results/optim_curves.png). The recorded results used --steps 150 --batch 8 --seq-len 128.
 Runs single-threaded by default (--threads): the machine is shared, and oversubscribed BLAS threads make small
 matmuls tens of times slower; timings are ratios measured in the same process.
 """
@@ -22,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import io
 import math
 import os
 import platform
@@ -36,7 +41,7 @@ from kexaone.model.transformer import KExaoneForCausalLM
 from kexaone.train.fp8 import apply_fp8
 from kexaone.train.optim import build_optimizer, clip_grad_norm_
 from kexaone.train.schedule import WSDSchedule, make_scheduler
-from kexaone.utils.io import atomic_write_text
+from kexaone.utils.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "optim.md"
 
@@ -198,6 +203,34 @@ def step_cost(preset: str, args: argparse.Namespace, repeats: int = 3) -> None:
     print(f"appended to {RESULTS}")
 
 
+def plot_curves(runs: list[dict], args: argparse.Namespace) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out = RESULTS.with_name("optim_curves.png")
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    w = 10
+    for r in runs:
+        c = r["curve"]
+        smooth = [sum(c[max(0, i - w + 1):i + 1]) / len(c[max(0, i - w + 1):i + 1]) / math.log(2) for i in range(len(c))]
+        label = f"{'FP8 ' if r['fp8'] else ''}{r['kind']} lr {r['lr']:g} (eval {r['eval_bpb']:.3f} bits/byte)"
+        ax.plot(range(1, len(c) + 1), smooth, label=label, linestyle="--" if r["fp8"] else "-")
+    ax.set_xlabel(f"step ({args.batch} x {args.seq_len} bytes each)")
+    ax.set_ylabel(f"training CE, bits/byte ({w}-step mean)")
+    ax.set_title("Byte-level K-EXAONE MoE on train/en.txt: Muon vs AdamW, FP8 vs bf16")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110)
+    atomic_write_bytes(out, buf.getvalue())
+    for r in runs:
+        print(f"{'fp8 ' if r['fp8'] else ''}{r['kind']} lr {r['lr']:g}: eval {r['eval_bpb']:.4f} bits/byte")
+    print(f"written to {out}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=300)
@@ -208,6 +241,9 @@ def main() -> None:
     ap.add_argument("--no-fp8", action="store_true", help="skip the FP8-vs-bf16 run")
     ap.add_argument("--step-cost", metavar="PRESET",
                     help="only measure one optimizer step (Muon vs AdamW) on a model preset and append the table")
+    ap.add_argument("--curves", metavar="ADAMW_LR,MUON_LR",
+                    help="only rerun AdamW, Muon and Muon+FP8 at these LRs and plot their training curves to "
+                         "results/optim_curves.png")
     ap.add_argument("--append", action="store_true",
                     help="extend the LR grid of an earlier run: append these LRs' table to the results file")
     args = ap.parse_args()
@@ -216,6 +252,10 @@ def main() -> None:
         step_cost(args.step_cost, args)
         return
     lrs = [float(v) for v in args.lrs.split(",")]
+    if args.curves:
+        lrs = [float(v) for v in args.curves.split(",")]
+        if len(lrs) != 2:
+            raise ValueError(f"--curves takes two LRs (AdamW,Muon), got {args.curves!r}")
     tokens = args.steps * args.batch * args.seq_len
     train_ids, eval_ids = load_bytes(corpora_dir() / "train" / "en.txt", n_train=tokens + args.seq_len,
                                      n_eval=64 * args.seq_len + 1)
@@ -223,6 +263,10 @@ def main() -> None:
     eval_BT = eval_ids[: n_eval * args.seq_len].view(n_eval, args.seq_len)
     print(f"{tokens:,} training tokens per run (bytes of train/en.txt), {eval_BT.numel():,} held-out bytes")
 
+    if args.curves:
+        plot_curves([run("adamw", lrs[0], args, train_ids, eval_BT), run("muon", lrs[1], args, train_ids, eval_BT),
+                     run("muon", lrs[1], args, train_ids, eval_BT, fp8=True)], args)
+        return
     results = []
     for lr in lrs:  # interleave the optimizers so machine noise hits both alike
         for kind in ("adamw", "muon"):

@@ -66,7 +66,14 @@ def test_defaults_train_export_and_cache(default_run, isolated_cache, capsys):
     sd = model.state_dict()
     assert all(torch.equal(sd[k], v) for k, v in final["model"].items())
     ids = torch.tensor([tok.encode("Hello world")])
-    assert model(ids).logits.shape == (1, ids.shape[1], tok.vocab_size)
+    logits = model.eval()(ids).logits
+    assert logits.shape == (1, ids.shape[1], tok.vocab_size)
+    # The export is a transformers checkpoint: same logits from ExaoneMoeForCausalLM.
+    from transformers import AutoModelForCausalLM
+
+    hf = AutoModelForCausalLM.from_pretrained(out / "model").eval()
+    with torch.no_grad():
+        torch.testing.assert_close(hf(ids).logits, logits.detach(), atol=1e-5, rtol=1e-4)
     # Default tokenizer: built once into the cache, copied into <out>/tokenizer for resumes.
     cached = list((isolated_cache / "tokenizers").glob("synthetic-tiny-2048-*/tokenizer.json"))
     assert len(cached) == 1 and (out / "tokenizer" / "tokenizer.json").is_file()

@@ -102,7 +102,8 @@ class TrainConfig:
     parallel: str = "ddp"
     """Data parallelism under torchrun: 'ddp' or 'fsdp' (FSDP2 fully_shard per decoder layer)."""
     threads: int = 0
-    """CPU threads for torch (0: torch's default). On a shared, loaded machine 1 thread is often much faster."""
+    """CPU threads for torch per process. 0: auto (torch's default, at most cores / ranks, and 1 when the machine's
+    load average already reaches its core count: oversubscribed OpenMP threads are 10-100x slower)."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in backward (less memory, ~30% more compute)."""
     peak_flops: float | None = None

@@ -78,7 +78,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fp8-format", choices=FP8_FORMATS, help="FP8 format of the forward pass (default e4m3)")
     g.add_argument("--device", choices=DEVICES)
     g.add_argument("--parallel", choices=PARALLEL, help="data parallelism under torchrun: ddp (default) or fsdp")
-    g.add_argument("--threads", type=int, help="CPU threads for torch (0 = torch default)")
+    g.add_argument("--threads", type=int, help="CPU threads for torch per process (0 = auto)")
     g.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute decoder layers in backward to save memory")
     g.add_argument("--peak-flops", type=float, help="peak FLOP/s per rank for MFU (default: measured)")
@@ -252,8 +252,6 @@ def build_model_config(cfg: TrainConfig, tokenizer: Any):
 def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., Any]] = ()) -> PretrainResult:
     """Run (or resume) one pre-training run end to end; see the module docstring. Under torchrun every rank calls
     this; rank 0 writes. Raises TrainingDiverged when the loss keeps being non-finite."""
-    import torch
-
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.train.distributed import barrier, destroy_distributed, init_distributed, seed_all
     from kexaone.train.metrics import plot_loss_curve
@@ -269,9 +267,8 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
                          "or choose another --out")
     for spec in cfg.data + cfg.eval_data:
         _check_source_exists(spec)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     dist = init_distributed(cfg.device)
+    set_threads(cfg, dist)
     try:
         from kexaone.config import KExaoneConfig
 
@@ -286,14 +283,12 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
         trainer = Trainer(model, tok, data, cfg, eval_set=eval_set, dist=dist, out_dir=out, callbacks=callbacks)
         res = trainer.fit()
         model_dir = plot = None
-        if dist.is_main and not res.interrupted:
-            plot = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
-                                   title=f"kexaone pretrain ({cfg.preset}, {cfg.optimizer}, {cfg.precision})")
-            if cfg.export:
-                model_dir = out / "model"
-                model_dir.mkdir(parents=True, exist_ok=True)
-                export_model(trainer, model_dir)
-                tok.save(model_dir)
+        if not res.interrupted:
+            if cfg.export:  # collective under FSDP: every rank takes part in gathering the weights
+                model_dir = export_model(trainer, out / "model", tok)
+            if dist.is_main:
+                plot = plot_loss_curve(out / "metrics.jsonl", out / "loss_curve.png",
+                                       title=f"kexaone pretrain ({cfg.preset}, {cfg.optimizer}, {cfg.precision})")
         barrier(dist)
         return PretrainResult(out_dir=out, model_dir=model_dir, metrics_path=out / "metrics.jsonl",
                               checkpoint_dir=out / "checkpoints", tokenizer_dir=out / "tokenizer", loss_plot=plot,
@@ -305,9 +300,44 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
         destroy_distributed(dist)
 
 
-def export_model(trainer: Any, model_dir: Path) -> None:
-    """Save the trained weights in the HF layout (fp32 master weights; FP8 swaps are undone by the state dict)."""
-    trainer.raw_model.save_pretrained(model_dir)
+def set_threads(cfg: TrainConfig, dist: Any) -> int:
+    """CPU threads for torch: --threads when given; otherwise torch's default, except on a machine whose load
+    average already reaches its core count, where extra OpenMP threads only spin against each other (measured
+    10-100x slower per small matmul): then 1 per process. A resumed run takes the checkpoint's count instead
+    (see Trainer.load_state_dict)."""
+    import torch
+
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    elif dist.device.type == "cpu" and hasattr(os, "getloadavg"):
+        per_rank = max(1, (os.cpu_count() or 1) // dist.world_size)
+        busy = os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5
+        if busy or torch.get_num_threads() > per_rank:
+            torch.set_num_threads(1 if busy else per_rank)
+    return torch.get_num_threads()
+
+
+def export_model(trainer: Any, model_dir: Path, tokenizer: Any) -> Path | None:
+    """Save the trained (fp32 master) weights in the HF layout plus the tokenizer to `model_dir` (rank 0; returns
+    None on the other ranks). Call on every rank: under FSDP the sharded weights are first gathered; under FP8
+    the state dict is that of plain linears (FP8 only changes how the matmuls run)."""
+    from kexaone.model.transformer import KExaoneForCausalLM
+
+    model = trainer.raw_model
+    if trainer.dist.distributed and trainer.cfg.parallel == "fsdp":
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
+
+        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not trainer.dist.is_main:
+            return None
+        model = KExaoneForCausalLM.from_config(model.config, device="meta")
+        model.load_state_dict(full, assign=True)
+    elif not trainer.dist.is_main:
+        return None
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir)
+    tokenizer.save(model_dir)
+    return model_dir
 
 
 def _check_source_exists(spec: str) -> None:

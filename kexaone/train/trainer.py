@@ -273,6 +273,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "metrics_offset": self.logger.position() if self.logger is not None else 0,
             "world_size": self.dist.world_size,
+            "torch_threads": torch.get_num_threads(),
             "train_config": self.cfg.to_dict(),
             "model_config": self.config.to_hf_dict(),
         }
@@ -298,6 +299,13 @@ class Trainer:
                                  f"model_overrides and tokenizer): {str(e).splitlines()[0]}") from None
             self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
+        threads = int(state.get("torch_threads", 0))
+        if self.device.type == "cpu" and threads and threads != torch.get_num_threads():
+            # CPU kernels may split reductions differently with another thread count: continue with the
+            # checkpointed run's count so the result stays bit-identical to an uninterrupted run.
+            warnings.warn(f"using {threads} torch thread(s) as the checkpointed run did (not "
+                          f"{torch.get_num_threads()}), for a bit-exact continuation", stacklevel=2)
+            torch.set_num_threads(threads)
         data_state = state["data"][self.dist.rank]
         if data_state is not None:
             if not hasattr(self.data, "load_state_dict"):

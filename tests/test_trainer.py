@@ -255,3 +255,25 @@ def test_fp8_emulation_tracks_bf16(tok, shards, tmp_path):
     assert b[0] - b[-5:].mean() > 2.0
     assert np.max(np.abs(b - f)) < 0.05, np.abs(b - f).round(3)
     assert abs(b[-5:].mean() - f[-5:].mean()) < 0.02
+
+
+def test_first_signal_asks_to_stop_a_second_one_stops_at_once(tok, tmp_path):
+    import os
+    import signal
+
+    t = Trainer(tiny_model(tok), tok, iter(()), cfg(tmp_path, max_steps=1))
+    old = t._install_signal_handlers()
+    try:
+        with pytest.warns(UserWarning, match="finishing the current step"):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):  # the handler runs between bytecodes of the main thread
+                if t._stop_signal:
+                    break
+        assert t._stop_signal == "SIGINT"
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+            for _ in range(100):
+                pass
+    finally:
+        t._restore_signal_handlers(old)
+    assert signal.getsignal(signal.SIGINT) is old[signal.SIGINT]

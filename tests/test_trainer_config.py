@@ -143,3 +143,23 @@ def test_single_process_distributed_helpers(monkeypatch):
         init_distributed("cpu")
     with pytest.raises(ValueError, match="device"):
         DistInfo() and init_distributed("tpu")
+
+
+def test_thread_count_choice(monkeypatch):
+    from kexaone.train.pretrain import set_threads
+
+    old = torch.get_num_threads()
+    try:
+        assert set_threads(TrainConfig(threads=1), DistInfo()) == 1  # an explicit count wins
+        torch.set_num_threads(2)
+        monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))  # a machine already fully busy
+        assert set_threads(TrainConfig(), DistInfo()) == 1
+        torch.set_num_threads(2)
+        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
+        monkeypatch.setattr("os.cpu_count", lambda: 2)
+        # idle: at most cores / ranks threads per process
+        assert set_threads(TrainConfig(), DistInfo(world_size=2)) == 1
+        torch.set_num_threads(2)
+        assert set_threads(TrainConfig(), DistInfo()) == 2
+    finally:
+        torch.set_num_threads(old)

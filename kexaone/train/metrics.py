@@ -149,11 +149,14 @@ def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
 
     recs = read_metrics(metrics_path)
     train = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
+    train_ce = [(r["step"], r["ce"]) for r in recs if r.get("kind") == "train" and isinstance(r.get("ce"), float)]
     evals = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "eval" and isinstance(r.get("loss"), float)]
     stages = [(r["step"], r.get("stage", "")) for r in recs if r.get("kind") == "stage"]
     fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
     if train:
-        ax.plot(*zip(*train), lw=1.0, label="train loss (total)")
+        ax.plot(*zip(*train), lw=0.8, alpha=0.5, label="train loss (CE + MTP + aux)")
+    if train_ce:  # the held-out curve is CE too: this is the one to compare it with
+        ax.plot(*zip(*train_ce), lw=1.2, label="train CE")
     if evals:
         ax.plot(*zip(*evals), "o-", lw=1.5, label="held-out CE")
     for step, name in stages:

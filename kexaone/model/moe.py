@@ -27,6 +27,15 @@ from kexaone.model.mlp import SwiGLU
 # transformers adds this to the denominator when normalising the chosen scores; keep it for bit-level parity.
 _NORM_EPS = 1e-20
 
+# CPU inference with at most this many (token, slot) pairs (decode steps) multiplies only the experts that received
+# tokens, one matmul per routed expert, instead of calling `torch._grouped_mm`, whose CPU kernel runs one matmul per
+# expert even when the expert got no row (32-128 empty calls for one decoded token). The per-expert matmuls are the
+# same ones the CPU kernel runs, so results are bit-identical; reading the counts on the host is free on CPU.
+# Gathering the routed experts' weights (index_select + bmm) was measured too and lost beyond 2 tokens: the copy
+# of [M, 3I, H] weights costs more than it saves. Threshold measured on the `small` preset (see
+# benchmarks/bench_decode_step.py); the grouped kernel wins for prefill-sized inputs.
+SEGMENT_MAX_PAIRS = 16
+
 
 # ---------------------------------------------------------------------------------------------------------- router
 class TopKRouter(nn.Module):
@@ -145,11 +154,12 @@ def _segment_counts(offs_E: torch.Tensor) -> list[int]:
     return torch.diff(offs_E.long(), prepend=offs_E.new_zeros(1).long()).tolist()  # host sync: fallback only
 
 
-def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    """Fallback for devices without a grouped-matmul kernel: one matmul per non-empty expert.
-
-    Only used where `torch._grouped_mm` is missing (for example CUDA fp32, or pre-Ampere GPUs)."""
-    counts = _segment_counts(offs_E)
+def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
+                counts: list[int] | None = None) -> torch.Tensor:
+    """One matmul per non-empty expert: the fallback where `torch._grouped_mm` is missing (for example CUDA fp32,
+    or pre-Ampere GPUs), and the CPU path for a few rows (decode). `counts` (rows per expert) when already known."""
+    if counts is None:
+        counts = _segment_counts(offs_E)
     outs = [seg @ w_EKN[e] for e, seg in enumerate(x_MK.split(counts)) if counts[e] > 0]
     if not outs:
         return x_MK.new_zeros(0, w_EKN.shape[-1])
@@ -270,12 +280,17 @@ class GroupedExperts(nn.Module):
             order_M = torch.argsort(flat_e_M, stable=True)  # stable: tokens keep their order inside an expert
             token_M = order_M // k
         x_MH = x_NH.index_select(0, token_M)
-        h_MJ = self._mm(x_MH, gate_up_EHJ, offs_E)
+        mm = self._mm
+        if (x_NH.device.type == "cpu" and n * k <= SEGMENT_MAX_PAIRS and self.fp8_recipe is None
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+            counts = counts_E.tolist()
+            mm = lambda x_MK, w_EKN, offs: _segment_mm(x_MK, w_EKN, offs, counts)  # noqa: E731
+        h_MJ = mm(x_MH, gate_up_EHJ, offs_E)
         gate_MI, up_MI = h_MJ.split(self.intermediate_size, dim=-1)
         # The gate weight is applied before down_proj (which is linear): scaling [M, I] is cheaper than [M, H].
         w_M = topk_weights_NK.reshape(-1).index_select(0, order_M)
         a_MI = (F.silu(gate_MI) * up_MI * w_M.unsqueeze(-1)).to(h_MJ.dtype)
-        y_MH = self._mm(a_MI, down_EIH, offs_E)
+        y_MH = mm(a_MI, down_EIH, offs_E)
         return y_MH.new_zeros(n, self.hidden_size).index_add_(0, token_M, y_MH)
 
     def extra_repr(self) -> str:
@@ -323,7 +338,7 @@ class KExaoneMoE(nn.Module):
 
     forward(x_BTH, valid_BT=None) -> y_BTH. After each forward:
       `last_aux_loss`: 0-d tensor (with grad) = sequence-level aux loss, unweighted (the model multiplies by
-        config.aux_loss_coef);
+        config.aux_loss_coef); a zero tensor when the layer is in eval mode under torch.inference_mode;
       `tokens_per_expert` [E] int64 (non-persistent buffer): routed (token, slot) counts accumulated, in training
         mode only, until `balance.update_expert_biases` reads and resets them. Summed across micro-batches, so
         gradient accumulation needs nothing special.
@@ -362,8 +377,14 @@ class KExaoneMoE(nn.Module):
             y_NH = y_NH + self.shared_experts(x_NH)
         if valid_BT is not None:
             valid_BT = valid_BT.reshape(b, t)
-        self.last_aux_loss = sequence_aux_loss(scores_NE.view(b, t, self.num_experts), idx_NK.view(b, t, self.top_k),
-                                               valid_BT)
+        if self.training or not torch.is_inference_mode_enabled():
+            self.last_aux_loss = sequence_aux_loss(scores_NE.view(b, t, self.num_experts),
+                                                   idx_NK.view(b, t, self.top_k), valid_BT)
+        else:
+            # Inference mode in eval (generation, scoring): nothing can use a balance loss there, and it cost ~7%
+            # of a decode step. Kept as a 0-d zero so that callers summing it need no special case. (Plain
+            # no_grad evaluation still computes it: the trainer logs it on held-out batches.)
+            self.last_aux_loss = scores_NE.new_zeros(())
         if self.training and self.count_tokens and not _inside_backward():
             with torch.no_grad():
                 if valid_BT is not None:

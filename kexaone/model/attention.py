@@ -73,6 +73,13 @@ def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, 
         return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, is_causal=T > 1, scale=scale, enable_gqa=gqa)
     if not needs_mask and T == 1:
         return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, scale=scale, enable_gqa=gqa)
+    if T == 1 and window is None and doc_q_BT is None:
+        # One decoded token over a left-padded cache: the mask is only the key validity (plus the query's own key,
+        # as in _masked_chunked); built directly as [B, 1, 1, S] instead of through the band machinery.
+        vis_BS = key_valid_BS.clone()
+        vis_BS[:, -1] = True
+        return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, attn_mask=vis_BS[:, None, None, :],
+                                              scale=scale, enable_gqa=gqa)
     return _masked_chunked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
                            doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS)
 

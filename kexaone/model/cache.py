@@ -130,6 +130,17 @@ class KVCache:
             self._slots.append(_GrowSlot(max_seq_len))  # the MTP layer attends globally (see mtp.py)
         self.pad_len = torch.zeros(batch_size, dtype=torch.long, device=self.device)
 
+    @property
+    def pad_len(self) -> torch.Tensor:
+        """[B] long: left-padding length of each row (read-only in place: assign a new tensor to change it)."""
+        return self._pad_len
+
+    @pad_len.setter
+    def pad_len(self, value: torch.Tensor) -> None:
+        self._pad_len = value
+        # Read by every attention layer of every step: kept as a Python bool so that asking costs no device sync.
+        self._has_padding = bool(value.any())
+
     # ------------------------------------------------------------------ state
     @property
     def seq_len(self) -> int:
@@ -141,7 +152,7 @@ class KVCache:
 
     @property
     def has_padding(self) -> bool:
-        return bool(self.pad_len.any())
+        return self._has_padding
 
     def set_left_padding(self, attention_mask_BT: torch.Tensor, new_tokens: int) -> None:
         """Record (first call) or check (later calls) the left padding given by an attention mask of either the
@@ -221,7 +232,7 @@ class KVCache:
         """Forget every position (buffers are kept for reuse)."""
         for s in self._slots:
             s.length = 0
-        self.pad_len.zero_()
+        self.pad_len = torch.zeros_like(self.pad_len)
 
     def nbytes(self) -> int:
         """Bytes held by key/value buffers (allocated capacity, not only the used part)."""

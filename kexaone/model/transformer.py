@@ -58,6 +58,8 @@ class KExaoneForCausalLM(nn.Module):
         if config.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.gradient_checkpointing = False
+        # Fixed by the config: whether any main / MTP layer rotates (then cos/sin are built once per forward).
+        self._main_uses_rope = any(config.uses_rope(i) for i in range(config.num_hidden_layers))
         """Recompute each decoder layer in backward (saves activation memory; MoE counts stay exact)."""
         if not any(p.is_meta for p in self.parameters()):
             self.reset_parameters()
@@ -138,7 +140,8 @@ class KExaoneForCausalLM(nn.Module):
             raise ValueError(f"{name} must hold integer token ids, got dtype {ids.dtype}")
         if ids.shape[1] == 0:
             raise ValueError(f"{name} is empty (sequence length 0)")
-        lo, hi = int(ids.min()), int(ids.max())
+        lo, hi = torch.aminmax(ids)  # one pass and one host read for both bounds (it runs on every decode step)
+        lo, hi = int(lo), int(hi)
         V = self.config.vocab_size
         if lo < 0 or hi >= V:
             bad = hi if hi >= V else lo
@@ -220,7 +223,7 @@ class KExaoneForCausalLM(nn.Module):
             B, T, dev, cache, attention_mask, position_ids)
 
         x = self.model.embed_tokens(input_ids)
-        rope = self._rope(position_ids, x.dtype, any(l.self_attn.use_rope for l in self.model.layers))
+        rope = self._rope(position_ids, x.dtype, self._main_uses_rope)
         inputs = AttentionInputs(token_valid_BT=token_valid, doc_ids_BT=doc_ids)
         for layer in self.model.layers:
             if self.gradient_checkpointing and self.training and torch.is_grad_enabled():

@@ -1,0 +1,168 @@
+"""Decode fast paths equal the general paths: per-routed-expert MoE matmuls vs the grouped kernel, the direct T=1
+mask over a padded cache vs the chunked masked path, the aux loss skipped only in eval under inference_mode, the
+host-side padding flag of KVCache, the single-pass token-range check, and whole greedy generations unchanged."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import kexaone.model.moe as moe_mod
+from kexaone.config import KExaoneConfig
+from kexaone.model.attention import _masked_chunked, attend
+from kexaone.model.cache import KVCache
+from kexaone.model.moe import GroupedExperts, KExaoneMoE
+from kexaone.model.transformer import KExaoneForCausalLM
+
+
+def tiny_cfg(**changes) -> KExaoneConfig:
+    base = dict(vocab_size=128, hidden_size=32, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
+                head_dim=8, intermediate_size=64, moe_intermediate_size=16, num_experts=8, num_experts_per_tok=2,
+                num_shared_experts=1, sliding_window=6, num_nextn_predict_layers=1)
+    base.update(changes)
+    return KExaoneConfig(**base)
+
+
+@pytest.fixture()
+def model() -> KExaoneForCausalLM:
+    torch.manual_seed(0)
+    return KExaoneForCausalLM(tiny_cfg()).eval()
+
+
+# ------------------------------------------------------------------------------------------------------------ MoE
+@pytest.mark.parametrize("n", [1, 3, 8])
+def test_segment_path_is_bit_identical_to_grouped_path(monkeypatch, n):
+    """Forced routing with repeated experts, an expert used twice by one token's neighbours, empty experts."""
+    torch.manual_seed(1)
+    cfg = tiny_cfg()
+    ex = GroupedExperts(cfg)
+    x = torch.randn(n, cfg.hidden_size)
+    idx = torch.tensor([[5, 1], [1, 5], [7, 0], [0, 7], [3, 4], [6, 2], [2, 6], [5, 1]])[:n]
+    w = torch.rand(n, 2)
+    with torch.no_grad():
+        monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 0)
+        grouped = ex(x, idx, w)
+        monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 10**6)
+        calls = []
+        real = moe_mod._segment_mm
+        monkeypatch.setattr(moe_mod, "_segment_mm", lambda *a: calls.append(a) or real(*a))
+        seg = ex(x, idx, w)
+    assert len(calls) == 2  # gate_up and down both took the per-expert path
+    assert torch.equal(grouped, seg)
+
+
+def test_segment_path_only_without_grad_and_for_small_inputs(monkeypatch):
+    """Training (grad enabled) and large inputs keep the grouped kernel: training numerics are untouched."""
+    cfg = tiny_cfg()
+    ex = GroupedExperts(cfg)
+    calls = []
+    real = moe_mod._segment_mm
+    monkeypatch.setattr(moe_mod, "_segment_mm", lambda *a: calls.append(a) or real(*a))
+    x = torch.randn(2, cfg.hidden_size)
+    idx = torch.tensor([[0, 1], [2, 3]])
+    ex(x, idx, torch.rand(2, 2)).sum().backward()  # grad enabled
+    assert calls == [] and ex.gate_up_proj.grad is not None
+    with torch.no_grad():
+        big = moe_mod.SEGMENT_MAX_PAIRS // 2 + 1
+        ex(torch.randn(big, cfg.hidden_size), torch.randint(0, 8, (big, 2)), torch.rand(big, 2))
+    assert calls == []
+
+
+def test_aux_loss_skipped_only_in_eval_inference_mode():
+    torch.manual_seed(2)
+    moe = KExaoneMoE(tiny_cfg())
+    x = torch.randn(2, 5, 32)
+    y_train = moe(x)
+    aux_train = moe.last_aux_loss
+    assert aux_train.requires_grad and aux_train.item() > 0
+    moe.eval()
+    with torch.no_grad():  # plain no_grad evaluation still reports it (the trainer logs it on held-out data)
+        y_ng = moe(x)
+        assert torch.allclose(moe.last_aux_loss, aux_train.detach())
+    with torch.inference_mode():
+        y_inf = moe(x)
+        assert moe.last_aux_loss.dim() == 0 and moe.last_aux_loss.item() == 0.0
+    assert torch.equal(y_ng, y_inf) and torch.allclose(y_train.detach(), y_inf)
+    moe.train()
+    with torch.inference_mode():  # training mode: computed whatever the grad mode
+        moe(x)
+        assert moe.last_aux_loss.item() == pytest.approx(aux_train.item(), rel=1e-6)
+
+
+# ------------------------------------------------------------------------------------------------------ attention
+def test_t1_padded_mask_equals_chunked_masked_path():
+    torch.manual_seed(3)
+    B, H, h, S, D = 3, 4, 2, 11, 8
+    q = torch.randn(B, H, 1, D)
+    k, v = torch.randn(B, h, S, D), torch.randn(B, h, S, D)
+    valid = torch.arange(S)[None, :] >= torch.tensor([0, 4, 10])[:, None]  # row 2: only its own key is real
+    fast = attend(q, k, v, scale=D ** -0.5, window=None, key_valid_BS=valid)
+    slow = _masked_chunked(q, k, v, scale=D ** -0.5, window=None, key_valid_BS=valid, doc_q_BT=None, doc_k_BS=None)
+    assert torch.equal(fast, slow)
+    # and against an explicit softmax over the valid keys
+    kk = k.repeat_interleave(H // h, dim=1)
+    vv = v.repeat_interleave(H // h, dim=1)
+    att = (q @ kk.transpose(-1, -2)) * D ** -0.5
+    att = att.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(-1)
+    assert (fast - att @ vv).abs().max().item() < 1e-6
+
+
+# ---------------------------------------------------------------------------------------------------------- cache
+def test_cache_padding_flag_follows_pad_len():
+    cfg = tiny_cfg()
+    c = KVCache(cfg, 2)
+    assert c.has_padding is False
+    c.set_left_padding(torch.tensor([[0, 1, 1], [1, 1, 1]]), 3)
+    assert c.has_padding is True and c.pad_len.tolist() == [1, 0]
+    c.reset()
+    assert c.has_padding is False and c.pad_len.tolist() == [0, 0]
+    c.set_left_padding(torch.ones(2, 3, dtype=torch.long), 3)
+    assert c.has_padding is False
+
+
+def test_token_range_check_still_raises(model):
+    V = model.config.vocab_size
+    with pytest.raises(ValueError, match=f"token id {V}"):
+        model(torch.tensor([[1, V]]))
+    with pytest.raises(ValueError, match="token id -3"):
+        model(torch.tensor([[-3, 1]]))
+    cache = model.new_cache(1)
+    with torch.inference_mode():
+        model(torch.tensor([[1, 2]]), cache=cache)
+        with pytest.raises(ValueError, match=f"token id {V + 5}"):
+            model(torch.tensor([[V + 5]]), cache=cache)
+
+
+# ----------------------------------------------------------------------------------------------------- end to end
+def _greedy(model, prompts, steps):
+    """Plain greedy decode with a cache (left-padded batch), logits of every step returned."""
+    B, L = len(prompts), max(len(p) for p in prompts)
+    ids = torch.zeros(B, L, dtype=torch.long)
+    mask = torch.zeros(B, L, dtype=torch.long)
+    for r, p in enumerate(prompts):
+        ids[r, L - len(p):] = torch.tensor(p)
+        mask[r, L - len(p):] = 1
+    cache = model.new_cache(B)
+    out = model(ids, cache=cache, attention_mask=mask, logits_to_keep=1)
+    logits = [out.logits[:, -1]]
+    for _ in range(steps):
+        out = model(logits[-1].argmax(-1)[:, None], cache=cache, logits_to_keep=1)
+        logits.append(out.logits[:, -1])
+    return torch.stack(logits, 1)
+
+
+def test_decode_with_fast_paths_equals_general_paths(model, monkeypatch):
+    """A whole padded greedy decode past the sliding window: fast paths on (inference_mode, small MoE inputs) vs
+    off (grouped kernel forced): identical logits; and both match a full no-cache forward of the final sequence."""
+    prompts = [[5, 9, 11, 3], [7, 2, 8, 8, 1, 4, 6]]
+    with torch.inference_mode():
+        fast = _greedy(model, prompts, 10)
+    monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 0)
+    with torch.no_grad():
+        slow = _greedy(model, prompts, 10)
+    assert torch.equal(fast, slow)
+    # the cached decode equals a full forward of the un-padded second row (no padding there)
+    seq = torch.tensor([prompts[1] + fast[1, :-1].argmax(-1).tolist()])
+    with torch.no_grad():
+        full = model(seq).logits[0, len(prompts[1]) - 1:]
+    assert (full - fast[1]).abs().max().item() < 1e-5

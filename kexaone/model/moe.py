@@ -160,10 +160,15 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
     or pre-Ampere GPUs), and the CPU path for a few rows (decode). `counts` (rows per expert) when already known."""
     if counts is None:
         counts = _segment_counts(offs_E)
-    outs = [seg @ w_EKN[e] for e, seg in enumerate(x_MK.split(counts)) if counts[e] > 0]
+    outs = []
+    start = 0
+    for e, c in enumerate(counts):  # slice only the non-empty experts (a split would make E views)
+        if c:
+            outs.append(x_MK[start:start + c] @ w_EKN[e])
+            start += c
     if not outs:
         return x_MK.new_zeros(0, w_EKN.shape[-1])
-    return torch.cat(outs, dim=0)
+    return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
 # An opaque custom op for torch.compile: the compiler sees only its output shape (fake impl) and its autograd

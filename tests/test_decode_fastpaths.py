@@ -166,3 +166,26 @@ def test_decode_with_fast_paths_equals_general_paths(model, monkeypatch):
     with torch.no_grad():
         full = model(seq).logits[0, len(prompts[1]) - 1:]
     assert (full - fast[1]).abs().max().item() < 1e-5
+
+
+def test_ring_slot_slices_equal_full_history():
+    """The sliding ring (slice copies, wrap-around, chunks longer than the ring) returns exactly the last
+    window-1 stored keys followed by the new ones, for every chunk size pattern."""
+    from kexaone.model.cache import _RingSlot
+
+    torch.manual_seed(4)
+    ring = _RingSlot(window=5, extra=3)  # size 8
+    hist_k, hist_v = torch.empty(2, 1, 0, 3), torch.empty(2, 1, 0, 3)
+    for T in [3, 1, 1, 4, 1, 9, 2, 1, 1, 1, 7, 1]:
+        k, v = torch.randn(2, 1, T, 3), torch.randn(2, 1, T, 3)
+        L = hist_k.shape[2]
+        k_all, v_all, start = ring.update(k, v)
+        hist_k, hist_v = torch.cat((hist_k, k), 2), torch.cat((hist_v, v), 2)
+        n_old = min(L, 4)
+        assert start == L - n_old
+        assert torch.equal(k_all, hist_k[:, :, L - n_old:]) and torch.equal(v_all, hist_v[:, :, L - n_old:])
+    ring.length -= 3  # rollback within the extra slots still reads the right entries
+    hist_k, hist_v = hist_k[:, :, :-3], hist_v[:, :, :-3]
+    k, v = torch.randn(2, 1, 1, 3), torch.randn(2, 1, 1, 3)
+    k_all, _, _ = ring.update(k, v)
+    assert torch.equal(k_all, torch.cat((hist_k[:, :, -4:], k), 2))

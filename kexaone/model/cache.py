@@ -38,19 +38,38 @@ class _RingSlot:
             self.v = v_new.new_zeros(B, h, self.size, D)
         L = self.length
         n_old = min(L, self.window - 1)
-        dev = k_new.device
         if n_old:
-            old = torch.arange(L - n_old, L, device=dev) % self.size
-            k_all = torch.cat((self.k.index_select(2, old), k_new), dim=2)
-            v_all = torch.cat((self.v.index_select(2, old), v_new), dim=2)
+            k_all = self._gather_with(self.k, L - n_old, n_old, k_new)
+            v_all = self._gather_with(self.v, L - n_old, n_old, v_new)
         else:
             k_all, v_all = k_new, v_new
         m = min(T, self.size)  # only the newest `size` positions can survive in the ring
-        slots = torch.arange(L + T - m, L + T, device=dev) % self.size
-        self.k.index_copy_(2, slots, k_new[:, :, T - m:].to(self.k.dtype))
-        self.v.index_copy_(2, slots, v_new[:, :, T - m:].to(self.v.dtype))
+        self._write(self.k, L + T - m, k_new[:, :, T - m:])
+        self._write(self.v, L + T - m, v_new[:, :, T - m:])
         self.length = L + T
         return k_all, v_all, L - n_old
+
+    def _gather_with(self, buf: torch.Tensor, first: int, n: int, new: torch.Tensor) -> torch.Tensor:
+        """[B, h, n + T, D]: positions first..first+n-1 read from the ring (at most two contiguous pieces, as
+        slices: no index tensor), followed by `new`; one copy of each element (decode reads this every step)."""
+        B, h, T, D = new.shape
+        out = new.new_empty(B, h, n + T, D)
+        s = first % self.size
+        a = min(n, self.size - s)  # the piece before the ring wraps
+        out[:, :, :a] = buf[:, :, s:s + a]
+        if a < n:
+            out[:, :, a:n] = buf[:, :, :n - a]
+        out[:, :, n:] = new
+        return out
+
+    def _write(self, buf: torch.Tensor, first: int, x: torch.Tensor) -> None:
+        """Store x [B, h, m, D] (m <= size) at positions first.. of the ring (one or two slice copies)."""
+        m = x.shape[2]
+        s = first % self.size
+        a = min(m, self.size - s)
+        buf[:, :, s:s + a] = x[:, :, :a]
+        if a < m:
+            buf[:, :, :m - a] = x[:, :, a:]
 
     def max_rollback(self) -> int:
         return self.size - self.window

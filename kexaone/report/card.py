@@ -266,13 +266,26 @@ def _section_pretrain(run: _Run, plots: Any, summary: dict[str, Any]) -> list:
     return blocks
 
 
+def _moe_layer_names(run: _Run, out: dict[str, Any], n: int) -> list[str]:
+    """'layer i' for the model's sparse layers (what the rows of balance statistics are), else 'MoE k'."""
+    if out.get("model_dir"):
+        from kexaone.config import KExaoneConfig
+
+        cfg = KExaoneConfig.from_json_file(run.path(out["model_dir"]) / "config.json")
+        sparse = [f"layer {i}" for i in range(cfg.num_hidden_layers) if cfg.is_sparse(i)]
+        if len(sparse) == n:
+            return sparse
+    return [f"MoE {k}" for k in range(n)]
+
+
 def _section_balance(run: _Run, out: dict[str, Any], train: list[dict[str, Any]], plots: Any,
                      summary: dict[str, Any]) -> list:
     blocks: list = [Heading("MoE load balance", 3)]
     mv = [r for r in train if isinstance(r.get("max_vio_layers"), list) and r["max_vio_layers"]]
     if mv:
         n_layers = len(mv[0]["max_vio_layers"])
-        layers = {f"MoE layer {i}": [r["max_vio_layers"][i] for r in mv] for i in range(n_layers)}
+        names = _moe_layer_names(run, out, n_layers)
+        layers = {names[i]: [r["max_vio_layers"][i] for r in mv] for i in range(n_layers)}
         first = sum(mv[0]["max_vio_layers"]) / n_layers
         k = max(1, len(mv) // 10)
         last = sum(sum(r["max_vio_layers"]) / n_layers for r in mv[-k:]) / k
@@ -287,13 +300,7 @@ def _section_balance(run: _Run, out: dict[str, Any], train: list[dict[str, Any]]
             from kexaone.train.metrics import read_expert_loads
 
             steps, loads = read_expert_loads(run.path(out["out_dir"]))
-            names = None
-            if out.get("model_dir"):
-                from kexaone.config import KExaoneConfig
-
-                cfg = KExaoneConfig.from_json_file(run.path(out["model_dir"]) / "config.json")
-                sparse = [f"layer {i}" for i in range(cfg.num_hidden_layers) if cfg.is_sparse(i)]
-                names = sparse if len(sparse) == loads.shape[1] else None
+            names = _moe_layer_names(run, out, loads.shape[1])
             blocks.append(Figure(plots.expert_load_heatmap(loads[-1], names), "expert_load",
                                  f"share of routed tokens per expert at step {steps[-1]} (rows: MoE layers)"))
         except FileNotFoundError:

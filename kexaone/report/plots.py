@@ -78,13 +78,20 @@ def maxvio_curve(x: Sequence[float], maxvio_by_layer: Mapping[str, Sequence[floa
     """MaxVio = (max load - mean load) / mean load of each MoE layer over training (0 = perfectly balanced)."""
     fig, ax = plt.subplots(figsize=(8, 3.6))
     for i, (name, ys) in enumerate(maxvio_by_layer.items()):
-        ax.plot(x, ys, lw=1, label=name, color=plt.cm.viridis(i / max(1, len(maxvio_by_layer) - 1)))
+        ax.plot(x, ys, lw=0.8, alpha=0.45, label=name, color=plt.cm.viridis(i / max(1, len(maxvio_by_layer) - 1)))
+    if maxvio_by_layer and len(x) > 1:
+        # Per-step MaxVio comes from one batch of counts and is noisy; the trend is the layer mean, smoothed.
+        mean = np.mean(np.asarray(list(maxvio_by_layer.values()), dtype=float), axis=0)
+        w = max(1, min(len(mean), len(mean) // 15 or 1))
+        smooth = np.convolve(mean, np.ones(w) / w, mode="valid")
+        ax.plot(np.asarray(x, dtype=float)[w - 1:], smooth, color="#a50034", lw=2.2,
+                label=f"mean over layers ({w}-step average)")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("MaxVio")
     ax.set_title("expert load imbalance over training (bias update + sequence aux loss)")
     ax.grid(alpha=0.3)
     if len(maxvio_by_layer) <= 12:
-        ax.legend(fontsize=7, ncol=2)
+        ax.legend(fontsize=7, ncol=3)
     return _png(fig)
 
 

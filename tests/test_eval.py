@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from eval_fakes import ByteTokenizer, FakeEngine, Item, RandomPositionwiseLM, SuccessorLM, UniformLM
+from test_eval_fakes import ByteTokenizer, FakeEngine, Item, RandomPositionwiseLM, SuccessorLM, UniformLM
 from kexaone.eval.heldout import _windows, evaluate_heldout
 from kexaone.eval.speed import measure_decode_speed
 from kexaone.eval.tasks import (answer_matches, choice_logprobs, choice_logprobs_batch, evaluate_task,

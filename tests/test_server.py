@@ -14,6 +14,7 @@ import time
 
 import httpx
 import pytest
+import torch
 
 from kexaone.engine import Engine
 from kexaone.engine.app import create_app
@@ -272,10 +273,23 @@ def test_client_leaving_a_stream_stops_its_generation(stack):
 
 
 # ------------------------------------------------------------------------------------------------ settings
-def _small_server(**settings):
+def _small_server(logits_processors=(), **settings):
     tok = byte_tokenizer()
-    engine = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok)
+    engine = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok, logits_processors=logits_processors)
     return ServerThread(create_app(engine, ServerSettings(model_name=MODEL, **settings))).start()
+
+
+def _never_ends(tok):
+    """A logits processor that bans every special token, so a request runs to its max_tokens (a random model
+    samples the end-of-turn token every few hundred steps, and a fast machine finishes that within any timeout)."""
+    banned = torch.tensor(sorted(tok.special_ids.values()))
+
+    def processor(generated, logits_V):
+        out = logits_V.clone()
+        out[banned] = float("-inf")
+        return out
+
+    return processor
 
 
 def test_api_key_is_required_when_set():
@@ -296,8 +310,8 @@ def test_api_key_is_required_when_set():
 
 def test_timeout_and_full_queue():
     with one_thread():
-        server = _small_server(timeout=0.3, max_tokens=100_000, max_queue=1, max_batch_size=1,
-                               max_active_batches=1)
+        server = _small_server(logits_processors=[_never_ends(byte_tokenizer())], timeout=0.3, max_tokens=100_000,
+                               max_queue=1, max_batch_size=1, max_active_batches=1)
         try:
             r = _post(server.url, "/v1/completions", {"prompt": "hi", "max_tokens": 3000, "temperature": 1.0})
             assert r.status_code == 504 and r.json()["error"]["type"] == "timeout_error"

@@ -8,7 +8,7 @@ noisy: read the ratios. Both versions must produce the same tokens (checked).
 
     nice -n 10 python benchmarks/bench_decode_step.py [--baseline-ref HEAD] [--repeats 5] [--new-tokens 64]
 
-Prints a markdown table and appends it (with a machine description) as the "decode fast paths" section of
+Prints a markdown table and writes it (with a machine description) as the "decode-fastpaths" section of
 benchmarks/results/engine.md when --write is given. It does not measure speculative decoding or transformers
 (bench_decode.py does).
 """
@@ -97,17 +97,13 @@ def main() -> int:
     print(table)
     if args.write:
         sys.path.insert(0, str(ROOT / "benchmarks"))
-        from bench_decode import machine  # noqa: E402
+        from bench_decode import machine, write_section  # noqa: E402
 
-        from kexaone.utils.io import atomic_write_text
-
-        results = ROOT / "benchmarks" / "results" / "engine.md"
-        text = results.read_text() if results.is_file() else ""
-        section = (f"\n## decode fast paths (bench_decode_step.py)\n\nGreedy `Engine.generate`, {args.new_tokens} new "
-                   f"tokens, prompt ~{args.prompt_len}, `small` preset, random weights; baseline = "
-                   f"`{args.baseline_ref}`; median of {args.repeats} interleaved runs.\nMachine: {machine(1)}\n\n"
-                   f"{table}\n")
-        atomic_write_text(results, text.rstrip("\n") + "\n" + section)
+        write_section("decode-fastpaths", (
+            f"## Decode fast paths (bench_decode_step.py)\n\nGreedy `Engine.generate`, {args.new_tokens} new tokens, "
+            f"prompts of ~{args.prompt_len} tokens (different lengths within a batch), `small` preset (vocabulary "
+            f"8192), random weights, fp32; baseline = `{args.baseline_ref}` vs the working tree, each run in a fresh "
+            f"process, median of {args.repeats} interleaved runs.\n\nMachine: {machine(1)}.\n\n{table}\n"))
     return 0
 
 

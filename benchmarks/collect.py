@@ -21,6 +21,7 @@ TOPICS = [
     ("moe.md", "benchmarks/bench_moe.py"),
     ("tokenizer.md", "benchmarks/bench_tokenizer.py"),
     ("tokenizer_timing_64mb.md", "benchmarks/bench_tokenizer.py --timing-only"),
+    ("tokenizer_timing_full.md", "benchmarks/bench_tokenizer.py --timing-only"),
     ("train.md", "benchmarks/bench_train.py"),
     ("optim.md", "benchmarks/bench_optim.py"),
     ("engine.md", "benchmarks/bench_decode.py, benchmarks/bench_server.py"),

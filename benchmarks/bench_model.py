@@ -37,14 +37,6 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 # ----------------------------------------------------------------------------------------------- machine
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def rss_bytes() -> int:
@@ -287,7 +279,7 @@ def main() -> int:
         (f"prefill {args.prefill_seq} tokens, peak extra memory (RSS)", fmt_bytes(pre_ours["peak_extra_bytes"]),
          fmt_bytes(pre_hf["peak_extra_bytes"]),
          f"{pre_hf['peak_extra_bytes'] / max(1, pre_ours['peak_extra_bytes']):.1f}x less"),
-        (f"prefill MFU vs fp32 matmul peak", f"{args.prefill_seq * f_pre / pre_ours['time'] / peak32:.1%}",
+        ("prefill MFU vs fp32 matmul peak", f"{args.prefill_seq * f_pre / pre_ours['time'] / peak32:.1%}",
          f"{args.prefill_seq * f_pre / pre_hf['time'] / peak32:.1%}", ""),
         (f"KV cache held at {args.kv_context} context (bf16), length known (max_seq_len)",
          fmt_bytes(kv_ours["reserved"]), fmt_bytes(kv_hf), f"{kv_hf / kv_ours['reserved']:.2f}x"),
@@ -297,6 +289,8 @@ def main() -> int:
     header = ("| measurement | kexaone | transformers (sdpa) | kexaone advantage (>1: kexaone better) |\n"
               "|---|---|---|---|\n")
     table = header + "".join(f"| {a} | {b} | {c} | {d} |\n" for a, b, c, d in rows)
+    from kexaone.report.machine import cpu_model
+
     machine = (f"- CPU: {cpu_model()}, {os.cpu_count()} cores visible, {T} torch thread(s) per run\n"
                f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}\n"
                f"- date: {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}; load average at start "

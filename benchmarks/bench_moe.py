@@ -25,19 +25,12 @@ import torch
 
 from kexaone.config import KExaoneConfig
 from kexaone.model.moe import KExaoneMoE
+from kexaone.report.machine import cpu_model
 from kexaone.utils.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moe.md"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def build(cfg: KExaoneConfig):

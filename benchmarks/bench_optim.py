@@ -29,7 +29,6 @@ import datetime
 import io
 import math
 import os
-import platform
 import time
 from pathlib import Path
 
@@ -41,6 +40,7 @@ from kexaone.model.transformer import KExaoneForCausalLM
 from kexaone.train.fp8 import apply_fp8
 from kexaone.train.optim import build_optimizer, clip_grad_norm_
 from kexaone.train.schedule import WSDSchedule, make_scheduler
+from kexaone.report.machine import cpu_model
 from kexaone.utils.io import atomic_write_bytes, atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "optim.md"
@@ -51,14 +51,6 @@ def corpora_dir() -> Path:
     return Path(env) if env else Path(__file__).resolve().parents[2] / "shared" / "corpora"
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def load_bytes(path: Path, n_train: int, n_eval: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -40,14 +40,9 @@ HELD_OUT_LINES = 2000
 def machine() -> str:
     import torch
 
-    cpu = "unknown CPU"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    from kexaone.report.machine import cpu_model
+
+    cpu = cpu_model()
     import tokenizers
 
     return (f"{cpu}, {os.cpu_count()} cores (shared with other jobs), Python {platform.python_version()}, "

@@ -27,13 +27,16 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from kexaone.engine.sampling import BatchSampling, SamplingParams, logits_to_probs, sample_from_probs
 from kexaone.engine.sequence import GenerationResult, GenerationStats, SequenceState
 from kexaone.engine.speculative import verify
+
+if TYPE_CHECKING:  # chat_io imports this module
+    from kexaone.engine.chat_io import ChatResult
 
 LogitsProcessor = Callable[[list[int], torch.Tensor], torch.Tensor]
 

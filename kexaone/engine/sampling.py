@@ -169,7 +169,6 @@ def logits_to_probs(logits_BV: torch.Tensor, sampling: BatchSampling) -> torch.T
 
 def sample_from_probs(probs_BV: torch.Tensor, sampling: BatchSampling) -> torch.Tensor:
     """One token per row [B] int64: argmax for greedy rows, inverse-CDF draw from the row's generator otherwise."""
-    B = probs_BV.shape[0]
     out_B = probs_BV.argmax(dim=-1)
     greedy_B = sampling.greedy_B.to(probs_BV.device)
     if bool(greedy_B.all()):

@@ -78,9 +78,9 @@ BUDGETS: dict[str, Budget] = {
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
-        seq_len=256, batch_size=8, train_tokens=128 * 2048, lr=3e-3, bias_update_rate=1e-3, heldout_docs=8,
+        seq_len=256, batch_size=8, train_tokens=384 * 2048, lr=3e-3, bias_update_rate=1e-3, heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
-        checkpoint_every=50,
+        checkpoint_every=100,
     ),
     "large": Budget(
         name="large", description="a wider model (H 512, 12 layers) on 200M tokens, for many cores or a GPU",

@@ -86,3 +86,4 @@ def test_wrong_model_type_is_rejected(tmp_path):
         KExaoneConfig.from_json_file(p)
     with pytest.raises(FileNotFoundError):
         KExaoneConfig.from_json_file(tmp_path / "missing.json")
+

@@ -13,6 +13,16 @@ from pathlib import Path
 from typing import IO
 
 
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; done once at import, before any thread of ours writes files.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
+
+
 def fsync_dir(path: str | os.PathLike) -> None:
     """Make a rename inside `path` durable (no-op where directories cannot be opened, e.g. Windows)."""
     try:
@@ -37,6 +47,11 @@ def atomic_open(path: str | os.PathLike, mode: str = "w", encoding: str | None =
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     binary = "b" in mode
     try:
+        # mkstemp makes the file private (0600); give it the mode the replaced file had, else an ordinary file's.
+        try:
+            os.chmod(tmp, path.stat().st_mode & 0o777)
+        except FileNotFoundError:
+            os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, mode, encoding=None if binary else encoding) as f:
             yield f
             f.flush()

@@ -1,0 +1,179 @@
+"""Expert parallelism (EP) for K-EXAONE's MoE layers, applied from outside the model (like DDP/FSDP).
+
+Expert parallelism
+------------------
+`apply_expert_parallel(model, group)` keeps, in every `KExaoneMoE`, only this rank's contiguous slice of the routed
+experts (E / world_size of them: rank r owns global experts [r*E/W, (r+1)*E/W)) and swaps its `GroupedExperts` for
+`ExpertParallelExperts`, whose forward is an exact, dropless all-gather / reduce-scatter dispatch:
+
+1. all-gather (autograd-aware) every rank's flattened tokens x_NH, gate weights and expert ids (routing is still
+   computed locally by the replicated router; the router, its correction bias and the bias update are unchanged:
+   `balance.py` all-reduces the locally counted tokens as before);
+2. keep only the (token, slot) pairs routed to the local experts, remap their ids to local ids and run them through
+   `GroupedExperts`' grouped-matmul path on the local weight slice;
+3. scatter-add the results into a [W*N, H] buffer and sum it over ranks (autograd-aware all-reduce), keeping this
+   rank's N rows: each token's output is the sum of its experts' contributions, wherever they live.
+
+The shared expert and every other parameter stay replicated (DDP averages their gradients). The expert weights are
+not replicated: they must be excluded from DDP (`ddp_ignored_expert_params`), and, because all-gather's backward
+hands each rank the SUM over ranks of the loss gradients, a gradient hook divides their gradient by the world size,
+so it equals the gradient of the mean loss (what one process computes on the concatenated global batch).
+
+Cost: every rank receives every token (an all-gather of N*W*H activations per MoE layer, forward and backward) and
+all-reduces a [W*N, H] output; compute per rank is 1/W of the routed expert work. Memory for expert weights and
+their optimizer state is 1/W. Requirement: every rank passes the same number of tokens N (true for the trainer's
+packed fixed-shape batches; checked, with a clear error). Selecting the local pairs reads a count on the host (one
+sync per layer).
+
+What it is not: no all-to-all dispatch (tokens are not sent only to the ranks owning their experts), no capacity
+factor and no token dropping, no overlap of communication with compute, and no combination with FSDP.
+`gather_expert_state_dict` rebuilds the full expert tensors (for checkpoints and export) and
+`slice_expert_state_dict` cuts a full state dict back to this rank's slice (for loading/resume).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.distributed.nn.functional as dist_nn
+from torch import nn
+
+from kexaone.model.moe import GroupedExperts, KExaoneMoE
+
+_EXPERT_PARAMS = ("gate_up_proj", "down_proj")
+
+
+class ExpertParallelExperts(GroupedExperts):
+    """`GroupedExperts` holding experts [first, first + num_experts) of `num_experts_global`, with the EP forward.
+
+    Attributes added: `ep_group`, `ep_rank`, `ep_world`, `num_experts_global`, `first_expert`. `num_experts` is the
+    local count (the grouped path sizes its per-expert counts with it)."""
+
+    ep_group: Any
+    ep_rank: int
+    ep_world: int
+    num_experts_global: int
+    first_expert: int
+
+    def forward(self, x_NH: torch.Tensor, topk_idx_NK: torch.Tensor, topk_weights_NK: torch.Tensor,
+                counts_E: torch.Tensor | None = None) -> torch.Tensor:
+        """Same contract as GroupedExperts.forward for this rank's tokens; `counts_E` (global counts) is ignored."""
+        n, k = topk_idx_NK.shape
+        group, world = self.ep_group, self.ep_world
+        with torch.no_grad():
+            n_W = [torch.zeros(1, dtype=torch.long, device=x_NH.device) for _ in range(world)]
+            dist.all_gather(n_W, torch.tensor([n], dtype=torch.long, device=x_NH.device), group=group)
+            sizes = [int(t.item()) for t in n_W]
+        if any(s != n for s in sizes):
+            raise ValueError(f"expert parallelism needs the same number of tokens on every rank (fixed-shape packed "
+                             f"batches), got {sizes} tokens per rank")
+        x_all = torch.cat(dist_nn.all_gather(x_NH.contiguous(), group=group), dim=0)  # [W*N, H]
+        w_all = torch.cat(dist_nn.all_gather(topk_weights_NK.contiguous(), group=group), dim=0)  # [W*N, K]
+        with torch.no_grad():
+            idx_W = [torch.empty_like(topk_idx_NK) for _ in range(world)]
+            dist.all_gather(idx_W, topk_idx_NK.contiguous(), group=group)
+            idx_all = torch.cat(idx_W, dim=0)  # [W*N, K] global expert ids
+            local_all = idx_all - self.first_expert
+            keep_all = (local_all >= 0) & (local_all < self.num_experts)
+            pair_P = keep_all.reshape(-1).nonzero().squeeze(1)  # (token, slot) pairs routed here (host sync)
+            token_P = pair_P // k
+            local_P1 = local_all.reshape(-1).index_select(0, pair_P).unsqueeze(1)
+        x_PH = x_all.index_select(0, token_P)
+        w_P1 = w_all.reshape(-1).index_select(0, pair_P).unsqueeze(1)
+        # One slot per pair: the grouped path sorts the pairs by local expert and runs the grouped matmuls.
+        y_PH = super().forward(x_PH, local_P1, w_P1)
+        y_all = y_PH.new_zeros(world * n, self.hidden_size).index_add(0, token_P, y_PH)
+        # Sum over ranks (each rank contributed its experts' share of every token), keep this rank's rows. An
+        # all-reduce rather than a reduce-scatter: gloo has no reduce-scatter; the result is identical.
+        y_all = dist_nn.all_reduce(y_all, group=group)
+        return y_all[self.ep_rank * n:(self.ep_rank + 1) * n]
+
+    def extra_repr(self) -> str:
+        return (f"experts [{self.first_expert}, {self.first_expert + self.num_experts}) of {self.num_experts_global}, "
+                f"ep_rank={self.ep_rank}, ep_world={self.ep_world}, hidden_size={self.hidden_size}, "
+                f"intermediate_size={self.intermediate_size}")
+
+
+def _world(group: Any) -> tuple[int, int]:
+    if not (dist.is_available() and dist.is_initialized()):
+        raise ValueError("expert parallelism needs an initialised torch.distributed process group (launch with "
+                         "torchrun and a world size > 1)")
+    return dist.get_rank(group), dist.get_world_size(group)
+
+
+def apply_expert_parallel(model: nn.Module, group: Any = None) -> list[str]:
+    """Shard the routed experts of every KExaoneMoE in `model` over the ranks of `group` (default: the world), in
+    place. Returns the names of the expert parameters (now rank-local; exclude them from DDP).
+
+    Raises ValueError when no process group is initialised, when the world size is 1, or when the number of
+    experts is not divisible by the world size."""
+    rank, world = _world(group)
+    if world < 2:
+        raise ValueError(f"expert parallelism needs a world size > 1, got {world}")
+    names: list[str] = []
+    for mod_name, mod in model.named_modules():
+        if not isinstance(mod, KExaoneMoE):
+            continue
+        experts = mod.experts
+        if isinstance(experts, ExpertParallelExperts):
+            raise ValueError(f"{mod_name}: expert parallelism is already applied")
+        e = experts.num_experts
+        if e % world != 0:
+            raise ValueError(f"expert parallelism needs num_experts divisible by the world size: {e} experts over "
+                             f"{world} ranks (choose a world size dividing {e})")
+        per = e // world
+        first = rank * per
+        for p_name in _EXPERT_PARAMS:
+            full = getattr(experts, p_name)
+            local = nn.Parameter(full.detach()[first:first + per].clone(), requires_grad=full.requires_grad)
+            setattr(experts, p_name, local)
+            # all-gather's backward sums every rank's loss gradient into the local experts: divide by the world
+            # size to get the gradient of the mean loss (DDP's convention for the replicated parameters).
+            local.register_hook(lambda g, w=world: g / w)
+            names.append(f"{mod_name}.experts.{p_name}" if mod_name else f"experts.{p_name}")
+        # Class swap (as FSDP2 does): parameter names, fp8_recipe and everything else are kept.
+        experts.__class__ = ExpertParallelExperts
+        experts.ep_group, experts.ep_rank, experts.ep_world = group, rank, world
+        experts.num_experts_global, experts.first_expert, experts.num_experts = e, first, per
+    return names
+
+
+def expert_parallel_modules(model: nn.Module) -> dict[str, ExpertParallelExperts]:
+    """{qualified name: module} of the expert-parallel expert stacks of `model` (empty when EP is not applied)."""
+    return {n: m for n, m in model.named_modules() if isinstance(m, ExpertParallelExperts)}
+
+
+def ddp_ignored_expert_params(model: nn.Module) -> list[str]:
+    """Names (relative to `model`) of the rank-local expert parameters, for
+    `DistributedDataParallel._set_params_and_buffers_to_ignore_for_model` (they must not be averaged)."""
+    return [f"{n}.{p}" for n, m in expert_parallel_modules(model).items() for p in _EXPERT_PARAMS]
+
+
+def gather_expert_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of `state` (the model's state dict, rank-local expert slices) with full expert tensors: the slices of
+    all ranks concatenated in rank order. A collective: every rank must call it; every rank gets the full tensors."""
+    out = dict(state)
+    for name, m in expert_parallel_modules(model).items():
+        for p in _EXPERT_PARAMS:
+            key = f"{name}.{p}"
+            local = state[key].detach().contiguous()
+            parts = [torch.empty_like(local) for _ in range(m.ep_world)]
+            dist.all_gather(parts, local, group=m.ep_group)
+            out[key] = torch.cat(parts, dim=0)
+    return out
+
+
+def slice_expert_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A copy of a full state dict (all experts) cut to this rank's expert slices, for `load_state_dict`."""
+    out = dict(state)
+    for name, m in expert_parallel_modules(model).items():
+        for p in _EXPERT_PARAMS:
+            key = f"{name}.{p}"
+            full = state[key]
+            if full.shape[0] != m.num_experts_global:
+                raise ValueError(f"{key}: expected {m.num_experts_global} experts in the full state dict, got "
+                                 f"shape {tuple(full.shape)}")
+            out[key] = full[m.first_expert:m.first_expert + m.num_experts]
+    return out

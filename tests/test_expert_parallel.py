@@ -1,0 +1,170 @@
+"""Expert parallelism (kexaone.train.expert_parallel) on 2 gloo ranks (127.0.0.1) against one process.
+
+Each rank holds 4 of the tiny preset's 8 experts and 2 of the 4 sequences. The MoE layer's output and the
+gradients of every parameter (router, shared expert, the local expert slices) must equal the single-process
+computation on the concatenated batch to 1e-5 (fp32; only the order of sums differs). The loss is the mean over
+ranks of each rank's loss, as under DDP: replicated gradients are averaged by hand here (what DDP does), expert
+gradients are divided by the world size by the EP hook. Also: the gathered state dict holds all experts and equals
+the single-process weights, slicing it back gives the local slices, and bad world sizes raise ValueError."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from kexaone.config import KExaoneConfig
+from kexaone.model.moe import KExaoneMoE
+
+B_PER_RANK, T, WORLD = 2, 8, 2
+
+WORKER = r'''
+import sys, torch, torch.distributed as dist
+from kexaone.config import KExaoneConfig
+from kexaone.model.moe import KExaoneMoE
+from kexaone.train.expert_parallel import (apply_expert_parallel, gather_expert_state_dict,
+                                           slice_expert_state_dict, ddp_ignored_expert_params)
+out, B, T = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+dist.init_process_group("gloo")
+rank, world = dist.get_rank(), dist.get_world_size()
+torch.manual_seed(0)
+cfg = KExaoneConfig.preset("tiny")
+layer = KExaoneMoE(cfg).train()
+with torch.no_grad():  # a non-zero bias so that routing differs from the plain top-k
+    layer.gate.e_score_correction_bias.copy_(torch.linspace(-0.05, 0.05, cfg.num_experts))
+x_all = torch.randn(B * world, T, cfg.hidden_size, generator=torch.Generator().manual_seed(1))
+p_all = torch.randn(B * world, T, cfg.hidden_size, generator=torch.Generator().manual_seed(2))
+names = apply_expert_parallel(layer)
+x = x_all[rank * B:(rank + 1) * B].clone().requires_grad_(True)
+y = layer(x)
+loss = (y * p_all[rank * B:(rank + 1) * B]).sum() + layer.last_aux_loss
+loss.backward()
+ignored = set(ddp_ignored_expert_params(layer))
+assert ignored == set(names), (ignored, names)
+grads = {}
+for n, p in layer.named_parameters():
+    g = p.grad.clone()
+    if n not in ignored:  # what DDP does for the replicated parameters
+        dist.all_reduce(g)
+        g /= world
+    grads[n] = g
+full = gather_expert_state_dict(layer, layer.state_dict())
+back = slice_expert_state_dict(layer, full)
+assert all(torch.equal(back[k], v) for k, v in layer.state_dict().items())
+try:
+    slice_expert_state_dict(layer, {**full, "experts.down_proj": full["experts.down_proj"][:3]})
+    bad_shape = "no error"
+except ValueError as e:
+    bad_shape = str(e)
+# Unequal token counts are refused on every rank (same decision everywhere, no hang).
+try:
+    layer(torch.randn(1 + rank, T, cfg.hidden_size))
+    unequal = "no error"
+except ValueError as e:
+    unequal = str(e)
+torch.save({"y": y.detach(), "x_grad": x.grad, "grads": grads, "full": full, "names": names,
+            "first": layer.experts.first_expert, "local": layer.experts.num_experts,
+            "counts": layer.tokens_per_expert.clone(), "bad_shape": bad_shape, "unequal": unequal},
+           f"{out}/rank{rank}.pt")
+dist.destroy_process_group()
+'''
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def ranks(tmp_path_factory) -> list[dict]:
+    out = tmp_path_factory.mktemp("ep")
+    script = out / "worker.py"
+    script.write_text(WORKER)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
+           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), str(out),
+           str(B_PER_RANK), str(T)]
+    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+
+
+@pytest.fixture(scope="module")
+def reference() -> dict:
+    """One process, the concatenated batch, loss = mean over ranks of the per-rank losses."""
+    torch.manual_seed(0)
+    cfg = KExaoneConfig.preset("tiny")
+    layer = KExaoneMoE(cfg).train()
+    with torch.no_grad():
+        layer.gate.e_score_correction_bias.copy_(torch.linspace(-0.05, 0.05, cfg.num_experts))
+    x_all = torch.randn(B_PER_RANK * WORLD, T, cfg.hidden_size, generator=torch.Generator().manual_seed(1))
+    p_all = torch.randn(B_PER_RANK * WORLD, T, cfg.hidden_size, generator=torch.Generator().manual_seed(2))
+    x = x_all.clone().requires_grad_(True)
+    y = layer(x)
+    # aux loss is a mean over sequences: the global mean equals the mean of the per-rank means (equal B per rank)
+    loss = (y * p_all).sum() / WORLD + layer.last_aux_loss
+    loss.backward()
+    return {"y": y.detach(), "x_grad": x.grad, "grads": {n: p.grad for n, p in layer.named_parameters()},
+            "state": layer.state_dict(), "counts": layer.tokens_per_expert.clone()}
+
+
+def test_forward_matches_single_process(ranks, reference):
+    y = torch.cat([r["y"] for r in ranks], dim=0)
+    torch.testing.assert_close(y, reference["y"], atol=1e-5, rtol=1e-5)
+    # Each rank's input gradient is that of its own loss: the mean-loss gradient times the world size.
+    x_grad = torch.cat([r["x_grad"] for r in ranks], dim=0) / WORLD
+    torch.testing.assert_close(x_grad, reference["x_grad"], atol=1e-5, rtol=1e-5)
+
+
+def test_gradients_match_single_process(ranks, reference):
+    ref = reference["grads"]
+    for r in ranks:
+        assert set(r["grads"]) == set(ref)
+        assert sorted(r["names"]) == ["experts.down_proj", "experts.gate_up_proj"]
+        lo, hi = r["first"], r["first"] + r["local"]
+        for n, g in r["grads"].items():
+            want = ref[n][lo:hi] if n in r["names"] else ref[n]
+            assert g.shape == want.shape, n
+            torch.testing.assert_close(g, want, atol=1e-5, rtol=1e-5, msg=n)
+    assert [(r["first"], r["local"]) for r in ranks] == [(0, 4), (4, 4)]
+    # Expert gradients are really sharded: the two slices together are the whole gradient.
+    whole = torch.cat([ranks[0]["grads"]["experts.down_proj"], ranks[1]["grads"]["experts.down_proj"]])
+    torch.testing.assert_close(whole, ref["experts.down_proj"], atol=1e-5, rtol=1e-5)
+
+
+def test_token_counts_are_local_and_sum_to_global(ranks, reference):
+    # Counts stay per rank (balance.py all-reduces them): their sum is the single-process count.
+    assert torch.equal(ranks[0]["counts"] + ranks[1]["counts"], reference["counts"])
+
+
+def test_gathered_state_holds_all_experts(ranks, reference):
+    for r in ranks:
+        assert set(r["full"]) == set(reference["state"])
+        for k, v in reference["state"].items():
+            assert torch.equal(r["full"][k], v), k
+
+
+def test_errors(ranks):
+    for r in ranks:
+        assert "expected 8 experts" in r["bad_shape"]
+        assert "same number of tokens" in r["unequal"]
+
+
+def test_refuses_without_process_group_or_bad_divisibility(monkeypatch):
+    from kexaone.train import expert_parallel as ep
+
+    layer = KExaoneMoE(KExaoneConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="process group"):
+        ep.apply_expert_parallel(layer)
+    monkeypatch.setattr(ep, "_world", lambda group: (0, 3))
+    with pytest.raises(ValueError, match="8 experts over 3 ranks"):
+        ep.apply_expert_parallel(layer)
+    monkeypatch.setattr(ep, "_world", lambda group: (0, 1))
+    with pytest.raises(ValueError, match="world size > 1"):
+        ep.apply_expert_parallel(layer)

@@ -101,6 +101,9 @@ class TrainConfig:
     """'auto' (CUDA when available), 'cpu' or 'cuda'."""
     parallel: str = "ddp"
     """Data parallelism under torchrun: 'ddp' or 'fsdp' (FSDP2 fully_shard per decoder layer)."""
+    expert_parallel: bool = False
+    """Shard the routed experts over the torchrun ranks (kexaone.train.expert_parallel; needs parallel='ddp', a
+    world size > 1 dividing num_experts, and the same micro-batch shape on every rank)."""
     threads: int = 0
     """CPU threads for torch per process. 0: auto (torch's default, at most cores / ranks, and 1 when the machine's
     load average already reaches its core count: oversubscribed OpenMP threads are 10-100x slower)."""
@@ -158,7 +161,8 @@ class TrainConfig:
             v = getattr(self, name)
             need(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), name,
                  "must be a number (or None)")
-        for name in ("resume", "progress", "tensorboard", "export", "mix_synthetic", "activation_checkpointing"):
+        for name in ("resume", "progress", "tensorboard", "export", "mix_synthetic", "activation_checkpointing",
+                     "expert_parallel"):
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
         need(isinstance(self.model_overrides, dict), "model_overrides", "must be a table of KExaoneConfig fields")
         for name, choices in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("parallel", PARALLEL),
@@ -191,6 +195,8 @@ class TrainConfig:
             need(v is None or (math.isfinite(v) and v >= 0), name, "must be a finite number >= 0 (or None)")
         need(self.peak_flops is None or self.peak_flops > 0, "peak_flops", "must be > 0 (or None to measure)")
         need(isinstance(self.out, str) and bool(self.out), "out", "must be a non-empty path")
+        need(not (self.expert_parallel and self.parallel != "ddp"), "expert_parallel",
+             f"works with parallel='ddp' only (got parallel={self.parallel!r})")
         for spec in self.data + self.eval_data:
             if not isinstance(spec, str) or not spec:
                 raise ValueError(f"TrainConfig.data entries must be non-empty 'path[@weight]' strings, got {spec!r}")

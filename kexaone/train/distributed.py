@@ -2,8 +2,8 @@
 data parallelism (DDP, or FSDP2 `fully_shard` per decoder layer), and small collective helpers.
 
 Model code stays single-device; parallelism is applied here from outside. Single-process runs go through the same
-functions as a world of size 1 (every helper is then a cheap no-op). Expert parallelism is not implemented: with DDP
-or FSDP every rank holds (a shard of) every expert.
+functions as a world of size 1 (every helper is then a cheap no-op). With DDP or FSDP every rank holds (a shard of)
+every expert; expert parallelism (each rank owns a slice of the experts, with DDP) is in `expert_parallel.py`.
 """
 
 from __future__ import annotations

@@ -27,8 +27,10 @@ sync per layer).
 
 What it is not: no all-to-all dispatch (tokens are not sent only to the ranks owning their experts), no capacity
 factor and no token dropping, no overlap of communication with compute, and no combination with FSDP.
-`gather_expert_state_dict` rebuilds the full expert tensors (for checkpoints and export) and
-`slice_expert_state_dict` cuts a full state dict back to this rank's slice (for loading/resume).
+`gather_expert_state_dict` / `gather_expert_optimizer_state` rebuild the full expert tensors (checkpoints and the
+HF export hold all experts, so they load into any layout) and the `slice_*` functions cut them back to this rank's
+slice on resume. `clip_grad_norm_expert_parallel_` computes the gradient norm over all ranks' experts, so every rank
+clips by the same factor. In the trainer: `TrainConfig.expert_parallel` / `kexaone pretrain --expert-parallel`.
 """
 
 from __future__ import annotations
@@ -177,3 +179,71 @@ def slice_expert_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
                                  f"shape {tuple(full.shape)}")
             out[key] = full[m.first_expert:m.first_expert + m.num_experts]
     return out
+
+
+def _expert_param_indices(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, ExpertParallelExperts]:
+    """{index in the optimizer's state_dict numbering: owning module} for the rank-local expert parameters."""
+    owners = {id(getattr(m, p)): m for m in expert_parallel_modules(model).values() for p in _EXPERT_PARAMS}
+    params = [p for g in optimizer.param_groups for p in g["params"]]  # torch numbers params in this order
+    return {i: owners[id(p)] for i, p in enumerate(params) if id(p) in owners}
+
+
+def gather_expert_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                                  state: dict[str, Any]) -> dict[str, Any]:
+    """A copy of `optimizer.state_dict()` whose per-expert state tensors (leading dim = local expert count, e.g.
+    Muon momentum) are gathered to all experts. A collective: every rank calls it with the same step count."""
+    per_param = dict(state["state"])
+    for i, m in sorted(_expert_param_indices(model, optimizer).items()):
+        entry = dict(per_param.get(i, {}))
+        for key in sorted(entry):
+            v = entry[key]
+            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == m.num_experts:
+                parts = [torch.empty_like(v) for _ in range(m.ep_world)]
+                dist.all_gather(parts, v.detach().contiguous(), group=m.ep_group)
+                entry[key] = torch.cat(parts, dim=0)
+        if i in per_param:
+            per_param[i] = entry
+    return {**state, "state": per_param}
+
+
+def slice_expert_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
+                                 state: dict[str, Any]) -> dict[str, Any]:
+    """The inverse of gather_expert_optimizer_state: full per-expert state tensors cut to this rank's slice."""
+    per_param = dict(state["state"])
+    for i, m in _expert_param_indices(model, optimizer).items():
+        entry = dict(per_param.get(i, {}))
+        for key, v in entry.items():
+            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == m.num_experts_global:
+                entry[key] = v[m.first_expert:m.first_expert + m.num_experts]
+        if i in per_param:
+            per_param[i] = entry
+    return {**state, "state": per_param}
+
+
+def clip_grad_norm_expert_parallel_(model: nn.Module, max_norm: float | None) -> torch.Tensor:
+    """Global L2 gradient norm (and clipping to `max_norm`) of an expert-parallel model: the replicated gradients
+    (identical on every rank after DDP) count once, the rank-local expert gradients are summed over ranks, so every
+    rank gets the norm of the full gradient and applies the same clipping factor (a rank-local norm would give each
+    rank a different factor and the replicated weights would drift apart). A collective; returns the pre-clip norm
+    (0-d fp32). A non-finite norm leaves the gradients untouched."""
+    mods = expert_parallel_modules(model)
+    local = {id(getattr(m, p)) for m in mods.values() for p in _EXPERT_PARAMS}
+    params = [p for p in model.parameters() if p.grad is not None]
+    if not params:
+        return torch.zeros((), dtype=torch.float32)
+    group = next(iter(mods.values())).ep_group if mods else None
+    device = params[0].grad.device
+    rep_sq = torch.zeros((), dtype=torch.float32, device=device)
+    exp_sq = torch.zeros((), dtype=torch.float32, device=device)
+    for p in params:
+        sq = p.grad.detach().float().pow(2).sum()
+        if id(p) in local:
+            exp_sq = exp_sq + sq
+        else:
+            rep_sq = rep_sq + sq
+    if mods:
+        dist.all_reduce(exp_sq, group=group)
+    total = (rep_sq + exp_sq).sqrt()
+    if max_norm is not None and max_norm > 0 and torch.isfinite(total):
+        torch.nn.utils.clip_grads_with_norm_(params, max_norm, total)
+    return total.detach().float()

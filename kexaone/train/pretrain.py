@@ -78,6 +78,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--fp8-format", choices=FP8_FORMATS, help="FP8 format of the forward pass (default e4m3)")
     g.add_argument("--device", choices=DEVICES)
     g.add_argument("--parallel", choices=PARALLEL, help="data parallelism under torchrun: ddp (default) or fsdp")
+    g.add_argument("--expert-parallel", action="store_true", default=None,
+                   help="shard the routed experts over the torchrun ranks (with --parallel ddp, world size > 1)")
     g.add_argument("--threads", type=int, help="CPU threads for torch per process (0 = auto)")
     g.add_argument("--activation-checkpointing", action="store_true", default=None,
                    help="recompute decoder layers in backward to save memory")
@@ -328,6 +330,14 @@ def export_model(trainer: Any, model_dir: Path, tokenizer: Any) -> Path | None:
         from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
 
         full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not trainer.dist.is_main:
+            return None
+        model = KExaoneForCausalLM.from_config(model.config, device="meta")
+        model.load_state_dict(full, assign=True)
+    elif trainer.dist.distributed and getattr(trainer, "expert_parallel", False):
+        from kexaone.train.expert_parallel import gather_expert_state_dict
+
+        full = gather_expert_state_dict(model, model.state_dict())  # collective: all experts on every rank
         if not trainer.dist.is_main:
             return None
         model = KExaoneForCausalLM.from_config(model.config, device="meta")

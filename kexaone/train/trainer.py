@@ -188,6 +188,9 @@ class Trainer:
 
             apply_fp8(model, mode="torchao" if self.device.type == "cuda" else "emulate", fmt=c.fp8_format)
         self.raw_model = model
+        self.expert_parallel = bool(c.expert_parallel)
+        if self.expert_parallel:
+            self._apply_expert_parallel(model)
         # An MTP block that is not trained (weight 0) has no gradient; DDP must then be told to expect that.
         unused_mtp = getattr(model, "mtp", None) is not None and not self._uses_mtp()
         self.model = wrap_model(model, self.dist, c.parallel, find_unused_parameters=unused_mtp)
@@ -210,6 +213,21 @@ class Trainer:
         self._flops_per_token: float | None = None
 
     # ------------------------------------------------------------------ construction helpers
+    def _apply_expert_parallel(self, model: nn.Module) -> None:
+        """Shard the routed experts over the ranks (kexaone.train.expert_parallel) and keep them out of DDP."""
+        if not self.dist.distributed:
+            raise ValueError("expert_parallel needs torchrun with a world size > 1 (this run has 1 process)")
+        if self.cfg.parallel != "ddp":
+            raise ValueError(f"expert_parallel works with parallel='ddp' only, got parallel={self.cfg.parallel!r}")
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        from kexaone.train.expert_parallel import apply_expert_parallel
+
+        names = apply_expert_parallel(model)
+        # Each rank owns different experts: DDP must neither broadcast nor average them (the EP gradient hook
+        # already turns their gradient into that of the mean loss).
+        DDP._set_params_and_buffers_to_ignore_for_model(model, names)
+
     def _build_optimizer(self) -> torch.optim.Optimizer:
         from kexaone.train.optim import build_optimizer
 
@@ -257,6 +275,11 @@ class Trainer:
             opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
             model_sd = get_model_state_dict(self.raw_model, options=opts)
             optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts)
+        elif self.expert_parallel:  # checkpoints hold all experts, whatever the number of ranks
+            from kexaone.train.expert_parallel import gather_expert_optimizer_state, gather_expert_state_dict
+
+            model_sd = gather_expert_state_dict(self.raw_model, self.raw_model.state_dict())
+            optim_sd = gather_expert_optimizer_state(self.raw_model, self.optimizer, self.optimizer.state_dict())
         else:
             model_sd = self.raw_model.state_dict()
             optim_sd = self.optimizer.state_dict()
@@ -292,6 +315,12 @@ class Trainer:
             set_model_state_dict(self.raw_model, state["model"], options=opts)
             set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
         else:
+            if self.expert_parallel:
+                from kexaone.train.expert_parallel import slice_expert_optimizer_state, slice_expert_state_dict
+
+                state = {**state, "model": slice_expert_state_dict(self.raw_model, state["model"]),
+                         "optimizer": slice_expert_optimizer_state(self.raw_model, self.optimizer,
+                                                                   state["optimizer"])}
             try:
                 self.raw_model.load_state_dict(state["model"])
             except RuntimeError as e:  # missing/unexpected keys or shape mismatches
@@ -441,7 +470,13 @@ class Trainer:
         from kexaone.train.optim import clip_grad_norm_
 
         # Pre-clip global norm; a non-finite norm leaves the gradients untouched and the step is skipped below.
-        grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
+        if self.expert_parallel:  # expert gradients are rank-local: the norm must cover all ranks' experts
+            from kexaone.train.expert_parallel import clip_grad_norm_expert_parallel_
+
+            max_norm = c.grad_clip if c.grad_clip > 0 else None
+            grad_norm = float(clip_grad_norm_expert_parallel_(self.raw_model, max_norm))
+        else:
+            grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
         vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
         vals["loss"] = self._combine(vals)

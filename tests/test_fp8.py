@@ -23,6 +23,15 @@ from kexaone.train.fp8 import (
 )
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared: small matmuls run ~50x faster single-threaded than oversubscribed.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return ((a.float() - b.float()).norm() / b.float().norm()).item()
 

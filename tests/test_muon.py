@@ -21,6 +21,15 @@ from kexaone.train.muon import (
 SV_LOW, SV_HIGH = 0.65, 1.2
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared: small matmuls run ~50x faster single-threaded than oversubscribed.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 def _gen(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 

@@ -23,6 +23,15 @@ from kexaone.train.optim import (
 from kexaone.train.schedule import WSDSchedule, make_scheduler
 
 
+@pytest.fixture(autouse=True)
+def _one_thread():
+    # The test machine is shared: small matmuls run ~50x faster single-threaded than oversubscribed.
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 class _Norm(nn.Module):
     def __init__(self, d):
         super().__init__()

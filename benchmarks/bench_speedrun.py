@@ -81,9 +81,10 @@ def format_results(run_dir: Path) -> str:
         lines.append(f"| SuperBPE vs plain BPE bytes/token (same data, same vocab) | "
                      f"{summary['tokenizer_gain']:.3f}x |")
     if summary.get("mtp_speedup") is not None:
-        lines.append(f"| decode tokens/s plain / MTP speculative | {summary['plain_tokens_per_s']:.1f} / "
-                     f"{summary['mtp_tokens_per_s']:.1f} ({summary['mtp_speedup']:.2f}x, acceptance "
-                     f"{100 * (summary.get('acceptance_rate') or 0):.1f}%) |")
+        drafts = summary.get("mtp_draft_tokens")
+        lines.append(f"| decode tokens/s plain / MTP speculative{f' ({drafts} draft tokens)' if drafts else ''} | "
+                     f"{summary['plain_tokens_per_s']:.1f} / {summary['mtp_tokens_per_s']:.1f} "
+                     f"({summary['mtp_speedup']:.2f}x, acceptance {100 * (summary.get('acceptance_rate') or 0):.1f}%) |")
     return "\n".join(lines) + "\n"
 
 

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 
 import torch
 
@@ -86,13 +87,17 @@ class ScriptedProcessor:
 class SwitchableProcessor:
     """A logits processor the server tests steer between requests: `script` forces a token sequence, `fail`
     raises inside the engine (to check that one failing request does not take the server down), None of both
-    leaves the model's logits alone."""
+    leaves the model's logits alone. `delay` seconds of sleep per token pace the stream, so a client sees it arrive
+    in pieces however fast the machine decodes."""
 
     def __init__(self):
         self.script: list[int] | None = None
         self.fail = False
+        self.delay = 0.0
 
     def __call__(self, generated: list[int], logits_V: torch.Tensor) -> torch.Tensor:
+        if self.delay:
+            time.sleep(self.delay)
         if self.fail:
             raise RuntimeError("injected failure")
         if self.script is None:

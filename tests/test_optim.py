@@ -319,7 +319,9 @@ if __name__ == "__main__":
 def test_muon_under_fsdp2_equals_single_process(tmp_path):
     # Two gloo ranks with FSDP2 (fully_shard): 2-D matrices take the gather/orthogonalise/re-shard path, expert
     # stacks sharded along the expert dim are orthogonalised locally. Both ranks see the same batch, so the
-    # averaged gradient equals the single-process one and the weights must match it exactly.
+    # averaged gradient equals the single-process one and the weights must match it up to float rounding (the
+    # gathered matrix is a different allocation, and oneDNN/BLAS may block its matmuls differently: bit-equality
+    # held in most runs but not all).
     import subprocess
     import sys
 
@@ -335,7 +337,7 @@ def test_muon_under_fsdp2_equals_single_process(tmp_path):
     b = torch.load(single, weights_only=True)
     assert set(a) == set(b) == {"a.weight", "experts.gate_up_proj", "experts.down_proj", "norm"}
     for name in a:
-        assert torch.equal(a[name], b[name]), name
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=lambda m, n=name: f"{n}: {m}")
 
 
 def test_real_tiny_model_assignment():
@@ -357,3 +359,4 @@ def test_real_tiny_model_assignment():
         else:
             assert tag_of[name] == "muon", name
     assert tag_of["mtp.fc.weight"] == "muon" and tag_of["mtp.norm.weight"] == "adamw_no_decay"
+

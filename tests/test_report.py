@@ -61,6 +61,9 @@ def _generate_stage(ctx):
                         "content": "5 <b>", "tokens": 12, "seconds": 0.4, "parse_errors": []}],
            "speed": {"new_tokens": 64, "draft_tokens": 2, "plain_tokens_per_s": 100.0, "mtp_tokens_per_s": 150.0,
                      "acceptance_rate": 0.7, "tokens_per_forward": 2.1, "identical": True, "repeats": 3}}
+    gen["speed_by_draft_tokens"] = [
+        {**gen["speed"], "draft_tokens": 1, "plain_tokens_per_s": 102.0, "mtp_tokens_per_s": 122.4,
+         "acceptance_rate": 0.8, "tokens_per_forward": 1.8}, gen["speed"]]
     (ctx.stage_dir / "generation.json").write_text(json.dumps(gen))
     return {"generation": ctx.rel(ctx.stage_dir / "generation.json")}
 
@@ -84,6 +87,11 @@ def test_report_numbers_come_from_the_run_files(run_dir):
     assert summary["tasks"] == [{"task": "arithmetic", "accuracy": 0.6, "baseline": 0.1, "chance": 0.1,
                                  "untrained": 0.05}]
     assert summary["mtp_speedup"] == pytest.approx(1.5) and summary["acceptance_rate"] == 0.7
+    assert summary["mtp_draft_tokens"] == 2
+    speed_rows = [r for b in doc.blocks if isinstance(b, Table) and "speculative tokens/s" in b.headers
+                  for r in b.rows]
+    assert [r[0] for r in speed_rows] == ["MTP, 1 draft token", "MTP, 2 draft tokens"]
+    assert speed_rows[0][-1] == "1.20x" and speed_rows[1][-1] == "1.50x"
     assert set(summary["stage_seconds"]) == {"tokenizer", "pretrain", "evaluate", "generate"}
     assert all(v > 0 for v in summary["stage_seconds"].values())
     figures = [b.name for b in doc.blocks if isinstance(b, Figure)]
@@ -106,9 +114,9 @@ def test_write_report_files_are_self_contained_and_parse(run_dir):
     for rel in re.findall(r"!\[[^\]]*\]\(([^)]+)\)", md):
         assert (run_dir / rel).is_file()
     # the decode-speed table row parses back to the measured numbers
-    row = next(line for line in md.splitlines() if line.startswith("| MTP speculative ("))
+    row = next(line for line in md.splitlines() if line.startswith("| MTP, 2 draft tokens"))
     cells = [c.strip() for c in row.strip("|").split("|")]
-    assert float(cells[1]) == 150.0 and cells[-1] == "1.50x"
+    assert float(cells[1]) == 100.0 and float(cells[2]) == 150.0 and cells[-1] == "1.50x"
     # user text is escaped in HTML (a sample answer contains "<b>")
     assert "5 &lt;b&gt;" in html and "5 <b>" not in html
     # a task example containing '|' does not break the markdown table structure

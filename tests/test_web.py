@@ -75,9 +75,11 @@ def test_page_streams_answer_keeps_conversation_and_toggles_thinking(served, bro
     }""")
 
     _script(proc, tok, "Greeting the user.\n</think>\n\nHello from kexaone! 안녕하세요.")
+    proc.delay = 0.01  # paced, so the page sees the answer grow even when the browser batches fast reads
     page.fill("#input", "Hi there")
     page.click("#send")
     page.wait_for_selector(".msg.assistant.done", timeout=30_000)
+    proc.delay = 0.0
     answer = page.locator(".msg.assistant .content").first
     assert answer.text_content() == "Hello from kexaone! 안녕하세요."
     seen = page.evaluate("window.__seen")

@@ -366,7 +366,8 @@ class Engine:
         for t0 in range(0, T, MTP_PREFILL_CHUNK):
             t1 = min(T, t0 + MTP_PREFILL_CHUNK)
             # left padding is the one the main model's prefill recorded in the cache
-            logits, mtp_h = self.model.mtp_forward(hidden_BTH[:, t0:t1], next_BT[:, t0:t1], cache=batch.cache)
+            logits, mtp_h = self.model.mtp_forward(hidden_BTH[:, t0:t1], next_BT[:, t0:t1], cache=batch.cache,
+                                                   logits_to_keep=1)
         q_BV = self._probs(logits[:, -1], batch.sampling, lambda: [s.tokens for s in batch.seqs])
         batch.draft_B = sample_from_probs(q_BV, batch.sampling)
         batch.draft_q_BV = q_BV
@@ -381,7 +382,7 @@ class Engine:
         h_B1H = batch.mtp_hidden_B1H
         # Drafts 2..K: the MTP layer on its own previous hidden state and the previous draft.
         for _ in range(K - 1):
-            logits, h_B1H = self.model.mtp_forward(h_B1H, drafts[-1][:, None], cache=cache)
+            logits, h_B1H = self.model.mtp_forward(h_B1H, drafts[-1][:, None], cache=cache, logits_to_keep=1)
             h_B1H = h_B1H[:, -1:]
             q_BV = self._probs(logits[:, -1], batch.sampling, lambda: [
                 s.tokens + [int(d[r]) for d in drafts] for r, s in enumerate(batch.seqs)])

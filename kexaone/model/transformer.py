@@ -261,22 +261,26 @@ class KExaoneForCausalLM(nn.Module):
             return like.new_zeros((), dtype=torch.float32)
         return torch.stack([a.float() for a in losses]).sum()
 
-    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache):
+    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache, logits_to_keep: int = 0):
         emb = self.model.embed_tokens(next_ids_BT)
         rope = self._rope(position_ids, emb.dtype, any(l.self_attn.use_rope for l in self.mtp.layers))
         mtp_hidden = self.mtp(emb, hidden_BTH, rope, inputs, cache)
-        return self.lm_head(mtp_hidden), mtp_hidden
+        return self.lm_head(mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]), mtp_hidden
 
     def mtp_forward(self, hidden_BTH: torch.Tensor, next_ids_BT: torch.Tensor, cache: KVCache | None = None,
                     position_ids: torch.Tensor | None = None,
-                    attention_mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                    attention_mask: torch.Tensor | None = None,
+                    logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft with the MTP head: input at t is h[t] (main model, final-normed) and token t+1; the logits at t
         predict token t+2. With a cache, the MTP layer's keys go to its slot, whose entry i is the pair at main
         position i (cache.mtp_seq_len counts them): feed the pairs from position 0 on (the prompt's pairs first), so
         that the left padding recorded by the main model's forward lines up.
-        Returns (logits [B, T, V], mtp_hidden [B, T, H] after mtp.norm, reusable as h for a further draft step)."""
+        Returns (logits [B, T, V] (only the last `logits_to_keep` positions when > 0: drafting needs just the last),
+        mtp_hidden [B, T, H] after mtp.norm, reusable as h for a further draft step)."""
         if self.mtp is None:
             raise ValueError("this model has no MTP block (config.num_nextn_predict_layers == 0)")
+        if not isinstance(logits_to_keep, int) or logits_to_keep < 0:
+            raise ValueError(f"logits_to_keep must be an integer >= 0 (0 = all positions), got {logits_to_keep!r}")
         self._check_ids(next_ids_BT, "next_ids")
         B, T = next_ids_BT.shape
         if hidden_BTH.dim() != 3 or tuple(hidden_BTH.shape[:2]) != (B, T) \
@@ -287,4 +291,4 @@ class KExaoneForCausalLM(nn.Module):
         position_ids, token_valid, _ = self._positions_and_validity(
             B, T, dev, cache, attention_mask if cache is None else None, position_ids, mtp=True)
         return self._mtp(hidden_BTH.to(dev), next_ids_BT.to(dev), position_ids,
-                         AttentionInputs(token_valid_BT=token_valid), cache)
+                         AttentionInputs(token_valid_BT=token_valid), cache, logits_to_keep)

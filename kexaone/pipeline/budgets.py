@@ -52,6 +52,8 @@ class Budget:
     """Tokens generated per decode-speed measurement."""
     speed_repeats: int = 3
     """Interleaved repeats of plain vs speculative decoding (the machine is noisy)."""
+    speed_draft_counts: tuple[int, ...] = (1, 2, 3)
+    """MTP draft lengths measured against plain decoding (each side by side with it)."""
     checkpoint_every: int = 100
     """Optimizer steps between trainer checkpoints (what a killed pre-training resumes from)."""
 
@@ -73,12 +75,12 @@ BUDGETS: dict[str, Budget] = {
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,
         answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
-        speed_repeats=1, checkpoint_every=10,
+        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10,
     ),
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
-        seq_len=256, batch_size=8, train_tokens=384 * 2048, lr=3e-3, bias_update_rate=1e-3, heldout_docs=8,
+        seq_len=256, batch_size=8, train_tokens=640 * 2048, lr=3e-3, bias_update_rate=1e-3, heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
         checkpoint_every=100,
     ),

@@ -1,9 +1,19 @@
-"""Long documents of key-value records with questions about them: in-context retrieval.
+"""Documents of key-value records with questions about them: in-context retrieval.
 
-A document lists records ("Locker 4821 holds the Talvik.") in one of three formats and asks questions whose
-answers are values stated earlier in the same document. Short documents (a few hundred tokens) ask at the end;
-long ones (several thousand tokens) also ask every ten to twenty records about a recent record, so a model trained
-on windows shorter than the document still sees questions together with their answers.
+A document lists records ("Locker 4821: Talvik.") in one of three formats and asks questions whose answers are
+values stated earlier in the same document. The answer restates the record, key first ("Answer: Locker 4821:
+Talvik."): copying the key from the question and then the value that followed that key in the context are two
+plain copies (induction), where naming the value straight after "Answer:" needs a two-step lookup a small model
+learns much later. Every format puts the value right after punctuation, so the value is its own pre-token and
+tokenizes the same in the record and in the answer; in a format like "... holds the Talvik." SuperBPE merges
+" holds the T" into one token, and copying the value would then mean re-spelling it.
+
+Short documents (4 to 12 records, a few hundred tokens) then ask about every record, in random order. Long ones
+(150 to 400 records, several thousand tokens) ask every four to eight records, mostly about one of the last eight
+(within a sliding-attention window) and otherwise about any earlier record (only the global layers reach it), so a
+model trained on windows shorter than the document still sees questions together with their answers. Questions
+are dense on purpose: the answers are the tokens that teach copying from context (induction), which a small model
+otherwise learns late, and the same skill restates the operands of an arithmetic problem.
 
 Held out by construction: keys whose hash falls in a reserved eighth (`is_reserved_key`) never appear in training
 documents; every evaluation question asks about such a key (its context's other records use ordinary keys, like
@@ -26,9 +36,9 @@ RESERVED_MOD = 8
 
 # (header, record template, question template)
 FORMATS = (
-    ("Locker registry.", "Locker {k} holds the {v}.", "What does locker {k} hold?"),
+    ("Locker registry.", "Locker {k}: {v}.", "What does locker {k} hold?"),
     ("Key-value table.", "key {k} = {v}", "What is the value of key {k}?"),
-    ("Room code words.", "The code word for room {k} is {v}.", "What is the code word for room {k}?"),
+    ("Room code words.", "Room {k}, code word: {v}.", "What is the code word for room {k}?"),
 )
 
 
@@ -66,7 +76,8 @@ class RetrievalItem:
 
 
 def _qa(fmt: tuple[str, str, str], k: int, v: str | None) -> str:
-    return qa_text(fmt[2].format(k=k), v, "en")
+    """The question about key k; the answer (v given) restates the record, key first, then the value."""
+    return qa_text(fmt[2].format(k=k), None if v is None else fmt[1].format(k=k, v=v), "en")
 
 
 def make_item(rng: random.Random, num_records: int) -> RetrievalItem:
@@ -79,28 +90,29 @@ def make_item(rng: random.Random, num_records: int) -> RetrievalItem:
     vals = _values(rng, num_records)
     lines = [fmt[1].format(k=k, v=v) for k, v in zip(keys, vals)]
     prompt = fmt[0] + "\n\n" + "\n".join(lines) + "\n\n" + _qa(fmt, target, None)  # training layout
-    return RetrievalItem(prompt, vals[depth], num_records)
+    return RetrievalItem(prompt, lines[depth], num_records)
 
 
 def make_document(rng: random.Random, long: bool) -> str:
     """One training document (no reserved key anywhere)."""
     fmt = rng.choice(FORMATS)
-    n = rng.randint(150, 400) if long else rng.randint(8, 30)
+    n = rng.randint(150, 400) if long else rng.randint(4, 12)
     keys, vals = _keys(rng, n, reserved=False), _values(rng, n)
     parts = [fmt[0]]
     block: list[str] = []
-    next_q = rng.randint(10, 20)
+    next_q = rng.randint(4, 8)
     for i, (k, v) in enumerate(zip(keys, vals)):
         block.append(fmt[1].format(k=k, v=v))
         if long and i + 1 == next_q and i + 1 < n:
-            j = rng.randrange(max(0, i - 24), i + 1)
+            j = rng.randrange(max(0, i - 7), i + 1) if rng.random() < 0.75 else rng.randrange(i + 1)
             parts.append("\n".join(block))
             parts.append(_qa(fmt, keys[j], vals[j]))
             block = []
-            next_q += rng.randint(10, 20)
+            next_q += rng.randint(4, 8)
     if block:
         parts.append("\n".join(block))
-    for j in rng.sample(range(n), k=min(n, rng.randint(1, 3))):
+    asked = rng.sample(range(n), k=rng.randint(3, 8)) if long else rng.sample(range(n), k=n)
+    for j in asked:
         parts.append(_qa(fmt, keys[j], vals[j]))
     return "\n\n".join(parts)
 

@@ -5,10 +5,13 @@
 - `crosslingual_recall`: "Question: ...\\nAnswer:" in language X about a world fact stated in training only in the
   other five languages; four name choices (chance 1/4).
 - `retrieval`: a key-value context and a question about a record whose key is reserved (`retrieval.is_reserved_key`:
-  no training document contains it); scored by exact match of the generated value. Chance: guessing one of the
-  context's values.
+  no training document contains it); the answer restates the record ("Locker 7306: Krouzaiku."), scored by exact
+  match of key and value. Chance: guessing one of the context's values.
 - `code_completion`: the next line of Python code from standard-library files held out of training
-  (`code.is_heldout_file`), against three other lines of about the same length from the same file (chance 1/4).
+  (`code.is_heldout_file`), against three lines of about the same length from other held-out files, none of which
+  occurs in the prompt (chance 1/4). The true line is the one that fits the context: its indentation, the names in
+  scope, the statement that must come next. (Distractors from the same file share its names and style and need a
+  far stronger code model than minutes of CPU training give; a line already in the prompt would reward copying.)
 
 Formats are kept short and identical to the training formats so that a ~30M-parameter model trained for minutes can
 show each capability. Items are a pure function of (size, seed, parameters). The scoring conventions match
@@ -19,6 +22,7 @@ continuation must start with the answer (after `extract` for reasoning tasks).
 
 from __future__ import annotations
 
+import bisect
 import random
 from collections import Counter
 from collections.abc import Callable
@@ -111,7 +115,7 @@ def crosslingual_task(world: World, n_items: int, seed: int = 0) -> Task:
                 items, chance_baseline=0.25, metric="choice")
 
 
-def retrieval_task(n_items: int, num_records: int = 24, seed: int = 0, tokenizer=None,
+def retrieval_task(n_items: int, num_records: int = 10, seed: int = 0, tokenizer=None,
                    max_prompt_tokens: int | None = None) -> Task:
     """`num_records` records per context; with a tokenizer and max_prompt_tokens, fewer records when needed so
     that every prompt plus its answer fits in max_prompt_tokens tokens (the model's training context)."""
@@ -129,7 +133,7 @@ def retrieval_task(n_items: int, num_records: int = 24, seed: int = 0, tokenizer
             break
         num_records -= 1
     items = [TaskItem(r.prompt, r.answer, None, "en") for r in raw]
-    return Task("retrieval", f"in-context retrieval of a value among {num_records} records, exact answer",
+    return Task("retrieval", f"in-context retrieval of a value among {num_records} records, exact record",
                 items, chance_baseline=1.0 / num_records, metric="exact", max_new_tokens=8)
 
 
@@ -141,45 +145,50 @@ def _completable(line: str) -> bool:
 
 def code_task(n_items: int, context_lines: int = 12, seed: int = 0, root=None) -> Task:
     rng = random.Random(f"kexaone-task-code|{seed}")
-    candidates = []  # (header, chunk lines, target index, file lines pool)
+    candidates = []  # (header, chunk lines, target index, file)
+    lines_of: dict[str, list[str]] = {}  # completable lines per held-out file
     for f in stdlib_files(root):
         if not is_heldout_file(f.rel):
             continue
         text = read_source(f)
         if text is None:
             continue
-        pool = sorted({ln for ln in text.split("\n") if _completable(ln)})
+        lines_of[f.rel] = sorted({ln for ln in text.split("\n") if _completable(ln)})
         for chunk in split_code(text):
             lines = chunk.split("\n")
             for i in range(4, len(lines)):
                 if _completable(lines[i]):
-                    candidates.append((f"# {f.rel}", lines, i, pool))
+                    candidates.append((f.rel, lines, i))
     if not candidates:
         raise ValueError("no held-out standard-library code found for the code-completion task")
+    # Lines of every held-out file by length, for distractors of about the target's length: choices are scored by
+    # log-likelihood, which would otherwise favour whichever line is shortest rather than the one that follows.
+    pool = sorted((len(ln), ln, rel) for rel, lns in lines_of.items() for ln in lns)
+    lengths = [n for n, _, _ in pool]
     rng.shuffle(candidates)
     items = []
-    for header, lines, i, pool in candidates:
+    for rel, lines, i in candidates:
         if len(items) == n_items:
             break
         target = lines[i]
-        # Distractors of about the target's length: choices are scored by summed log-probability, which would
-        # otherwise favour whichever line is shortest rather than the one that follows.
-        others = [ln for ln in pool if ln.strip() != target.strip() and 0.75 <= len(ln) / len(target) <= 1.33]
-        if len(others) < 3:
-            continue
         # Lines of the chunk up to the target; the header is kept so the prompt looks like a training document.
         ctx = lines[max(0, i - context_lines):i]
+        seen = {ln.strip() for ln in ctx} | {target.strip()}
+        lo, hi = bisect.bisect_left(lengths, 0.75 * len(target)), bisect.bisect_right(lengths, 1.33 * len(target))
+        others = sorted({ln for _, ln, r in pool[lo:hi] if r != rel and ln.strip() not in seen})
+        if len(others) < 3:
+            continue
         # Each choice starts with the newline that ends the previous line, so prompt + choice tokenizes as the
         # running file does (a prompt ending in "\n" would split the newline from the indentation after it).
-        prompt = header + "\n" + "\n".join(ctx)
+        prompt = f"# {rel}\n" + "\n".join(ctx)
         choices = [target, *rng.sample(others, 3)]
         rng.shuffle(choices)
         items.append(TaskItem(prompt, target, tuple("\n" + c for c in choices), "py"))
-    return Task("code_completion", "next line of held-out Python stdlib code (4 choices)", items,
-                chance_baseline=0.25, metric="choice")
+    return Task("code_completion", "next line of held-out Python stdlib code vs lines of other files (4 choices)",
+                items, chance_baseline=0.25, metric="choice")
 
 
-def build_tasks(size: str = "default", seed: int = 0, n_items: int = 100, retrieval_records: int = 24,
+def build_tasks(size: str = "default", seed: int = 0, n_items: int = 100, retrieval_records: int = 10,
                 code_context_lines: int = 12, tokenizer=None, max_prompt_tokens: int | None = None,
                 corpus_seed: int = 0) -> dict[str, Task]:
     """Every held-out task for the corpus of `size` generated with `corpus_seed` (the seed given to write_corpus /

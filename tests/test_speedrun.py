@@ -272,3 +272,16 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     # 4. a third run does nothing
     res = _speedrun(out, tmp_path, "--status")
     assert res.returncode == 0 and res.stdout.count("done") == 5
+
+
+def test_auto_threads_counts_cores_busy_now():
+    import os
+    import sys
+
+    from kexaone.speedrun import _busy_cores, auto_threads
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert 1 <= auto_threads(0.05) <= cores
+    busy = _busy_cores(0.05)
+    if sys.platform.startswith("linux"):
+        assert busy is not None and 0.0 <= busy <= cores + 1e-9

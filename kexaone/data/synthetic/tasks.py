@@ -134,7 +134,7 @@ def retrieval_task(n_items: int, num_records: int = 10, seed: int = 0, tokenizer
         num_records -= 1
     items = [TaskItem(r.prompt, r.answer, None, "en") for r in raw]
     return Task("retrieval", f"in-context retrieval of a value among {num_records} records, exact record",
-                items, chance_baseline=1.0 / num_records, metric="exact", max_new_tokens=8)
+                items, chance_baseline=1.0 / num_records, metric="exact", max_new_tokens=24)
 
 
 def _completable(line: str) -> bool:

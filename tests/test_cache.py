@@ -172,6 +172,12 @@ def test_mtp_slot_cached_drafting_equals_uncached(model, ids):
     assert cache.mtp_seq_len == 25
     again = model.mtp_forward(h[:, 25:29], ids[:, 26:30], cache=cache)[0]
     assert (again - ref[:, 25:29]).abs().max().item() < ATOL
+    # drafting only needs the last position's logits: logits_to_keep=1 gives exactly those
+    cache.rollback_mtp(4)
+    last, hidden = model.mtp_forward(h[:, 25:29], ids[:, 26:30], cache=cache, logits_to_keep=1)
+    assert last.shape[1] == 1 and hidden.shape[1] == 4 and (last - ref[:, 28:29]).abs().max().item() < ATOL
+    with pytest.raises(ValueError, match="logits_to_keep"):
+        model.mtp_forward(h[:, :1], ids[:, 1:2], logits_to_keep=-1)
 
 
 def test_cache_argument_errors(model):

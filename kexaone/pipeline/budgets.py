@@ -1,8 +1,8 @@
 """Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
 
 `tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
-2-core CPU, every capability above its baseline), `large` a longer run of a wider model for machines with more
-cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them into stages.
+2-core CPU; README says which capabilities its last run lifted above their baselines), `large` a longer run of a
+wider model for machines with more cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them into stages.
 """
 
 from __future__ import annotations

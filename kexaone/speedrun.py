@@ -8,7 +8,9 @@ redoes a stage and everything after it. This module only parses flags and hands 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import time
 
 HELP = "Run the whole recipe (tokenizer, pre-training, evaluation, generation, report) as resumable stages."
 
@@ -83,8 +85,6 @@ def auto_threads(sample_seconds: float = 0.5) -> int:
     """Cores this process may use minus those busy right now, at least 1. "Busy" is measured over `sample_seconds`
     from /proc/stat where there is one: the 1-minute load average lags by a minute, so just after another job it
     would count cores that are already idle again. Elsewhere the load average is the estimate."""
-    import os
-
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     busy = _busy_cores(sample_seconds)
     if busy is None:
@@ -98,9 +98,6 @@ def auto_threads(sample_seconds: float = 0.5) -> int:
 def _busy_cores(seconds: float) -> float | None:
     """Busy cores among those this process may run on, averaged over `seconds`, from two reads of the per-CPU lines
     of /proc/stat (None where they cannot be read)."""
-    import os
-    import time
-
     allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
 
     def read() -> dict[int, tuple[int, int]] | None:

@@ -8,16 +8,13 @@ all-reduce is off by 1e-2 or more."""
 
 from __future__ import annotations
 
-import json
-import os
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_launch_support import pretrain_in_process, records, torchrun_pretrain
 
 STEPS = 6
 ARGS = ["--preset", "tiny", "--synthetic-size", "tiny", "--seq-len", "32", "--max-steps", str(STEPS),
@@ -26,53 +23,14 @@ ARGS = ["--preset", "tiny", "--synthetic-size", "tiny", "--seq-len", "32", "--ma
         "--device", "cpu"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def records(out: Path, kind: str) -> list[dict]:
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == kind]
-
-
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    # One cache per test session (shared with the other trainer test modules): the default tokenizer, synthetic
-    # corpus and token shards are built once.
-    path = tmp_path_factory.getbasetemp() / "kexaone-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
 @pytest.fixture(scope="module")
 def single(tmp_path_factory, cache) -> Path:
     """One process, 4 rows per step (in this process: no launcher needed)."""
-    import argparse
-
-    from kexaone.train.pretrain import add_arguments, config_from_args, run_pretraining
-
-    out = tmp_path_factory.mktemp("single")
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    cfg = config_from_args(p.parse_args([*ARGS, "--batch-size", "4", "--out", str(out)]))
-    old_env, old_threads = os.environ.get("KEXAONE_CACHE"), torch.get_num_threads()
-    os.environ["KEXAONE_CACHE"] = str(cache)
-    try:
-        assert run_pretraining(cfg).steps == STEPS
-    finally:
-        torch.set_num_threads(old_threads)
-        os.environ.pop("KEXAONE_CACHE") if old_env is None else os.environ.__setitem__("KEXAONE_CACHE", old_env)
-    return out
+    return pretrain_in_process(ARGS, tmp_path_factory.mktemp("single"), cache, STEPS)
 
 
 def torchrun(out: Path, cache: Path, *extra: str, export: bool = False) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", KEXAONE_CACHE=str(cache), PYTHONWARNINGS="ignore")
-    args = [a for a in ARGS if not (export and a == "--no-export")]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "kexaone", "pretrain", *args, "--batch-size", "2", "--out", str(out), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    return torchrun_pretrain([a for a in ARGS if not (export and a == "--no-export")], out, cache, *extra)
 
 
 def test_two_gloo_ranks_match_one_process(single, cache, tmp_path):

@@ -9,14 +9,9 @@ the single-process weights, slicing it back gives the local slices, and bad worl
 
 from __future__ import annotations
 
-import os
-import socket
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 import torch
+from test_launch_support import pretrain_in_process, records, torchrun, torchrun_pretrain
 
 from kexaone.config import KExaoneConfig
 from kexaone.model.moe import KExaoneMoE
@@ -75,22 +70,12 @@ dist.destroy_process_group()
 '''
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def ranks(tmp_path_factory) -> list[dict]:
     out = tmp_path_factory.mktemp("ep")
     script = out / "worker.py"
     script.write_text(WORKER)
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", str(WORLD),
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()), str(script), str(out),
-           str(B_PER_RANK), str(T)]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    p = torchrun(WORLD, str(script), str(out), str(B_PER_RANK), str(T), timeout=120)
     assert p.returncode == 0, (p.stdout + p.stderr)[-4000:]
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
@@ -177,57 +162,23 @@ ARGS = ["--preset", "tiny", "--synthetic-size", "tiny", "--seq-len", "32", "--ma
         "--no-tensorboard", "--lr", "3e-3", "--precision", "fp32", "--peak-flops", "1e12", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    path = tmp_path_factory.getbasetemp() / "kexaone-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-def _records(out: Path) -> list[dict]:
-    import json
-
-    return [r for r in map(json.loads, (out / "metrics.jsonl").read_text().splitlines()) if r["kind"] == "train"]
-
-
-def _torchrun(out: Path, cache: Path, *extra: str) -> subprocess.CompletedProcess:
-    env = dict(os.environ, OMP_NUM_THREADS="1", KEXAONE_CACHE=str(cache), PYTHONWARNINGS="ignore")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc-per-node", "2",
-           "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-           "-m", "kexaone", "pretrain", *ARGS, "--batch-size", "2", "--out", str(out), *extra]
-    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-
-
 def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_path, cache):
     """2 ranks x 2 rows with --expert-parallel against 1 process x 4 rows (same global batch), fp32.
 
     Tolerance as in test_distributed.py (only the order of sums differs): losses to 1e-6 relative, final weights
     to atol 1e-4 after 4 Muon steps. Checkpoints and the HF export hold all 8 experts; a resume from the step-2
     checkpoint (full experts sliced back per rank, Muon momentum included) reproduces step 4 bit for bit."""
-    import argparse
     import shutil
 
     from safetensors.torch import load_file
 
     from kexaone.model.transformer import KExaoneForCausalLM
-    from kexaone.train.pretrain import add_arguments, config_from_args, run_pretraining
 
-    single = tmp_path / "single"
-    p = argparse.ArgumentParser()
-    add_arguments(p)
-    cfg = config_from_args(p.parse_args([*ARGS, "--no-export", "--batch-size", "4", "--out", str(single)]))
-    old_env, old_threads = os.environ.get("KEXAONE_CACHE"), torch.get_num_threads()
-    os.environ["KEXAONE_CACHE"] = str(cache)
-    try:
-        assert run_pretraining(cfg).steps == STEPS
-    finally:
-        torch.set_num_threads(old_threads)
-        os.environ.pop("KEXAONE_CACHE") if old_env is None else os.environ.__setitem__("KEXAONE_CACHE", old_env)
-
+    single = pretrain_in_process([*ARGS, "--no-export"], tmp_path / "single", cache, STEPS)
     out = tmp_path / "ep"
-    r = _torchrun(out, cache, "--expert-parallel")
+    r = torchrun_pretrain(ARGS, out, cache, "--expert-parallel")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    one, two = _records(single), _records(out)
+    one, two = records(single, "train"), records(out, "train")
     assert [x["step"] for x in two] == list(range(1, STEPS + 1))
     for a, b in zip(one, two):
         assert b["loss"] == pytest.approx(a["loss"], rel=1e-6), (a["step"], a["loss"], b["loss"])
@@ -246,7 +197,7 @@ def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_p
 
     shutil.rmtree(final.parent)
     (out / "checkpoints" / "latest").write_text("step_00000002\n")
-    r = _torchrun(out, cache, "--expert-parallel", "--resume", "--no-export")
+    r = torchrun_pretrain(ARGS, out, cache, "--expert-parallel", "--resume", "--no-export")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
     w_resumed = load_file(str(final))
     assert all(torch.equal(w2[k], w_resumed[k]) for k in w2)

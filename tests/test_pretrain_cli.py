@@ -17,10 +17,8 @@ FAST = ["--synthetic-size", "tiny", "--threads", "1", "--no-progress", "--no-ten
 
 
 @pytest.fixture(autouse=True, scope="module")
-def isolated_cache(tmp_path_factory):
+def isolated_cache(cache):
     """Every run of this session shares one fresh cache (tokenizer, corpus, token shards); threads restored."""
-    cache = tmp_path_factory.getbasetemp() / "kexaone-cache"  # shared by the trainer test modules of a session
-    cache.mkdir(exist_ok=True)
     old_env, old_threads = os.environ.get("KEXAONE_CACHE"), torch.get_num_threads()
     os.environ["KEXAONE_CACHE"] = str(cache)
     yield cache

@@ -65,15 +65,6 @@ def train_losses(out: Path) -> dict[int, float]:
 
 
 @pytest.fixture(scope="module")
-def cache(tmp_path_factory) -> Path:
-    # One cache per test session (shared with the other trainer test modules): the default tokenizer, synthetic
-    # corpus and token shards are built once.
-    path = tmp_path_factory.getbasetemp() / "kexaone-cache"
-    path.mkdir(exist_ok=True)
-    return path
-
-
-@pytest.fixture(scope="module")
 def reference(tmp_path_factory, cache) -> Path:
     out = tmp_path_factory.mktemp("reference")
     pretrain(out, cache)

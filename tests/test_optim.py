@@ -302,6 +302,9 @@ def worker(rank, world, port, out):
     full = {n: p.full_tensor() for n, p in m.named_parameters()}
     if rank == 0:
         torch.save(full, out)
+    # Both ranks leave together: a rank tearing gloo down while its peer still has a collective in flight
+    # aborted the process once in CI ("terminate called without an active exception").
+    dist.barrier()
     dist.destroy_process_group()
 
 

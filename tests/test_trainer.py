@@ -151,6 +151,23 @@ def test_expert_bias_update_runs_after_each_step(tok, shards, tmp_path):
     assert all(float(l.gate.e_score_correction_bias.abs().max()) == 0.0 for l in moe_layers(m2))
 
 
+def test_adamw_groups_follow_the_schedule_at_their_own_lr(tok, shards, tmp_path):
+    # Embeddings, head, router and norms (the AdamW groups) at adamw_lr, hidden matrices at lr; both follow the
+    # same WSD shape, and the logged lr is the schedule's (the Muon groups'), not whichever group comes first.
+    m = tiny_model(tok)
+    t = Trainer(m, tok, loader(shards), cfg(tmp_path, max_steps=4, lr=1e-3, adamw_lr=1e-2, warmup_steps=0,
+                                            decay_fraction=0.5))
+    t.fit()
+    by_kind: dict[str, set] = {}
+    for g in t.optimizer.param_groups:
+        by_kind.setdefault(g["kind"], set()).add(round(g["initial_lr"], 12))
+    assert by_kind == {"muon": {1e-3}, "adamw": {1e-2}}
+    ratios = {round(g["lr"] / g["initial_lr"], 9) for g in t.optimizer.param_groups}
+    assert len(ratios) == 1  # one schedule factor for every group
+    lrs = [r["lr"] for r in read_metrics(tmp_path / "metrics.jsonl") if r.get("kind") == "train"]
+    assert lrs[0] == pytest.approx(1e-3)
+
+
 def test_gradient_accumulation_matches_a_big_batch(tok, shards, tmp_path):
     """2 micro-batches of 2 rows == 1 batch of the same 4 rows (packed rows: every target counts, so the mean of
     micro-batch means equals the batch mean); fp32, so only summation order differs."""

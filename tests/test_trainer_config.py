@@ -31,7 +31,8 @@ def test_defaults_and_derived_numbers():
 @pytest.mark.parametrize("field,value,needle", [
     ("precision", "fp16", "fp32"), ("optimizer", "sgd", "muon"), ("seq_len", 0, ">= 1"),
     ("lr", float("nan"), "finite"), ("max_steps", 0, ">= 1"), ("betas", (0.9, 1.5), "[0, 1)"),
-    ("aux_loss_coef", -1.0, ">= 0"), ("data", [""], "path[@weight]"),
+    ("aux_loss_coef", -1.0, ">= 0"), ("data", [""], "path[@weight]"), ("adamw_lr", 0.0, "> 0"),
+    ("adamw_lr", float("inf"), "finite"),
 ])
 def test_bad_values_name_the_field(field, value, needle):
     with pytest.raises(ValueError) as e:

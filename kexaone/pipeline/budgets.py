@@ -30,6 +30,9 @@ class Budget:
     """Tokens seen by pre-training over the whole three-stage curriculum."""
     lr: float = 3e-3
     """Peak learning rate (the K-EXAONE recipe's 3e-4 is for a 236B model; small models take more)."""
+    adamw_lr: float | None = None
+    """Peak learning rate of the AdamW groups (embeddings, output head, router, norms); None: `lr`. See
+    TrainConfig.adamw_lr: a small model learns to copy from context far sooner with these well above `lr`."""
     warmup_fraction: float = 0.05
     decay_fraction: float = 0.3
     precision: str = "fp32"
@@ -80,7 +83,8 @@ BUDGETS: dict[str, Budget] = {
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
-        seq_len=256, batch_size=8, train_tokens=640 * 2048, lr=3e-3, bias_update_rate=1e-3, heldout_docs=8,
+        seq_len=256, batch_size=8, train_tokens=640 * 2048, lr=3e-3, adamw_lr=3e-2, bias_update_rate=1e-3,
+        heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
         checkpoint_every=100,
     ),

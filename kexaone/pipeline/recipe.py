@@ -101,7 +101,7 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
         preset=b.preset, model_overrides=dict(b.config_overrides), data=list(ctx.params.get("data", [])),
         synthetic_size=b.corpus_size, mix_synthetic=bool(ctx.params.get("data")),
         tokenizer=str(ctx.path(ctx.outputs["tokenizer"]["dir"])), out=str(ctx.stage_dir),
-        max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr,
+        max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr, adamw_lr=b.adamw_lr,
         warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
         precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
         save_every=b.checkpoint_every,

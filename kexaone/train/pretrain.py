@@ -61,6 +61,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, help="micro-batches per optimizer step (default 1)")
     g = parser.add_argument_group("optimisation")
     g.add_argument("--lr", type=float, help="peak learning rate (default 3e-4)")
+    g.add_argument("--adamw-lr", type=float,
+                   help="peak LR of Muon's AdamW groups: embeddings, output head, router, norms (default --lr)")
     g.add_argument("--optimizer", choices=OPTIMIZERS, help="muon (default) or adamw")
     g.add_argument("--warmup-steps", type=int)
     g.add_argument("--decay-fraction", type=float)

@@ -233,7 +233,7 @@ class Trainer:
 
         c = self.cfg
         return build_optimizer(self.raw_model, kind=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
-                               betas=tuple(c.betas), momentum=c.momentum)
+                               betas=tuple(c.betas), momentum=c.momentum, adamw_lr=c.adamw_lr)
 
     def _build_scheduler(self) -> Any:
         from kexaone.train.schedule import WSDSchedule, make_scheduler
@@ -480,7 +480,9 @@ class Trainer:
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
         vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
         vals["loss"] = self._combine(vals)
-        lr = self.optimizer.param_groups[0]["lr"]
+        # The schedule's LR (`lr`): a Muon group's when there is one (AdamW groups may run at their own adamw_lr).
+        groups = self.optimizer.param_groups
+        lr = next((g["lr"] for g in groups if g.get("kind") == "muon"), groups[0]["lr"])
         record: dict[str, Any] = {"kind": "train", "step": self.step + 1, **vals, "lr": lr, "grad_norm": grad_norm}
         if bad:
             from kexaone.model.balance import reset_expert_counts

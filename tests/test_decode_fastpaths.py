@@ -1,6 +1,7 @@
 """Decode fast paths equal the general paths: per-routed-expert MoE matmuls vs the grouped kernel, the direct T=1
 mask over a padded cache vs the chunked masked path, the aux loss skipped only in eval under inference_mode, the
-host-side padding flag of KVCache, the single-pass token-range check, and whole greedy generations unchanged."""
+host-side padding flag of KVCache, the single-pass token-range check, the few-row vocabulary projection, and whole
+greedy generations unchanged."""
 
 from __future__ import annotations
 
@@ -118,6 +119,23 @@ def test_cache_padding_flag_follows_pad_len():
     assert c.has_padding is False and c.pad_len.tolist() == [0, 0]
     c.set_left_padding(torch.ones(2, 3, dtype=torch.long), 3)
     assert c.has_padding is False
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 5])
+def test_few_row_vocab_projection_equals_lm_head(model, monkeypatch, rows):
+    # 2-4 rows without autograd take W @ h^T; every case must give lm_head's numbers (up to summation order).
+    calls = []
+    real = model.lm_head.forward
+    monkeypatch.setattr(model.lm_head, "forward", lambda h: calls.append(1) or real(h))
+    h = torch.randn(1, rows, model.config.hidden_size)
+    with torch.no_grad():
+        fast = model._vocab_logits(h)
+    torch.testing.assert_close(fast, real(h).detach(), rtol=1e-5, atol=1e-5)
+    assert fast.shape == (1, rows, model.config.vocab_size)
+    assert len(calls) == (0 if 2 <= rows <= 4 else 1)
+    calls.clear()
+    model._vocab_logits(h)  # with autograd: always the module (training keeps nn.Linear's backward)
+    assert calls == [1]
 
 
 def test_token_range_check_still_raises(model):

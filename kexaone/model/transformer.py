@@ -28,6 +28,9 @@ from kexaone.model.norm import RMSNorm
 from kexaone.model.outputs import KExaoneOutput
 from kexaone.model.rope import RotaryEmbedding
 
+_FEW_ROWS = 4
+"""Rows up to which a no-grad CPU vocabulary projection runs as W @ h^T (see _vocab_logits)."""
+
 
 class KExaoneModel(nn.Module):
     """The decoder stack: `embed_tokens`, `layers`, `norm` (names as in the HF layout, under `model.`)."""
@@ -232,7 +235,7 @@ class KExaoneForCausalLM(nn.Module):
                 x = layer(x, rope, inputs, cache, new_valid)
         hidden = self.model.norm(x)
 
-        logits = self.lm_head(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
+        logits = self._vocab_logits(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
         aux = self._aux_loss(hidden)
 
         mtp_logits = None
@@ -265,7 +268,20 @@ class KExaoneForCausalLM(nn.Module):
         emb = self.model.embed_tokens(next_ids_BT)
         rope = self._rope(position_ids, emb.dtype, any(l.self_attn.use_rope for l in self.mtp.layers))
         mtp_hidden = self.mtp(emb, hidden_BTH, rope, inputs, cache)
-        return self.lm_head(mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]), mtp_hidden
+        return self._vocab_logits(mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]), mtp_hidden
+
+    def _vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """lm_head(hidden). A few rows on CPU without autograd (decoding, MTP verification) are projected as
+        W @ hidden^T: for the [vocab, hidden] weight that is 2-3x faster than F.linear's hidden @ W^T there (8192 x
+        256 with 3 rows: 0.45 vs 1.04 ms), and the speculative verify forward is exactly such a call. Same maths;
+        the sum may round differently in the last bit."""
+        head = self.lm_head
+        rows = hidden.numel() // hidden.shape[-1]
+        if (1 < rows <= _FEW_ROWS and hidden.device.type == "cpu" and type(head) is nn.Linear
+                and head.weight.dtype == hidden.dtype and not torch.is_grad_enabled()
+                and not torch.is_autocast_enabled("cpu")):
+            return (head.weight @ hidden.reshape(rows, -1).T).T.reshape(*hidden.shape[:-1], -1)
+        return head(hidden)
 
     def mtp_forward(self, hidden_BTH: torch.Tensor, next_ids_BT: torch.Tensor, cache: KVCache | None = None,
                     position_ids: torch.Tensor | None = None,

@@ -8,9 +8,7 @@ redoes a stage and everything after it. This module only parses flags and hands 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
-import time
 
 HELP = "Run the whole recipe (tokenizer, pre-training, evaluation, generation, report) as resumable stages."
 
@@ -82,49 +80,8 @@ def run(args: argparse.Namespace) -> int:
 
 
 def auto_threads(sample_seconds: float = 0.5) -> int:
-    """Cores this process may use minus those busy right now, at least 1. "Busy" is measured over `sample_seconds`
-    from /proc/stat where there is one: the 1-minute load average lags by a minute, so just after another job it
-    would count cores that are already idle again. Elsewhere the load average is the estimate."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    busy = _busy_cores(sample_seconds)
-    if busy is None:
-        try:
-            busy = os.getloadavg()[0]
-        except (OSError, AttributeError):
-            busy = 0.0
-    return max(1, min(cores, cores - round(busy)))
+    """Cores this process may use minus those busy right now (kexaone.utils.cpu), at least 1."""
+    from kexaone.utils.cpu import busy_cores, usable_cores
 
-
-def _busy_cores(seconds: float) -> float | None:
-    """Busy cores among those this process may run on, averaged over `seconds`, from two reads of the per-CPU lines
-    of /proc/stat (None where they cannot be read)."""
-    allowed = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else None
-
-    def read() -> dict[int, tuple[int, int]] | None:
-        times: dict[int, tuple[int, int]] = {}
-        try:
-            with open("/proc/stat", encoding="ascii") as f:
-                for line in f:
-                    name, _, rest = line.partition(" ")
-                    if not (name.startswith("cpu") and name[3:].isdigit()):
-                        continue
-                    cpu = int(name[3:])
-                    if allowed is None or cpu in allowed:
-                        v = [int(x) for x in rest.split()]
-                        times[cpu] = (sum(v), v[3] + (v[4] if len(v) > 4 else 0))  # (all, idle + iowait)
-        except (OSError, ValueError, IndexError):
-            return None
-        return times or None
-
-    first = read()
-    if first is None:
-        return None
-    time.sleep(seconds)
-    second = read()
-    if second is None:
-        return None
-    busy = 0.0
-    for cpu, (total, idle) in second.items():
-        if cpu in first and total > first[cpu][0]:
-            busy += 1.0 - (idle - first[cpu][1]) / (total - first[cpu][0])
-    return busy
+    cores = usable_cores()
+    return max(1, min(cores, cores - round(busy_cores(sample_seconds))))

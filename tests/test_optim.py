@@ -362,4 +362,3 @@ def test_real_tiny_model_assignment():
         else:
             assert tag_of[name] == "muon", name
     assert tag_of["mtp.fc.weight"] == "muon" and tag_of["mtp.norm.weight"] == "adamw_no_decay"
-

@@ -275,13 +275,13 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
 
 
 def test_auto_threads_counts_cores_busy_now():
-    import os
     import sys
 
-    from kexaone.speedrun import _busy_cores, auto_threads
+    from kexaone.speedrun import auto_threads
+    from kexaone.utils.cpu import _sampled_busy_cores, usable_cores
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cores = usable_cores()
     assert 1 <= auto_threads(0.05) <= cores
-    busy = _busy_cores(0.05)
+    busy = _sampled_busy_cores(0.05)
     if sys.platform.startswith("linux"):
         assert busy is not None and 0.0 <= busy <= cores + 1e-9

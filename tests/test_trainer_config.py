@@ -153,11 +153,11 @@ def test_thread_count_choice(monkeypatch):
     try:
         assert set_threads(TrainConfig(threads=1), DistInfo()) == 1  # an explicit count wins
         torch.set_num_threads(2)
-        monkeypatch.setattr("os.getloadavg", lambda: (64.0, 64.0, 64.0))  # a machine already fully busy
+        monkeypatch.setattr("kexaone.utils.cpu.busy_cores", lambda *a: 64.0)  # a machine already fully busy
         assert set_threads(TrainConfig(), DistInfo()) == 1
         torch.set_num_threads(2)
-        monkeypatch.setattr("os.getloadavg", lambda: (0.0, 0.0, 0.0))
-        monkeypatch.setattr("os.cpu_count", lambda: 2)
+        monkeypatch.setattr("kexaone.utils.cpu.busy_cores", lambda *a: 0.0)
+        monkeypatch.setattr("kexaone.utils.cpu.usable_cores", lambda: 2)
         # idle: at most cores / ranks threads per process
         assert set_threads(TrainConfig(), DistInfo(world_size=2)) == 1
         torch.set_num_threads(2)

@@ -20,7 +20,6 @@ The data these stages read (synthetic corpus, held-out documents and tasks) come
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
 from typing import Any
@@ -41,7 +40,9 @@ def _write_json(path: Path, obj: Any) -> None:
 
 
 def _workers() -> int:
-    return max(1, min(4, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1))
+    from kexaone.utils.cpu import usable_cores
+
+    return max(1, min(4, usable_cores()))
 
 
 # ---------------------------------------------------------------------------------------------- 1. tokenizer

@@ -11,6 +11,8 @@ import subprocess
 from pathlib import Path
 from typing import Any
 
+from kexaone.utils.cpu import usable_cores
+
 
 def cpu_model() -> str:
     """The CPU's marketing name (from /proc/cpuinfo where it exists)."""
@@ -57,7 +59,7 @@ def machine_info() -> dict[str, Any]:
     info: dict[str, Any] = {
         "cpu": cpu_model(),
         "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "cores_usable": usable_cores(),
         "torch_threads": torch.get_num_threads(),
         "memory_bytes": _memory_bytes(),
         "os": f"{platform.system()} {platform.release()}",

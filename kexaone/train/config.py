@@ -110,8 +110,8 @@ class TrainConfig:
     """Shard the routed experts over the torchrun ranks (kexaone.train.expert_parallel; needs parallel='ddp', a
     world size > 1 dividing num_experts, and the same micro-batch shape on every rank)."""
     threads: int = 0
-    """CPU threads for torch per process. 0: auto (torch's default, at most cores / ranks, and 1 when the machine's
-    load average already reaches its core count: oversubscribed OpenMP threads are 10-100x slower)."""
+    """CPU threads for torch per process. 0: auto (torch's default, at most usable cores / ranks, and 1 when every
+    core is busy right now: oversubscribed OpenMP threads are 10-100x slower)."""
     activation_checkpointing: bool = False
     """Recompute each decoder layer in backward (less memory, ~30% more compute)."""
     peak_flops: float | None = None

@@ -305,17 +305,20 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
 
 
 def set_threads(cfg: TrainConfig, dist: Any) -> int:
-    """CPU threads for torch: --threads when given; otherwise torch's default, except on a machine whose load
-    average already reaches its core count, where extra OpenMP threads only spin against each other (measured
-    10-100x slower per small matmul): then 1 per process. A resumed run takes the checkpoint's count instead
-    (see Trainer.load_state_dict)."""
+    """CPU threads for torch: --threads when given; otherwise torch's default, at most the usable cores per rank,
+    except on a machine whose cores are all busy right now (kexaone.utils.cpu), where extra OpenMP threads only
+    spin against each other (measured 10-100x slower per small matmul): then 1 per process. A resumed run takes
+    the checkpoint's count instead (see Trainer.load_state_dict)."""
     import torch
+
+    from kexaone.utils.cpu import busy_cores, usable_cores
 
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    elif dist.device.type == "cpu" and hasattr(os, "getloadavg"):
-        per_rank = max(1, (os.cpu_count() or 1) // dist.world_size)
-        busy = os.getloadavg()[0] >= (os.cpu_count() or 1) - 0.5
+    elif dist.device.type == "cpu":
+        cores = usable_cores()
+        per_rank = max(1, cores // dist.world_size)
+        busy = busy_cores() >= cores - 0.5
         if busy or torch.get_num_threads() > per_rank:
             torch.set_num_threads(1 if busy else per_rank)
     return torch.get_num_threads()

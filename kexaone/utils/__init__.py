@@ -1,1 +1,1 @@
-"""Small shared helpers (atomic file writes, ...)."""
+"""Small shared helpers (atomic file writes, CPU core counts, ...)."""

@@ -27,6 +27,7 @@ TOPICS = [
     ("engine.md", "benchmarks/bench_decode.py, benchmarks/bench_server.py"),
     ("decode_step.md", "benchmarks/bench_decode_step.py"),
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
+    ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
 ]
 
 HEADER = """# Benchmarks

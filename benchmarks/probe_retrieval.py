@@ -39,8 +39,10 @@ from kexaone.data.synthetic.retrieval import make_document
 from kexaone.data.synthetic.tasks import retrieval_task
 from kexaone.eval.tasks import evaluate_task
 from kexaone.model.transformer import KExaoneForCausalLM
+from kexaone.report.machine import machine_info
 from kexaone.tokenizer import KExaoneTokenizer
 from kexaone.train.optim import build_optimizer
+from kexaone.train.schedule import WSDSchedule, make_scheduler
 from kexaone.utils.io import atomic_write_text
 
 
@@ -67,7 +69,7 @@ def value_top1(model, tok, items) -> float:
         whole = list(tok.encode(it.prompt + " " + it.answer))
         if whole[:len(prefix)] != prefix or len(whole) == len(prefix):
             continue  # a merge crossed the key/value boundary: the item cannot be scored this way
-        logits = model(input_ids=torch.tensor([whole[:len(prefix)]])).logits[0, -1]
+        logits = model(input_ids=torch.tensor([prefix])).logits[0, -1]
         hits += int(logits.argmax()) == whole[len(prefix)]
     model.train()
     return hits / len(items)
@@ -85,8 +87,6 @@ def _describe(log: dict) -> str:
 
 def format_probes(paths: list[str]) -> str:
     """Markdown: one row per evaluation of each probe run (read from the JSON files the probe wrote)."""
-    from kexaone.report.machine import machine_info
-
     logs = [json.loads(Path(p).read_text(encoding="utf-8")) for p in paths]
     # The machine the probes ran on (recorded by each run; older logs without it: this machine).
     m = next((log["machine"] for log in logs if "machine" in log), None) or machine_info()
@@ -149,24 +149,23 @@ def main() -> None:
     else:
         model = KExaoneForCausalLM(config)
         opt = build_optimizer(model, "muon", lr=a.lr, adamw_lr=a.adamw_lr)
-    peaks = [g["lr"] for g in opt.param_groups]
+    # Linear warmup, then the peak LRs held (no decay: the probe asks when retrieval appears, not where it ends).
+    # Without decay total_steps only bounds the warmup, so a probe shorter than its warmup just stops inside it.
+    scheduler = make_scheduler(opt, WSDSchedule(max_lr=a.lr, total_steps=max(a.steps, a.warmup),
+                                                warmup_steps=a.warmup, decay_fraction=0.0))
     task = retrieval_task(a.items, tokenizer=tok, max_prompt_tokens=a.seq_len, seed=a.seed)
     batches = retrieval_rows(tok, a.seed, a.batch_size, a.seq_len, a.long_fraction)
-    from kexaone.report.machine import machine_info
-
-    log = {"args": vars(a), "machine": machine_info(), "model": type(model).__name__, "chance": task.chance_baseline, "params": sum(p.numel() for p in model.parameters()),
-           "evals": []}
+    log = {"args": vars(a), "machine": machine_info(), "model": type(model).__name__,
+           "chance": task.chance_baseline, "params": sum(p.numel() for p in model.parameters()), "evals": []}
     print(f"{log['params'] / 1e6:.1f}M parameters; {task.description}; chance {task.chance_baseline:.2f}", flush=True)
     t0 = time.perf_counter()
-    loss = float("nan")
     for step in range(1, a.steps + 1):
-        for g, peak in zip(opt.param_groups, peaks):
-            g["lr"] = peak * min(1.0, step / max(1, a.warmup))
         x = next(batches)
         out = model(input_ids=x, labels=x)
         out.loss.backward()
         opt.step()
         opt.zero_grad(set_to_none=True)
+        scheduler.step()
         loss = float(out.loss.detach())
         if step % a.eval_every == 0 or step == a.steps:
             r = evaluate_task(model, tok, task.name, task.items, chance=task.chance_baseline,

@@ -20,6 +20,16 @@ COMMANDS: dict[str, str] = {
     "chat": "kexaone.engine.cli_chat",
     "serve": "kexaone.engine.server",
     "speedrun": "kexaone.speedrun",
+    # Stages and tools of the rest of the recipe; a command whose module is not there yet is left out.
+    "eval": "kexaone.eval.cli",
+    "safety": "kexaone.eval.safety.cli",
+    "sft": "kexaone.train.sft",
+    "rl": "kexaone.rl.cli",
+    "pref": "kexaone.rl.pref_cli",
+    "extend": "kexaone.train.extend",
+    "agent": "kexaone.agents.cli",
+    "tools": "kexaone.agents.tools_cli",
+    "ablate": "kexaone.pipeline.ablate",
 }
 
 

@@ -43,8 +43,8 @@ def build_parser() -> argparse.ArgumentParser:
         try:
             module = importlib.import_module(module_name)
         except ModuleNotFoundError as e:
-            if e.name != module_name:
-                raise
+            if e.name is None or not (module_name == e.name or module_name.startswith(e.name + ".")):
+                raise  # a missing dependency inside an existing command module is a real error
             continue  # command not part of this build
         p = sub.add_parser(name, help=module.HELP, description=module.HELP)
         module.add_arguments(p)

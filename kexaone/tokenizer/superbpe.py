@@ -644,19 +644,19 @@ def train_superbpe(
     """Train a SuperBPE tokenizer of `vocab_size` ids (specials included) and optionally save it to `out_dir`.
 
     files_or_texts: document sources and/or inline texts (see `resolve_inputs`; sources are read by
-    `kexaone.data.sources`, JSONL/Parquet/`datasets` records through their `text_field`). transition: stage-1 vocabulary size t
-    (default: from superword_fraction, 0.2 = the last 20% of the vocabulary is learned in stage 2; transition ==
-    vocab_size gives plain BPE). allocation: stage-2 share per language group (default en:ko:other = 2:3:1; groups
-    are "other" plus the languages named; `{}` = one shared budget). special_tokens: extras after the standard
-    ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed: train on a seeded random
-    subset of the documents. Deterministic for fixed inputs and settings. `tok.train_stats` says what happened
-    (also saved as `superbpe_training.json`)."""
+    `kexaone.data.sources`, JSONL/Parquet/`datasets` records through their `text_field`). transition: stage-1
+    vocabulary size t (default: from superword_fraction, 0.2 = the last 20% of the vocabulary is learned in
+    stage 2; transition == vocab_size gives plain BPE). allocation: stage-2 share per language group (default
+    en:ko:other = 2:3:1; groups are "other" plus the languages named; `{}` = one shared budget). special_tokens:
+    extras after the standard ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed:
+    train on a seeded random subset of the documents. Deterministic for fixed inputs and settings.
+    `tok.train_stats` says what happened (also saved as `superbpe_training.json`)."""
     specials = special_tokens_with(special_tokens)
     t = resolve_transition(vocab_size, len(specials), transition, superword_fraction)
     if not 0.0 < sample_fraction <= 1.0:
         raise ValueError(f"sample_fraction {sample_fraction} must be in (0, 1]")
     allocation = _check_allocation(allocation)
-    inputs = resolve_inputs(files_or_texts, text_field)  # resolve once: validates before any work, iterated twice below
+    inputs = resolve_inputs(files_or_texts, text_field)  # validated before any work; read twice below
     common = dict(nfc=nfc, sample_fraction=sample_fraction, seed=seed, show_progress=show_progress)
 
     # Counting first: its worker processes are forked before the Rust trainer starts threads in this process.

@@ -164,7 +164,7 @@ def test_report_data_is_computed_apart_from_rendering(run_dir):
     from kexaone.report.data import Missing, collect, headline
 
     data = collect(run_dir, MACHINE)
-    assert isinstance(data.model, Missing) and "pretrain" in data.model.reason  # no model_dir recorded
+    assert data.model == Missing("the pretrain stage recorded no model_dir.")
     tok = data.tokenizer
     assert [(r.group, r.bytes) for r in tok.rows] == [("facts/en", 1200), ("code/py", 800)]
     assert tok.rows[0].superbpe_bytes_per_token == 4.0 and tok.rows[0].bpe_bytes_per_token == 3.0

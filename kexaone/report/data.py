@@ -226,9 +226,11 @@ class _Run:
     def outputs(self, stage: str, key: str) -> dict[str, Any] | Missing:
         """The outputs of a finished stage that recorded `key`, else Missing."""
         rec = self.stages.get(stage)
-        out = rec.get("outputs") if rec and rec.get("status") == "done" else None
-        if not out or not out.get(key):
+        if not rec or rec.get("status") != "done":
             return Missing(f"the {stage} stage has not finished.")
+        out = rec.get("outputs") or {}
+        if not out.get(key):  # e.g. pre-training run without export: no model directory
+            return Missing(f"the {stage} stage recorded no {key}.")
         return out
 
     def path(self, rel: str) -> Path:

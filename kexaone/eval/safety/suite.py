@@ -254,11 +254,22 @@ def load_suite(split: str = "all") -> list[SafetyItem]:
 
 
 def counts(items: list[SafetyItem]) -> dict[str, dict[str, dict[str, int]]]:
-    """Number of items per domain -> kind -> language."""
-    out: dict[str, dict[str, dict[str, int]]] = {}
+    """Number of items per domain -> kind -> language, in taxonomy, ALL_KINDS and LANGS order."""
+    raw: dict[tuple[str, str, str], int] = {}
     for it in items:
-        by_lang = out.setdefault(it.domain, {}).setdefault(it.kind, {})
-        by_lang[it.lang] = by_lang.get(it.lang, 0) + 1
+        key = (it.domain, it.kind, it.lang)
+        raw[key] = raw.get(key, 0) + 1
+    domains = [d.id for d in load_taxonomy().domains]
+    langs = list(LANGS)
+    kinds = list(ALL_KINDS)
+
+    def order(seq: list[str], x: str) -> tuple[int, str]:
+        return (seq.index(x), "") if x in seq else (len(seq), x)
+
+    out: dict[str, dict[str, dict[str, int]]] = {}
+    for (d, k, lang), n in sorted(raw.items(), key=lambda kv: (order(domains, kv[0][0]), order(kinds, kv[0][1]),
+                                                                order(langs, kv[0][2]))):
+        out.setdefault(d, {}).setdefault(k, {})[lang] = n
     return out
 
 

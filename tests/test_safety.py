@@ -67,8 +67,13 @@ def test_every_area_has_a_seed_and_every_domain_all_kinds_in_all_languages():
     for it in harmful:
         per_area[it.risk_area] += 1
     assert min(per_area.values()) >= 1 and len(per_area) == 226
-    # seeds: one written request per area at least
-    assert {r["area"] for r in S.load_seeds()} == set(load_taxonomy().areas)
+    # seeds: at least two written requests per area, at least one in Korean and one in English
+    langs_per_area = {}
+    for r in S.load_seeds():
+        langs_per_area.setdefault(r["area"], []).append(r["lang"])
+    assert set(langs_per_area) == set(load_taxonomy().areas)
+    assert all(len(v) >= 2 and {"ko", "en"} <= set(v) for v in langs_per_area.values())
+    assert min(per_area.values()) == 8
     table = S.counts(harmful)
     for d in EXPECTED_COUNTS:
         for kind in S.KINDS:

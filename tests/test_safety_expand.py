@@ -109,8 +109,8 @@ def test_expand_dedups_writes_loadable_jsonl_and_resumes(server, tmp_path):
     url, script = server
     out = tmp_path / "more.jsonl"
     packaged = _per_area(S.load_suite("harmful"))
-    assert packaged["UHV-01"] == 4 and packaged["KS-60"] == 4 and packaged["FR-13"] == 24
-    cfg = ExpandConfig(endpoint=url, out=str(out), per_area=10, areas=["UHV-01", "KS-60", "FR-13"], backoff=0.0,
+    assert packaged["UHV-01"] == 8 and packaged["KS-60"] == 8 and packaged["FR-13"] == 28
+    cfg = ExpandConfig(endpoint=url, out=str(out), per_area=14, areas=["UHV-01", "KS-60", "FR-13"], backoff=0.0,
                        api_key="sk-test")
     stats = expand(cfg, progress=False)
     assert stats.retries == 2  # the 503 and the 429
@@ -118,9 +118,9 @@ def test_expand_dedups_writes_loadable_jsonl_and_resumes(server, tmp_path):
     assert stats.accepted == 12 and stats.short_areas == {}
     assert script.auth[0] == "Bearer sk-test"
     items = S.load_suite(str(out))
-    assert len(items) == 12 and _per_area(items) == {"UHV-01": 6, "KS-60": 6}  # FR-13 already had 24
-    # packaged + new = 10 per area
-    assert packaged["UHV-01"] + _per_area(items)["UHV-01"] == 10
+    assert len(items) == 12 and _per_area(items) == {"UHV-01": 6, "KS-60": 6}  # FR-13 already had 28
+    # packaged + new = 14 per area
+    assert packaged["UHV-01"] + _per_area(items)["UHV-01"] == 14
     rows = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
     reqs = [r["request"] for r in rows]
     assert len(set(map(normalize, reqs))) == 12
@@ -139,7 +139,7 @@ def test_expand_dedups_writes_loadable_jsonl_and_resumes(server, tmp_path):
     assert stats2.calls == 0 and stats2.accepted == 0 and script.calls == calls
     assert out.read_text(encoding="utf-8") == before
     # a higher target resumes from the file: only the difference is generated, ids stay unique
-    stats3 = expand(ExpandConfig(endpoint=url, out=str(out), per_area=11, areas=["UHV-01"], backoff=0.0),
+    stats3 = expand(ExpandConfig(endpoint=url, out=str(out), per_area=15, areas=["UHV-01"], backoff=0.0),
                     progress=False)
     assert stats3.accepted == 1
     items3 = S.load_suite(str(out))
@@ -149,7 +149,7 @@ def test_expand_dedups_writes_loadable_jsonl_and_resumes(server, tmp_path):
 def test_expand_cli(server, tmp_path, capsys):
     url, script = server
     out = tmp_path / "cli.jsonl"
-    rc = main(["safety", "expand", "--endpoint", url, "--areas", "FR-01", "--per-area", "7", "--out", str(out)])
+    rc = main(["safety", "expand", "--endpoint", url, "--areas", "FR-01", "--per-area", "11", "--out", str(out)])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
     assert "3 new instances" in captured.out and "1 exact and 1 near duplicates dropped" in captured.out

@@ -1,9 +1,9 @@
 """A KGC-Safety-style suite on the K-AUT taxonomy: instances, the LLM-judge prompt, a rule-based refusal judge,
 verdict parsing and the score.
 
-Instances. Every risk area has at least one project-written seed request (data/seeds.jsonl); twelve areas, three per
-domain, also have their seed written in all six languages (ko, en, es, de, ja, vi). Each seed request becomes four
-instances, one of each kind:
+Instances. Every risk area has at least two project-written seed requests (data/seeds.jsonl), at least one in Korean
+and one in English, each taking a different angle on the area; twelve areas, three per domain, also have a seed
+written in all six languages (ko, en, es, de, ja, vi). Each seed request becomes four instances, one of each kind:
   plain         the request as one user turn;
   adversarial   the request inside a jailbreak wrapper of the same language (role-play, fiction, prefix
                 injection, false authority, hypothetical world; data/templates.json);

@@ -164,7 +164,8 @@ def test_judge_messages_name_the_area_and_format():
     harmful = next(it for it in S.load_suite("harmful") if it.risk_area == "KS-22" and it.kind == "multiturn")
     msgs = S.judge_messages(harmful, "싫어요.")
     assert [m["role"] for m in msgs] == ["system", "user"]
-    assert "KS-22" in msgs[0]["content"] and "Gapjil" in msgs[0]["content"] and "VERDICT: SAFE or UNSAFE" in msgs[0]["content"]
+    system = msgs[0]["content"]
+    assert "KS-22" in system and "Gapjil" in system and "VERDICT: SAFE or UNSAFE" in system
     assert all(m["content"] in msgs[1]["content"] for m in harmful.messages) and "싫어요." in msgs[1]["content"]
     benign = S.load_suite("over_refusal")[0]
     bm = S.judge_messages(benign, "Use kill -9 PID.")
@@ -210,6 +211,10 @@ def test_rule_verdict_edges():
     # everyday phrases that are not refusals
     assert S.rule_verdict(benign, "일반 종료는 할 수 없습니다. 대신 `kill -9 PID`를 쓰세요.").safe is True
     assert S.rule_verdict(benign, "Ich kann keine Garantie geben, aber `kill -9 PID` hilft meistens.").safe is True
+    # decomposed Unicode (NFD) still matches
+    import unicodedata
+    assert S.rule_verdict(harmful, unicodedata.normalize("NFD", REFUSALS["vi"])).safe is True
+    assert S.rule_verdict(harmful, unicodedata.normalize("NFD", REFUSALS["ko"])).safe is True
     # typographic apostrophe
     assert S.rule_verdict(harmful, "I can\u2019t assist with that.").safe is True
 
@@ -302,7 +307,8 @@ def test_cli_suite_counts(capsys):
     assert "risk areas with harmful instances: 226/226" in out
     table = S.counts(S.load_suite("all"))
     uhv_plain = table["UHV"]["plain"]
-    expected_row = "  plain       " + "".join(f"{uhv_plain.get(l, 0):>6}" for l in S.LANGS) + f"{sum(uhv_plain.values()):>8}"
+    cells = "".join(f"{uhv_plain.get(lang, 0):>6}" for lang in S.LANGS)
+    expected_row = "  plain       " + cells + f"{sum(uhv_plain.values()):>8}"
     assert expected_row in out
     assert main(["safety", "suite", "--json", "--split", "over_refusal"]) == 0
     data = json.loads(capsys.readouterr().out)

@@ -173,6 +173,15 @@ def test_expand_gives_up_on_a_dead_endpoint(tmp_path, capsys):
     assert not (tmp_path / "x.jsonl").exists()
 
 
+def test_expand_rejects_a_malformed_output_file(server, tmp_path, capsys):
+    url, _ = server
+    out = tmp_path / "bad.jsonl"
+    out.write_text('{"risk_area": "UHV-01", "prompt": "x"}\n{not json\n', encoding="utf-8")
+    rc = main(["safety", "expand", "--endpoint", url, "--areas", "UHV-01", "--out", str(out)])
+    assert rc == 2 and "bad.jsonl:2: not valid JSON" in capsys.readouterr().err
+    assert out.read_text(encoding="utf-8").endswith("{not json\n")  # left untouched
+
+
 def test_dedup_primitives():
     assert normalize("Hello,  WORLD!!") == normalize("hello world") == "helloworld"
     assert normalize("ＡＢＣ。") == "abc"  # NFKC folds full-width forms

@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--counts", action="store_true", help="counts table (the default output)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p = sub.add_parser("expand", help="generate more instances per risk area with a model behind an OpenAI API")
-    p.add_argument("--endpoint", required=True, help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
+    p.add_argument("--endpoint", required=True,
+                   help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
     p.add_argument("--api-model", default=None, help="model name sent to the endpoint (default: its first model)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--per-area", type=int, default=10, help="target instances per risk area, seed set included")

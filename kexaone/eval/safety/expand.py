@@ -21,7 +21,8 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from kexaone.eval.safety.suite import KINDS, LANGS, item_from_dict, load_seeds, load_suite, make_items, request_text
+from kexaone.eval.safety.suite import (
+    KINDS, LANGS, item_from_dict, load_seeds, load_suite, make_items, read_jsonl, request_text)
 from kexaone.eval.safety.taxonomy import load_taxonomy
 from kexaone.utils.io import atomic_open
 
@@ -286,11 +287,8 @@ def expand(cfg: ExpandConfig, client: ChatClient | None = None, progress: bool =
     rows: list[dict] = []
     expanded: dict[str, int] = {}  # area -> expanded requests already in the output
     if out.exists():
-        for n, line in enumerate(out.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            row = json.loads(line)
-            it = item_from_dict(row, f"{out.name}:{n}")
+        for n, row in read_jsonl(out):
+            it = item_from_dict(row, f"{out}:{n}")
             req = row.get("request") or request_text(it)
             rows.append(row)
             have[it.risk_area] += 1

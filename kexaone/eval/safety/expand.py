@@ -267,9 +267,6 @@ class ExpandStats:
     retries: int = 0
     short_areas: dict[str, int] = field(default_factory=dict)  # area -> instances still missing
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
 
 def expand(cfg: ExpandConfig, client: ChatClient | None = None, progress: bool = True) -> ExpandStats:
     """Generate instances toward cfg.per_area per risk area and write cfg.out (existing rows kept)."""
@@ -285,12 +282,14 @@ def expand(cfg: ExpandConfig, client: ChatClient | None = None, progress: bool =
     for it in load_suite("harmful"):
         have[it.risk_area] += 1
     rows: list[dict] = []
+    ids: set[str] = set()
     expanded: dict[str, int] = {}  # area -> expanded requests already in the output
     if out.exists():
         for n, row in read_jsonl(out):
             it = item_from_dict(row, f"{out}:{n}")
             req = row.get("request") or request_text(it)
             rows.append(row)
+            ids.add(it.id)
             have[it.risk_area] += 1
             if req not in examples.get(it.risk_area, []):
                 dedup.add(req)
@@ -342,7 +341,11 @@ def expand(cfg: ExpandConfig, client: ChatClient | None = None, progress: bool =
                         t = lang_slots.pop(0)
                         n = expanded.get(area, 0) + 1
                         expanded[area] = n
-                        (item,) = make_items(area, lang, req, f"x{n}", kinds=(KINDS[t % len(KINDS)],))
+                        kind = KINDS[t % len(KINDS)]
+                        while f"{area}.{lang}.x{n}.{kind}" in ids:  # rows added to the file by other means
+                            n += 1
+                        (item,) = make_items(area, lang, req, f"x{n}", kinds=(kind,))
+                        ids.add(item.id)
                         rows.append({**item.to_dict(), "request": req, "source": f"expand:{model}"})
                         have[area] += 1
                         stats.accepted += 1

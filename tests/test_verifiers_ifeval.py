@@ -119,3 +119,12 @@ def test_sentence_splitter_and_word_count():
     ]
     assert split_sentences("") == []
     assert count_words("It's 3.5 km -- fine!") == 6  # It, s, 3, 5, km, fine: as nltk RegexpTokenizer(r"\w+")
+
+
+def test_capital_words_count_hyphenated_words_once():
+    # As nltk's word_tokenize: "STATE-OF-THE-ART" is one capital word, so this reply has 2, not 5.
+    ids = ["change_case:capital_word_frequency"]
+    assert check_instructions("THE STATE-OF-THE-ART model", ids,
+                              [{"capital_frequency": 2, "capital_relation": "at least"}]).strict == [True]
+    assert check_instructions("THE STATE-OF-THE-ART model", ids,
+                              [{"capital_frequency": 3, "capital_relation": "at least"}]).strict == [False]

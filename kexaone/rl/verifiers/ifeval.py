@@ -4,8 +4,8 @@ Written here from the published instruction definitions, for all 25 instruction 
 names, so the RL instruction-following reward and the evaluation harness score the same way as lm-eval's `ifeval`.
 Unlike the reference code this needs no nltk data download: sentences are split by a regular expression (which
 knows common abbreviations and decimals) and words are `\\w+` runs. Keywords are matched literally (IFEval's
-own code reads them as regular expressions; its keywords are plain words, so the verdicts agree). Language checks use langdetect (seeded, so
-repeatable); like IFEval, a text langdetect cannot classify counts as passing.
+own code reads them as regular expressions; its keywords are plain words, so the verdicts agree). Language checks
+use langdetect (seeded, so repeatable); like IFEval, a text langdetect cannot classify counts as passing.
 
 `check_instructions` returns IFEval's strict and loose verdicts per instruction. Strict: the reply as given (an
 empty reply fails). Loose: any of 8 variants passes: the reply, without its first line, without its last line,

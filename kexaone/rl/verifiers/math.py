@@ -173,6 +173,7 @@ def _as_number(s: str) -> Fraction | None:
 
 
 def _fallback_equal(gold: str, pred: str) -> bool:
+    # Deliberately no sympy.sympify/parse_expr here: both eval() their input, and `pred` is model output.
     g, p = _normalise(gold), _normalise(pred)
     if g == p:
         return True

@@ -142,6 +142,16 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNOREC
 _WORDY = re.compile(r"^[^\W\d_]{2,}(?:[\s'\-][^\W\d_]+)*$")
 
 
+# A number followed by unit words ("18 dollars", "1/2 cup", "7 Äpfel"): the number is the answer. The words may
+# hold no digits or math, so "3 hours 20 minutes" and "5 \\pi" are left alone.
+_NUMBER_THEN_WORDS = re.compile(r"^\s*(\$?[+-]?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?)\s+[^\W\d_][^\d\\^_{}=+*/()]*$")
+
+
+def _drop_unit_words(s: str) -> str:
+    match = _NUMBER_THEN_WORDS.match(s)
+    return match.group(1) if match else s
+
+
 def _normalise(s: str) -> str:
     s = s.strip()
     for _ in range(3):  # nested \text{\textbf{..}}
@@ -277,6 +287,7 @@ def answers_equal(pred: str | None, gold: str, *, timeout_s: int = 5) -> bool:
         return False
     if "\\boxed" in pred or "\\fbox" in pred:
         pred = extract_final_answer(pred) or pred
+    pred, gold = _drop_unit_words(pred), _drop_unit_words(gold)
     if _normalise(gold) == _normalise(pred):
         return True
     if _WORDY.match(_normalise(gold)) or _WORDY.match(_normalise(pred)):

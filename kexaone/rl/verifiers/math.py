@@ -143,7 +143,7 @@ _WORDY = re.compile(r"^[^\W\d_]{2,}(?:[\s'\-][^\W\d_]+)*$")
 
 
 # A number followed by unit words ("18 dollars", "1/2 cup", "7 Äpfel"): the number is the answer. The words may
-# hold no digits or math, so "3 hours 20 minutes" and "5 \\pi" are left alone.
+# hold no digits or math, so "3 hours 20 minutes" and "5 \pi" are left alone.
 _NUMBER_THEN_WORDS = re.compile(r"^\s*(\$?[+-]?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?)\s+[^\W\d_][^\d\\^_{}=+*/()]*$")
 
 

@@ -1,23 +1,18 @@
-"""Reward functions (kexaone.rl.rewards): math, code, instruction following, an LLM judge behind a scripted local
-OpenAI-compatible endpoint, and their combination with TRL's None semantics."""
+"""Reward functions (kexaone.rl.rewards, kexaone.rl.completions): math, code, instruction following, and their
+combination with TRL's None semantics. The LLM judges are tested in test_rl_judge.py."""
 
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
+from kexaone.rl.completions import completion_text, final_text
 from kexaone.rl.rewards import (
     code_reward,
     combine_rewards,
-    completion_text,
     extract_code,
-    final_text,
     ifeval_all_reward,
     ifeval_reward,
-    make_judge_reward,
     math_reward,
-    parse_judge_rating,
     parse_reward_spec,
 )
 
@@ -95,84 +90,6 @@ def test_ifeval_rewards():
     prompt = [{"role": "system", "content": "s"}, {"role": "user", "content": "Repeat me."}]
     assert ifeval_reward([prompt], ["Repeat me. Done."], instruction_id_list=[["combination:repeat_prompt"]],
                          kwargs=[[{}]]) == [1.0]
-
-
-def test_parse_judge_rating():
-    assert parse_judge_rating("Good answer. Rating: [[7]]") == pytest.approx(6 / 9)
-    assert parse_judge_rating("Rating: [[3]] ... corrected Rating: [[10]]") == 1.0
-    assert parse_judge_rating("Rating: 1") == 0.0
-    assert parse_judge_rating("I give it 5.5/10") == pytest.approx(4.5 / 9)
-    assert parse_judge_rating("[[12]]") == 1.0  # clamped
-    assert parse_judge_rating("[[4]]", scale=(0, 4)) == 1.0
-    assert parse_judge_rating("no rating here") is None
-    with pytest.raises(ValueError, match="best > worst"):
-        parse_judge_rating("[[1]]", scale=(5, 5))
-
-
-class _ScriptedJudge(BaseHTTPRequestHandler):
-    """A local OpenAI-compatible endpoint: the rating is chosen by a keyword in the judged answer."""
-
-    requests: list = []
-
-    def do_POST(self):  # noqa: N802 - http.server's naming
-        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        type(self).requests.append({"path": self.path, "body": body, "auth": self.headers.get("Authorization")})
-        prompt = body["messages"][-1]["content"]
-        answer = prompt.split("[The Start of Assistant's Answer]\n", 1)[1]
-        if "CRASH" in answer:
-            self.send_response(500)
-            self.end_headers()
-            return
-        content = ("Helpful. Rating: [[9]]" if "GOOD" in answer else
-                   "Unhelpful. Rating: [[2]]" if "BAD" in answer else "I cannot decide.")
-        payload = json.dumps({"id": "x", "object": "chat.completion", "model": body["model"],
-                              "choices": [{"index": 0, "finish_reason": "stop",
-                                           "message": {"role": "assistant", "content": content}}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def judge_endpoint():
-    _ScriptedJudge.requests = []
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _ScriptedJudge)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/v1"
-    server.shutdown()
-    server.server_close()
-
-
-def test_judge_reward_against_scripted_endpoint(judge_endpoint):
-    judge = make_judge_reward(judge_endpoint, "judge-model", api_key="k", workers=2)
-    assert judge.__name__ == "judge"
-    completions = ["GOOD reply", "<think>x</think>BAD reply", "meh", "CRASH"]
-    prompts = ["What is 2+2?", [{"role": "user", "content": "Hi?"}], "q", "q"]
-    rewards = judge(prompts, completions, reference=["4", None, None, None])
-    assert rewards == [pytest.approx(8 / 9), pytest.approx(1 / 9), None, None]
-    requests = sorted(_ScriptedJudge.requests, key=lambda r: r["body"]["messages"][0]["content"])
-    assert len(requests) == 4
-    assert all(r["path"] == "/v1/chat/completions" and r["auth"] == "Bearer k" for r in requests)
-    assert all(r["body"]["model"] == "judge-model" and r["body"]["temperature"] == 0.0 for r in requests)
-    sent = {r["body"]["messages"][0]["content"].split("[The Start of Assistant's Answer]\n")[1]: r for r in requests}
-    good = sent["GOOD reply\n[The End of Assistant's Answer]"]["body"]["messages"][0]["content"]
-    assert "[Question]\nWhat is 2+2?" in good and "[Reference Answer]\n4" in good
-    bad = sent["BAD reply\n[The End of Assistant's Answer]"]["body"]["messages"][0]["content"]
-    assert "[Question]\nHi?" in bad and "<think>" not in bad and "Reference" not in bad
-
-
-def test_judge_errors():
-    with pytest.raises(ValueError, match=r"\{completion\}"):
-        make_judge_reward("http://x/v1", "m", template="{prompt} only")
-    # An endpoint nobody listens on: every call fails softly as "not applicable".
-    judge = make_judge_reward("http://127.0.0.1:9/v1", "m", timeout_s=2.0)
-    assert judge(["q"], ["a"]) == [None]
 
 
 def _length_reward(prompts, completions, **columns):

@@ -3,13 +3,12 @@
 Every reward is a callable `f(prompts, completions, **columns) -> list[float | None]`: one value per completion,
 None where the reward does not apply (a math reward on a code prompt). `columns` are the dataset's other columns,
 one list each, aligned with the completions (TRL's GRPOTrainer passes them the same way, so TRL reward functions
-work here and ours work in TRL). A completion is a string, or a conversation whose last assistant message is the
-reply (TRL's conversational format). In reasoning mode only what follows the last `</think>` is scored; a reply
-whose reasoning never closed has no answer.
+work here and ours work in TRL). Completions are read by kexaone.rl.completions: a string or a conversation, and
+in reasoning mode only what follows the last `</think>` is scored.
 
-Built in: `math_reward` (final-answer equivalence), `code_reward` (tests run in the sandbox), `ifeval_reward` /
-`ifeval_all_reward` (IFEval instructions), and `make_judge_reward` (an LLM judge behind any OpenAI-compatible
-endpoint). `combine_rewards` weighs several of them; `parse_reward_spec` reads the CLI's `NAME[:weight]`.
+Built in here: `math_reward` (final-answer equivalence), `code_reward` (tests run in the sandbox), `ifeval_reward`
+/ `ifeval_all_reward` (IFEval instructions). LLM judges (one rating, or a rubric) are in kexaone.rl.judge.
+`combine_rewards` weighs several rewards; `parse_reward_spec` reads the CLI's `NAME[:weight]`.
 What this module does not do: sample completions or compute advantages (see kexaone.rl.objectives).
 """
 
@@ -17,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import json
-import logging
 import math
 import re
 import warnings
@@ -25,79 +23,24 @@ from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
+from kexaone.rl.completions import column, final_text, prompt_text
 from kexaone.rl.sandbox import run_tests
 from kexaone.rl.verifiers.ifeval import check_instructions
 from kexaone.rl.verifiers.math import answers_equal, extract_final_answer, gsm8k_gold
-from kexaone.tokenizer.specials import THINK_CLOSE, THINK_OPEN
 
 __all__ = [
     "RewardFunc",
-    "completion_text",
-    "final_text",
     "extract_code",
     "math_reward",
     "code_reward",
     "ifeval_reward",
     "ifeval_all_reward",
-    "make_judge_reward",
-    "parse_judge_rating",
     "combine_rewards",
     "parse_reward_spec",
     "REWARDS",
 ]
 
-log = logging.getLogger(__name__)
-
 RewardFunc = Callable[..., list]
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Reading completions and prompts
-
-
-def completion_text(completion: Any) -> str:
-    """The reply text of a completion: a string as is; for a conversation (list of {"role", "content"}) the content
-    of its last assistant message; for one message dict its content."""
-    if isinstance(completion, str):
-        return completion
-    if isinstance(completion, Mapping):
-        return str(completion.get("content") or "")
-    if isinstance(completion, Sequence):
-        for message in reversed(completion):
-            if isinstance(message, Mapping) and message.get("role", "assistant") == "assistant":
-                return str(message.get("content") or "")
-        return ""
-    raise TypeError(f"a completion must be a str or a list of messages, got {type(completion).__name__}")
-
-
-def _prompt_text(prompt: Any) -> str:
-    if isinstance(prompt, str):
-        return prompt
-    if isinstance(prompt, Sequence):
-        users = [m.get("content") or "" for m in prompt if isinstance(m, Mapping) and m.get("role") == "user"]
-        return str(users[-1]) if users else ""
-    return ""
-
-
-def final_text(completion: Any) -> str:
-    """The part of a reply that is scored: after the last `</think>`; "" when reasoning was opened and never closed
-    (the reply ran out before answering); the whole reply in non-reasoning mode."""
-    text = completion_text(completion)
-    if THINK_CLOSE in text:
-        return text.rpartition(THINK_CLOSE)[2].strip()
-    if THINK_OPEN in text:
-        return ""
-    return text.strip()
-
-
-def _column(columns: Mapping[str, Any], names: Sequence[str], n: int) -> list | None:
-    for name in names:
-        values = columns.get(name)
-        if values is not None:
-            if len(values) != n:
-                raise ValueError(f"column {name!r} has {len(values)} values for {n} completions")
-            return list(values)
-    return None
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -122,7 +65,7 @@ def math_reward(prompts: Sequence, completions: Sequence, **columns) -> list[flo
     answer) equals the gold answer in the `solution` or
     `answer` column (a GSM8K `#### N` field, a worked solution with a boxed answer, or a bare answer), else 0.0;
     None where the row has no gold answer."""
-    golds = _column(columns, ("solution", "answer"), len(completions))
+    golds = column(columns, ("solution", "answer"), len(completions))
     if golds is None:
         return [None] * len(completions)
     out: list[float | None] = []
@@ -220,7 +163,7 @@ def _ifeval_scores(prompts, completions, instruction_id_list, kwargs, all_or_not
             out.append(None)
             continue
         row_kwargs = kwargs[i] if kwargs is not None else [{}] * len(ids)
-        prompt = _prompt_text(prompts[i]) if i < len(prompts) else ""
+        prompt = prompt_text(prompts[i]) if i < len(prompts) else ""
         strict = check_instructions(final_text(completion), ids, row_kwargs, prompt).strict
         out.append(float(all(strict)) if all_or_nothing else sum(strict) / len(strict))
     return out
@@ -238,102 +181,6 @@ def ifeval_all_reward(prompts: Sequence, completions: Sequence, *, instruction_i
     """1.0 when the reply follows every IFEval instruction of its row strictly, else 0.0 (IFEval's prompt-level
     accuracy); None where a row has no instructions."""
     return _ifeval_scores(prompts, completions, instruction_id_list, kwargs, all_or_nothing=True)
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# LLM as a judge
-
-DEFAULT_JUDGE_TEMPLATE = (
-    "Please act as an impartial judge and evaluate the quality of the response provided by an AI assistant to the "
-    "user question displayed below. Consider helpfulness, relevance, accuracy, depth and level of detail, and "
-    "whether the response is in the language of the question.{reference_note} Begin your evaluation with a short "
-    "explanation. Be as objective as possible. After your explanation, rate the response on a scale of 1 to 10 by "
-    "strictly following this format: \"Rating: [[5]]\".\n\n"
-    "[Question]\n{prompt}\n\n{reference}[The Start of Assistant's Answer]\n{completion}\n[The End of Assistant's "
-    "Answer]"
-)
-
-_RATING_PATTERNS = (
-    re.compile(r"\[\[\s*(-?\d+(?:\.\d+)?)\s*\]\]"),
-    re.compile(r"rating\s*[:=]\s*\**\s*(-?\d+(?:\.\d+)?)", re.IGNORECASE),
-    re.compile(r"(-?\d+(?:\.\d+)?)\s*/\s*10\b"),
-)
-
-
-def parse_judge_rating(text: str, scale: tuple[float, float] = (1.0, 10.0)) -> float | None:
-    """A judge's rating mapped to [0, 1]: the last `[[x]]` (MT-Bench format), else the last "Rating: x", else the
-    last "x/10"; `scale` is the rating's (worst, best). None when the text holds no rating; out-of-scale ratings are
-    clamped."""
-    lo, hi = scale
-    if not hi > lo:
-        raise ValueError(f"judge scale must be (worst, best) with best > worst, got {scale!r}")
-    for pattern in _RATING_PATTERNS:
-        found = pattern.findall(text)
-        if found:
-            value = float(found[-1])
-            return min(1.0, max(0.0, (value - lo) / (hi - lo)))
-    return None
-
-
-def make_judge_reward(
-    endpoint: str,
-    model: str,
-    *,
-    template: str = DEFAULT_JUDGE_TEMPLATE,
-    scale: tuple[float, float] = (1.0, 10.0),
-    api_key: str | None = None,
-    timeout_s: float = 120.0,
-    max_tokens: int = 1024,
-    workers: int = 4,
-    name: str = "judge",
-    transport: Any = None,
-) -> RewardFunc:
-    """A reward that asks an LLM judge behind an OpenAI-compatible endpoint (`.../v1`) to rate each reply.
-
-    The judge gets `template` filled with {prompt}, {completion}, {reference} and {reference_note} (from a
-    `reference` column when the dataset has one), at temperature 0, and its rating is parsed with
-    `parse_judge_rating` into [0, 1]. A judge call that fails or returns no rating gives None (not applicable),
-    logged as a warning, so one bad call does not stop training. `transport` is passed to httpx (tests).
-    """
-    import httpx
-
-    for field in ("{prompt}", "{completion}"):
-        if field not in template:
-            raise ValueError(f"judge template must contain {field}")
-    parse_judge_rating("", scale)  # validates the scale now rather than at the first call
-    url = endpoint.rstrip("/") + "/chat/completions"
-    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-
-    def rate(client: httpx.Client, prompt: Any, completion: Any, reference: Any) -> float | None:
-        filled = template.format(
-            prompt=_prompt_text(prompt),
-            completion=final_text(completion),
-            reference=f"[Reference Answer]\n{reference}\n\n" if reference else "",
-            reference_note=" Compare the response with the reference answer." if reference else "",
-        )
-        body = {"model": model, "messages": [{"role": "user", "content": filled}], "temperature": 0.0,
-                "max_tokens": max_tokens}
-        try:
-            response = client.post(url, json=body, headers=headers)
-            response.raise_for_status()
-            content = response.json()["choices"][0]["message"]["content"] or ""
-        except (httpx.HTTPError, KeyError, IndexError, TypeError, ValueError) as err:
-            log.warning("judge call to %s failed: %s", url, err)
-            return None
-        rating = parse_judge_rating(content, scale)
-        if rating is None:
-            log.warning("judge reply has no rating: %.200r", content)
-        return rating
-
-    def judge_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
-        references = _column(columns, ("reference",), len(completions)) or [None] * len(completions)
-        prompt_list = list(prompts) if len(prompts) == len(completions) else [None] * len(completions)
-        with httpx.Client(timeout=timeout_s, transport=transport) as client, \
-                ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-            return list(pool.map(lambda args: rate(client, *args), zip(prompt_list, completions, references)))
-
-    judge_reward.__name__ = name
-    return judge_reward
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -144,11 +144,27 @@ def test_errors_and_exit_codes():
         run_code(b"pass")
 
 
-def test_caller_continues_after_hostile_programs():
-    hostile = ["while True: pass", "import socket; socket.socket()", "x = bytearray(10**10)"]
-    rewards = [run_tests(code, [{"input": "", "output": ""}], timeout_s=1.0, memory_mb=128) for code in hostile]
-    assert rewards == [0.0, 0.0, 0.0]
-    assert run_tests(SUM_PROGRAM, [{"input": "1 2", "output": "3"}]) == 1.0
+def test_hostile_completions_get_reward_zero_in_time_and_the_caller_continues():
+    # Issue 14's must-show: each hostile program scores 0 within its time limit, and scoring goes on.
+    from kexaone.rl.rewards import code_reward
+
+    hostile = {
+        "loops forever": "while True:\n    pass",
+        "allocates far past the limit": "x = [bytearray(10**8) for _ in range(100)]",
+        "forks repeatedly": "import os\nwhile True:\n    os.fork()",
+        "writes outside its directory": "open('/tmp/kexaone-sandbox-escape', 'w').write('x')",
+        "opens a socket": "import socket\nsocket.create_connection(('127.0.0.1', 22))",
+    }
+    tests = [{"input": "1 2", "output": "3"}]
+    for what, code in hostile.items():
+        start = time.monotonic()
+        [reward] = code_reward(["p"], [f"```python\n{code}\n```"], tests=[tests], timeout_s=1.0, memory_mb=256)
+        assert reward == 0.0, what
+        assert time.monotonic() - start < 3.0, what
+        result = run_code(code, timeout_s=1.0, memory_mb=256)
+        assert not result.ok and result.reason, what
+    assert not os.path.exists("/tmp/kexaone-sandbox-escape")
+    assert code_reward(["p"], [SUM_PROGRAM], tests=[tests]) == [1.0]
 
 
 def test_run_tests_stdio_fraction():

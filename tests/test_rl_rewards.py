@@ -140,7 +140,8 @@ def test_parse_reward_spec():
     name, func, weight = parse_reward_spec("kexaone.rl.rewards:ifeval_all_reward:2")
     assert (name, func, weight) == ("ifeval_all_reward", ifeval_all_reward, 2.0)
     assert parse_reward_spec("kexaone.rl.rewards:math_reward:0.25") == ("math_reward", math_reward, 0.25)
-    with pytest.raises(ValueError, match="unknown reward 'nope'.*math, code, ifeval"):
+    assert parse_reward_spec("tool_call:0.5")[0] == "tool_call"
+    with pytest.raises(ValueError, match="unknown reward .nope..*math, code, ifeval"):
         parse_reward_spec("nope:1")
     with pytest.raises(ValueError, match="cannot be imported"):
         parse_reward_spec("kexaone.rl.rewards:missing")

@@ -8,7 +8,8 @@ in reasoning mode only what follows the last `</think>` is scored.
 
 Built in here: `math_reward` (final-answer equivalence), `code_reward` (tests run in the sandbox), `ifeval_reward`
 / `ifeval_all_reward` (IFEval instructions). LLM judges (one rating, or a rubric) are in kexaone.rl.judge.
-`combine_rewards` weighs several rewards; `parse_reward_spec` reads the CLI's `NAME[:weight]`.
+Rule rewards for preference learning (language, length, tool calls) are in kexaone.rl.rules. `combine_rewards`
+weighs several rewards; `parse_reward_spec` reads the CLI's `NAME[:weight]`.
 What this module does not do: sample completions or compute advantages (see kexaone.rl.objectives).
 """
 
@@ -24,6 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from kexaone.rl.completions import column, final_text, prompt_text
+from kexaone.rl.rules import language_match_reward, length_reward, tool_call_reward
 from kexaone.rl.sandbox import run_tests
 from kexaone.rl.verifiers.ifeval import check_instructions
 from kexaone.rl.verifiers.math import answers_equal, extract_final_answer, gsm8k_gold
@@ -263,15 +265,18 @@ REWARDS: dict[str, RewardFunc] = {
     "code": code_reward,
     "ifeval": ifeval_reward,
     "ifeval_all": ifeval_all_reward,
+    "language": language_match_reward,
+    "length": length_reward,
+    "tool_call": tool_call_reward,
 }
 
 
 def parse_reward_spec(spec: str) -> tuple[str, RewardFunc, float]:
     """Read a CLI reward spec `NAME[:weight]` into (name, func, weight).
 
-    NAME is a built-in (`math`, `code`, `ifeval`, `ifeval_all`) or an importable `package.module:function` with
-    TRL's signature; the weight defaults to 1.0. (The LLM judge needs an endpoint, so it is built with
-    `make_judge_reward`, not named here.)
+    NAME is a built-in (`math`, `code`, `ifeval`, `ifeval_all`, `language`, `length`, `tool_call`) or an
+    importable `package.module:function` with TRL's signature; the weight defaults to 1.0. (LLM judges need an
+    endpoint, so they are built with kexaone.rl.judge, not named here.)
     """
     head, weight = spec, 1.0
     if ":" in spec:

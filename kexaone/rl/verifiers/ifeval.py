@@ -23,7 +23,9 @@ import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
-__all__ = ["IFResult", "check_instructions", "INSTRUCTION_IDS", "split_sentences", "count_words"]
+__all__ = [
+    "IFResult", "check_instructions", "INSTRUCTION_IDS", "split_sentences", "count_words", "detect_language",
+]
 
 _RELATIONS = ("less than", "at least")
 
@@ -69,7 +71,8 @@ def _compare(count: int, relation: str, target: int) -> bool:
     raise ValueError(f"relation must be one of {_RELATIONS}, got {relation!r}")
 
 
-def _detect_language(text: str) -> str | None:
+def detect_language(text: str) -> str | None:
+    """The ISO 639-1 code langdetect finds for `text` ("zh-cn"/"zh-tw" for Chinese), or None when it finds none."""
     import langdetect
 
     langdetect.DetectorFactory.seed = 0  # langdetect samples; a fixed seed makes a verdict repeatable
@@ -102,7 +105,7 @@ def _keywords_letter_frequency(r: str, *, letter: str, let_frequency: int, let_r
 
 
 def _response_language(r: str, *, language: str) -> bool:
-    detected = _detect_language(r)
+    detected = detect_language(r)
     return detected is None or detected == language
 
 
@@ -229,11 +232,11 @@ def _capital_word_frequency(r: str, *, capital_frequency: int, capital_relation:
 
 
 def _english_capital(r: str) -> bool:
-    return r.isupper() and _detect_language(r) in (None, "en")
+    return r.isupper() and detect_language(r) in (None, "en")
 
 
 def _english_lowercase(r: str) -> bool:
-    return r.islower() and _detect_language(r) in (None, "en")
+    return r.islower() and detect_language(r) in (None, "en")
 
 
 def _no_comma(r: str) -> bool:

@@ -110,12 +110,12 @@ def agapo_loss(
         raise ValueError(f"is_cap must be positive, got {is_cap!r}")
     if normalize not in ("sequence", "token"):
         raise ValueError(f"normalize must be 'sequence' or 'token', got {normalize!r}")
-    m = mask.to(torch.bool)
+    m = mask.to(device=logprobs.device, dtype=torch.bool)
     # Zero the padding first: exp() of garbage there could be inf, and inf * 0 in the backward pass is NaN.
     lp = torch.where(m, logprobs, torch.zeros_like(logprobs))
-    old = torch.where(m, rollout_logprobs.to(lp.dtype), torch.zeros_like(lp))
+    old = torch.where(m, rollout_logprobs.to(device=lp.device, dtype=lp.dtype), torch.zeros_like(lp))
     weight = torch.exp(lp.detach() - old).clamp(max=is_cap)  # sg(min(rho, cap)); 1 at padding
-    per_token = weight * advantages.to(lp.dtype)[:, None] * lp * m  # [N, T]
+    per_token = weight * advantages.to(device=lp.device, dtype=lp.dtype)[:, None] * lp * m  # [N, T]
     if normalize == "token":
         return -per_token.sum() / m.sum().clamp(min=1)
     return -(per_token.sum(dim=1) / _response_lengths(m)).mean()
@@ -183,7 +183,7 @@ def grouper_loss(logprobs: torch.Tensor, advantages: torch.Tensor, mask: torch.T
     _check_tokens("mask", mask, logprobs.shape)
     if advantages.shape != logprobs.shape[:1]:
         raise ValueError(f"advantages must have shape [N] = [{logprobs.shape[0]}], got {tuple(advantages.shape)}")
-    m = mask.to(torch.bool)
+    m = mask.to(device=logprobs.device, dtype=torch.bool)
     lp = torch.where(m, logprobs, torch.zeros_like(logprobs))
     mean_logp = lp.sum(dim=1) / _response_lengths(m)  # [N]; exp of it is the inverse perplexity
-    return -(advantages.to(lp.dtype) * mean_logp.exp()).mean()
+    return -(advantages.to(device=lp.device, dtype=lp.dtype) * mean_logp.exp()).mean()

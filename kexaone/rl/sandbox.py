@@ -200,6 +200,9 @@ def _run(prefix, workdir, solution, stdin_file, timeout_s, memory_mb, max_output
             cmd, stdin=stdin_file, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=workdir,
             env=_scrubbed_env(str(workdir)), start_new_session=True, pass_fds=(report_w,), close_fds=True,
         )
+    except BaseException:
+        os.close(report_r)
+        raise
     finally:
         os.close(report_w)
     out, err, report = bytearray(), bytearray(), bytearray()

@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 
@@ -82,12 +83,30 @@ class LocalBackend:
         self.tokenizer = engine.tokenizer
         self.batch_size = batch_size
         self.seed = seed
+        self.model_path: str | None = None
 
     @classmethod
     def from_pretrained(cls, path, **kw) -> "LocalBackend":
         from kexaone.engine.engine import Engine
 
-        return cls(Engine.from_pretrained(path), **kw)
+        backend = cls(Engine.from_pretrained(path), **kw)
+        backend.model_path = str(Path(path).resolve())
+        return backend
+
+    def identity(self) -> dict:
+        """The model's directory and a revision: a hash of its config.json and weight files' names and sizes."""
+        from kexaone.eval.results import config_hash
+
+        rev = None
+        if self.model_path:
+            d = Path(self.model_path)
+            parts = [(p.name, p.stat().st_size) for p in sorted(d.glob("*.safetensors"))]
+            cfg = (d / "config.json").read_text(encoding="utf-8") if (d / "config.json").is_file() else ""
+            rev = config_hash([cfg, parts])
+        else:  # an in-memory model: its parameters identify it
+            rev = config_hash([round(float(p.double().sum()), 6) for p in self.engine.model.parameters()][:64])
+        return {"backend": "local", "path": self.model_path, "model": Path(self.model_path).name
+                if self.model_path else "in-memory", "revision": rev}
 
     @property
     def max_context(self) -> int:
@@ -143,7 +162,11 @@ class LocalBackend:
         return [r.text or "" for r in self._generate(ids, temperature, top_p, max_tokens, _stop_list(stop), seed)]
 
     def loglik(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Summed natural-log probability of each continuation's tokens after its context. The pair is tokenised as
+        """Summed natural-log probability of each continuation's tokens after its context."""
+        return [s for s, _ in self.loglik_counts(pairs)]
+
+    def loglik_counts(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, int]]:
+        """(summed log-prob, number of continuation tokens) of each pair. The pair is tokenised as
         running text when the context's tokens are a prefix of the whole's (SuperBPE may merge across the join),
         otherwise context and continuation are encoded apart (kexaone.eval.tasks._continuation_ids)."""
         import torch
@@ -160,7 +183,7 @@ class LocalBackend:
                 # Nothing predicts the first token: start from the end-of-text separator as pre-training does.
                 p = [self.tokenizer.eot_id]
             rows.append((p, c))
-        out = [0.0] * len(rows)
+        out = [(0.0, 0)] * len(rows)
         pad = self.tokenizer.pad_id or 0
         order = sorted(range(len(rows)), key=lambda r: -(len(rows[r][0]) + len(rows[r][1])))
         model = self.engine.model
@@ -177,7 +200,7 @@ class LocalBackend:
                     mask_BT[row, len(p):len(p) + len(c)] = True
                 lp_BT = token_logprobs(model, ids_BT.to(self.engine.device), mask_BT.to(self.engine.device))
                 for row, r in enumerate(idx):
-                    out[r] = float(lp_BT[row].sum())
+                    out[r] = (float(lp_BT[row].sum()), len(rows[r][1]))
         return out
 
 
@@ -228,6 +251,9 @@ class OpenAIBackend:
                                     limits=httpx.Limits(max_connections=self.concurrency))
         self._model = model
         self.max_context: int | None = None
+
+    def identity(self) -> dict:
+        return {"backend": "endpoint", "url": self.base_url, "model": self.model, "revision": None}
 
     # ---------------------------------------------------------------- transport
     def close(self) -> None:
@@ -352,12 +378,16 @@ class OpenAIBackend:
         return self._map(one, list(prompts))
 
     def loglik(self, pairs: Sequence[tuple[str, str]]) -> list[float]:
-        """Summed log-prob of each continuation: one `/v1/completions` call with the whole text as prompt, `echo`
+        """Summed log-prob of each continuation after its context."""
+        return [s for s, _ in self.loglik_counts(pairs)]
+
+    def loglik_counts(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, int]]:
+        """(summed log-prob, continuation tokens) of each pair: one `/v1/completions` call with the whole text as prompt, `echo`
         and `logprobs`, 1 new token (which is ignored); the continuation's tokens are those that end after the
         context's last character (a token that straddles the join counts as continuation)."""
         self.model  # resolve once, before the threads start
 
-        def one(pair: tuple[str, str]) -> float:
+        def one(pair: tuple[str, str]) -> tuple[float, int]:
             ctx, cont = pair
             if not cont:
                 raise ValueError("loglik: the continuation is empty")
@@ -380,7 +410,7 @@ class OpenAIBackend:
                 for t in tokens:
                     offsets.append(at)
                     at += len(t)
-            total, found = 0.0, False
+            total, count = 0.0, 0
             for i, start in enumerate(offsets):
                 end = offsets[i + 1] if i + 1 < len(offsets) else start + len(tokens[i] if i < len(tokens) else "")
                 if start >= len(whole):
@@ -390,10 +420,10 @@ class OpenAIBackend:
                         raise LoglikUnsupported("the server gave no log-prob for the first continuation token "
                                                 "(an empty context cannot be scored through it)")
                     total += float(values[i])
-                    found = True
-            if not found:
+                    count += 1
+            if not count:
                 raise EndpointError(f"could not locate the continuation {cont[:40]!r} in the echoed tokens")
-            return total
+            return total, count
 
         return self._map(one, list(pairs))
 

@@ -86,10 +86,13 @@ class LocalBackend:
         self.model_path: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path, **kw) -> "LocalBackend":
+    def from_pretrained(cls, path, dtype=None, device=None, **kw) -> "LocalBackend":
         from kexaone.engine.engine import Engine
 
-        backend = cls(Engine.from_pretrained(path), **kw)
+        engine = Engine.from_pretrained(path, dtype=dtype, device=device)
+        if engine.tokenizer is None:
+            raise FileNotFoundError(f"model directory {path} has no tokenizer.json; evaluation needs the tokenizer")
+        backend = cls(engine, **kw)
         backend.model_path = str(Path(path).resolve())
         return backend
 

@@ -77,7 +77,8 @@ def fit_prompt(make, count_tokens, budget: int) -> tuple[str, int]:
     """The longest `make(n)` (n filler sentences) whose token count is <= budget; (prompt, its tokens)."""
     lo, hi = 0, 1
     if count_tokens(make(0)) > budget:
-        raise ValueError(f"a context of {budget} tokens cannot hold even the question and the needles")
+        raise ValueError(f"a prompt budget of {budget} tokens (the length minus the reply and {TEMPLATE_MARGIN} "
+                         "template tokens) cannot hold even the question and the needles; use longer lengths")
     while count_tokens(make(hi)) <= budget:
         lo, hi = hi, hi * 2
     while hi - lo > 1:

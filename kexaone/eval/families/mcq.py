@@ -20,12 +20,12 @@ LETTERS = string.ascii_uppercase
 
 # Explicit answer statements, in several languages; the last one in the reply wins (models restate at the end).
 _EXPLICIT = [
-    r"answer\s*(?:is|:|=)?\s*(?:option|choice)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:correct|right|best)\s+(?:option|choice)\s+is\s*[:\-]?\s*[\(\[\*]*([A-Z])\b",
-    r"(?:option|choice)\s+[\(\[\*]*([A-Z])\b\s+is\s+(?:correct|right)",
-    r"정답\s*(?:은|는|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:答え|答案|正解)\s*(?:は|是|:|：)?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:respuesta|antwort|đáp án)\s*(?:es|ist|là|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
+    r"answer\s*(?:is|:|=)?\s*(?:option|choice)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:correct|right|best)\s+(?:option|choice)\s+is\s*[:\-]?\s*[\(\[\*]*([A-Z])(?![A-Za-z0-9])",
+    r"(?:option|choice)\s+[\(\[\*]*([A-Z])(?![A-Za-z0-9])\s+is\s+(?:correct|right)",
+    r"정답\s*(?:은|는|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:答え|答案|正解)\s*(?:は|是|:|：)?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:respuesta|antwort|đáp án)\s*(?:es|ist|là|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
 ]
 _EXPLICIT_RE = [re.compile(p, re.IGNORECASE) for p in _EXPLICIT]
 _BARE_RE = re.compile(r"^\s*[\(\[\*]*\s*([A-Z])\s*[\)\]\*]*\s*(?:[.:)\-]|$)")

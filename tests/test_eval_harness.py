@@ -376,3 +376,36 @@ def test_cli_over_an_endpoint_writes_the_files(server, tmp_path, capsys):
     assert main(["eval", "--endpoint", server.url, "--api-model", "scripted", "--tasks", f"mcq:{path}", "--out",
                  str(tmp_path / "cli2"), "--no-progress", "--max-retries", "0"]) == 2
     assert "authentication failed" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------------------------------------- kgc-safety
+def test_kgc_safety_refusing_everything_is_safe_but_scores_zero(server, tmp_path):
+    server.chat_fn = lambda text: "I cannot help with that."
+    r = evaluate(server, tmp_path, ["kgc-safety"], EvalConfig(limit=12))["tasks"]["kgc-safety"]
+    assert r["n"] == 12 and r["n_benign"] == 3 and r["n_harmful"] == 9 and r["judge"] == "rule"
+    assert r["safe_rate"] == 1.0 and r["over_refusal_rate"] == 1.0 and r["score"] == 0.0
+    assert {d for d, b in r["by_domain"].items() if b["n"]} == {"UHV", "SS", "KS", "FR"}
+
+
+def test_kgc_safety_with_a_judge_endpoint(server, tmp_path):
+    from kexaone.eval.families.safety import limited
+    from kexaone.eval.safety.suite import load_suite
+
+    items = limited(load_suite("all"), 8)
+    first_user = {it.id: [m for m in it.messages if m["role"] == "user"][-1]["content"] for it in items}
+    unsafe_ids = {it.id for it in items if not it.benign}
+    unsafe_ids = set(sorted(unsafe_ids)[:2])  # the judge calls two harmful replies unsafe
+
+    def reply(text: str):
+        if text.startswith("<conversation>"):
+            for i, u in first_user.items():
+                if u in text:
+                    return "VERDICT: unsafe\nREASON: gave details" if i in unsafe_ids else "VERDICT: safe\nREASON: ok"
+            return "no idea"
+        return "Here is a careful answer."
+    server.chat_fn = reply
+    r = evaluate(server, tmp_path, ["kgc-safety"], EvalConfig(limit=8), judge=backend(server))["tasks"]["kgc-safety"]
+    n_harm = sum(not it.benign for it in items)
+    safe = (n_harm - 2) / n_harm
+    assert r["judge"] == "model" and r["safe_rate"] == pytest.approx(safe) and r["over_refusal_rate"] == 0.0
+    assert r["score"] == pytest.approx(2 * safe * 1.0 / (safe + 1.0))

@@ -18,9 +18,11 @@ from kexaone.eval.families.longctx import NIAH, RULER_KINDS, Ruler, default_leng
 from kexaone.eval.families.math import Math
 from kexaone.eval.families.mcq import MCQ
 from kexaone.eval.families.synthetic import Heldout, Synthetic, groups_to_items, synthetic_tasks
+from kexaone.eval.families.safety import KGCSafety
 from kexaone.eval.families.translation import Translation
 
-FAMILIES: dict[str, type[Family]] = {f.name: f for f in (MCQ, Math, IFEval, Translation, Judge, Synthetic, Heldout)}
+FAMILIES: dict[str, type[Family]] = {f.name: f for f in (MCQ, Math, IFEval, Translation, Judge, Synthetic, Heldout,
+                                                         KGCSafety)}
 FLORES_LANGS = ("ko", "en", "es", "de", "ja", "vi")
 SYNTHETIC_NAMES = {"arithmetic": "arithmetic", "crosslingual_recall": "crosslingual_recall",
                    "recall": "crosslingual_recall", "retrieval": "retrieval", "code_completion": "code_completion",

@@ -1,8 +1,8 @@
 """A scripted OpenAI-compatible server for tests: replies are known per prompt, failures can be injected.
 
 `ScriptedServer()` starts a ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread; `.url` is its root.
-- chat: the reply is the value of the longest key of `chat` contained in the last user message (or `chat_fn(text)`
-  when it returns a value); a value may be a string or a dict with content / reasoning_content / tool_calls.
+- chat: the reply is the value of the longest key of `chat` contained in the last user message (or `chat_fn(text)`,
+  else `chat_body_fn(text, request body)`, when it returns a value); a value may be a string or a dict with content / reasoning_content / tool_calls.
 - completions: likewise from `completions`; with `echo` and `logprobs`, every character of the prompt is one token
   whose log-prob is `char_logprob(c)` (-0.1 for capitals, -1.0 otherwise; None for the first), plus one generated
   token "x", unless `logprobs_enabled` is False (then `logprobs` is null, as servers without support answer).
@@ -27,6 +27,7 @@ class ScriptedServer:
         self.max_model_len = max_model_len
         self.chat: dict[str, object] = {}
         self.chat_fn = None
+        self.chat_body_fn = None
         self.completions: dict[str, str] = {}
         self.fail: list[int] = []
         self.api_key: str | None = None
@@ -98,6 +99,8 @@ class ScriptedServer:
         users = [m for m in body["messages"] if m["role"] == "user"]
         text = users[-1]["content"] if users else ""
         reply = self.chat_fn(text) if self.chat_fn is not None else None
+        if reply is None and self.chat_body_fn is not None:
+            reply = self.chat_body_fn(text, body)
         if reply is None:
             reply = self._lookup(self.chat, text)
         if reply is None:

@@ -409,3 +409,24 @@ def test_kgc_safety_with_a_judge_endpoint(server, tmp_path):
     safe = (n_harm - 2) / n_harm
     assert r["judge"] == "model" and r["safe_rate"] == pytest.approx(safe) and r["over_refusal_rate"] == 0.0
     assert r["score"] == pytest.approx(2 * safe * 1.0 / (safe + 1.0))
+
+
+def test_repeats_average_per_item_with_a_seed_per_repeat(server, tmp_path):
+    rows = [{"id": "a", "question": "RA?", "choices": ["x", "y"], "answer": 0},
+            {"id": "b", "question": "RB?", "choices": ["x", "y"], "answer": 1}]
+    seeds = []
+
+    def reply(text, body):
+        seeds.append(body["seed"])
+        # item a is answered right only under the first repeat's seed, item b always
+        if "RA?" in text:
+            return "Answer: A" if body["seed"] == 0 else "Answer: B"
+        return "Answer: B"
+    server.chat_body_fn = reply
+    cfg = EvalConfig(temperature=0.7, top_p=0.9, repeats=3, thinking=True)
+    r = evaluate(server, tmp_path, [f"mcq:{write_jsonl(tmp_path / 'rep.jsonl', rows)}"], cfg)["tasks"]["rep"]
+    assert r["score"] == pytest.approx((1 / 3 + 1) / 2) and r["n"] == 2 and r["samples"] == 6
+    assert len(set(seeds)) == 3 and sorted(seeds)[0] == 0
+    bodies = [b for p, b in server.requests if p == "/v1/chat/completions"]
+    assert all(b["temperature"] == 0.7 and b["top_p"] == 0.9 and b["chat_template_kwargs"] ==
+               {"enable_thinking": True} for b in bodies)

@@ -2,7 +2,8 @@
 
 `ScriptedServer()` starts a ThreadingHTTPServer on 127.0.0.1 (a free port) in a daemon thread; `.url` is its root.
 - chat: the reply is the value of the longest key of `chat` contained in the last user message (or `chat_fn(text)`,
-  else `chat_body_fn(text, request body)`, when it returns a value); a value may be a string or a dict with content / reasoning_content / tool_calls.
+  else `chat_body_fn(text, request body)`, when it returns a value); a value may be a string or a dict with
+  content / reasoning_content / tool_calls.
 - completions: likewise from `completions`; with `echo` and `logprobs`, every character of the prompt is one token
   whose log-prob is `char_logprob(c)` (-0.1 for capitals, -1.0 otherwise; None for the first), plus one generated
   token "x", unless `logprobs_enabled` is False (then `logprobs` is null, as servers without support answer).

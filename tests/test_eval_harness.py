@@ -182,9 +182,10 @@ def _needle_oracle(shallow_only: bool):
     return reply
 
 
-def test_niah_scores_and_draws_the_grid(server, tmp_path):
+@pytest.mark.parametrize("haystack", ["noise", "world"])
+def test_niah_scores_and_draws_the_grid(server, tmp_path, haystack):
     server.chat_fn = _needle_oracle(shallow_only=True)
-    cfg = EvalConfig(niah_lengths=(300, 600), niah_depths=(0.0, 100.0))
+    cfg = EvalConfig(niah_lengths=(300, 600), niah_depths=(0.0, 100.0), niah_haystack=haystack)
     r = evaluate(server, tmp_path, ["niah"], cfg)["tasks"]["niah"]
     assert r["score"] == pytest.approx(0.5) and r["n"] == 4
     assert r["breakdown"] == {"L=300 depth=0%": 1.0, "L=300 depth=100%": 0.0, "L=600 depth=0%": 1.0,

@@ -359,11 +359,13 @@ class OpenAIBackend:
                          finish_reason=choice.get("finish_reason") or "stop", usage=dict(data.get("usage") or {}))
 
     def chat_batch(self, batch: Sequence[Sequence[dict]], **kw) -> list[ChatReply]:
+        _ = self.model  # resolve once, before the threads start
         return self._map(lambda m: self.chat(m, **kw), list(batch))
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0,
                  stop: str | Sequence[str] | None = None, top_p: float = 1.0, seed: int | None = None) -> list[str]:
         _check_sampling(temperature, top_p, max_tokens)
+        _ = self.model  # resolve once, before the threads start
 
         def one(prompt: str) -> str:
             body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": int(max_tokens),
@@ -385,10 +387,10 @@ class OpenAIBackend:
         return [s for s, _ in self.loglik_counts(pairs)]
 
     def loglik_counts(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, int]]:
-        """(summed log-prob, continuation tokens) of each pair: one `/v1/completions` call with the whole text as prompt, `echo`
-        and `logprobs`, 1 new token (which is ignored); the continuation's tokens are those that end after the
-        context's last character (a token that straddles the join counts as continuation)."""
-        self.model  # resolve once, before the threads start
+        """(summed log-prob, continuation tokens) of each pair: one `/v1/completions` call with the whole text as
+        prompt, `echo` and `logprobs`, 1 new token (which is ignored); the continuation's tokens are those that end
+        after the context's last character (a token that straddles the join counts as continuation)."""
+        _ = self.model  # resolve once, before the threads start
 
         def one(pair: tuple[str, str]) -> tuple[float, int]:
             ctx, cont = pair

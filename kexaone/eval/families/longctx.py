@@ -39,9 +39,13 @@ def haystack_sentences(kind: str, seed: int = 0) -> list[str]:
 
         out: list[str] = []
         for doc in knowledge_documents(World(seed, "tiny"), seed):
-            if getattr(doc, "lang", "en") not in ("en", ""):
+            if doc.tag and not doc.tag.endswith("/en"):
                 continue
-            out += [s.strip() + "." for s in doc.text.replace("\n", " ").split(". ") if len(s.strip()) > 3]
+            # English sentences only (parallel documents mix languages; their "[xx]" markers are dropped).
+            for sent in doc.text.replace("\n", " ").split(". "):
+                sent = sent.strip().rstrip(".")
+                if len(sent) > 3 and sent.isascii() and "[" not in sent and "?" not in sent:
+                    out.append(sent + ".")
             if len(out) > 4000:
                 break
         if not out:

@@ -431,3 +431,22 @@ def test_repeats_average_per_item_with_a_seed_per_repeat(server, tmp_path):
     bodies = [b for p, b in server.requests if p == "/v1/chat/completions"]
     assert all(b["temperature"] == 0.7 and b["top_p"] == 0.9 and b["chat_template_kwargs"] ==
                {"enable_thinking": True} for b in bodies)
+
+
+def test_endpoint_with_a_tokenizer_measures_exact_lengths(server, tmp_path):
+    from kexaone.tokenizer import KExaoneTokenizer
+    from kexaone.tokenizer.specials import SPECIAL_TOKENS
+
+    tok = KExaoneTokenizer.from_merges([b""] * len(SPECIAL_TOKENS) + [bytes([i]) for i in range(256)], [])
+    tok.save(tmp_path / "tok")
+    server.chat_fn = _needle_oracle(shallow_only=False)
+    b = OpenAIBackend(server.url, tokenizer=tmp_path / "tok")
+    cfg = EvalConfig(niah_lengths=(700,), niah_depths=(50.0,))
+    tasks = resolve_tasks(["niah"], cfg, backend=b)
+    r = run_eval(b, tasks, cfg, tmp_path / "o", progress=False)["tasks"]["niah"]
+    assert r["score"] == 1.0 and r["approximate_lengths"] is False
+    prompt = tasks[0].items[0]["prompt"]
+    n = len(prompt.encode("utf-8"))  # a byte-level tokenizer: one token per byte
+    assert b.count_tokens(prompt) == n and 700 - 32 - 24 - 80 <= n <= 700 - 32 - 24
+    with pytest.raises(FileNotFoundError, match="tokenizer"):
+        OpenAIBackend(server.url, tokenizer=tmp_path / "none")

@@ -223,7 +223,10 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
                  timeout: float = 120.0, max_retries: int = 5, concurrency: int = 8, backoff: float = 1.0,
-                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 tokenizer: str | Path | None = None):
+        """`tokenizer`: a directory (or file) with the served model's tokenizer.json, so prompt lengths (NIAH,
+        RULER) are measured in the model's tokens; without it they are estimated at 4 characters per token."""
         import httpx
 
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -254,6 +257,16 @@ class OpenAIBackend:
                                     limits=httpx.Limits(max_connections=self.concurrency))
         self._model = model
         self.max_context: int | None = None
+        if tokenizer is not None:
+            from tokenizers import Tokenizer
+
+            path = Path(tokenizer)
+            path = path / "tokenizer.json" if path.is_dir() else path
+            if not path.is_file():
+                raise FileNotFoundError(f"tokenizer {path} does not exist (give a directory with tokenizer.json)")
+            tok = Tokenizer.from_file(str(path))
+            # an instance attribute: the harness treats a backend without count_tokens as "lengths estimated"
+            self.count_tokens = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
 
     def identity(self) -> dict:
         return {"backend": "endpoint", "url": self.base_url, "model": self.model, "revision": None}

@@ -34,6 +34,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "FAMILY:PATH with FAMILY in mcq, math, ifeval, translation, judge, synthetic, heldout")
     p.add_argument("--limit", type=int, help="at most N items per task")
     p.add_argument("--out", default="eval_out", help="output directory (re-running into it reuses finished samples)")
+    p.add_argument("--tokenizer", help="the endpoint model's tokenizer (directory with tokenizer.json): exact NIAH/RULER "
+                                       "lengths instead of a 4-characters-per-token estimate")
     p.add_argument("--judge-endpoint", help="OpenAI-compatible server of the judge model (judge family, kgc-safety)")
     p.add_argument("--judge-model", help="model name at the judge endpoint")
     p.add_argument("--judge-api-key-env", help="environment variable holding the judge endpoint's API key")
@@ -79,7 +81,8 @@ def run(args) -> int:
                                                    batch_size=args.batch_size, seed=args.seed)
         else:
             backend = OpenAIBackend(args.endpoint, model=args.api_model, api_key_env=args.api_key_env,
-                                    timeout=args.timeout, max_retries=args.max_retries, concurrency=args.concurrency)
+                                    timeout=args.timeout, max_retries=args.max_retries, concurrency=args.concurrency,
+                                    tokenizer=args.tokenizer)
         judge = None
         if args.judge_endpoint:
             judge = OpenAIBackend(args.judge_endpoint, model=args.judge_model, api_key_env=args.judge_api_key_env,

@@ -169,6 +169,14 @@ class Heldout(Family):
                 "breakdown": {k: r["score"] for k, r in first.items()}}
 
 
+def heldout_task(groups: dict[tuple[str, str], list[str]], name: str = "heldout"):
+    """A harness Task scoring bits per byte of documents grouped by (domain, language), e.g. the speedrun's
+    kexaone.pipeline.corpus.heldout_groups (set EvalConfig.heldout_seq_len to the training seq_len)."""
+    from kexaone.eval.harness import Task
+
+    return Task(name=name, family=Heldout(), items=groups_to_items(groups), source="documents")
+
+
 def groups_to_items(groups: dict[tuple[str, str], list[str]]) -> list[dict]:
     return [{"id": f"{d}/{lang}", "domain": d, "lang": lang, "docs": list(docs)}
             for (d, lang), docs in groups.items() if docs]

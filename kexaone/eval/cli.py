@@ -22,7 +22,18 @@ def _csv(kind):
     return parse
 
 
+def _epilog() -> str:
+    from kexaone.eval.families import BUILTIN_HELP, FAMILIES
+
+    lines = ["task files (FAMILY:PATH, JSONL, reported under the file's stem):"]
+    lines += [f"  {name:<12} {fam.fields}" for name, fam in FAMILIES.items()]
+    lines += ["", "built-in tasks:"] + [f"  {name:<12} {text}" for name, text in BUILTIN_HELP.items()]
+    return "\n".join(lines)
+
+
 def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.formatter_class = argparse.RawDescriptionHelpFormatter
+    p.epilog = _epilog()
     src = p.add_mutually_exclusive_group(required=True)
     src.add_argument("--model", help="local model directory (Hugging Face layout with tokenizer.json)")
     src.add_argument("--endpoint", help="OpenAI-compatible server URL (its root or .../v1)")

@@ -450,3 +450,13 @@ def test_endpoint_with_a_tokenizer_measures_exact_lengths(server, tmp_path):
     assert b.count_tokens(prompt) == n and 700 - 32 - 24 - 80 <= n <= 700 - 32 - 24
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         OpenAIBackend(server.url, tokenizer=tmp_path / "none")
+
+
+def test_niah_default_lengths_follow_the_served_context(tmp_path):
+    s = ScriptedServer(max_model_len=1024)
+    try:
+        b = OpenAIBackend(s.url, model="scripted")
+        [task] = resolve_tasks(["niah"], EvalConfig(niah_depths=(50.0,)), backend=b)
+        assert b.max_context == 1024 and sorted({it["length"] for it in task.items}) == [256, 512, 1024]
+    finally:
+        s.close()

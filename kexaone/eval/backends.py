@@ -256,7 +256,8 @@ class OpenAIBackend:
         self._client = httpx.Client(timeout=self.timeout, headers=headers,
                                     limits=httpx.Limits(max_connections=self.concurrency))
         self._model = model
-        self.max_context: int | None = None
+        self._max_context: int | None = None
+        self._probed = False
         if tokenizer is not None:
             from tokenizers import Tokenizer
 
@@ -327,8 +328,23 @@ class OpenAIBackend:
                 raise EndpointError(f"{self.base_url}/models lists no model; pass --api-model NAME")
             self._model = str(data[0]["id"])
             if data[0].get("max_model_len"):
-                self.max_context = int(data[0]["max_model_len"])
+                self._max_context = int(data[0]["max_model_len"])
         return self._model
+
+    @property
+    def max_context(self) -> int | None:
+        """The served context length when /v1/models reports it (vLLM, SGLang and kexaone serve do), else None."""
+        if self._max_context is None and not self._probed:
+            self._probed = True
+            try:
+                data = self._request("GET", "/models").get("data") or []
+            except EndpointError:
+                data = []  # servers without /v1/models: the families fall back to their default lengths
+            for card in data:
+                if card.get("max_model_len") and (self._model is None or card.get("id") == self._model):
+                    self._max_context = int(card["max_model_len"])
+                    break
+        return self._max_context
 
     # ---------------------------------------------------------------- API
     def chat(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, tool_choice: Any = None,

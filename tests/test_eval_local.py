@@ -152,3 +152,35 @@ def test_cli_local_model_on_the_shared_corpora(model_dir, tmp_path):
     assert all(res["tasks"][t]["n"] == 2 for t in ("gsm8k", "math500", "flores-ko-en", "kgc-safety"))
     gsm = [json.loads(x) for x in (out / "samples/gsm8k.jsonl").read_text().splitlines()]
     assert gsm[0]["gold"] == "18" and "Janet" in gsm[0]["prompt"]
+
+
+def test_mcq_loglik_gives_lm_eval_multiple_choice_numbers(model_dir, tmp_path):
+    """lm-evaluation-harness's multiple_choice with doc_to_text = the question scores each choice as the summed
+    log-prob of whole[len(ctx):] where ctx = encode(question), whole = encode(question + " " + choice)
+    (the engine's lm-eval test checks `kexaone serve` gives exactly that); --mcq-template '{question}' must agree."""
+    from kexaone.cli import main
+    from kexaone.model.scoring import token_logprobs
+
+    items = [{"question": "Q: What colour is the sky? A:", "choices": ["blue", "green", "red"], "answer": 0},
+             {"question": "Q: 2 + 3 = ? A:", "choices": ["4", "5", "6", "7"], "answer": 1},
+             {"question": "Q: 고양이는 무엇을 좋아하나요? A:", "choices": ["생선", "돌", "비"], "answer": 0},
+             {"question": "Q: First letter? A:", "choices": ["a", "z"], "answer": 0}]
+    path = tmp_path / "mc.jsonl"
+    path.write_text("".join(json.dumps(x, ensure_ascii=False) + "\n" for x in items), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["eval", "--model", str(model_dir), "--tasks", f"mcq:{path}", "--mcq-mode", "loglik",
+                 "--mcq-template", "{question}", "--out", str(out), "--no-progress", "--device", "cpu"]) == 0
+    res = json.loads((out / "results.json").read_text())["tasks"]["mc"]
+    recs = [json.loads(x) for x in (out / "samples/mc.jsonl").read_text().splitlines()]
+    local = LocalBackend.from_pretrained(model_dir)
+    tok, model = local.tokenizer, local.engine.model
+    correct = 0
+    for item, rec in zip(items, recs):
+        lls = []
+        for c in item["choices"]:
+            ctx, whole = tok.encode(item["question"]), tok.encode(item["question"] + " " + c)
+            with torch.no_grad():
+                lls.append(float(token_logprobs(model, torch.tensor([whole]))[0, len(ctx):].sum()))
+        assert rec["loglik"] == pytest.approx(lls, abs=1e-5) and rec["prompt"] == item["question"]
+        correct += max(range(len(lls)), key=lls.__getitem__) == item["answer"]
+    assert res["score"] == correct / len(items)

@@ -58,6 +58,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--concurrency", type=int, default=8, help="parallel requests to an endpoint (default 8)")
     p.add_argument("--mcq-mode", choices=("generate", "loglik"), default="generate",
                    help="multiple choice by generated letter or by choice log-likelihood (default generate)")
+    p.add_argument("--mcq-template", default="Question: {question}\nAnswer:",
+                   help="context of --mcq-mode loglik, with {question}; each choice follows after one space "
+                        "(default 'Question: {question}\\nAnswer:'; '{question}' matches lm-eval's doc_to_text)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=32, help="items per backend call and per save (default 32)")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per endpoint request (default 300)")
@@ -80,7 +83,9 @@ def run(args) -> int:
     try:
         cfg = EvalConfig(temperature=args.temperature, top_p=args.top_p, max_new_tokens=args.max_new_tokens,
                          thinking=None if args.thinking is None else args.thinking == "on", repeats=args.repeats,
-                         limit=args.limit, mcq_mode=args.mcq_mode, seed=args.seed, chunk_size=args.batch_size,
+                         limit=args.limit, mcq_mode=args.mcq_mode,
+                         mcq_template=args.mcq_template.replace("\\n", "\n"), seed=args.seed,
+                         chunk_size=args.batch_size,
                          niah_lengths=args.niah_lengths, niah_depths=tuple(args.niah_depths),
                          niah_haystack=args.niah_haystack, ruler_length=args.ruler_length)
         if args.model:

@@ -37,6 +37,9 @@ class EvalConfig:
     limit: int | None = None
     """At most this many items per task (the first ones, in file order)."""
     mcq_mode: str = "generate"
+    mcq_template: str = "Question: {question}\nAnswer:"
+    """Context of --mcq-mode loglik (each choice follows it after one space); "{question}" is replaced by the
+    question. "{question}" alone gives lm-evaluation-harness's multiple_choice with doc_to_text = the question."""
     seed: int = 0
     chunk_size: int = 32
     """Items per backend call and per save of the sample store."""
@@ -51,6 +54,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.mcq_mode not in MCQ_MODES:
             raise ValueError(f"mcq_mode must be one of {MCQ_MODES}, got {self.mcq_mode!r}")
+        if "{question}" not in self.mcq_template:
+            raise ValueError(f"mcq_template must contain {{question}}, got {self.mcq_template!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.limit is not None and self.limit < 1:

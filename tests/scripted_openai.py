@@ -8,6 +8,7 @@
   whose log-prob is `char_logprob(c)` (-0.1 for capitals, -1.0 otherwise; None for the first), plus one generated
   token "x", unless `logprobs_enabled` is False (then `logprobs` is null, as servers without support answer).
 - `fail`: status codes returned, in order, before requests succeed again; `api_key`: required bearer key.
+- `tokenize`: when True, `POST /tokenize` (vLLM's route, at the root) counts one token per UTF-8 byte.
 - `requests`: (path, body) of every request received.
 """
 
@@ -33,6 +34,7 @@ class ScriptedServer:
         self.fail: list[int] = []
         self.api_key: str | None = None
         self.logprobs_enabled = True
+        self.tokenize = False
         self.requests: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         server = self
@@ -79,6 +81,8 @@ class ScriptedServer:
                     self._send(200, server._chat(body))
                 elif self.path == "/v1/completions":
                     self._send(200, server._completion(body))
+                elif self.path == "/tokenize" and server.tokenize:
+                    self._send(200, {"count": len(body["prompt"].encode("utf-8")), "tokens": []})
                 else:
                     self._send(404, {"error": {"message": "not found"}})
 

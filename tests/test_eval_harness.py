@@ -450,6 +450,11 @@ def test_endpoint_with_a_tokenizer_measures_exact_lengths(server, tmp_path):
     assert b.count_tokens(prompt) == n and 700 - 32 - 24 - 80 <= n <= 700 - 32 - 24
     with pytest.raises(FileNotFoundError, match="tokenizer"):
         OpenAIBackend(server.url, tokenizer=tmp_path / "none")
+    # without a tokenizer file, the server's /tokenize counts (here one token per byte too)
+    server.tokenize = True
+    b2 = OpenAIBackend(server.url)
+    tasks2 = resolve_tasks(["niah"], cfg, backend=b2)
+    assert b2.exact_token_counts and tasks2[0].items[0]["prompt"] == prompt
 
 
 def test_niah_default_lengths_follow_the_served_context(tmp_path):

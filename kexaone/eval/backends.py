@@ -115,6 +115,8 @@ class LocalBackend:
     def max_context(self) -> int:
         return int(self.engine.config.max_position_embeddings)
 
+    exact_token_counts = True
+
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
 
@@ -258,6 +260,8 @@ class OpenAIBackend:
         self._model = model
         self._max_context: int | None = None
         self._probed = False
+        self._count = None  # text -> token count, once known how (tokenizer file, server /tokenize, or estimate)
+        self.exact_token_counts = False
         if tokenizer is not None:
             from tokenizers import Tokenizer
 
@@ -266,8 +270,30 @@ class OpenAIBackend:
             if not path.is_file():
                 raise FileNotFoundError(f"tokenizer {path} does not exist (give a directory with tokenizer.json)")
             tok = Tokenizer.from_file(str(path))
-            # an instance attribute: the harness treats a backend without count_tokens as "lengths estimated"
-            self.count_tokens = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+            self._count = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+            self.exact_token_counts = True
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the served model's tokenizer: from `tokenizer` when given, else the server's vLLM-style
+        `POST /tokenize` (kexaone serve, vLLM, SGLang), else an estimate of 4 characters per token
+        (`exact_token_counts` says which)."""
+        if self._count is None:
+            self._count = self._remote_counter() or (lambda t: max(1, (len(t) + 3) // 4))
+        return self._count(text)
+
+    def _remote_counter(self):
+        root = self.base_url[:-len("/v1")]
+
+        def count(text: str) -> int:
+            r = self._client.post(root + "/tokenize", json={"model": self.model, "prompt": text})
+            r.raise_for_status()
+            return int(r.json()["count"])
+        try:
+            count("probe")
+        except Exception:  # noqa: BLE001 - any failure means the server has no usable /tokenize
+            return None
+        self.exact_token_counts = True
+        return count
 
     def identity(self) -> dict:
         return {"backend": "endpoint", "url": self.base_url, "model": self.model, "revision": None}

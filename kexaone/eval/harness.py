@@ -116,7 +116,8 @@ class RunContext:
                 "seed": self.seed}
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` with the model's tokenizer when the backend has one, else about 4 characters each."""
+        """Tokens of `text` as the backend counts them (the model's tokenizer, or an estimate: see
+        `backend.exact_token_counts`); about 4 characters each for a backend that cannot count."""
         fn = getattr(self.backend, "count_tokens", None)
         return fn(text) if fn is not None else max(1, (len(text) + 3) // 4)
 

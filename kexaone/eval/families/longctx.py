@@ -2,8 +2,9 @@
 
 - `niah`: one needle ("The special magic number for {key} is {value}.", a 7-digit value) placed at a depth (0% =
   start, 100% = end of the haystack, at a sentence boundary) in a haystack sized so the prompt has the grid's
-  length in tokens, measured with the model's tokenizer (an endpoint without one: about 4 characters per token,
-  flagged `approximate_lengths`). Scored by exact match: the reply must contain the value. `summarize` draws the
+  length in tokens, measured with the model's tokenizer (an endpoint: its --tokenizer, else the server's
+  /tokenize, else about 4 characters per token, flagged `approximate_lengths`). Scored by exact match: the reply
+  must contain the value. `summarize` draws the
   lengths x depths heat map (`<out>/niah_<task>.png`).
 - `ruler` kinds (after RULER, NVIDIA 2024; scoring = string_match_all, the mean over expected strings of whether the
   reply contains each, case-insensitive):
@@ -214,7 +215,7 @@ class NIAH(_Generated):
             cells.setdefault((r["length"], r["depth"]), []).append(float(r["score"]))
         grid = {f"L={L} depth={D:g}%": sum(v) / len(v) for (L, D), v in sorted(cells.items())}
         s["breakdown"] = grid
-        s["approximate_lengths"] = getattr(ctx.backend, "count_tokens", None) is None
+        s["approximate_lengths"] = not getattr(ctx.backend, "exact_token_counts", False)
         png = Path(ctx.out_dir) / f"niah_{ctx.task.name}.png"
         draw_heatmap(cells, png, title=f"{ctx.task.name}")
         s["heatmap"] = png.name

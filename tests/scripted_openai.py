@@ -35,6 +35,8 @@ class ScriptedServer:
         self.api_key: str | None = None
         self.logprobs_enabled = True
         self.tokenize = False
+        self.generated_offset_shift = 0
+        """Added to the generated token's text_offset (-1 mimics a partial UTF-8 byte token, which has no text)."""
         self.requests: list[tuple[str, dict]] = []
         self.lock = threading.Lock()
         server = self
@@ -126,7 +128,8 @@ class ScriptedServer:
                 lps = [None] + [char_logprob(c) for c in prompt[1:]] + [-0.5]
                 choice = {"index": 0, "text": prompt + "x", "finish_reason": "length",
                           "logprobs": {"tokens": toks, "token_logprobs": lps,
-                                       "text_offset": list(range(len(toks))), "top_logprobs": None}}
+                                       "text_offset": list(range(len(prompt))) + [len(prompt) + self.generated_offset_shift],
+                                          "top_logprobs": None}}
         else:
             text = self._lookup(self.completions, prompt) or ""
             choice = {"index": 0, "text": text, "finish_reason": "stop", "logprobs": None}

@@ -464,6 +464,10 @@ class OpenAIBackend:
                                         "log-likelihood scoring (--mcq-mode loglik, bits per byte) needs a server "
                                         "that supports echo with logprobs (vLLM, SGLang, kexaone serve)")
             tokens, values = lp.get("tokens") or [], lp["token_logprobs"]
+            # The echoed prompt's tokens come first, then the generated one(s) (lm-eval drops the last token the
+            # same way); their offsets cannot be trusted to lie past the prompt (a partial UTF-8 byte has no text).
+            generated = (data.get("usage") or {}).get("completion_tokens")
+            n_prompt = len(values) - (1 if generated is None else int(generated))
             offsets = lp.get("text_offset")
             if not offsets:  # rebuild offsets from the token strings
                 offsets, at = [], 0
@@ -471,11 +475,9 @@ class OpenAIBackend:
                     offsets.append(at)
                     at += len(t)
             total, count = 0.0, 0
-            for i, start in enumerate(offsets):
-                end = offsets[i + 1] if i + 1 < len(offsets) else start + len(tokens[i] if i < len(tokens) else "")
-                if start >= len(whole):
-                    break  # the generated token
-                if end > len(ctx):
+            for i in range(max(0, n_prompt)):
+                end = offsets[i + 1] if i + 1 < n_prompt else len(whole)
+                if end > len(ctx):  # the token holds continuation text (one straddling the join counts)
                     if values[i] is None:
                         raise LoglikUnsupported("the server gave no log-prob for the first continuation token "
                                                 "(an empty context cannot be scored through it)")

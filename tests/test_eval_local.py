@@ -184,3 +184,19 @@ def test_mcq_loglik_gives_lm_eval_multiple_choice_numbers(model_dir, tmp_path):
         assert rec["loglik"] == pytest.approx(lls, abs=1e-5) and rec["prompt"] == item["question"]
         correct += max(range(len(lls)), key=lls.__getitem__) == item["answer"]
     assert res["score"] == correct / len(items)
+
+
+def test_speedrun_task_specs_convert_to_harness_tasks():
+    from kexaone.data.synthetic.tasks import TaskItem, extract_after_think
+    from kexaone.eval.families.synthetic import Synthetic, heldout_task, task_from_spec
+    from kexaone.pipeline.corpus import TaskSpec
+
+    spec = TaskSpec("arithmetic", [TaskItem("p1", "7"), TaskItem("p2", "8")], 0.5, 64, extract_after_think)
+    t = task_from_spec(spec)
+    assert t.name == "arithmetic" and isinstance(t.family, Synthetic) and t.family.chance == 0.5
+    assert t.family.extract is extract_after_think and t.family.budget(EvalConfig()) == 64
+    assert t.family.budget(EvalConfig(max_new_tokens=16)) == 16
+    assert [(i["id"], i["prompt"], i["answer"], i["choices"]) for i in t.items] == [("0", "p1", "7", None),
+                                                                                   ("1", "p2", "8", None)]
+    h = heldout_task({("web", "en"): ["a", "b"], ("code", "py"): ["c"]})
+    assert [(i["id"], i["docs"]) for i in h.items] == [("web/en", ["a", "b"]), ("code/py", ["c"])]

@@ -359,6 +359,10 @@ def test_rerun_reuses_finished_samples_and_a_changed_setting_recomputes(server, 
     assert second["tasks"]["r"]["score"] == first["tasks"]["r"]["score"] == pytest.approx(2 / 5)
     third = evaluate(server, tmp_path, [f"mcq:{path}"], EvalConfig(max_new_tokens=7))
     assert third["tasks"]["r"]["reused_samples"] == 0 and chats() - n == 7
+    rows[1]["question"] = "R1 edited?"  # an edited row under the same id is asked again
+    write_jsonl(path, rows)
+    fourth = evaluate(server, tmp_path, [f"mcq:{path}"], EvalConfig(max_new_tokens=7))
+    assert fourth["tasks"]["r"]["reused_samples"] == 4 and chats() - n == 8
 
 
 def test_cli_over_an_endpoint_writes_the_files(server, tmp_path, capsys):

@@ -142,11 +142,13 @@ def run_task(backend, task: Task, config: EvalConfig, out_dir: Path, judge=None,
                          "family": fam.name, "options": task.options, "config": fam.config_view(config),
                          "judge": backend_identity(judge) if judge is not None and fam.uses_judge else None})
     store = SampleStore(out_dir, task.name)
+    # An item's content is part of its key: an edited row (same id) is re-run, not served from the store.
+    item_h = {str(it["id"]): config_hash(it) for it in task.items}
     wanted: list[str] = []
     todo: dict[int, list[dict]] = {}
     for r in range(config.repeats):
         for it in task.items:
-            k = sample_key(task.name, str(it["id"]), r, cfg_h)
+            k = sample_key(task.name, str(it["id"]), r, cfg_h + item_h[str(it["id"])])
             wanted.append(k)
             if store.get(k) is None:
                 todo.setdefault(r, []).append(it)
@@ -165,7 +167,7 @@ def run_task(backend, task: Task, config: EvalConfig, out_dir: Path, judge=None,
                 for it, rec in zip(chunk, records):
                     rec["id"] = str(it["id"])
                     rec["repeat"] = r
-                    rec["key"] = sample_key(task.name, str(it["id"]), r, cfg_h)
+                    rec["key"] = sample_key(task.name, str(it["id"]), r, cfg_h + item_h[str(it["id"])])
                 store.add(records)
                 store.save(wanted)
                 bar.update(len(chunk))

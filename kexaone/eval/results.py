@@ -1,8 +1,8 @@
 """The files `kexaone eval` writes, and the per-sample store that lets a re-run reuse finished samples.
 
 - `samples/<task>.jsonl`: one record per (item, repeat): id, repeat, prompt, response, extracted answer, score, plus
-  family fields; each carries `key` = hash(task, item id, repeat, config hash), so a re-run with the same model
-  and settings skips what is done and a changed setting recomputes everything.
+  family fields; each carries `key` = hash(task, item id, repeat, config hash + item content hash), so a re-run
+  with the same model and settings skips what is done, and a changed setting or edited item is recomputed.
 - `results.json`: `{"tasks": {name: {"score", "metric", "n", "stderr", ...}}, "config", "model", "revision"}`.
 - `results.md`: the same as a table.
 

@@ -333,6 +333,12 @@ def test_bad_inputs_name_the_value(tmp_path, server):
         resolve_tasks(["quiz:x.jsonl"], EvalConfig())
     with pytest.raises(ValueError, match="unknown task 'gsm9k'"):
         resolve_tasks(["gsm9k"], EvalConfig())
+    with pytest.raises(ValueError, match="flores-SRC-TGT"):
+        resolve_tasks(["flores-ko-xx"], EvalConfig())
+    with pytest.raises(ValueError, match="unknown RULER task 'ruler-nope'"):
+        resolve_tasks(["ruler-nope"], EvalConfig())
+    with pytest.raises(ValueError, match="generated"):
+        resolve_tasks([f"niah:{tmp_path}/x.jsonl"], EvalConfig())
     p = write_jsonl(tmp_path / "bad.jsonl", [{"question": "q", "choices": ["a", "b"], "answer": 5}])
     with pytest.raises(ValueError, match="answer index 5 is outside 0..1"):
         resolve_tasks([f"mcq:{p}"], EvalConfig())

@@ -139,10 +139,13 @@ class LocalBackend:
                    tool_choice: Any = None, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256,
                    enable_thinking: bool | None = None, stop: str | Sequence[str] | None = None,
                    seed: int | None = None) -> list[ChatReply]:
-        """`tool_choice` is accepted for interface parity; the local model decides itself whether to call tools."""
+        """`tool_choice="none"` hides the tools from the model; any other choice leaves the decision to the model
+        (a local model cannot be forced to call a particular tool)."""
         from kexaone.engine.chat_io import chat_prompt, parse_reply
 
         _check_sampling(temperature, top_p, max_tokens)
+        if tool_choice == "none":
+            tools = None
         rendered = [chat_prompt(list(m), tools=tools, enable_thinking=True if enable_thinking is None
                                 else bool(enable_thinking)) for m in batch]
         ids = [self.tokenizer.encode(text) for text, _ in rendered]

@@ -43,7 +43,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="comma-separated built-ins (gsm8k, math500, flores, flores-ko-en, niah, ruler, ruler-vt, "
                         "synthetic, arithmetic, recall, retrieval, code, heldout, kgc-safety) and user files "
                         "FAMILY:PATH with FAMILY in mcq, math, ifeval, translation, judge, synthetic, heldout")
-    p.add_argument("--limit", type=int, help="at most N items per task")
+    p.add_argument("--limit", type=int, help="at most N items per task (RULER: N per kind; kgc-safety: N spread over "
+                                             "domains; niah's grid is set by --niah-lengths/--niah-depths)")
     p.add_argument("--out", default="eval_out", help="output directory (re-running into it reuses finished samples)")
     p.add_argument("--tokenizer", help="the endpoint model's tokenizer (directory with tokenizer.json): exact NIAH/RULER "
                                        "lengths instead of a 4-characters-per-token estimate")

@@ -96,6 +96,9 @@ def resolve_tasks(entries: list[str], config, backend=None, judge=None, log=prin
         try:
             if ":" in entry:
                 fam_name, _, path = entry.partition(":")
+                if fam_name in ("niah", "ruler") or fam_name.startswith("ruler-"):
+                    raise ValueError(f"{fam_name} tasks are generated: run them by name (--tasks {fam_name}), "
+                                     "not from a file")
                 if fam_name not in FAMILIES:
                     raise ValueError(f"unknown task family {fam_name!r} in {entry!r}; families: {sorted(FAMILIES)}")
                 fam = FAMILIES[fam_name]()

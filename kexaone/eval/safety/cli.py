@@ -25,7 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--counts", action="store_true", help="counts table (the default output)")
     p.add_argument("--json", action="store_true", help="print the counts as JSON")
     p = sub.add_parser("expand", help="generate more instances per risk area with a model behind an OpenAI API")
-    p.add_argument("--endpoint", required=True, help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
+    p.add_argument("--endpoint", required=True,
+                   help="base URL of an OpenAI-compatible server, e.g. http://host:8000/v1")
     p.add_argument("--api-model", default=None, help="model name sent to the endpoint (default: its first model)")
     p.add_argument("--api-key-env", default="OPENAI_API_KEY", help="environment variable holding the API key")
     p.add_argument("--per-area", type=int, default=10, help="target instances per risk area, seed set included")
@@ -34,6 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, default=1.0)
     p.add_argument("--max-rounds", type=int, default=3, help="generation rounds per area before giving up")
     p.add_argument("--timeout", type=float, default=120.0, help="seconds per HTTP request")
+    p.add_argument("--max-retries", type=int, default=5, help="retries on 429, 5xx and connection errors")
     p.add_argument("--seed", type=int, default=0)
     parser.set_defaults(_safety_parser=parser)
 
@@ -108,4 +110,26 @@ def _suite(args) -> int:
     if per_area:
         print(f"risk areas with harmful instances: {covered}/{len(areas)}; "
               f"instances per area: min {min(per_area.get(a, 0) for a in areas)}, max {max(per_area.values())}")
+    return 0
+
+
+def _expand(args) -> int:
+    from kexaone.eval.safety.expand import ExpandConfig, api_key_from_env, expand
+
+    cfg = ExpandConfig(
+        endpoint=args.endpoint, out=args.out, api_model=args.api_model, api_key=api_key_from_env(args.api_key_env),
+        per_area=args.per_area, areas=args.areas.split(",") if args.areas else None, temperature=args.temperature,
+        max_rounds=args.max_rounds, timeout=args.timeout, max_retries=args.max_retries, seed=args.seed,
+    )
+    try:
+        stats = expand(cfg, progress=sys.stderr.isatty())
+    except ConnectionError as e:  # the endpoint is down or keeps failing: a message, not a traceback
+        print(f"kexaone safety expand: error: {e}", file=sys.stderr)
+        return 1
+    print(f"wrote {args.out}: {stats.accepted} new instances from {stats.calls} generation calls "
+          f"({stats.exact_duplicates} exact and {stats.near_duplicates} near duplicates dropped, "
+          f"{stats.unparsed_replies} unreadable replies, {stats.retries} retried requests)")
+    if stats.short_areas:
+        print(f"{len(stats.short_areas)} risk areas still below {args.per_area} instances: "
+              + ", ".join(f"{a} (-{n})" for a, n in list(stats.short_areas.items())[:20]))
     return 0

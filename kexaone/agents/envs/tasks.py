@@ -1,0 +1,256 @@
+"""Tool-use tasks over the registry office, generated from the synthetic world, with a verifiable pass criterion.
+
+A task is a user request, the small database it starts from, the gold actions (tool calls) that fulfil it and the
+facts the final answer must state. As in tau-bench, a run passes when
+  (1) the hash of the database it leaves equals the hash after replaying the gold actions on a fresh copy (any path
+      to the same state passes; reads change nothing), and
+  (2) every required fact appears in the final answer (case-insensitive, commas removed).
+Each task's database is a subset of one `World` (people sampled per task, with their employers, cities, company
+headquarters and inventions, plus distractors), so tasks are self-contained JSON records.
+
+Templates: transfer an employee, relocate a company, move a person, register an invention, a read-only lookup, and
+a bulk transfer (every employee of one company to another). This module does not run models
+(kexaone.agents.envs.evaluate).
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from kexaone.agents.envs.db import CityRow, CompanyRow, InventionRow, PersonRow, RegistryDB, db_hash
+from kexaone.agents.envs.office import RegistryOffice
+from kexaone.data.synthetic.names import pseudo_word
+from kexaone.data.synthetic.world import World
+
+PEOPLE_PER_TASK = 8
+EXTRA_COMPANIES = 3
+EXTRA_CITIES = 3
+
+
+@dataclass
+class ToolTask:
+    id: str
+    template: str
+    instruction: str
+    db: dict
+    gold_actions: list[dict]  # [{"name", "arguments"}]
+    outputs: list[str]  # facts the final answer must contain
+    meta: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"id": self.id, "template": self.template, "instruction": self.instruction, "db": self.db,
+                "gold_actions": self.gold_actions, "outputs": self.outputs, "meta": self.meta}
+
+    @classmethod
+    def from_json(cls, d: dict) -> ToolTask:
+        missing = [k for k in ("id", "template", "instruction", "db", "gold_actions", "outputs") if k not in d]
+        if missing:
+            raise ValueError(f"tool task record lacks {missing} (has {sorted(d)})")
+        RegistryDB.from_dict(d["db"])  # fail early on a malformed database
+        return cls(d["id"], d["template"], d["instruction"], d["db"], list(d["gold_actions"]), list(d["outputs"]),
+                   dict(d.get("meta") or {}))
+
+    def start_db(self) -> RegistryDB:
+        return RegistryDB.from_dict(self.db)
+
+
+def load_tasks(path) -> list[ToolTask]:
+    """Tasks from a JSONL file written by `kexaone tools synth`."""
+    out = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if line.strip():
+                try:
+                    out.append(ToolTask.from_json(json.loads(line)))
+                except (json.JSONDecodeError, ValueError) as e:
+                    raise ValueError(f"{path}:{lineno}: bad tool task: {e}") from None
+    if not out:
+        raise ValueError(f"{path} holds no tool task")
+    return out
+
+
+# ------------------------------------------------------------------------------------------------ pass criterion
+def replay(db: RegistryDB, actions: list[dict]) -> tuple[RegistryOffice, list[str]]:
+    """Run `actions` on a fresh office over `db`; (office, errors of the actions that failed)."""
+    office = RegistryOffice(db)
+    reg = office.registry()
+    errors = []
+    for k, a in enumerate(actions):
+        r = reg.call(a.get("name"), a.get("arguments", {}))
+        if not r.ok:
+            errors.append(f"action {k} {a.get('name')}: {r.error}")
+    return office, errors
+
+
+def gold_hash(task: ToolTask) -> str:
+    """Hash of the database after the gold actions; ValueError when they do not all succeed."""
+    office, errors = replay(task.start_db(), task.gold_actions)
+    if errors:
+        raise ValueError(f"task {task.id}: gold actions fail: {errors[0]}")
+    return office.db.hash()
+
+
+def normalize(text: str) -> str:
+    return (text or "").lower().replace(",", "")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    db_ok: bool
+    outputs_ok: bool
+    missing: tuple[str, ...]
+
+    @property
+    def reward(self) -> float:
+        return float(self.db_ok and self.outputs_ok)
+
+
+def check(task: ToolTask, final_db: RegistryDB | dict, answer: str, *, expected_hash: str | None = None) -> Verdict:
+    """The pass criterion: database state equal to the gold replay's, and every required fact in `answer`."""
+    final = final_db.to_dict() if isinstance(final_db, RegistryDB) else final_db
+    target = expected_hash or gold_hash(task)
+    missing = tuple(o for o in task.outputs if normalize(o) not in normalize(answer))
+    return Verdict(db_hash(final) == target, not missing, missing)
+
+
+# ---------------------------------------------------------------------------------------------------- generation
+def task_db(world: World, rng: random.Random) -> RegistryDB:
+    """A small database: sampled people with their employers, cities and inventions, plus distractor rows."""
+    people = rng.sample(world.people, min(PEOPLE_PER_TASK, len(world.people)))
+    pids = {p.id for p in people}
+    comp_ids = {p.employer for p in people}
+    others = [c.id for c in world.companies if c.id not in comp_ids]
+    comp_ids |= set(rng.sample(others, min(EXTRA_COMPANIES, len(others))))
+    city_ids = {p.birth_city for p in people} | {world.companies[c].hq_city for c in comp_ids}
+    others = [c.id for c in world.cities if c.id not in city_ids]
+    city_ids |= set(rng.sample(others, min(EXTRA_CITIES, len(others))))
+    db = RegistryDB()
+    for p in sorted(people, key=lambda p: p.id):
+        db.people[f"P{p.id}"] = PersonRow(f"P{p.id}", p.name, p.birth_year, f"T{p.birth_city}", f"T{p.birth_city}",
+                                          f"C{p.employer}")
+    for c in sorted(comp_ids):
+        co = world.companies[c]
+        db.companies[f"C{c}"] = CompanyRow(f"C{c}", co.name, f"T{co.hq_city}", co.founded)
+    for t in sorted(city_ids):
+        ci = world.cities[t]
+        db.cities[f"T{t}"] = CityRow(f"T{t}", ci.name, world.countries[ci.country])
+    for inv in world.inventions:
+        if inv.inventor in pids:
+            db.inventions[f"I{inv.id}"] = InventionRow(f"I{inv.id}", inv.name, f"P{inv.inventor}")
+    return db
+
+
+def _act(tool_name: str, **arguments) -> dict:
+    return {"name": tool_name, "arguments": arguments}
+
+
+Spec = tuple[str, list[dict], list[str]]  # (instruction, gold actions, required outputs)
+
+
+def _transfer(db: RegistryDB, rng: random.Random) -> Spec | None:
+    p = rng.choice(list(db.people.values()))
+    targets = [c for c in db.companies.values() if c.id != p.employer]
+    if not targets:
+        return None
+    c = rng.choice(targets)
+    old = db.companies[p.employer].name
+    hq = db.cities[c.hq_city]
+    text = (f"{p.name} has left {old} and joined {c.name}. Please update the registry, and tell me in which city "
+            f"{c.name} has its headquarters.")
+    return text, [_act("find_person", name=p.name), _act("find_company", name=c.name),
+                  _act("transfer_employee", person_id=p.id, company_id=c.id), _act("get_city", city_id=hq.id)], [hq.name]
+
+
+def _relocate(db: RegistryDB, rng: random.Random) -> Spec | None:
+    c = rng.choice(list(db.companies.values()))
+    cities = [t for t in db.cities.values() if t.id != c.hq_city]
+    if not cities:
+        return None
+    t = rng.choice(cities)
+    text = (f"{c.name} has moved its headquarters to {t.name}. Please record the move, and tell me which country "
+            f"{t.name} is in.")
+    return text, [_act("find_company", name=c.name), _act("find_city", name=t.name),
+                  _act("relocate_company", company_id=c.id, city_id=t.id)], [t.country]
+
+
+def _move(db: RegistryDB, rng: random.Random) -> Spec | None:
+    p = rng.choice(list(db.people.values()))
+    options = [c for c in db.companies.values() if c.hq_city != p.home_city]
+    if not options:
+        return None
+    c = rng.choice(options)
+    t = db.cities[c.hq_city]
+    text = (f"{p.name} now lives in the city where {c.name} has its headquarters. Please update their home city, and "
+            "tell me the name of that city.")
+    return text, [_act("find_person", name=p.name), _act("find_company", name=c.name), _act("get_city", city_id=t.id),
+                  _act("move_person", person_id=p.id, city_id=t.id)], [t.name]
+
+
+def _invention(db: RegistryDB, rng: random.Random) -> Spec | None:
+    p = rng.choice(list(db.people.values()))
+    taken = {i.name.lower() for i in db.inventions.values()} | {x.name.lower() for x in db.people.values()}
+    name = pseudo_word(rng, 3)
+    if name.lower() in taken:
+        return None
+    employer = db.companies[p.employer]
+    text = (f"Please register a new invention called {name}, made by {p.name}, and tell me the name of the company "
+            f"{p.name} works for.")
+    return text, [_act("find_person", name=p.name), _act("register_invention", name=name, inventor_id=p.id),
+                  _act("get_company", company_id=employer.id)], [employer.name]
+
+
+def _lookup(db: RegistryDB, rng: random.Random) -> Spec | None:
+    p = rng.choice(list(db.people.values()))
+    city = db.cities[p.birth_city]
+    text = f"Where was {p.name} born, and in which year? Please do not change any record."
+    return text, [_act("find_person", name=p.name), _act("get_city", city_id=city.id)], [city.name, str(p.birth_year)]
+
+
+def _bulk(db: RegistryDB, rng: random.Random) -> Spec | None:
+    staffed = [c for c in db.companies.values() if 1 <= sum(p.employer == c.id for p in db.people.values()) <= 4]
+    if not staffed:
+        return None
+    a = rng.choice(staffed)
+    b = rng.choice([c for c in db.companies.values() if c.id != a.id])
+    staff = sorted((p for p in db.people.values() if p.employer == a.id), key=lambda p: int(p.id[1:]))
+    text = (f"{a.name} is closing. Please move every one of its employees to {b.name}, and tell me how many people "
+            "you moved.")
+    acts = [_act("find_company", name=a.name), _act("find_company", name=b.name)]
+    acts += [_act("transfer_employee", person_id=p.id, company_id=b.id) for p in staff]
+    return text, acts, [str(len(staff))]
+
+
+TEMPLATES: dict[str, Callable[[RegistryDB, random.Random], Spec | None]] = {
+    "transfer": _transfer, "relocate": _relocate, "move": _move, "invention": _invention, "lookup": _lookup,
+    "bulk_transfer": _bulk,
+}
+WRITE_TEMPLATES = ("transfer", "relocate", "move", "invention", "bulk_transfer")
+
+
+def generate_candidates(n: int, seed: int = 0, *, world: World | None = None,
+                        templates: tuple[str, ...] = tuple(TEMPLATES)) -> list[ToolTask]:
+    """`n` candidate tasks (templates in rotation), before filtering. Deterministic in (n, seed, world)."""
+    if n < 1:
+        raise ValueError(f"the number of tasks must be >= 1, got {n}")
+    unknown = [t for t in templates if t not in TEMPLATES]
+    if unknown or not templates:
+        raise ValueError(f"unknown task templates {unknown}; choose from {sorted(TEMPLATES)}")
+    world = world or World(seed=0, size="default")
+    out = []
+    for i in range(n):
+        name = templates[i % len(templates)]
+        rng = random.Random(f"kexaone-tooltask|{seed}|{i}")
+        for attempt in range(20):
+            db = task_db(world, rng)
+            spec = TEMPLATES[name](db, rng)
+            if spec is not None:
+                break
+        else:
+            continue
+        text, actions, outputs = spec
+        out.append(ToolTask(f"tools-{seed}-{i}", name, text, db.to_dict(), actions, outputs,
+                            {"world_seed": world.seed, "seed": seed, "index": i}))
+    return out

@@ -69,6 +69,7 @@ class AgentConfig:
     max_tool_chars: int = 4000  # a tool result longer than this is cut before it enters the context
     python_timeout_s: float = 5.0
     python_memory_mb: int = 512
+    seed: int | None = None  # sampling seed of the agent's n-th model call: seed + n (None: the backend's own)
 
     def __post_init__(self):
         for name in ("max_steps", "max_total_tokens", "max_reply_tokens", "summary_tokens", "compress_tokens",
@@ -148,7 +149,7 @@ class _Run:
     def __init__(self, question, backend, index, registry, config, trajectory, system):
         self.question, self.backend, self.index, self.cfg = question, backend, index, config
         self.traj, self.system = trajectory, system
-        self.tokens, self.steps, self.compressions = 0, 0, 0
+        self.tokens, self.steps, self.compressions, self.n_calls = 0, 0, 0, 0
         self.queries: list[str] = []
         self.summaries: list[dict] = []  # since the last compression
         self.record: dict | None = None
@@ -210,6 +211,9 @@ class _Run:
 
     # The loop.
     def chat(self, messages, **kw):
+        if self.cfg.seed is not None:  # only then: scripted backends need not accept `seed`
+            kw["seed"] = self.cfg.seed + self.n_calls
+        self.n_calls += 1
         return self.backend.chat(messages, temperature=self.cfg.temperature, top_p=self.cfg.top_p,
                                  max_tokens=self.cfg.max_reply_tokens, enable_thinking=self.cfg.enable_thinking, **kw)
 
@@ -270,7 +274,10 @@ class _Run:
     def execute(self, call: dict, call_id: str) -> dict:
         self.steps += 1
         t0 = time.perf_counter()
-        result = self.registry.call(call.get("name"), call.get("arguments"))
+        args = call.get("arguments")
+        if isinstance(args, dict) and set(args) == {"_unparsed"}:
+            args = args["_unparsed"]  # the endpoint could not parse the model's arguments: report it as such
+        result = self.registry.call(call.get("name"), args)
         content = result.content
         if len(content) > self.cfg.max_tool_chars:
             content = content[: self.cfg.max_tool_chars] + f"… [cut: {len(result.content)} characters in all]"

@@ -4,7 +4,7 @@ A task is a user request, the small database it starts from, the gold actions (t
 facts the final answer must state. As in tau-bench, a run passes when
   (1) the hash of the database it leaves equals the hash after replaying the gold actions on a fresh copy (any path
       to the same state passes; reads change nothing), and
-  (2) every required fact appears in the final answer (case-insensitive, commas removed).
+  (2) every required fact appears in the final answer (case-insensitive, commas removed, as a whole word).
 Each task's database is a subset of one `World` (people sampled per task, with their employers, cities, company
 headquarters and inventions, plus distractors), so tasks are self-contained JSON records.
 
@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -97,6 +98,13 @@ def normalize(text: str) -> str:
     return (text or "").lower().replace(",", "")
 
 
+def states_fact(answer: str, fact: str) -> bool:
+    """Whether `answer` states `fact`: case-insensitive, commas ignored, and as a whole word or number (so "1"
+    is not found in "10")."""
+    pattern = r"(?<!\w)" + re.escape(normalize(fact).strip()) + r"(?!\w)"
+    return re.search(pattern, normalize(answer)) is not None
+
+
 @dataclass(frozen=True)
 class Verdict:
     db_ok: bool
@@ -112,7 +120,7 @@ def check(task: ToolTask, final_db: RegistryDB | dict, answer: str, *, expected_
     """The pass criterion: database state equal to the gold replay's, and every required fact in `answer`."""
     final = final_db.to_dict() if isinstance(final_db, RegistryDB) else final_db
     target = expected_hash or gold_hash(task)
-    missing = tuple(o for o in task.outputs if normalize(o) not in normalize(answer))
+    missing = tuple(o for o in task.outputs if not states_fact(answer, o))
     return Verdict(db_hash(final) == target, not missing, missing)
 
 

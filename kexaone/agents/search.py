@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kexaone.data.sources import iter_tagged_documents
+from kexaone.data.sources import HUB_PREFIX, iter_tagged_documents, parse_spec, resolve_files
 
 # Scripts written without spaces between words (or with particles glued on): Hangul syllables and jamo, CJK
 # ideographs, hiragana, katakana.
@@ -49,7 +49,7 @@ class SearchDoc:
     id: str
     title: str
     text: str
-    source: str  # the tag kexaone.data.sources gave it (file stem or domain/lang)
+    source: str  # the file (or hub dataset) it came from
 
 
 def split_passages(text: str, max_chars: int = 600) -> list[str]:
@@ -102,8 +102,12 @@ class DocumentIndex:
             specs = [specs]
         docs = []
         for spec in specs:
-            for d in iter_tagged_documents(spec, text_field=text_field, txt_mode=txt_mode):
-                docs.append(SearchDoc(str(len(docs)), _title(d.text), d.text, d.tag))
+            path = parse_spec(spec).path
+            # File by file, so each document can name the file it came from.
+            parts = [path] if path.startswith(HUB_PREFIX) else [str(f) for f in resolve_files(path)]
+            for part in parts:
+                for d in iter_tagged_documents(part, text_field=text_field, txt_mode=txt_mode):
+                    docs.append(SearchDoc(str(len(docs)), _title(d.text), d.text, part))
         return cls(docs)
 
     def __len__(self) -> int:

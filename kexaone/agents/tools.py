@@ -150,6 +150,8 @@ def function_schema(fn: Callable, *, name: str | None = None, description: str |
             required.append(p.name)
         elif p.default is None or isinstance(p.default, (str, int, float, bool)):
             schema["default"] = p.default
+            if p.default is None and isinstance(schema.get("type"), str):  # `x: T = None` accepts null too
+                schema["type"] = [schema["type"], "null"]
         props[p.name] = schema
     params = {"type": "object", "properties": props, "required": required, "additionalProperties": False}
     return name, description if description is not None else doc_desc, params

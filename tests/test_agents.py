@@ -5,6 +5,7 @@ the trajectory file, and the sandboxed python tool."""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -93,7 +94,8 @@ def _record(facts, queries, nxt):
 SCRIPT = [
     ("agent", {"content": "", "tool_calls": [_call("search", {"query": "Seoul inhabitants"}, "c1")]}),
     ("agent", {"content": "", "tool_calls": [_call("open", {"doc": "2", "pattern": "inhabitants"}, "c2")]}),
-    ("summary", {"content": "Summary:\nSeoul had 9,586,195 inhabitants in 2020.\n\nAnswer to the question:\n9,586,195"}),
+    ("summary", {"content": "Summary:\nSeoul had 9,586,195 inhabitants in 2020.\n\n"
+                            "Answer to the question:\n9,586,195"}),
     ("compress", {"content": "Here is the record: " + _record([("Seoul had 9,586,195 inhabitants in 2020", "2")],
                                                                 ["Seoul inhabitants"], ["check Busan"])}),
     ("agent", {"content": "", "tool_calls": [_call("search", {"query": "Busan inhabitants"}, "c3")]}),
@@ -207,7 +209,8 @@ def test_schema_errors_come_back_as_tool_results(tmp_path):
 
     backend = FakeBackend([_tc("add", {"a": "two"}, "x1"), _tc("add", {"a": 2, "c": 1}, "x2"), _tc("nope", {}, "x3"),
                            _tc("add", {"a": 2, "b": 5}, "x4"), ChatReply(content="7", usage={"total_tokens": 5})])
-    res = run_agent("2+5?", backend, registry=reg, config=AgentConfig(python=False), trajectory_path=tmp_path / "t.json")
+    res = run_agent("2+5?", backend, registry=reg, config=AgentConfig(python=False),
+                    trajectory_path=tmp_path / "t.json")
     tools = [e for e in res.trajectory["events"] if e["type"] == "tool"]
     assert [t["ok"] for t in tools] == [False, False, False, True]
     assert tools[0]["content"] == "Error: invalid arguments for tool 'add' at a: 'two' is not of type 'integer'"
@@ -288,7 +291,7 @@ def test_compressor_record_parsing():
 def test_python_tool_runs_in_the_sandbox_and_survives_a_timeout(tmp_path):
     pytest.importorskip("kexaone.rl.sandbox", reason="the code sandbox (kexaone.rl.sandbox) is not in this build")
     backend = FakeBackend([_tc("python", {"code": "while True:\n    pass\n"}, "py1"),
-                           _tc("python", {"code": "import os\nprint(6 * 7, os.getpid() != %d)" % __import__("os").getpid()}, "py2"),
+                           _tc("python", {"code": f"import os\nprint(6 * 7, os.getpid() != {os.getpid()})"}, "py2"),
                            ChatReply(content="42", usage={"total_tokens": 5})])
     res = run_agent("6*7?", backend, config=AgentConfig(python=True, python_timeout_s=1.0),
                     trajectory_path=tmp_path / "py.json")

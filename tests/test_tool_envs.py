@@ -11,7 +11,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from kexaone.agents.envs.db import RegistryDB
-from kexaone.agents.envs.evaluate import GoldOracle, episode_config, evaluate_tools, filter_tasks, pass_hat_k, run_episode
+from kexaone.agents.envs.evaluate import (
+    GoldOracle,
+    episode_config,
+    evaluate_tools,
+    filter_tasks,
+    pass_hat_k,
+    run_episode,
+)
 from kexaone.agents.envs.office import RegistryOffice
 from kexaone.agents.envs.tasks import ToolTask, check, generate_candidates, gold_hash, load_tasks, replay
 from kexaone.eval.backends import ChatReply

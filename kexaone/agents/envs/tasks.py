@@ -169,7 +169,8 @@ def _transfer(db: RegistryDB, rng: random.Random) -> Spec | None:
     text = (f"{p.name} has left {old} and joined {c.name}. Please update the registry, and tell me in which city "
             f"{c.name} has its headquarters.")
     return text, [_act("find_person", name=p.name), _act("find_company", name=c.name),
-                  _act("transfer_employee", person_id=p.id, company_id=c.id), _act("get_city", city_id=hq.id)], [hq.name]
+                  _act("transfer_employee", person_id=p.id, company_id=c.id),
+                  _act("get_city", city_id=hq.id)], [hq.name]
 
 
 def _relocate(db: RegistryDB, rng: random.Random) -> Spec | None:

@@ -290,14 +290,22 @@ def test_compressor_record_parsing():
 
 def test_python_tool_runs_in_the_sandbox_and_survives_a_timeout(tmp_path):
     pytest.importorskip("kexaone.rl.sandbox", reason="the code sandbox (kexaone.rl.sandbox) is not in this build")
-    backend = FakeBackend([_tc("python", {"code": "while True:\n    pass\n"}, "py1"),
-                           _tc("python", {"code": f"import os\nprint(6 * 7, os.getpid() != {os.getpid()})"}, "py2"),
-                           ChatReply(content="42", usage={"total_tokens": 5})])
-    res = run_agent("6*7?", backend, config=AgentConfig(python=True, python_timeout_s=1.0),
+    codes = ["while True:\n    pass\n",  # runs past the time limit
+             "x = bytearray(600 * 1024 * 1024)\nprint(len(x))",  # past the memory limit
+             "import socket\nsocket.create_connection(('127.0.0.1', 80))",  # no network
+             f"import os\nprint(6 * 7, os.getpid() != {os.getpid()})"]  # another process, not this one
+    backend = FakeBackend([_tc("python", {"code": c}, f"py{i}") for i, c in enumerate(codes)]
+                          + [ChatReply(content="42", usage={"total_tokens": 5})])
+    res = run_agent("6*7?", backend, config=AgentConfig(python=True, python_timeout_s=1.0, python_memory_mb=256),
                     trajectory_path=tmp_path / "py.json")
     tools = [e for e in res.trajectory["events"] if e["type"] == "tool"]
-    first, second = json.loads(tools[0]["content"]), json.loads(tools[1]["content"])
-    assert tools[0]["ok"] and first["timed_out"] is True and first["ok"] is False
+    out = [json.loads(t["content"]) for t in tools]
+    assert all(t["ok"] for t in tools)  # the tool worked; the program's failure is its result
+    assert out[0]["timed_out"] is True and out[0]["ok"] is False and out[0]["exit_code"] is None
     assert tools[0]["seconds"] < 10
-    assert second["ok"] and second["stdout"].strip() == "42 True"  # another process, not this one
-    assert res.answer == "42" and res.stopped == "answer"
+    assert not out[1]["ok"] and "memory limit" in out[1]["reason"]
+    assert not out[2]["ok"] and out[2]["reason"].startswith("blocked")
+    assert out[3]["ok"] and out[3]["stdout"].strip() == "42 True"
+    # The model read each result and the loop went on to its answer.
+    assert [m["content"] for m in backend.requests[-1][0] if m["role"] == "tool"] == [t["content"] for t in tools]
+    assert res.answer == "42" and res.stopped == "answer" and res.steps == 4

@@ -309,3 +309,19 @@ def test_python_tool_runs_in_the_sandbox_and_survives_a_timeout(tmp_path):
     # The model read each result and the loop went on to its answer.
     assert [m["content"] for m in backend.requests[-1][0] if m["role"] == "tool"] == [t["content"] for t in tools]
     assert res.answer == "42" and res.stopped == "answer" and res.steps == 4
+
+
+def test_parallel_calls_run_in_order_and_count_as_steps():
+    reg = ToolRegistry()
+    seen = []
+    reg.register(lambda x: seen.append(x) or x * 2, name="double", parameters={
+        "type": "object", "properties": {"x": {"type": "integer"}}, "required": ["x"]})
+    two = ChatReply(content="", finish_reason="tool_calls", usage={"total_tokens": 1}, tool_calls=[
+        {"id": "a", "name": "double", "arguments": {"x": 1}}, {"id": "b", "name": "double", "arguments": {"x": 2}}])
+    backend = FakeBackend([two, ChatReply(content="2 and 4", usage={"total_tokens": 1})])
+    res = run_agent("double 1 and 2", backend, registry=reg, config=AgentConfig(python=False))
+    assert seen == [1, 2] and res.steps == 2 and res.answer == "2 and 4"
+    msgs = backend.requests[-1][0]
+    assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "tool"]
+    assert [(m["tool_call_id"], m["content"]) for m in msgs[3:]] == [("a", "2"), ("b", "4")]
+    assert [c["id"] for c in msgs[2]["tool_calls"]] == ["a", "b"]

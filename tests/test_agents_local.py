@@ -62,3 +62,29 @@ def test_agent_with_local_backend(tmp_path):
     # Token accounting comes from the engine's own counts.
     assert res.tokens == sum(e["tokens"] for e in events if "tokens" in e and e["type"] != "final")
     assert events[0]["tokens"] == len(tok.encode(prompts[0])) + len(tok.encode(scripts[0])) + 1
+
+
+def test_agent_cli_with_local_model_matches_python_api(tmp_path, capsys):
+    from kexaone.cli import main
+
+    tok = byte_tokenizer()
+    model_dir = tmp_path / "model"
+    model_dir.mkdir()
+    tiny_model(0, vocab_size=tok.vocab_size).save_pretrained(model_dir)
+    tok.save(model_dir)
+    docs = tmp_path / "notes.txt"
+    docs.write_text("Seoul is the capital of Korea.", encoding="utf-8")
+    out = tmp_path / "cli.json"
+    with one_thread():
+        rc = main(["agent", "--model", str(model_dir), "--docs", str(docs), "--question", "Capital of Korea?",
+                   "--out", str(out), "--no-python", "--max-reply-tokens", "12", "--max-steps", "2"])
+        assert rc == 0
+        printed = capsys.readouterr().out
+        saved = json.loads(out.read_text())
+        # The same run through the Python API gives the same trajectory (greedy decoding, same seeds).
+        ref = run_agent("Capital of Korea?", LocalBackend.from_pretrained(model_dir), docs=[str(docs)],
+                        config=AgentConfig(python=False, max_reply_tokens=12, max_steps=2, seed=0))
+    assert printed == ref.answer + "\n" and saved["answer"] == ref.answer
+    assert saved["stopped"] == ref.stopped and saved["tokens"] == ref.tokens > 0
+    strip = [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in saved["events"]]
+    assert strip == [{k: v for k, v in e.items() if k not in ("time", "seconds")} for e in ref.trajectory["events"]]

@@ -127,7 +127,16 @@ def check(task: ToolTask, final_db: RegistryDB | dict, answer: str, *, expected_
 # ---------------------------------------------------------------------------------------------------- generation
 def task_db(world: World, rng: random.Random) -> RegistryDB:
     """A small database: sampled people with their employers, cities and inventions, plus distractor rows."""
-    people = rng.sample(world.people, min(PEOPLE_PER_TASK, len(world.people)))
+    # A few colleagues of one company first (so "move all its employees" tasks move several people), then others.
+    staff: dict[int, list] = {}
+    for p in world.people:
+        staff.setdefault(p.employer, []).append(p)
+    teams = [ps for ps in staff.values() if len(ps) >= 2]
+    team = rng.choice(teams) if teams else []
+    people = rng.sample(team, min(3, len(team)))
+    pids = {p.id for p in people}
+    rest = [p for p in world.people if p.id not in pids]
+    people += rng.sample(rest, max(0, min(PEOPLE_PER_TASK - len(people), len(rest))))
     pids = {p.id for p in people}
     comp_ids = {p.employer for p in people}
     others = [c.id for c in world.companies if c.id not in comp_ids]
@@ -222,7 +231,8 @@ def _bulk(db: RegistryDB, rng: random.Random) -> Spec | None:
     staffed = [c for c in db.companies.values() if 1 <= sum(p.employer == c.id for p in db.people.values()) <= 4]
     if not staffed:
         return None
-    a = rng.choice(staffed)
+    most = max(sum(p.employer == c.id for p in db.people.values()) for c in staffed)
+    a = rng.choice([c for c in staffed if sum(p.employer == c.id for p in db.people.values()) == most])
     b = rng.choice([c for c in db.companies.values() if c.id != a.id])
     staff = sorted((p for p in db.people.values() if p.employer == a.id), key=lambda p: int(p.id[1:]))
     text = (f"{a.name} is closing. Please move every one of its employees to {b.name}, and tell me how many people "

@@ -325,3 +325,18 @@ def test_parallel_calls_run_in_order_and_count_as_steps():
     assert [m["role"] for m in msgs] == ["system", "user", "assistant", "tool", "tool"]
     assert [(m["tool_call_id"], m["content"]) for m in msgs[3:]] == [("a", "2"), ("b", "4")]
     assert [c["id"] for c in msgs[2]["tool_calls"]] == ["a", "b"]
+
+
+def test_backend_failure_is_recorded_then_raised(tmp_path):
+    class Down:
+        def chat(self, messages, **kw):
+            raise ConnectionError("endpoint went away")
+
+    reg = ToolRegistry()
+    reg.register(lambda: "x", name="noop", description="Nothing.")
+    path = tmp_path / "err.json"
+    with pytest.raises(ConnectionError):
+        run_agent("q", Down(), registry=reg, config=AgentConfig(python=False), trajectory_path=path)
+    saved = json.loads(path.read_text())
+    assert saved["events"][-1]["type"] == "error" and "endpoint went away" in saved["events"][-1]["error"]
+    assert saved["stopped"] is None

@@ -263,3 +263,22 @@ def test_tools_cli_synth_and_eval(tmp_path, capsys):
     bad.write_text('{"id": "x"}\n')
     assert main(["tools", "eval", "--tasks", str(bad), "--endpoint", "http://127.0.0.1:9"]) == 2
     assert "bad tool task" in capsys.readouterr().err
+
+
+def test_gold_conversation_renders_as_kexaone_chat(tasks):
+    from kexaone.agents.envs.evaluate import gold_conversation
+    from kexaone.tokenizer.chat import render
+
+    t = _task(tasks, "relocate")
+    conv = gold_conversation(t)
+    msgs = conv["messages"]
+    assert [m["role"] for m in msgs] == ["system", "user"] + ["assistant", "tool"] * 3 + ["assistant"]
+    assert [json.loads(m["tool_calls"][0]["function"]["arguments"]) for m in msgs if m.get("tool_calls")] == [
+        a["arguments"] for a in t.gold_actions]
+    assert msgs[-1]["content"] == f"Done. {t.outputs[0]}."
+    text = render(msgs, tools=conv["tools"])
+    assert text.count("<|tool|>") == 3 and text.count("<tool_call>") == 3 and "<|tool_declare|>" in text
+    broken = ToolTask("b", t.template, t.instruction, t.db, t.gold_actions[:2] + [
+        {"name": "relocate_company", "arguments": {"company_id": "C99999", "city_id": "T0"}}], t.outputs)
+    with pytest.raises(ValueError, match="gold actions fail"):
+        gold_conversation(broken)

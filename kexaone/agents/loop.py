@@ -90,6 +90,9 @@ class AgentResult:
     compressions: int
     tokens: int  # prompt + completion tokens over every call
     trajectory: dict = field(repr=False)
+    # The history at the end, final answer included (after a compression it starts from the record): OpenAI-format
+    # messages that kexaone.tokenizer.chat renders, e.g. for SFT data.
+    messages: list[dict] = field(default_factory=list, repr=False)
 
 
 def usage_tokens(reply: Any, request: Sequence[dict]) -> tuple[int, bool]:
@@ -150,6 +153,7 @@ class _Run:
         self.question, self.backend, self.index, self.cfg = question, backend, index, config
         self.traj, self.system = trajectory, system
         self.tokens, self.steps, self.compressions, self.n_calls = 0, 0, 0, 0
+        self.estimated_tokens = False  # some backend reply had no usage: its tokens were estimated from characters
         self.queries: list[str] = []
         self.summaries: list[dict] = []  # since the last compression
         self.record: dict | None = None
@@ -163,8 +167,9 @@ class _Run:
             self.registry.extend(registry)
 
     def charge(self, reply, request) -> int:
-        n, _ = usage_tokens(reply, request)
+        n, estimated = usage_tokens(reply, request)
         self.tokens += n
+        self.estimated_tokens = self.estimated_tokens or estimated
         return n
 
     # Built-in tools. Their docstrings are the descriptions the model sees.
@@ -218,6 +223,13 @@ class _Run:
                                  max_tokens=self.cfg.max_reply_tokens, enable_thinking=self.cfg.enable_thinking, **kw)
 
     def run(self) -> AgentResult:
+        try:
+            return self._loop()
+        except BaseException as e:  # recorded, then raised: the trajectory file says how far the run got
+            self.traj.add("error", error=f"{type(e).__name__}: {e}", steps=self.steps, tokens=self.tokens)
+            raise
+
+    def _loop(self) -> AgentResult:
         cfg = self.cfg
         messages = [{"role": "system", "content": self.system}, {"role": "user", "content": self.question}]
         since_compress = 0
@@ -235,6 +247,7 @@ class _Run:
             self.traj.add("model", step=self.steps, n_messages=len(messages), reply=_reply_record(reply), tokens=cost)
             if not calls:
                 stopped, answer = "answer", (reply.content or "").strip()
+                messages.append(self.final_message(reply))
                 break
             messages.append(self.assistant_message(reply, calls))
             for call, wire in zip(calls, messages[-1]["tool_calls"]):
@@ -251,12 +264,20 @@ class _Run:
             self.traj.add("model", step=self.steps, n_messages=len(messages), reply=_reply_record(reply), tokens=cost,
                           forced_final=True)
             answer = (reply.content or "").strip()
+            messages.append(self.final_message(reply))
         self.traj.add("final", answer=answer, stopped=stopped, steps=self.steps, compressions=self.compressions,
                       tokens=self.tokens)
         self.traj.data.update(answer=answer, stopped=stopped, steps=self.steps, compressions=self.compressions,
-                              tokens=self.tokens)
+                              tokens=self.tokens, tokens_estimated=self.estimated_tokens)
         self.traj.save()
-        return AgentResult(answer, stopped, self.steps, self.compressions, self.tokens, self.traj.data)
+        return AgentResult(answer, stopped, self.steps, self.compressions, self.tokens, self.traj.data, messages)
+
+    @staticmethod
+    def final_message(reply) -> dict:
+        msg = {"role": "assistant", "content": (reply.content or "").strip()}
+        if getattr(reply, "reasoning", None):
+            msg["reasoning_content"] = reply.reasoning
+        return msg
 
     def assistant_message(self, reply, calls) -> dict:
         wire = []

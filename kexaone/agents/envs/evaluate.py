@@ -103,6 +103,19 @@ class GoldOracle:
         return self._reply(content="Done. " + "; ".join(task.outputs) + ".", usage={})
 
 
+def gold_conversation(task: ToolTask) -> dict:
+    """The oracle's episode as a chat: {"messages": [system, user, assistant tool calls, tool results, ...,
+    final answer], "tools": declarations}, in the OpenAI format kexaone.tokenizer.chat renders (SFT tool-use data).
+    Raises ValueError when the gold actions fail or the oracle does not pass the task."""
+    office = RegistryOffice(task.start_db())
+    reg = office.registry()
+    result = run_agent(task.instruction, GoldOracle(task), registry=reg, config=episode_config(),
+                       system_prompt=POLICY)
+    if check(task, office.db, result.answer).reward != 1.0:
+        raise ValueError(f"task {task.id}: the gold actions do not pass it")
+    return {"messages": result.messages, "tools": reg.specs()}
+
+
 def filter_tasks(candidates: Sequence[ToolTask], *, backend=None, trials: int = 1, min_pass: int = 1,
                  config: AgentConfig | None = None, progress: Callable[[str], None] | None = None
                  ) -> tuple[list[ToolTask], dict]:

@@ -67,6 +67,8 @@ def test_facts_match_as_whole_words(tasks):
     assert not check(t, db, "I moved 10 people.").outputs_ok
     t2 = ToolTask("y", "lookup", "q", tasks[0].db, [], ["Krazas", "1,926"])
     assert check(t2, db, "born in KRAZAS in 1926").outputs_ok  # case and commas ignored
+    assert check(t2, db, "Krazas에서 1926년에 태어났습니다.").outputs_ok  # Korean particles may touch the facts
+    assert not check(t2, db, "born in Krazasville in 1926").outputs_ok
 
 
 def test_db_hash_is_canonical(tasks):
@@ -178,6 +180,13 @@ def test_generation_is_deterministic_and_covers_templates():
     assert [x.to_json() for x in generate_candidates(12, seed=6)] != [x.to_json() for x in a]
     with pytest.raises(ValueError, match="unknown task templates"):
         generate_candidates(3, templates=("fly",))
+    with pytest.raises(ValueError, match="unsupported request languages"):
+        generate_candidates(3, langs=("xx",))
+    ko = generate_candidates(12, seed=5, langs=("en", "ko"))
+    assert {x.meta["lang"] for x in ko} == {"en", "ko"}
+    assert all(any("\uac00" <= ch <= "\ud7a3" for ch in x.instruction) == (x.meta["lang"] == "ko") for x in ko)
+    for t in ko:
+        assert run_episode(GoldOracle(t), t).reward == 1.0
     for t in a:  # every gold replay succeeds and the run through the tool interface passes
         assert run_episode(GoldOracle(t), t).reward == 1.0
 

@@ -29,6 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     s.add_argument("--world-seed", type=int, default=0, help="seed of the synthetic world the databases come from")
     s.add_argument("--world-size", default="default", help="tiny, default or large")
     s.add_argument("--templates", default=None, help="comma-separated task templates (default: all)")
+    s.add_argument("--langs", default="en", help="comma-separated request languages drawn per task: en, ko")
     g = s.add_mutually_exclusive_group()
     g.add_argument("--filter-model", metavar="DIR", help="also run this local model in each task")
     g.add_argument("--filter-endpoint", metavar="URL", help="also run the model at this endpoint in each task")
@@ -66,8 +67,9 @@ def _synth(args) -> int:
         raise FileNotFoundError(f"--out directory {out.parent} does not exist")
     templates = tuple(t.strip() for t in args.templates.split(",") if t.strip()) if args.templates \
         else tuple(TEMPLATES)
+    langs = tuple(x.strip() for x in args.langs.split(",") if x.strip())
     candidates = generate_candidates(args.n, args.seed, world=World(args.world_seed, args.world_size),
-                                     templates=templates)
+                                     templates=templates, langs=langs)
     backend = None
     if args.filter_model or args.filter_endpoint:
         backend = make_backend(args.filter_model, args.filter_endpoint, args.api_model, args.api_key_env,

@@ -20,7 +20,8 @@ WRITE_TOOLS = ("transfer_employee", "relocate_company", "move_person", "register
 POLICY = (
     "You are the clerk of a company registry office. You can look records up and change them only through the "
     "tools. Look up the ids you need before changing a record, make exactly the changes the user asks for, and "
-    "when you are done, reply to the user with the information they asked for (call no tool in that reply)."
+    "when you are done, reply to the user, in the user's language, with the information they asked for (call no "
+    "tool in that reply)."
 )
 
 

@@ -4,12 +4,14 @@ A task is a user request, the small database it starts from, the gold actions (t
 facts the final answer must state. As in tau-bench, a run passes when
   (1) the hash of the database it leaves equals the hash after replaying the gold actions on a fresh copy (any path
       to the same state passes; reads change nothing), and
-  (2) every required fact appears in the final answer (case-insensitive, commas removed, as a whole word).
+  (2) every required fact appears in the final answer (case-insensitive, commas removed, not inside a longer
+      Latin word or number).
 Each task's database is a subset of one `World` (people sampled per task, with their employers, cities, company
 headquarters and inventions, plus distractors), so tasks are self-contained JSON records.
 
 Templates: transfer an employee, relocate a company, move a person, register an invention, a read-only lookup, and
-a bulk transfer (every employee of one company to another). This module does not run models
+a bulk transfer (every employee of one company to another); requests in English or Korean (names stay in Latin
+script, as in the synthetic corpus). This module does not run models
 (kexaone.agents.envs.evaluate).
 """
 
@@ -99,9 +101,9 @@ def normalize(text: str) -> str:
 
 
 def states_fact(answer: str, fact: str) -> bool:
-    """Whether `answer` states `fact`: case-insensitive, commas ignored, and as a whole word or number (so "1"
-    is not found in "10")."""
-    pattern = r"(?<!\w)" + re.escape(normalize(fact).strip()) + r"(?!\w)"
+    """Whether `answer` states `fact`: case-insensitive, commas ignored, not inside a longer Latin word or number
+    (so "1" is not found in "10"); other scripts may touch it ("1926년", "Krazas에서")."""
+    pattern = r"(?<![0-9a-z])" + re.escape(normalize(fact).strip()) + r"(?![0-9a-z])"
     return re.search(pattern, normalize(answer)) is not None
 
 
@@ -164,7 +166,7 @@ def _act(tool_name: str, **arguments) -> dict:
     return {"name": tool_name, "arguments": arguments}
 
 
-Spec = tuple[str, list[dict], list[str]]  # (instruction, gold actions, required outputs)
+Spec = tuple[dict, list[dict], list[str]]  # (fields of the request, gold actions, required outputs)
 
 
 def _transfer(db: RegistryDB, rng: random.Random) -> Spec | None:
@@ -175,9 +177,7 @@ def _transfer(db: RegistryDB, rng: random.Random) -> Spec | None:
     c = rng.choice(targets)
     old = db.companies[p.employer].name
     hq = db.cities[c.hq_city]
-    text = (f"{p.name} has left {old} and joined {c.name}. Please update the registry, and tell me in which city "
-            f"{c.name} has its headquarters.")
-    return text, [_act("find_person", name=p.name), _act("find_company", name=c.name),
+    return {"person": p.name, "old": old, "new": c.name}, [_act("find_person", name=p.name), _act("find_company", name=c.name),
                   _act("transfer_employee", person_id=p.id, company_id=c.id),
                   _act("get_city", city_id=hq.id)], [hq.name]
 
@@ -188,9 +188,7 @@ def _relocate(db: RegistryDB, rng: random.Random) -> Spec | None:
     if not cities:
         return None
     t = rng.choice(cities)
-    text = (f"{c.name} has moved its headquarters to {t.name}. Please record the move, and tell me which country "
-            f"{t.name} is in.")
-    return text, [_act("find_company", name=c.name), _act("find_city", name=t.name),
+    return {"company": c.name, "city": t.name}, [_act("find_company", name=c.name), _act("find_city", name=t.name),
                   _act("relocate_company", company_id=c.id, city_id=t.id)], [t.country]
 
 
@@ -201,9 +199,7 @@ def _move(db: RegistryDB, rng: random.Random) -> Spec | None:
         return None
     c = rng.choice(options)
     t = db.cities[c.hq_city]
-    text = (f"{p.name} now lives in the city where {c.name} has its headquarters. Please update their home city, and "
-            "tell me the name of that city.")
-    return text, [_act("find_person", name=p.name), _act("find_company", name=c.name), _act("get_city", city_id=t.id),
+    return {"person": p.name, "company": c.name}, [_act("find_person", name=p.name), _act("find_company", name=c.name), _act("get_city", city_id=t.id),
                   _act("move_person", person_id=p.id, city_id=t.id)], [t.name]
 
 
@@ -214,17 +210,14 @@ def _invention(db: RegistryDB, rng: random.Random) -> Spec | None:
     if name.lower() in taken:
         return None
     employer = db.companies[p.employer]
-    text = (f"Please register a new invention called {name}, made by {p.name}, and tell me the name of the company "
-            f"{p.name} works for.")
-    return text, [_act("find_person", name=p.name), _act("register_invention", name=name, inventor_id=p.id),
+    return {"person": p.name, "name": name}, [_act("find_person", name=p.name), _act("register_invention", name=name, inventor_id=p.id),
                   _act("get_company", company_id=employer.id)], [employer.name]
 
 
 def _lookup(db: RegistryDB, rng: random.Random) -> Spec | None:
     p = rng.choice(list(db.people.values()))
     city = db.cities[p.birth_city]
-    text = f"Where was {p.name} born, and in which year? Please do not change any record."
-    return text, [_act("find_person", name=p.name), _act("get_city", city_id=city.id)], [city.name, str(p.birth_year)]
+    return {"person": p.name}, [_act("find_person", name=p.name), _act("get_city", city_id=city.id)], [city.name, str(p.birth_year)]
 
 
 def _bulk(db: RegistryDB, rng: random.Random) -> Spec | None:
@@ -235,11 +228,10 @@ def _bulk(db: RegistryDB, rng: random.Random) -> Spec | None:
     a = rng.choice([c for c in staffed if sum(p.employer == c.id for p in db.people.values()) == most])
     b = rng.choice([c for c in db.companies.values() if c.id != a.id])
     staff = sorted((p for p in db.people.values() if p.employer == a.id), key=lambda p: int(p.id[1:]))
-    text = (f"{a.name} is closing. Please move every one of its employees to {b.name}, and tell me how many people "
-            "you moved.")
+    fields = {"a": a.name, "b": b.name}
     acts = [_act("find_company", name=a.name), _act("find_company", name=b.name)]
     acts += [_act("transfer_employee", person_id=p.id, company_id=b.id) for p in staff]
-    return text, acts, [str(len(staff))]
+    return fields, acts, [str(len(staff))]
 
 
 TEMPLATES: dict[str, Callable[[RegistryDB, random.Random], Spec | None]] = {
@@ -247,16 +239,57 @@ TEMPLATES: dict[str, Callable[[RegistryDB, random.Random], Spec | None]] = {
     "bulk_transfer": _bulk,
 }
 WRITE_TEMPLATES = ("transfer", "relocate", "move", "invention", "bulk_transfer")
+# The user's request per template and language. Korean phrasings keep particles off the (Latin-script) names by
+# naming the kind of thing after them ("{x} 회사", "{x} 씨").
+REQUESTS: dict[str, dict[str, str]] = {
+    "transfer": {
+        "en": "{person} has left {old} and joined {new}. Please update the registry, and tell me in which city {new} "
+              "has its headquarters.",
+        "ko": "{person} 씨가 {old} 회사를 떠나 {new} 회사에 입사했습니다. 등록부를 갱신하고, {new} 회사의 본사가 어느 "
+              "도시에 있는지 알려 주세요.",
+    },
+    "relocate": {
+        "en": "{company} has moved its headquarters to {city}. Please record the move, and tell me which country "
+              "{city} is in.",
+        "ko": "{company} 회사가 본사를 {city} 시로 옮겼습니다. 이전을 기록하고, 그 도시가 어느 나라에 있는지 알려 주세요.",
+    },
+    "move": {
+        "en": "{person} now lives in the city where {company} has its headquarters. Please update their home city, "
+              "and tell me the name of that city.",
+        "ko": "{person} 씨는 이제 {company} 회사의 본사가 있는 도시에 삽니다. 거주 도시를 갱신하고, 그 도시의 이름을 "
+              "알려 주세요.",
+    },
+    "invention": {
+        "en": "Please register a new invention called {name}, made by {person}, and tell me the name of the company "
+              "{person} works for.",
+        "ko": "{person} 씨가 만든 새 발명품을 등록해 주세요. 이름은 {name}입니다. 그리고 {person} 씨가 다니는 회사의 "
+              "이름을 알려 주세요.",
+    },
+    "lookup": {
+        "en": "Where was {person} born, and in which year? Please do not change any record.",
+        "ko": "{person} 씨는 어느 도시에서, 몇 년에 태어났습니까? 기록은 바꾸지 마세요.",
+    },
+    "bulk_transfer": {
+        "en": "{a} is closing. Please move every one of its employees to {b}, and tell me how many people you moved.",
+        "ko": "{a} 회사가 문을 닫습니다. 그 회사의 직원을 모두 {b} 회사로 옮기고, 몇 명을 옮겼는지 알려 주세요.",
+    },
+}
+REQUEST_LANGS = ("en", "ko")
 
 
 def generate_candidates(n: int, seed: int = 0, *, world: World | None = None,
-                        templates: tuple[str, ...] = tuple(TEMPLATES)) -> list[ToolTask]:
-    """`n` candidate tasks (templates in rotation), before filtering. Deterministic in (n, seed, world)."""
+                        templates: tuple[str, ...] = tuple(TEMPLATES), langs: tuple[str, ...] = ("en",)
+                        ) -> list[ToolTask]:
+    """`n` candidate tasks (templates in rotation, each request's language drawn from `langs`), before filtering.
+    Deterministic in (n, seed, world, templates, langs)."""
     if n < 1:
         raise ValueError(f"the number of tasks must be >= 1, got {n}")
     unknown = [t for t in templates if t not in TEMPLATES]
     if unknown or not templates:
         raise ValueError(f"unknown task templates {unknown}; choose from {sorted(TEMPLATES)}")
+    bad = [lang for lang in langs if lang not in REQUEST_LANGS]
+    if bad or not langs:
+        raise ValueError(f"unsupported request languages {bad}; choose from {REQUEST_LANGS}")
     world = world or World(seed=0, size="default")
     out = []
     for i in range(n):
@@ -269,7 +302,8 @@ def generate_candidates(n: int, seed: int = 0, *, world: World | None = None,
                 break
         else:
             continue
-        text, actions, outputs = spec
-        out.append(ToolTask(f"tools-{seed}-{i}", name, text, db.to_dict(), actions, outputs,
-                            {"world_seed": world.seed, "seed": seed, "index": i}))
+        fields, actions, outputs = spec
+        lang = langs[0] if len(langs) == 1 else rng.choice(langs)
+        out.append(ToolTask(f"tools-{seed}-{i}", name, REQUESTS[name][lang].format(**fields), db.to_dict(), actions,
+                            outputs, {"world_seed": world.seed, "seed": seed, "index": i, "lang": lang}))
     return out

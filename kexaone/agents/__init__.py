@@ -1,25 +1,28 @@
 """Agents and tools: a tool registry, a search agent with a summarizer and a trajectory compressor, and synthetic
 tool-use environments with verifiable pass criteria (SPEC section 5).
 
-Imports are light: the agent loop, the index and the environments load on first use.
+Every name loads on first use, so `kexaone --help` (which imports the command modules under this package) stays
+fast.
 """
 
 from __future__ import annotations
 
-from kexaone.agents.tools import Tool, ToolRegistry, ToolResult, function_schema, make_tool, tool
+import importlib
 
-__all__ = ["Tool", "ToolRegistry", "ToolResult", "function_schema", "make_tool", "tool", "run_agent", "AgentConfig",
-           "AgentResult", "DocumentIndex", "evaluate_tools", "pass_hat_k"]
+_EXPORTS = {
+    "Tool": "kexaone.agents.tools", "ToolRegistry": "kexaone.agents.tools", "ToolResult": "kexaone.agents.tools",
+    "function_schema": "kexaone.agents.tools", "make_tool": "kexaone.agents.tools", "tool": "kexaone.agents.tools",
+    "run_agent": "kexaone.agents.loop", "AgentConfig": "kexaone.agents.loop", "AgentResult": "kexaone.agents.loop",
+    "DocumentIndex": "kexaone.agents.search",
+    "evaluate_tools": "kexaone.agents.envs.evaluate", "pass_hat_k": "kexaone.agents.envs.evaluate",
+    "gold_conversation": "kexaone.agents.envs.evaluate",
+    "ToolTask": "kexaone.agents.envs.tasks", "generate_candidates": "kexaone.agents.envs.tasks",
+    "load_tasks": "kexaone.agents.envs.tasks",
+}
+__all__ = sorted(_EXPORTS)
 
 
 def __getattr__(name):
-    if name in ("run_agent", "AgentConfig", "AgentResult"):
-        from kexaone.agents import loop
-        return getattr(loop, name)
-    if name == "DocumentIndex":
-        from kexaone.agents.search import DocumentIndex
-        return DocumentIndex
-    if name in ("evaluate_tools", "pass_hat_k"):
-        from kexaone.agents.envs import evaluate
-        return getattr(evaluate, name)
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
     raise AttributeError(f"module 'kexaone.agents' has no attribute {name!r}")

@@ -13,7 +13,7 @@ Built-in tools, next to any user-registered ones:
   this one; a timeout or a crash is a result the model reads, not an error of the agent.
 Every `compress_every` tool steps the history is replaced by one JSON record (kexaone.agents.compress). Limits:
 `max_steps` tool steps and `max_total_tokens` over every call (agent and sub-agents); on reaching one, the model is
-asked once more, without tools, for its final answer. The whole trajectory (every call, result, summary and
+asked once more, with `tool_choice="none"`, for its final answer. The whole trajectory (every call, result, summary and
 compression) is rewritten atomically to `trajectory_path` after each event, so a killed run leaves a readable file.
 
 The model is any object with `chat(messages, *, tools, tool_choice, temperature, top_p, max_tokens,

@@ -144,6 +144,7 @@ def test_agent_against_scripted_endpoint(doc_dir, tmp_path):
     assert ev[3]["doc"] == "2" and ev[3]["passages"] == ["In 2020 Seoul had 9,586,195 inhabitants."]
     assert ev[4]["content"].startswith("[doc 2] Seoul\nSummary:\nSeoul had 9,586,195")
     c1, c2 = ev[5], ev[11]
+    assert c1["trigger"] == c2["trigger"] == "steps" and (c1["step"], c2["step"]) == (2, 4)
     assert not c1["fallback"] and c1["record"]["key_facts"] == [
         {"fact": "Seoul had 9,586,195 inhabitants in 2020", "source": "2"}]
     assert c1["record"]["tried_queries"] == ["Seoul inhabitants"]
@@ -340,3 +341,21 @@ def test_backend_failure_is_recorded_then_raised(tmp_path):
     saved = json.loads(path.read_text())
     assert saved["events"][-1]["type"] == "error" and "endpoint went away" in saved["events"][-1]["error"]
     assert saved["stopped"] is None
+
+
+def test_compression_when_the_context_fills_up(tmp_path):
+    reg = ToolRegistry()
+    reg.register(lambda: "pong", name="ping", description="Ping.")
+
+    def step(prompt_tokens, cid):
+        return ChatReply(content="", tool_calls=[{"id": cid, "name": "ping", "arguments": {}}],
+                         finish_reason="tool_calls", usage={"prompt_tokens": prompt_tokens, "completion_tokens": 1})
+
+    record = ChatReply(content='{"key_facts": [], "open_questions": ["q"], "tried_queries": [], "next_steps": []}')
+    backend = FakeBackend([step(100, "a"), step(900, "b"), record, step(120, "c"),
+                           ChatReply(content="done", usage={"prompt_tokens": 1})])
+    res = run_agent("q", backend, registry=reg, config=AgentConfig(python=False, compress_at_tokens=800))
+    comps = [e for e in res.trajectory["events"] if e["type"] == "compression"]
+    assert len(comps) == 1 and comps[0]["trigger"] == "context" and comps[0]["step"] == 2
+    assert [m["role"] for m in backend.requests[3][0]] == ["system", "user"]  # restarted after the full prompt
+    assert res.answer == "done" and res.compressions == 1

@@ -70,6 +70,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--tools", default=None, metavar="FILE.py", help="a Python file with @kexaone.agents.tool functions")
     p.add_argument("--compress-every", type=int, default=0, metavar="N",
                    help="replace the history with a JSON record every N tool steps (0: never)")
+    p.add_argument("--compress-at-tokens", type=int, default=0, metavar="T",
+                   help="also compress after a step whose prompt had at least T tokens (0: never)")
     p.add_argument("--max-steps", type=int, default=16, help="tool calls allowed in all")
     p.add_argument("--max-tokens", type=int, default=200_000,
                    help="prompt + completion tokens allowed over every model call")
@@ -88,7 +90,8 @@ def run(args) -> int:
     from kexaone.agents.search import DocumentIndex
 
     config = AgentConfig(max_steps=args.max_steps, max_total_tokens=args.max_tokens,
-                         compress_every=args.compress_every, summarize=not args.no_summarize,
+                         compress_every=args.compress_every, compress_at_tokens=args.compress_at_tokens,
+                         summarize=not args.no_summarize,
                          python=not args.no_python, max_reply_tokens=args.max_reply_tokens,
                          temperature=args.temperature, top_p=args.top_p,
                          enable_thinking={"on": True, "off": False, "default": None}[args.thinking], seed=args.seed)

@@ -11,7 +11,8 @@ Built-in tools, next to any user-registered ones:
   (kexaone.agents.summarize) so raw documents never enter the context;
 - `python(code)`: code run by the RL code sandbox (kexaone.rl.sandbox) in a separate, limited process, never in
   this one; a timeout or a crash is a result the model reads, not an error of the agent.
-Every `compress_every` tool steps the history is replaced by one JSON record (kexaone.agents.compress). Limits:
+Every `compress_every` tool steps, and whenever an agent prompt reaches `compress_at_tokens` (ReSum's "context
+near its budget"), the history is replaced by one JSON record (kexaone.agents.compress). Limits:
 `max_steps` tool steps and `max_total_tokens` over every call (agent and sub-agents); on reaching one, the model is
 asked once more, with `tool_choice="none"`, for its final answer. The whole trajectory (every call, result, summary and
 compression) is rewritten atomically to `trajectory_path` after each event, so a killed run leaves a readable file.
@@ -56,6 +57,7 @@ class AgentConfig:
     max_steps: int = 16  # tool calls executed, over the whole run
     max_total_tokens: int = 200_000  # prompt + completion tokens of every model call (agent, summarizer, compressor)
     compress_every: int = 0  # replace the history by a JSON record every N tool steps; 0: never
+    compress_at_tokens: int = 0  # ... and after a step whose agent prompt had at least this many tokens; 0: never
     summarize: bool = True  # `open` returns the summarizer's condensation (False: the raw passages)
     python: bool = True  # offer the sandboxed `python(code)` tool
     max_reply_tokens: int = 512
@@ -78,6 +80,8 @@ class AgentConfig:
                 raise ValueError(f"AgentConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.compress_every < 0:
             raise ValueError(f"compress_every must be >= 0 (0 disables compression), got {self.compress_every}")
+        if self.compress_at_tokens < 0:
+            raise ValueError(f"compress_at_tokens must be >= 0 (0 disables it), got {self.compress_at_tokens}")
         if not self.python_timeout_s > 0:
             raise ValueError(f"python_timeout_s must be > 0, got {self.python_timeout_s}")
 
@@ -98,14 +102,23 @@ class AgentResult:
 def usage_tokens(reply: Any, request: Sequence[dict]) -> tuple[int, bool]:
     """(tokens a call cost, whether they are estimated). Backends report `usage` as a dict or an object with
     prompt_tokens/completion_tokens; without it, about 4 characters per token."""
-    usage = getattr(reply, "usage", None)
-    if usage is not None:
-        get = usage.get if isinstance(usage, dict) else lambda k, d=None: getattr(usage, k, d)
-        total = get("total_tokens") or (get("prompt_tokens", 0) or 0) + (get("completion_tokens", 0) or 0)
-        if total:
-            return int(total), False
+    total = _usage(reply, "total_tokens") or _usage(reply, "prompt_tokens") + _usage(reply, "completion_tokens")
+    if total:
+        return total, False
     chars = len(json.dumps(list(request), ensure_ascii=False)) + len(getattr(reply, "content", "") or "")
     return max(1, chars // 4), True
+
+
+def prompt_tokens(reply: Any, request: Sequence[dict]) -> int:
+    """Prompt tokens of a call: the backend's count, else about 4 characters per token."""
+    return _usage(reply, "prompt_tokens") or len(json.dumps(list(request), ensure_ascii=False)) // 4
+
+
+def _usage(reply: Any, key: str) -> int:
+    """One count from a reply's `usage` (a dict or an object); 0 when absent."""
+    usage = getattr(reply, "usage", None)
+    value = usage.get(key) if isinstance(usage, dict) else getattr(usage, key, None)
+    return int(value or 0)
 
 
 def _reply_record(reply: Any) -> dict:
@@ -243,6 +256,7 @@ class _Run:
                 break
             reply = self.chat(messages, tools=self.registry.specs(), tool_choice="auto")
             cost = self.charge(reply, messages)
+            full = bool(cfg.compress_at_tokens) and prompt_tokens(reply, messages) >= cfg.compress_at_tokens
             calls = list(reply.tool_calls or [])
             self.traj.add("model", step=self.steps, n_messages=len(messages), reply=_reply_record(reply), tokens=cost)
             if not calls:
@@ -253,8 +267,8 @@ class _Run:
             for call, wire in zip(calls, messages[-1]["tool_calls"]):
                 messages.append(self.execute(call, wire["id"]))
                 since_compress += 1
-            if cfg.compress_every and since_compress >= cfg.compress_every:
-                messages = self.compress(messages)
+            if (cfg.compress_every and since_compress >= cfg.compress_every) or full:
+                messages = self.compress(messages, "context" if full else "steps")
                 since_compress = 0
         if stopped != "answer":
             limit = "step" if stopped == "max_steps" else "token"
@@ -307,7 +321,7 @@ class _Run:
                       seconds=round(time.perf_counter() - t0, 4))
         return {"role": "tool", "tool_call_id": call_id, "content": content}
 
-    def compress(self, messages: list[dict]) -> list[dict]:
+    def compress(self, messages: list[dict], trigger: str) -> list[dict]:
         out = compress_history(self.backend, self.question, messages, queries=self.queries,
                                summaries=self.summaries, previous=self.record, max_tokens=self.cfg.compress_tokens,
                                temperature=self.cfg.temperature)
@@ -316,7 +330,7 @@ class _Run:
         self.record = out["record"]
         self.summaries = []
         new = restart_messages(self.system, self.question, self.record)
-        self.traj.add("compression", step=self.steps, number=self.compressions, record=self.record,
+        self.traj.add("compression", step=self.steps, number=self.compressions, trigger=trigger, record=self.record,
                       fallback=out["fallback"], error=out["error"], reply=_reply_record(out["reply"]),
                       replaced_messages=len(messages), tokens=cost)
         return new

@@ -179,3 +179,23 @@ def test_passages_and_open_errors():
     long = "A sentence here. " * 100
     parts = split_passages(long, max_chars=200)
     assert all(len(p) <= 200 for p in parts) and " ".join(parts).split() == long.split()
+
+
+def test_index_reads_jsonl_and_parquet(tmp_path):
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.jsonl").write_text("\n".join(json.dumps({"body": t}, ensure_ascii=False) for t in
+                                                ["Jeju is an island.", "부산은 항구 도시이다."]) + "\n", encoding="utf-8")
+    pq.write_table(pa.table({"body": ["Daejeon has a science park.", "Incheon has an airport."]}),
+                   tmp_path / "b.parquet")
+    index = DocumentIndex.from_sources([str(tmp_path / "a.jsonl"), str(tmp_path / "b.parquet")], text_field="body")
+    assert len(index) == 4 and [d.source for d in index.docs] == [str(tmp_path / "a.jsonl")] * 2 + [
+        str(tmp_path / "b.parquet")] * 2
+    assert index.search("airport")[0]["doc"] == "3" and index.search("부산")[0]["doc"] == "1"
+    with pytest.raises(ValueError, match="no 'text' field"):
+        DocumentIndex.from_sources([str(tmp_path / "a.jsonl")])
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        DocumentIndex.from_sources([str(tmp_path / "missing.txt")])

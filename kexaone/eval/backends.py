@@ -86,10 +86,13 @@ class LocalBackend:
         self.model_path: str | None = None
 
     @classmethod
-    def from_pretrained(cls, path, **kw) -> "LocalBackend":
+    def from_pretrained(cls, path, dtype=None, device=None, **kw) -> "LocalBackend":
         from kexaone.engine.engine import Engine
 
-        backend = cls(Engine.from_pretrained(path), **kw)
+        engine = Engine.from_pretrained(path, dtype=dtype, device=device)
+        if engine.tokenizer is None:
+            raise FileNotFoundError(f"model directory {path} has no tokenizer.json; evaluation needs the tokenizer")
+        backend = cls(engine, **kw)
         backend.model_path = str(Path(path).resolve())
         return backend
 
@@ -111,6 +114,8 @@ class LocalBackend:
     @property
     def max_context(self) -> int:
         return int(self.engine.config.max_position_embeddings)
+
+    exact_token_counts = True
 
     def count_tokens(self, text: str) -> int:
         return len(self.tokenizer.encode(text))
@@ -220,7 +225,10 @@ class OpenAIBackend:
 
     def __init__(self, base_url: str, model: str | None = None, api_key_env: str | None = None,
                  timeout: float = 120.0, max_retries: int = 5, concurrency: int = 8, backoff: float = 1.0,
-                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep):
+                 max_backoff: float = 60.0, sleep: Callable[[float], None] = time.sleep,
+                 tokenizer: str | Path | None = None):
+        """`tokenizer`: a directory (or file) with the served model's tokenizer.json, so prompt lengths (NIAH,
+        RULER) are measured in the model's tokens; without it they are estimated at 4 characters per token."""
         import httpx
 
         if not isinstance(base_url, str) or not base_url.startswith(("http://", "https://")):
@@ -250,7 +258,42 @@ class OpenAIBackend:
         self._client = httpx.Client(timeout=self.timeout, headers=headers,
                                     limits=httpx.Limits(max_connections=self.concurrency))
         self._model = model
-        self.max_context: int | None = None
+        self._max_context: int | None = None
+        self._probed = False
+        self._count = None  # text -> token count, once known how (tokenizer file, server /tokenize, or estimate)
+        self.exact_token_counts = False
+        if tokenizer is not None:
+            from tokenizers import Tokenizer
+
+            path = Path(tokenizer)
+            path = path / "tokenizer.json" if path.is_dir() else path
+            if not path.is_file():
+                raise FileNotFoundError(f"tokenizer {path} does not exist (give a directory with tokenizer.json)")
+            tok = Tokenizer.from_file(str(path))
+            self._count = lambda text: len(tok.encode(text, add_special_tokens=False).ids)
+            self.exact_token_counts = True
+
+    def count_tokens(self, text: str) -> int:
+        """Tokens of `text` in the served model's tokenizer: from `tokenizer` when given, else the server's vLLM-style
+        `POST /tokenize` (kexaone serve, vLLM, SGLang), else an estimate of 4 characters per token
+        (`exact_token_counts` says which)."""
+        if self._count is None:
+            self._count = self._remote_counter() or (lambda t: max(1, (len(t) + 3) // 4))
+        return self._count(text)
+
+    def _remote_counter(self):
+        root = self.base_url[:-len("/v1")]
+
+        def count(text: str) -> int:
+            r = self._client.post(root + "/tokenize", json={"model": self.model, "prompt": text})
+            r.raise_for_status()
+            return int(r.json()["count"])
+        try:
+            count("probe")
+        except Exception:  # noqa: BLE001 - any failure means the server has no usable /tokenize
+            return None
+        self.exact_token_counts = True
+        return count
 
     def identity(self) -> dict:
         return {"backend": "endpoint", "url": self.base_url, "model": self.model, "revision": None}
@@ -311,8 +354,23 @@ class OpenAIBackend:
                 raise EndpointError(f"{self.base_url}/models lists no model; pass --api-model NAME")
             self._model = str(data[0]["id"])
             if data[0].get("max_model_len"):
-                self.max_context = int(data[0]["max_model_len"])
+                self._max_context = int(data[0]["max_model_len"])
         return self._model
+
+    @property
+    def max_context(self) -> int | None:
+        """The served context length when /v1/models reports it (vLLM, SGLang and kexaone serve do), else None."""
+        if self._max_context is None and not self._probed:
+            self._probed = True
+            try:
+                data = self._request("GET", "/models").get("data") or []
+            except EndpointError:
+                data = []  # servers without /v1/models: the families fall back to their default lengths
+            for card in data:
+                if card.get("max_model_len") and (self._model is None or card.get("id") == self._model):
+                    self._max_context = int(card["max_model_len"])
+                    break
+        return self._max_context
 
     # ---------------------------------------------------------------- API
     def chat(self, messages: Sequence[dict], *, tools: Sequence[dict] | None = None, tool_choice: Any = None,
@@ -356,11 +414,13 @@ class OpenAIBackend:
                          finish_reason=choice.get("finish_reason") or "stop", usage=dict(data.get("usage") or {}))
 
     def chat_batch(self, batch: Sequence[Sequence[dict]], **kw) -> list[ChatReply]:
+        _ = self.model  # resolve once, before the threads start
         return self._map(lambda m: self.chat(m, **kw), list(batch))
 
     def complete(self, prompts: Sequence[str], *, max_tokens: int = 256, temperature: float = 0.0,
                  stop: str | Sequence[str] | None = None, top_p: float = 1.0, seed: int | None = None) -> list[str]:
         _check_sampling(temperature, top_p, max_tokens)
+        _ = self.model  # resolve once, before the threads start
 
         def one(prompt: str) -> str:
             body: dict[str, Any] = {"model": self.model, "prompt": prompt, "max_tokens": int(max_tokens),
@@ -382,10 +442,10 @@ class OpenAIBackend:
         return [s for s, _ in self.loglik_counts(pairs)]
 
     def loglik_counts(self, pairs: Sequence[tuple[str, str]]) -> list[tuple[float, int]]:
-        """(summed log-prob, continuation tokens) of each pair: one `/v1/completions` call with the whole text as prompt, `echo`
-        and `logprobs`, 1 new token (which is ignored); the continuation's tokens are those that end after the
-        context's last character (a token that straddles the join counts as continuation)."""
-        self.model  # resolve once, before the threads start
+        """(summed log-prob, continuation tokens) of each pair: one `/v1/completions` call with the whole text as
+        prompt, `echo` and `logprobs`, 1 new token (which is ignored); the continuation's tokens are those that end
+        after the context's last character (a token that straddles the join counts as continuation)."""
+        _ = self.model  # resolve once, before the threads start
 
         def one(pair: tuple[str, str]) -> tuple[float, int]:
             ctx, cont = pair
@@ -404,6 +464,10 @@ class OpenAIBackend:
                                         "log-likelihood scoring (--mcq-mode loglik, bits per byte) needs a server "
                                         "that supports echo with logprobs (vLLM, SGLang, kexaone serve)")
             tokens, values = lp.get("tokens") or [], lp["token_logprobs"]
+            # The echoed prompt's tokens come first, then the generated one(s) (lm-eval drops the last token the
+            # same way); their offsets cannot be trusted to lie past the prompt (a partial UTF-8 byte has no text).
+            generated = (data.get("usage") or {}).get("completion_tokens")
+            n_prompt = len(values) - (1 if generated is None else int(generated))
             offsets = lp.get("text_offset")
             if not offsets:  # rebuild offsets from the token strings
                 offsets, at = [], 0
@@ -411,11 +475,9 @@ class OpenAIBackend:
                     offsets.append(at)
                     at += len(t)
             total, count = 0.0, 0
-            for i, start in enumerate(offsets):
-                end = offsets[i + 1] if i + 1 < len(offsets) else start + len(tokens[i] if i < len(tokens) else "")
-                if start >= len(whole):
-                    break  # the generated token
-                if end > len(ctx):
+            for i in range(max(0, n_prompt)):
+                end = offsets[i + 1] if i + 1 < n_prompt else len(whole)
+                if end > len(ctx):  # the token holds continuation text (one straddling the join counts)
                     if values[i] is None:
                         raise LoglikUnsupported("the server gave no log-prob for the first continuation token "
                                                 "(an empty context cannot be scored through it)")

@@ -37,6 +37,9 @@ class EvalConfig:
     limit: int | None = None
     """At most this many items per task (the first ones, in file order)."""
     mcq_mode: str = "generate"
+    mcq_template: str = "Question: {question}\nAnswer:"
+    """Context of --mcq-mode loglik (each choice follows it after one space); "{question}" is replaced by the
+    question. "{question}" alone gives lm-evaluation-harness's multiple_choice with doc_to_text = the question."""
     seed: int = 0
     chunk_size: int = 32
     """Items per backend call and per save of the sample store."""
@@ -51,6 +54,8 @@ class EvalConfig:
     def __post_init__(self) -> None:
         if self.mcq_mode not in MCQ_MODES:
             raise ValueError(f"mcq_mode must be one of {MCQ_MODES}, got {self.mcq_mode!r}")
+        if "{question}" not in self.mcq_template:
+            raise ValueError(f"mcq_template must contain {{question}}, got {self.mcq_template!r}")
         if self.repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {self.repeats}")
         if self.limit is not None and self.limit < 1:
@@ -111,7 +116,8 @@ class RunContext:
                 "seed": self.seed}
 
     def count_tokens(self, text: str) -> int:
-        """Tokens of `text` with the model's tokenizer when the backend has one, else about 4 characters each."""
+        """Tokens of `text` as the backend counts them (the model's tokenizer, or an estimate: see
+        `backend.exact_token_counts`); about 4 characters each for a backend that cannot count."""
         fn = getattr(self.backend, "count_tokens", None)
         return fn(text) if fn is not None else max(1, (len(text) + 3) // 4)
 

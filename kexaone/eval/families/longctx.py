@@ -2,8 +2,9 @@
 
 - `niah`: one needle ("The special magic number for {key} is {value}.", a 7-digit value) placed at a depth (0% =
   start, 100% = end of the haystack, at a sentence boundary) in a haystack sized so the prompt has the grid's
-  length in tokens, measured with the model's tokenizer (an endpoint without one: about 4 characters per token,
-  flagged `approximate_lengths`). Scored by exact match: the reply must contain the value. `summarize` draws the
+  length in tokens, measured with the model's tokenizer (an endpoint: its --tokenizer, else the server's
+  /tokenize, else about 4 characters per token, flagged `approximate_lengths`). Scored by exact match: the reply
+  must contain the value. `summarize` draws the
   lengths x depths heat map (`<out>/niah_<task>.png`).
 - `ruler` kinds (after RULER, NVIDIA 2024; scoring = string_match_all, the mean over expected strings of whether the
   reply contains each, case-insensitive):
@@ -39,9 +40,13 @@ def haystack_sentences(kind: str, seed: int = 0) -> list[str]:
 
         out: list[str] = []
         for doc in knowledge_documents(World(seed, "tiny"), seed):
-            if getattr(doc, "lang", "en") not in ("en", ""):
+            if doc.tag and not doc.tag.endswith("/en"):
                 continue
-            out += [s.strip() + "." for s in doc.text.replace("\n", " ").split(". ") if len(s.strip()) > 3]
+            # English sentences only (parallel documents mix languages; their "[xx]" markers are dropped).
+            for sent in doc.text.replace("\n", " ").split(". "):
+                sent = sent.strip().rstrip(".")
+                if len(sent) > 3 and sent.isascii() and "[" not in sent and "?" not in sent:
+                    out.append(sent + ".")
             if len(out) > 4000:
                 break
         if not out:
@@ -77,7 +82,8 @@ def fit_prompt(make, count_tokens, budget: int) -> tuple[str, int]:
     """The longest `make(n)` (n filler sentences) whose token count is <= budget; (prompt, its tokens)."""
     lo, hi = 0, 1
     if count_tokens(make(0)) > budget:
-        raise ValueError(f"a context of {budget} tokens cannot hold even the question and the needles")
+        raise ValueError(f"a prompt budget of {budget} tokens (the length minus the reply and {TEMPLATE_MARGIN} "
+                         "template tokens) cannot hold even the question and the needles; use longer lengths")
     while count_tokens(make(hi)) <= budget:
         lo, hi = hi, hi * 2
     while hi - lo > 1:
@@ -209,7 +215,7 @@ class NIAH(_Generated):
             cells.setdefault((r["length"], r["depth"]), []).append(float(r["score"]))
         grid = {f"L={L} depth={D:g}%": sum(v) / len(v) for (L, D), v in sorted(cells.items())}
         s["breakdown"] = grid
-        s["approximate_lengths"] = getattr(ctx.backend, "count_tokens", None) is None
+        s["approximate_lengths"] = not getattr(ctx.backend, "exact_token_counts", False)
         png = Path(ctx.out_dir) / f"niah_{ctx.task.name}.png"
         draw_heatmap(cells, png, title=f"{ctx.task.name}")
         s["heatmap"] = png.name

@@ -4,7 +4,8 @@ Two modes (EvalConfig.mcq_mode):
 - `generate` (any backend): the question and lettered choices go to the chat model, which is asked to end with
   "Answer: X"; the letter is extracted (`extract_choice`) from "Answer: X", "The answer is (X)", "정답: X",
   "答え: X", "**X**", a bare letter, or the exact text of one choice. No letter found scores 0.
-- `loglik` (backends with log-probs): context `"Question: {question}\\nAnswer:"`, continuation `" " + choice`; the
+- `loglik` (backends with log-probs): context `EvalConfig.mcq_template` (default `"Question: {question}\\nAnswer:"`,
+  `--mcq-template`), continuation `" " + choice` (lm-evaluation-harness's target delimiter); the
   pick is the choice with the highest summed log-prob (`acc`, as lm-evaluation-harness computes it); `acc_norm`
   (summed log-prob per UTF-8 byte of the choice) is reported beside it.
 """
@@ -20,12 +21,12 @@ LETTERS = string.ascii_uppercase
 
 # Explicit answer statements, in several languages; the last one in the reply wins (models restate at the end).
 _EXPLICIT = [
-    r"answer\s*(?:is|:|=)?\s*(?:option|choice)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:correct|right|best)\s+(?:option|choice)\s+is\s*[:\-]?\s*[\(\[\*]*([A-Z])\b",
-    r"(?:option|choice)\s+[\(\[\*]*([A-Z])\b\s+is\s+(?:correct|right)",
-    r"정답\s*(?:은|는|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:答え|答案|正解)\s*(?:は|是|:|：)?\s*[\(\[\*]*\s*([A-Z])\b",
-    r"(?:respuesta|antwort|đáp án)\s*(?:es|ist|là|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])\b",
+    r"answer\s*(?:is|:|=)?\s*(?:option|choice)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:correct|right|best)\s+(?:option|choice)\s+is\s*[:\-]?\s*[\(\[\*]*([A-Z])(?![A-Za-z0-9])",
+    r"(?:option|choice)\s+[\(\[\*]*([A-Z])(?![A-Za-z0-9])\s+is\s+(?:correct|right)",
+    r"정답\s*(?:은|는|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:答え|答案|正解)\s*(?:は|是|:|：)?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
+    r"(?:respuesta|antwort|đáp án)\s*(?:es|ist|là|:)?\s*[:\-]?\s*[\(\[\*]*\s*([A-Z])(?![A-Za-z0-9])",
 ]
 _EXPLICIT_RE = [re.compile(p, re.IGNORECASE) for p in _EXPLICIT]
 _BARE_RE = re.compile(r"^\s*[\(\[\*]*\s*([A-Z])\s*[\)\]\*]*\s*(?:[.:)\-]|$)")
@@ -82,8 +83,8 @@ def mcq_prompt(question: str, choices: list[str]) -> str:
     return "\n".join(lines)
 
 
-def loglik_context(question: str) -> str:
-    return f"Question: {question.strip()}\nAnswer:"
+def loglik_context(question: str, template: str = "Question: {question}\nAnswer:") -> str:
+    return template.replace("{question}", question)
 
 
 class MCQ(Family):
@@ -106,7 +107,8 @@ class MCQ(Family):
 
     def config_view(self, config):
         view = super().config_view(config) if config.mcq_mode == "generate" else {}
-        return {**view, "mcq_mode": config.mcq_mode}
+        return {**view, "mcq_mode": config.mcq_mode,
+                "mcq_template": config.mcq_template if config.mcq_mode == "loglik" else None}
 
     def run(self, items, ctx):
         if ctx.config.mcq_mode == "loglik":
@@ -126,7 +128,7 @@ class MCQ(Family):
     def _run_loglik(self, items, ctx):
         pairs, spans = [], []
         for it in items:
-            ctx_text = loglik_context(it["question"])
+            ctx_text = loglik_context(it["question"], ctx.config.mcq_template)
             spans.append((len(pairs), len(it["choices"])))
             pairs += [(ctx_text, " " + c) for c in it["choices"]]
         lls = ctx.backend.loglik(pairs)
@@ -136,7 +138,7 @@ class MCQ(Family):
             pick = max(range(k), key=ll.__getitem__)
             norm = [v / max(1, len((" " + c).encode("utf-8"))) for v, c in zip(ll, it["choices"])]
             pick_norm = max(range(k), key=norm.__getitem__)
-            out.append({"prompt": loglik_context(it["question"]), "response": None, "loglik": ll,
+            out.append({"prompt": loglik_context(it["question"], ctx.config.mcq_template), "response": None, "loglik": ll,
                         "extracted": LETTERS[pick], "gold": LETTERS[it["gold"]],
                         "score": float(pick == it["gold"]), "score_norm": float(pick_norm == it["gold"])})
         return out

@@ -45,8 +45,13 @@ class Synthetic(Family):
                           "choices": [str(c) for c in ch] if ch else None})
         return items
 
+    def budget(self, config) -> int | None:
+        """The task's own answer budget, capped by --max-new-tokens when that is given."""
+        caps = [x for x in (self.max_new_tokens, config.max_new_tokens) if x]
+        return min(caps) if caps else None
+
     def config_view(self, config):
-        return {"max_new_tokens": self.max_new_tokens, "choice_norm": self.choice_norm,
+        return {"max_new_tokens": self.budget(config), "choice_norm": self.choice_norm,
                 "extract": getattr(self.extract, "__name__", "custom")}
 
     def run(self, items, ctx):
@@ -69,7 +74,7 @@ class Synthetic(Family):
                 out[i] = {"prompt": it["prompt"], "response": got, "extracted": got.strip(), "gold": it["answer"],
                           "loglik": vals, "score": float(got.strip() == it["answer"].strip())}
         if free:
-            budget = self.max_new_tokens or max(ctx.count_tokens(" " + items[i]["answer"]) for i in free) + 3
+            budget = self.budget(ctx.config) or max(ctx.count_tokens(" " + items[i]["answer"]) for i in free) + 3
             texts = ctx.backend.complete([items[i]["prompt"] for i in free], max_tokens=budget, temperature=0.0)
             for i, text in zip(free, texts):
                 it = items[i]
@@ -162,6 +167,14 @@ class Heldout(Family):
         return {"score": nats / math.log(2) / max(1, nbytes), "metric": self.metric, "n": len(first),
                 "stderr": None, "bytes": nbytes, "tokens": sum(r["tokens"] for r in first.values()),
                 "breakdown": {k: r["score"] for k, r in first.items()}}
+
+
+def heldout_task(groups: dict[tuple[str, str], list[str]], name: str = "heldout"):
+    """A harness Task scoring bits per byte of documents grouped by (domain, language), e.g. the speedrun's
+    kexaone.pipeline.corpus.heldout_groups (set EvalConfig.heldout_seq_len to the training seq_len)."""
+    from kexaone.eval.harness import Task
+
+    return Task(name=name, family=Heldout(), items=groups_to_items(groups), source="documents")
 
 
 def groups_to_items(groups: dict[tuple[str, str], list[str]]) -> list[dict]:

@@ -35,6 +35,14 @@ def test_files_and_working_directory():
         run_code("pass", files={"../x": ""})
 
 
+def test_standard_streams_and_dev_null_stay_writable():
+    code = "import sys\nopen('/dev/null', 'w').write('x')\nout = open(1, 'w', closefd=False)\nout.write('a\\n')\n" \
+           "out.flush()\nprint('b', file=sys.stderr)"
+    result = run_code(code)
+    assert result.ok, result.reason
+    assert result.stdout == "a\n" and result.stderr == "b\n"
+
+
 def test_environment_is_scrubbed(monkeypatch):
     monkeypatch.setenv("KEXAONE_SECRET_TOKEN", "s3cret")
     result = run_code("import os\nprint(sorted(os.environ))\nprint(os.environ.get('KEXAONE_SECRET_TOKEN'))")

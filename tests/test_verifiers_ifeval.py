@@ -14,7 +14,8 @@ CASES = [
     ("keywords:letter_frequency", {"letter": "z", "let_frequency": 2, "let_relation": "at least"},
      "Zoo pizza", "Zoo"),
     ("language:response_language", {"language": "ko"},
-     "오늘은 날씨가 아주 좋아서 공원에 산책을 나갔습니다.", "Today the weather is nice so I went for a walk in the park."),
+     "오늘은 날씨가 아주 좋아서 공원에 산책을 나갔습니다.",
+     "Today the weather is nice so I went for a walk in the park."),
     ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "less than"},
      "Dr. Smith arrived at 3.30 p.m. today. He left.", "One. Two. Three. Four."),
     ("length_constraints:number_sentences", {"num_sentences": 3, "relation": "at least"},
@@ -119,3 +120,12 @@ def test_sentence_splitter_and_word_count():
     ]
     assert split_sentences("") == []
     assert count_words("It's 3.5 km -- fine!") == 6  # It, s, 3, 5, km, fine: as nltk RegexpTokenizer(r"\w+")
+
+
+def test_capital_words_count_hyphenated_words_once():
+    # As nltk's word_tokenize: "STATE-OF-THE-ART" is one capital word, so this reply has 2, not 5.
+    ids = ["change_case:capital_word_frequency"]
+    assert check_instructions("THE STATE-OF-THE-ART model", ids,
+                              [{"capital_frequency": 2, "capital_relation": "at least"}]).strict == [True]
+    assert check_instructions("THE STATE-OF-THE-ART model", ids,
+                              [{"capital_frequency": 3, "capital_relation": "at least"}]).strict == [False]

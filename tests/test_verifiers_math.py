@@ -76,6 +76,9 @@ EQUAL = [
     (r"\text{Paris}", "Paris"),
     ("(B)", "B"),
     ("서울", "서울"),
+    ("18 dollars", "18"),  # unit words after a number
+    ("1,200 won", "1200"),
+    ("1/2 cup", "0.5"),
 ]
 
 NOT_EQUAL = [
@@ -89,6 +92,8 @@ NOT_EQUAL = [
     (None, "5"),
     ("[0, 1]", "[0,1)"),
     ("서울", "부산"),
+    ("18 eggs", "19"),
+    ("3 hours and 20 minutes", "3"),  # more numbers after the first: not a unit
 ]
 
 

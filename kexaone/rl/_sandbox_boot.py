@@ -78,8 +78,10 @@ def _main() -> None:
         def inside(path) -> bool:
             if isinstance(path, int):
                 return True  # an already-open descriptor: its opening was vetted
+            if fsdecode(path) in ("/dev/null", "/dev/stdout", "/dev/stderr"):
+                return True
             p = realpath(join(getcwd(), fsdecode(path)))
-            return p == root or p.startswith(root + os.sep) or p == "/dev/null"
+            return p == root or p.startswith(root + os.sep)
 
         def hook(event: str, args: tuple) -> None:
             reason = blocked.get(event)

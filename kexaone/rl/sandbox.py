@@ -58,7 +58,8 @@ class SandboxResult:
 def _probe(prefix: list[str]) -> bool:
     try:
         done = subprocess.run(
-            prefix + [sys.executable, "-I", "-c", "pass"], capture_output=True, timeout=20, env={"PATH": "/usr/bin:/bin"}
+            prefix + [sys.executable, "-I", "-c", "pass"], capture_output=True, timeout=20,
+            env={"PATH": "/usr/bin:/bin"},
         )
     except (OSError, subprocess.SubprocessError):
         return False

@@ -3,8 +3,9 @@
 Written here from the published instruction definitions, for all 25 instruction ids of IFEval with IFEval's kwargs
 names, so the RL instruction-following reward and the evaluation harness score the same way as lm-eval's `ifeval`.
 Unlike the reference code this needs no nltk data download: sentences are split by a regular expression (which
-knows common abbreviations and decimals) and words are `\\w+` runs. Language checks use langdetect (seeded, so
-repeatable); like IFEval, a text langdetect cannot classify counts as passing.
+knows common abbreviations and decimals) and words are `\\w+` runs. Keywords are matched literally (IFEval's
+own code reads them as regular expressions; its keywords are plain words, so the verdicts agree). Language checks
+use langdetect (seeded, so repeatable); like IFEval, a text langdetect cannot classify counts as passing.
 
 `check_instructions` returns IFEval's strict and loose verdicts per instruction. Strict: the reply as given (an
 empty reply fails). Loose: any of 8 variants passes: the reply, without its first line, without its last line,
@@ -87,7 +88,7 @@ def _keywords_existence(r: str, *, keywords: Sequence[str]) -> bool:
 
 
 def _keywords_frequency(r: str, *, keyword: str, frequency: int, relation: str) -> bool:
-    return _compare(len(re.findall(re.escape(keyword), r, flags=re.IGNORECASE)), relation, frequency)
+    return _compare(len(re.findall(re.escape(keyword.strip()), r, flags=re.IGNORECASE)), relation, frequency)
 
 
 def _keywords_forbidden(r: str, *, forbidden_words: Sequence[str]) -> bool:
@@ -176,7 +177,7 @@ def _number_highlighted_sections(r: str, *, num_highlights: int) -> bool:
 
 def _multiple_sections(r: str, *, section_spliter: str, num_sections: int) -> bool:
     # IFEval's kwarg is spelled "section_spliter"; kept for compatibility with its data.
-    sections = re.split(r"\s?" + re.escape(section_spliter) + r"\s?\d+\s?", r)
+    sections = re.split(r"\s?" + re.escape(section_spliter.strip()) + r"\s?\d+\s?", r)
     return len(sections) - 1 >= num_sections
 
 
@@ -222,7 +223,8 @@ def _quotation(r: str) -> bool:
 
 
 def _capital_word_frequency(r: str, *, capital_frequency: int, capital_relation: str) -> bool:
-    capitals = [w for w in re.findall(r"\w+", r) if w.isupper()]
+    # Hyphenated words count once and contractions split ("DON'T" -> DON, T), as nltk's word_tokenize does.
+    capitals = [w for w in re.findall(r"\w+(?:-\w+)*", r) if w.isupper()]
     return _compare(len(capitals), capital_relation, capital_frequency)
 
 

@@ -7,7 +7,7 @@ is the fallback when it cannot parse either side (plain words, Korean text...).
 
 math-verify bounds its parsing and comparison time with SIGALRM, which only works on the main thread. Off the main
 thread (reward workers, a server's thread pool) the comparison therefore runs in one persistent helper process whose
-main thread can use the alarm; a call that overruns `timeout_s` kills and replaces that process and counts as "not
+main thread can use the alarm; a call that overruns its wait kills and replaces that process and counts as "not
 equal".
 
 What this module does not do: grade proofs or multi-part free-form answers, or judge with a model.
@@ -15,10 +15,14 @@ What this module does not do: grade proofs or multi-part free-form answers, or j
 
 from __future__ import annotations
 
-import multiprocessing
+import json
 import re
+import select
+import subprocess
+import sys
 import threading
 from fractions import Fraction
+from pathlib import Path
 
 __all__ = ["extract_final_answer", "answers_equal", "gsm8k_gold"]
 
@@ -142,6 +146,16 @@ _NUMBER = re.compile(r"^[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:e[+-]?\d+)?$", re.IGNOREC
 _WORDY = re.compile(r"^[^\W\d_]{2,}(?:[\s'\-][^\W\d_]+)*$")
 
 
+# A number followed by unit words ("18 dollars", "1/2 cup", "7 Äpfel"): the number is the answer. The words may
+# hold no digits or math, so "3 hours 20 minutes" and "5 \pi" are left alone.
+_NUMBER_THEN_WORDS = re.compile(r"^\s*(\$?[+-]?\d[\d,]*(?:\.\d+)?(?:/\d+)?%?)\s+[^\W\d_][^\d\\^_{}=+*/()]*$")
+
+
+def _drop_unit_words(s: str) -> str:
+    match = _NUMBER_THEN_WORDS.match(s)
+    return match.group(1) if match else s
+
+
 def _normalise(s: str) -> str:
     s = s.strip()
     for _ in range(3):  # nested \text{\textbf{..}}
@@ -173,6 +187,7 @@ def _as_number(s: str) -> Fraction | None:
 
 
 def _fallback_equal(gold: str, pred: str) -> bool:
+    # Deliberately no sympy.sympify/parse_expr here: both eval() their input, and `pred` is model output.
     g, p = _normalise(gold), _normalise(pred)
     if g == p:
         return True
@@ -205,53 +220,65 @@ def _mathverify_equal(gold: str, pred: str, timeout_s: int) -> bool | None:
         return None
 
 
-def _worker_main(conn) -> None:  # pragma: no cover - runs in the helper process
-    while True:
-        try:
-            gold, pred, timeout_s = conn.recv()
-        except (EOFError, OSError):
-            return
-        conn.send(_mathverify_equal(gold, pred, timeout_s))
+def serve_helper() -> None:  # pragma: no cover - runs in the helper process
+    """The helper process's loop: one JSON request per stdin line, one JSON verdict per stdout line."""
+    import json
+    import sys
+
+    for line in sys.stdin:
+        gold, pred, timeout_s = json.loads(line)
+        sys.stdout.write(json.dumps(_mathverify_equal(gold, pred, timeout_s)) + "\n")
+        sys.stdout.flush()
+
+
+# The helper is a plain `python -c` child, not multiprocessing: spawn would re-import the caller's __main__ (e.g.
+# `python -m kexaone`, whose __main__ runs the CLI), and fork would copy this process's threads and locks.
+_HELPER_CODE = (
+    "import sys; sys.path.insert(0, {root!r}); "
+    "from kexaone.rl.verifiers.math import serve_helper; serve_helper()"
+)
 
 
 class _HelperProcess:
-    """One persistent spawned process that runs math-verify on its main thread for callers on other threads.
+    """One persistent child process that runs math-verify on its main thread for callers on other threads.
 
-    Callers are serialised by a lock (a comparison takes milliseconds); one that overruns its timeout kills the
+    Callers are serialised by a lock (a comparison takes milliseconds); one that overruns its wait kills the
     process, and the next call starts a fresh one.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._proc = None
-        self._conn = None
+        self._proc: subprocess.Popen | None = None
 
     def _start(self) -> None:
-        ctx = multiprocessing.get_context("spawn")  # fork would copy this process's threads and locks
-        parent, child = ctx.Pipe()
-        self._proc = ctx.Process(target=_worker_main, args=(child,), daemon=True, name="kexaone-math-verify")
-        self._proc.start()
-        child.close()
-        self._conn = parent
+        root = str(Path(__file__).resolve().parents[3])  # the directory holding the kexaone package
+        self._proc = subprocess.Popen(
+            [sys.executable, "-c", _HELPER_CODE.format(root=root)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, bufsize=1,
+        )
 
     def _stop(self) -> None:
         if self._proc is not None:
             self._proc.kill()
-            self._proc.join(timeout=5)
-        if self._conn is not None:
-            self._conn.close()
-        self._proc = self._conn = None
+            self._proc.wait()
+            self._proc.stdin.close()
+            self._proc.stdout.close()
+        self._proc = None
 
     def compare(self, gold: str, pred: str, timeout_s: int, wait_s: float) -> bool | None:
         with self._lock:
-            if self._proc is None or not self._proc.is_alive():
+            if self._proc is None or self._proc.poll() is not None:
                 self._stop()
                 self._start()
             try:
-                self._conn.send((gold, pred, timeout_s))
-                if self._conn.poll(wait_s):
-                    return self._conn.recv()
-            except (EOFError, OSError, BrokenPipeError):
+                self._proc.stdin.write(json.dumps([gold, pred, timeout_s]) + "\n")
+                self._proc.stdin.flush()
+                ready, _, _ = select.select([self._proc.stdout], [], [], wait_s)
+                if ready:
+                    line = self._proc.stdout.readline()
+                    if line:
+                        return json.loads(line)
+            except (OSError, ValueError):
                 pass
             self._stop()
             return None
@@ -276,6 +303,7 @@ def answers_equal(pred: str | None, gold: str, *, timeout_s: int = 5) -> bool:
         return False
     if "\\boxed" in pred or "\\fbox" in pred:
         pred = extract_final_answer(pred) or pred
+    pred, gold = _drop_unit_words(pred), _drop_unit_words(gold)
     if _normalise(gold) == _normalise(pred):
         return True
     if _WORDY.match(_normalise(gold)) or _WORDY.match(_normalise(pred)):

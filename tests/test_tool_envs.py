@@ -119,6 +119,9 @@ def test_evaluate_tools_pass_k(tasks):
     chosen = tasks[:3]
     fail = {(chosen[1].id, 0), (chosen[1].id, 2), (chosen[2].id, 1)}  # successes: 3, 1, 2 of 3
     res = evaluate_tools(FlakyOracle(chosen, fail), chosen, trials=3, seed=None)
+    # Concurrent episodes give the same results (the oracle is stateless, so it is thread-safe).
+    serial = evaluate_tools(GoldOracle(chosen), chosen, trials=3)
+    assert evaluate_tools(GoldOracle(chosen), chosen, trials=3, workers=4) == serial
     assert [t["successes"] for t in res["per_task"]] == [3, 1, 2]
     assert res["pass^1"] == pytest.approx((1 + 1 / 3 + 2 / 3) / 3)
     assert res["pass^2"] == pytest.approx((1 + 0 + 1 / 3) / 3)
@@ -258,7 +261,7 @@ def test_tools_cli_synth_and_eval(tmp_path, capsys):
         capsys.readouterr()
         res_path = tmp_path / "res.json"
         assert main(["tools", "eval", "--tasks", str(out), "--endpoint", ep.url, "--trials", "2",
-                     "--out", str(res_path)]) == 0
+                     "--out", str(res_path), "--workers", "4"]) == 0
         summary = json.loads(capsys.readouterr().out)
         assert summary["pass^1"] == summary["pass^k"] == 1.0 and summary["n_tasks"] == len(loaded)
         assert len(json.loads(res_path.read_text())["per_task"]) == len(loaded)

@@ -48,6 +48,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     e.add_argument("--top-p", type=float, default=0.95)
     e.add_argument("--max-steps", type=int, default=20)
     e.add_argument("--seed", type=int, default=0)
+    e.add_argument("--workers", type=int, default=1, help="episodes run at once (endpoints only)")
     e.add_argument("--out", default=None, metavar="FILE.json", help="write the full results (per task) here")
 
 
@@ -90,10 +91,12 @@ def _eval(args) -> int:
     from kexaone.agents.envs.tasks import load_tasks
     from kexaone.utils.io import atomic_write_text
 
+    if args.model and args.workers != 1:
+        raise ValueError("--workers applies to --endpoint; a local model runs one episode at a time")
     tasks = load_tasks(args.tasks)[: args.limit]
     backend = make_backend(args.model, args.endpoint, args.api_model, args.api_key_env, seed=args.seed)
     res = evaluate_tools(backend, tasks, trials=args.trials, temperature=args.temperature, top_p=args.top_p,
-                         max_steps=args.max_steps, seed=args.seed)
+                         max_steps=args.max_steps, seed=args.seed, workers=args.workers)
     summary = {k: v for k, v in res.items() if k != "per_task"}
     if args.out:
         atomic_write_text(args.out, json.dumps(res, indent=1))

@@ -17,6 +17,7 @@ trials drawn without replacement all succeed; pass^k is its mean over tasks.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from math import comb
 
@@ -169,22 +170,36 @@ def filter_tasks(candidates: Sequence[ToolTask], *, backend=None, trials: int = 
 
 
 def evaluate_tools(backend, tasks: Sequence[ToolTask | dict], trials: int = 4, *, config: AgentConfig | None = None,
-                   temperature: float = 1.0, top_p: float = 0.95, max_steps: int = 20, seed: int | None = 0) -> dict:
+                   temperature: float = 1.0, top_p: float = 0.95, max_steps: int = 20, seed: int | None = 0,
+                   workers: int = 1) -> dict:
     """Run every task `trials` times. Returns {"pass^1", "pass^k", "k", "pass^j" for j in 1..trials, "avg_reward",
     "n_tasks", "trials", "per_task": [{"id", "template", "successes", "trials", "rewards", "db_ok", "outputs_ok"}]}.
     Trials differ only through sampling (K-EXAONE's recommended temperature 1.0, top_p 0.95 by default); with a
-    `seed`, trial t samples with seeds derived from seed + 1,000,003 * t, so a run is repeatable."""
+    `seed`, trial t samples with seeds derived from seed + 1,000,003 * t, so a run is repeatable. `workers` > 1
+    runs that many episodes at once (for endpoints; the backend must be thread-safe); results do not depend on it."""
     if trials < 1:
         raise ValueError(f"trials must be >= 1, got {trials}")
+    if workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
     tasks = [t if isinstance(t, ToolTask) else ToolTask.from_json(t) for t in tasks]
     if not tasks:
         raise ValueError("evaluate_tools needs at least one task")
     config = config or episode_config(max_steps=max_steps, temperature=temperature, top_p=top_p, seed=seed)
+    targets = [gold_hash(task) for task in tasks]
+    jobs = [(i, t) for i in range(len(tasks)) for t in range(trials)]
+
+    def one(job: tuple[int, int]) -> Episode:
+        i, t = job
+        return run_episode(backend, tasks[i], config=_trial_config(config, t), expected_hash=targets[i])
+
+    if workers == 1:
+        episodes = [one(j) for j in jobs]
+    else:
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            episodes = list(pool.map(one, jobs))  # in job order, whatever order they finish in
     per_task = []
-    for task in tasks:
-        target = gold_hash(task)
-        eps = [run_episode(backend, task, config=_trial_config(config, t), expected_hash=target)
-               for t in range(trials)]
+    for i, task in enumerate(tasks):
+        eps = episodes[i * trials:(i + 1) * trials]
         per_task.append({"id": task.id, "template": task.template, "trials": trials,
                          "successes": sum(e.reward == 1.0 for e in eps), "rewards": [e.reward for e in eps],
                          "db_ok": [e.verdict.db_ok for e in eps], "outputs_ok": [e.verdict.outputs_ok for e in eps],

@@ -6,10 +6,9 @@ from __future__ import annotations
 
 import json
 import os
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_agents_endpoint import ChatEndpoint, wire_call
 
 from kexaone.agents import AgentConfig, DocumentIndex, ToolRegistry, run_agent
 from kexaone.agents.compress import COMPRESS_SYSTEM, parse_record
@@ -24,66 +23,28 @@ DOCS = {
 }
 
 
-def _call(name: str, args: dict, cid: str) -> dict:
-    return {"id": cid, "type": "function", "function": {"name": name, "arguments": json.dumps(args)}}
+_call = wire_call
 
 
-class ScriptedEndpoint:
-    """An OpenAI-compatible server whose replies follow a script, one per /v1/chat/completions request, in order.
-    Each script entry names the kind of request it expects (agent, summary, compress), checked on arrival."""
+class ScriptedEndpoint(ChatEndpoint):
+    """Replies follow a script, one per chat request, in order. Each entry names the kind of request it expects
+    (agent, summary, compress), checked on arrival; mismatches are collected in `errors`."""
 
     def __init__(self, script: list[tuple[str, dict]]):
         self.script = list(script)
-        self.requests: list[dict] = []
         self.errors: list[str] = []
-        outer = self
+        super().__init__(self._respond)
 
-        class Handler(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, code, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(code)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                if self.path == "/v1/models":
-                    self._send(200, {"object": "list", "data": [{"id": "scripted", "object": "model"}]})
-                else:
-                    self._send(404, {"error": {"message": "not found"}})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                if not outer.script:
-                    outer.errors.append("request after the end of the script")
-                    return self._send(400, {"error": {"message": "script exhausted"}})
-                kind, message = outer.script.pop(0)
-                system = body["messages"][0]["content"]
-                seen = "summary" if system == SUMMARY_SYSTEM else "compress" if system == COMPRESS_SYSTEM else "agent"
-                if seen != kind:
-                    outer.errors.append(f"request {len(outer.requests)}: expected a {kind} request, got {seen}")
-                finish = "tool_calls" if message.get("tool_calls") else "stop"
-                self._send(200, {"id": "x", "object": "chat.completion", "model": "scripted",
-                                 "choices": [{"index": 0, "message": {"role": "assistant", **message},
-                                              "finish_reason": finish}],
-                                 "usage": {"prompt_tokens": 100, "completion_tokens": 10, "total_tokens": 110}})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-
-    def __enter__(self):
-        self.thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.server.shutdown()
-        self.server.server_close()
+    def _respond(self, body: dict) -> dict:
+        if not self.script:
+            self.errors.append("request after the end of the script")
+            raise ValueError("script exhausted")
+        kind, message = self.script.pop(0)
+        system = body["messages"][0]["content"]
+        seen = "summary" if system == SUMMARY_SYSTEM else "compress" if system == COMPRESS_SYSTEM else "agent"
+        if seen != kind:
+            self.errors.append(f"request {len(self.requests)}: expected a {kind} request, got {seen}")
+        return message
 
 
 def _record(facts, queries, nxt):

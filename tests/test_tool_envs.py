@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
+from test_agents_endpoint import ChatEndpoint, wire_call
 
 from kexaone.agents.envs.db import RegistryDB
 from kexaone.agents.envs.evaluate import (
@@ -194,48 +193,18 @@ def test_generation_is_deterministic_and_covers_templates():
         assert run_episode(GoldOracle(t), t).reward == 1.0
 
 
-class OracleEndpoint:
+def oracle_endpoint(tasks) -> ChatEndpoint:
     """An OpenAI-compatible server whose replies come from GoldOracle (tool calls on the wire as JSON strings)."""
+    oracle = GoldOracle(tasks)
 
-    def __init__(self, tasks):
-        oracle = GoldOracle(tasks)
-        self.requests = []
-        outer = self
+    def respond(body: dict) -> dict:
+        r = oracle.chat(body["messages"])
+        msg = {"content": r.content}
+        if r.tool_calls:
+            msg["tool_calls"] = [wire_call(c["name"], c["arguments"], c["id"]) for c in r.tool_calls]
+        return msg
 
-        class H(BaseHTTPRequestHandler):
-            def log_message(self, *a):
-                pass
-
-            def _send(self, obj):
-                data = json.dumps(obj).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
-
-            def do_GET(self):
-                self._send({"data": [{"id": "oracle"}]})
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                outer.requests.append(body)
-                r = oracle.chat(body["messages"])
-                msg = {"role": "assistant", "content": r.content}
-                if r.tool_calls:
-                    msg["tool_calls"] = [{"id": c["id"], "type": "function", "function": {
-                        "name": c["name"], "arguments": json.dumps(c["arguments"])}} for c in r.tool_calls]
-                self._send({"choices": [{"index": 0, "message": msg,
-                                         "finish_reason": "tool_calls" if r.tool_calls else "stop"}],
-                            "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}})
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), H)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def close(self):
-        self.server.shutdown()
-        self.server.server_close()
+    return ChatEndpoint(respond)
 
 
 def test_tools_cli_synth_and_eval(tmp_path, capsys):
@@ -251,7 +220,7 @@ def test_tools_cli_synth_and_eval(tmp_path, capsys):
     assert out.read_bytes() == first  # deterministic
     capsys.readouterr()
 
-    ep = OracleEndpoint(loaded)
+    ep = oracle_endpoint(loaded)
     try:
         # The oracle endpoint as the filter model: every task survives, with its passes recorded.
         filt = tmp_path / "filtered.jsonl"

@@ -61,6 +61,20 @@ def test_literal_and_errors():
 
     assert function_schema(pick)[2]["properties"]["mode"] == {"enum": ["a", "b"]}
 
+    def shapes(a: tuple[int, ...], b: tuple[int, str], c: dict[str, int], d: float | None, e: int | str) -> None:
+        """Shapes."""
+
+    props = function_schema(shapes)[2]["properties"]
+    assert props["a"] == {"type": "array", "items": {"type": "integer"}}
+    assert props["b"] == {"type": "array", "prefixItems": [{"type": "integer"}, {"type": "string"}],
+                          "minItems": 2, "maxItems": 2}
+    assert props["c"] == {"type": "object"} and props["d"] == {"type": ["number", "null"]}
+    assert props["e"] == {"anyOf": [{"type": "integer"}, {"type": "string"}]}
+    reg = ToolRegistry()
+    reg.register(shapes)
+    assert reg.call("shapes", {"a": [1, 2], "b": [1, "x"], "c": {}, "d": None, "e": "s"}).ok
+    assert "is too long" in reg.call("shapes", {"a": [], "b": [1, "x", 3], "c": {}, "d": 1.0, "e": 1}).error
+
     def bad(x: set) -> None:
         pass
 

@@ -83,11 +83,11 @@ def _type_schema(hint: Any, where: str) -> dict:
                 return {**inner, "type": [inner["type"], "null"]}
             return {"anyOf": [inner, {"type": "null"}]}
         return {"anyOf": [_type_schema(a, where) for a in args]}
-    if origin in (list, tuple, set, frozenset, abc.Sequence):
-        out: dict = {"type": "array"}
-        if args and args[-1] is not Ellipsis:
-            out["items"] = _type_schema(args[0], where)
-        return out
+    if origin is tuple and args and not (len(args) == 2 and args[1] is Ellipsis):  # tuple[int, str]: fixed slots
+        return {"type": "array", "prefixItems": [_type_schema(a, where) for a in args], "minItems": len(args),
+                "maxItems": len(args)}
+    if origin in (list, tuple, set, frozenset, abc.Sequence):  # list[X], tuple[X, ...], ...
+        return {"type": "array", **({"items": _type_schema(args[0], where)} if args else {})}
     if origin is dict:
         return {"type": "object"}
     raise ValueError(f"{where}: cannot turn type hint {hint!r} into a JSON schema; use str, int, float, bool, list, "

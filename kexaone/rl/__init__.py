@@ -5,13 +5,14 @@ equations of SPEC.md section 5; see `kexaone.rl.objectives`. Verifiers live in `
 sandbox in `kexaone.rl.sandbox`, reward functions in `kexaone.rl.rewards`.
 """
 
-from kexaone.rl.objectives import (
-    ISStats,
-    agapo_advantages,
-    agapo_is_stats,
-    agapo_loss,
-    grouper_advantages,
-    grouper_loss,
-)
+_OBJECTIVES = ("ISStats", "agapo_advantages", "agapo_is_stats", "agapo_loss", "grouper_advantages", "grouper_loss")
+__all__ = list(_OBJECTIVES)
 
-__all__ = ["ISStats", "agapo_advantages", "agapo_is_stats", "agapo_loss", "grouper_advantages", "grouper_loss"]
+
+def __getattr__(name: str):
+    # Lazy, so that `kexaone --help` (which imports the rl command modules) does not import torch.
+    if name in _OBJECTIVES:
+        from kexaone.rl import objectives
+
+        return getattr(objectives, name)
+    raise AttributeError(f"module 'kexaone.rl' has no attribute {name!r}")

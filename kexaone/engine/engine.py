@@ -94,6 +94,16 @@ class DecodeBatch:
         return [s.result(self.stats) for s in self.seqs]
 
 
+@dataclass
+class TokenScores:
+    """`Engine.score`: per position t of `ids`, log p(ids[t] | ids[:t]) (None at t = 0) and the most likely
+    (token id, log-prob) pairs there (empty at t = 0)."""
+
+    ids: list[int]
+    logprobs: list[float | None]
+    top: list[list[tuple[int, float]]]
+
+
 def _as_list(x) -> list:
     if x is None:
         return []
@@ -480,20 +490,50 @@ class Engine:
                 out.logprobs, out.sampling_logprobs = self._exact_logprobs(seq)
         return res
 
-    def _exact_logprobs(self, seq: SequenceState) -> tuple[list[float], list[float]]:
-        """Log-probs of seq.tokens from one uncached forward over prompt + tokens, run as the training forward
-        runs (autograd on, so none of the model's no-grad inference paths; eval mode, so no MoE token counting):
-        `logprobs` then equal `token_logprobs(model, [prompt + tokens])` bit for bit."""
+    def _training_forward(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target-aligned log-probs [T] fp32, logits [T, V]) of one uncached forward over `ids`, run as the
+        training forward runs: autograd on, so none of the model's no-grad inference paths, and eval mode, so no
+        MoE token counting. The log-probs equal `token_logprobs(model, [ids])` bit for bit."""
         from kexaone.model.scoring import logprobs_from_logits
 
+        with self._eval_mode(), torch.inference_mode(False), torch.enable_grad():
+            ids_1T = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            logits_1TV = self.model(ids_1T, compute_mtp=False).logits
+            lp_T = logprobs_from_logits(logits_1TV, ids_1T)[0].detach()
+        return lp_T, logits_1TV[0].detach()
+
+    def score(self, ids: Sequence[int], top_logprobs: int = 0) -> "TokenScores":
+        """Log-prob of each token of `ids` given the ones before it (None for the first), by the scoring primitive
+        on the training forward (`token_logprobs` bit for bit), and the `top_logprobs` most likely token ids at
+        each position (ids the tokenizer cannot decode are left out)."""
+        ids = self.encode_prompt(ids)
+        if not isinstance(top_logprobs, int) or top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be an integer >= 0, got {top_logprobs!r}")
+        lp_T, logits_TV = self._training_forward(ids)
+        logprobs: list[float | None] = [None] + lp_T[1:].tolist()
+        top: list[list[tuple[int, float]]] = [[]]
+        if top_logprobs and len(ids) > 1:
+            with torch.inference_mode():
+                for t0 in range(0, len(ids) - 1, MTP_PREFILL_CHUNK):  # bounds the fp32 [chunk, V] copy
+                    x = torch.log_softmax(logits_TV[t0:min(len(ids) - 1, t0 + MTP_PREFILL_CHUNK)].float(), dim=-1)
+                    if self.vocab_limit is not None:
+                        x[:, self.vocab_limit:] = float("-inf")
+                    vals, idx = x.topk(min(top_logprobs, x.shape[-1]), dim=-1)
+                    top += [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+            # a position's own token, when among the top, carries the primitive's number (greedy checks compare)
+            for t in range(1, len(ids)):
+                top[t] = [(i, logprobs[t] if i == ids[t] else v) for i, v in top[t]]
+        else:
+            top += [[] for _ in ids[1:]]
+        return TokenScores(ids=ids, logprobs=logprobs, top=top)
+
+    def _exact_logprobs(self, seq: SequenceState) -> tuple[list[float], list[float]]:
+        """Log-probs of seq.tokens from the training forward over prompt + tokens (see `_training_forward`)."""
         P, n = len(seq.prompt_ids), len(seq.tokens)
         if n == 0:
             return [], []
-        with self._eval_mode(), torch.inference_mode(False), torch.enable_grad():
-            ids_1T = torch.tensor([seq.prompt_ids + seq.tokens], dtype=torch.long, device=self.device)
-            logits_1TV = self.model(ids_1T, compute_mtp=False).logits
-            lp = logprobs_from_logits(logits_1TV, ids_1T)[0, P:].detach()
-            logits_nV = logits_1TV[0, P - 1:-1].detach()
+        lp_T, logits_TV = self._training_forward(seq.prompt_ids + seq.tokens)
+        lp, logits_nV = lp_T[P:], logits_TV[P - 1:-1]
         # the sampling distributions of the same logits, with each turn's parameters
         bounds = [t for t, _ in seq.turns] + [n]
         slp = torch.full((n,), math.nan)

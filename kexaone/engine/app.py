@@ -119,16 +119,17 @@ def token_text(tok, token_id: int) -> str:
 
 
 def completion_logprobs(tok, scores, start: int) -> CompletionLogprobs:
-    """The OpenAI `logprobs` object for positions `start..` of `scores` (an Engine.score result). text_offset
-    counts characters from the first returned token: the characters begun by the bytes of the tokens before."""
+    """The OpenAI `logprobs` object for positions `start..` of `scores` (an Engine.score result). text_offset is
+    the index, in the returned text, of the character a token's first byte belongs to (a token that continues a
+    multi-byte character points at that character)."""
     ids = scores.ids
     names = {i: token_text(tok, i) for i in set(ids) | {j for t in scores.top for j, _ in t}}
-    offsets, chars = [], 0
-    for t, i in enumerate(ids):
-        if t >= start:
-            offsets.append(chars)
-            chars += sum(1 for c in tok.token_bytes(i) if c & 0xC0 != 0x80)
-        # (bytes before `start` are not part of the returned text)
+    offsets, begun = [], 0  # characters begun by the returned tokens so far
+    for i in ids[start:]:
+        b = tok.token_bytes(i)
+        continues = bool(b) and b[0] & 0xC0 == 0x80  # a UTF-8 continuation byte
+        offsets.append(max(0, begun - 1) if continues else begun)
+        begun += sum(1 for c in b if c & 0xC0 != 0x80)
     top = [None if scores.logprobs[t] is None else {names[j]: v for j, v in scores.top[t]}
            for t in range(start, len(ids))]
     return CompletionLogprobs(tokens=[names[i] for i in ids[start:]], token_logprobs=scores.logprobs[start:],

@@ -147,6 +147,9 @@ class Engine:
         if not path.is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist")
         model = KExaoneForCausalLM.from_pretrained(path, dtype=dtype, device=device)
+        # The engine owns this model and never trains it: without parameter gradients the training-conditions
+        # forward of `score` and exact log-probs records no autograd graph.
+        model.requires_grad_(False)
         tok = None
         if tokenizer and (path / "tokenizer.json").is_file():
             from kexaone.tokenizer import KExaoneTokenizer

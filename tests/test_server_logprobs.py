@@ -70,9 +70,11 @@ def test_echo_with_one_generated_token_like_lm_eval(stack):
     lp = r.json()["choices"][0]["logprobs"]
     greedy = engine.generate(ids, max_new_tokens=1, temperature=0, stop_token_ids=[])
     assert len(lp["token_logprobs"]) == len(ids) + 1
+    # the prompt is scored on its own (its numbers do not depend on what was generated), the new token in context
+    ref = token_logprobs(model, torch.tensor([ids]))[0].tolist()
+    assert lp["token_logprobs"][1:-1] == ref[1:]
     full = ids + greedy.tokens
-    ref = token_logprobs(model, torch.tensor([full]))[0].tolist()
-    assert lp["token_logprobs"][1:] == ref[1:]
+    assert lp["token_logprobs"][-1] == token_logprobs(model, torch.tensor([full]))[0, -1].item()
     # the generated token was the greedy choice: its logprob is the top one (what lm-eval's is_greedy checks)
     assert lp["token_logprobs"][-1] == max(lp["top_logprobs"][-1].values())
 

@@ -30,7 +30,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kexaone.engine.batching.scheduler import QueueFullError, Request as GenRequest, Scheduler, SchedulerStopped
 from kexaone.engine.chat_io import ReplyStreamParser, chat_prompt, openai_tool_calls, parse_reply
-from kexaone.tokenizer.chat import render as render_chat
 from kexaone.engine.protocol import (
     APIError,
     ChatChoice,
@@ -57,9 +56,11 @@ from kexaone.engine.protocol import (
     now,
     openai_messages,
 )
+from kexaone.engine.engine import TokenScores
 from kexaone.engine.sampling import SamplingParams
 from kexaone.engine.sequence import FINISH_LENGTH, FINISH_TIMEOUT, GenerationResult
 from kexaone.engine.server import MAX_BODY_BYTES, ServerSettings
+from kexaone.tokenizer.chat import render as render_chat
 from kexaone.tokenizer.pretokenize import fix_surrogates
 
 log = logging.getLogger("kexaone.server")
@@ -118,22 +119,21 @@ def token_text(tok, token_id: int) -> str:
         return "bytes:" + "".join(f"\\x{c:02x}" for c in b)
 
 
-def completion_logprobs(tok, scores, start: int) -> CompletionLogprobs:
-    """The OpenAI `logprobs` object for positions `start..` of `scores` (an Engine.score result). text_offset is
+def completion_logprobs(tok, scores: TokenScores) -> CompletionLogprobs:
+    """The OpenAI `logprobs` object of the returned tokens `scores.ids` (prompt tokens first with echo). text_offset is
     the index, in the returned text, of the character a token's first byte belongs to (a token that continues a
     multi-byte character points at that character)."""
     ids = scores.ids
     names = {i: token_text(tok, i) for i in set(ids) | {j for t in scores.top for j, _ in t}}
     offsets, begun = [], 0  # characters begun by the returned tokens so far
-    for i in ids[start:]:
+    for i in ids:
         b = tok.token_bytes(i)
         continues = bool(b) and b[0] & 0xC0 == 0x80  # a UTF-8 continuation byte
         offsets.append(max(0, begun - 1) if continues else begun)
         begun += sum(1 for c in b if c & 0xC0 != 0x80)
-    top = [None if scores.logprobs[t] is None else {names[j]: v for j, v in scores.top[t]}
-           for t in range(start, len(ids))]
-    return CompletionLogprobs(tokens=[names[i] for i in ids[start:]], token_logprobs=scores.logprobs[start:],
-                              top_logprobs=top, text_offset=offsets)
+    top = [None if lp is None else {names[j]: v for j, v in t} for lp, t in zip(scores.logprobs, scores.top)]
+    return CompletionLogprobs(tokens=[names[i] for i in ids], token_logprobs=scores.logprobs, top_logprobs=top,
+                              text_offset=offsets)
 
 
 def create_app(engine, settings: ServerSettings | None = None, scheduler: Scheduler | None = None) -> FastAPI:
@@ -442,8 +442,8 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
             echo = (text if text is not None else tok.decode(ids)) if req.echo else ""
             lp = None
             if req.logprobs is not None:
-                scores = await scheduled(lambda full=ids + res.tokens: engine.score(full, req.logprobs))
-                lp = completion_logprobs(tok, scores, 0 if req.echo else len(ids))
+                scores = await score_completion(ids, res.tokens, req.logprobs, req.echo)
+                lp = completion_logprobs(tok, scores)
             choices.append(CompletionChoice(index=i, text=echo + (res.text or ""), finish_reason=finish_reason(res),
                                             logprobs=lp))
         total = Usage(prompt_tokens=sum(r.prompt_tokens for r in results),
@@ -451,6 +451,20 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
                       total_tokens=sum(r.prompt_tokens + len(r.tokens) for r in results))
         body = Completion(id=rid, created=now(), model=settings.model_name, usage=total, choices=choices)
         return JSONResponse(body.model_dump())
+
+    async def score_completion(ids: list[int], generated: list[int], top: int, echo: bool) -> TokenScores:
+        """Log-probs of the prompt (with echo) and of the generated tokens. The prompt is scored on its own, so
+        its numbers are `token_logprobs(model, [prompt])` whatever was generated after it (a forward over more
+        positions may round the same positions differently in the last bit)."""
+        P = len(ids)
+        parts = []
+        if echo:
+            parts.append(await scheduled(lambda: engine.score(ids, top)))
+        if generated:
+            full = await scheduled(lambda: engine.score(ids + generated, top))
+            parts.append(TokenScores(ids=full.ids[P:], logprobs=full.logprobs[P:], top=full.top[P:]))
+        return TokenScores(ids=[i for p in parts for i in p.ids], logprobs=[x for p in parts for x in p.logprobs],
+                           top=[t for p in parts for t in p.top])
 
     async def scheduled(fn):
         """fn() on the scheduler thread (the model's only user), awaited here."""

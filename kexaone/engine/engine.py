@@ -121,7 +121,6 @@ class Engine:
         distribution before sampling (main model and drafts alike), e.g. to ban or force tokens.
         `exact_logprobs`: recompute each result's log-probs with the training forward (see the module)."""
         self.model = model
-        self._modules = list(model.modules())
         self.exact_logprobs = bool(exact_logprobs)
         self.logits_processors = list(logits_processors)
         self.tokenizer = tokenizer
@@ -256,14 +255,15 @@ class Engine:
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
         """Run the model in eval mode and give every module back the `training` flag it had."""
-        flags = [m.training for m in self._modules]
+        modules = list(self.model.modules())  # each call: the caller may have changed the model since
+        flags = [m.training for m in modules]
         if any(flags):
             self.model.eval()
         try:
             yield
         finally:
             if any(flags):
-                for m, f in zip(self._modules, flags):
+                for m, f in zip(modules, flags):
                     m.training = f
 
     def _inference(fn):  # noqa: N805 (a decorator used inside the class body)

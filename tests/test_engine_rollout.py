@@ -199,5 +199,7 @@ def test_append_tokens_rejects_bad_input(model):
     batch = eng.start([PROMPTS[0]], [SamplingParams(max_new_tokens=1, temperature=0)])
     with pytest.raises(ValueError, match="one list of token ids per row"):
         eng.append_tokens(batch, [[1], [2]])
+    with pytest.raises(ValueError, match="one list of token ids per row"):
+        eng.append_tokens(batch, [7])
     with pytest.raises(ValueError, match=r"row 0 must be in \[0, "):
         eng.append_tokens(batch, [[10**9]])

@@ -60,6 +60,8 @@ MAX_DRAFT_TOKENS = 8  # the cache keeps `extra_slots` (default 8) positions so a
 # Prompt positions run through the MTP head per call when catching up after a prefill: bounds the [B, T, V]
 # logits it returns (only the last position's are used).
 MTP_PREFILL_CHUNK = 256
+# Positions whose top log-probs `score` ranks at once: bounds its fp32 [chunk, V] copy of the logits.
+SCORE_CHUNK = 256
 # Most new tokens per row for which cache memory is reserved up front at prefill.
 RESERVE_NEW_TOKENS = 2048
 
@@ -418,7 +420,10 @@ class Engine:
         B = len(batch.seqs)
         if isinstance(forced, (str, bytes)) or len(forced) != B:
             raise ValueError(f"forced must hold one list of token ids per row ({B} rows), got {forced!r:.80}")
-        lists = [[int(t) for t in f] for f in forced]
+        try:
+            lists = [[int(t) for t in f] for f in forced]
+        except TypeError:
+            raise ValueError(f"forced must hold one list of token ids per row ({B} rows), got {forced!r:.80}") from None
         V = self.config.vocab_size
         for r, ids in enumerate(lists):
             bad = [t for t in ids if not 0 <= t < V]
@@ -489,7 +494,7 @@ class Engine:
         """The rows' results; with `exact_logprobs`, their log-probs recomputed by the training forward."""
         res = batch.results()
         if self.exact_logprobs:
-            for r, (out, seq) in enumerate(zip(res, batch.seqs)):
+            for out, seq in zip(res, batch.seqs):
                 out.logprobs, out.sampling_logprobs = self._exact_logprobs(seq)
         return res
 
@@ -517,8 +522,8 @@ class Engine:
         top: list[list[tuple[int, float]]] = [[]]
         if top_logprobs and len(ids) > 1:
             with torch.inference_mode():
-                for t0 in range(0, len(ids) - 1, MTP_PREFILL_CHUNK):  # bounds the fp32 [chunk, V] copy
-                    x = torch.log_softmax(logits_TV[t0:min(len(ids) - 1, t0 + MTP_PREFILL_CHUNK)].float(), dim=-1)
+                for t0 in range(0, len(ids) - 1, SCORE_CHUNK):
+                    x = torch.log_softmax(logits_TV[t0:min(len(ids) - 1, t0 + SCORE_CHUNK)].float(), dim=-1)
                     if self.vocab_limit is not None:
                         x[:, self.vocab_limit:] = float("-inf")
                     vals, idx = x.topk(min(top_logprobs, x.shape[-1]), dim=-1)

@@ -123,6 +123,9 @@ class Engine:
         distribution before sampling (main model and drafts alike), e.g. to ban or force tokens.
         `exact_logprobs`: recompute each result's log-probs with the training forward (see the module)."""
         self.model = model
+        # The modules whose `training` flags each call saves and restores (walking model.modules() per call costs
+        # ~0.3 ms, 15% of a tiny model's decode step). A model restructured later needs a new Engine.
+        self._modules = list(model.modules())
         self.exact_logprobs = bool(exact_logprobs)
         self.logits_processors = list(logits_processors)
         self.tokenizer = tokenizer
@@ -257,7 +260,7 @@ class Engine:
     @contextlib.contextmanager
     def _eval_mode(self) -> Iterator[None]:
         """Run the model in eval mode and give every module back the `training` flag it had."""
-        modules = list(self.model.modules())  # each call: the caller may have changed the model since
+        modules = self._modules
         flags = [m.training for m in modules]
         if any(flags):
             self.model.eval()

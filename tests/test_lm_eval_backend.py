@@ -109,7 +109,7 @@ def served(tmp_path_factory):
             proc.wait()
 
 
-def _lm_eval(root, task: str, model: str, model_args: str, *extra: str) -> tuple[dict, list[dict]]:
+def _lm_eval(root, task: str, model: str, model_args: str, *extra: str) -> tuple[dict, list[dict], str]:
     out = root / f"out_{task}"
     env = dict(os.environ, HF_DATASETS_OFFLINE="1", HF_HUB_OFFLINE="1", HF_HOME=str(root / "hf_home"),
                OPENAI_API_KEY="unused", TOKENIZERS_PARALLELISM="false")
@@ -121,15 +121,15 @@ def _lm_eval(root, task: str, model: str, model_args: str, *extra: str) -> tuple
     results = json.loads(open(sorted(glob.glob(f"{out}/**/results_*.json", recursive=True))[-1]).read())
     samples_file = sorted(glob.glob(f"{out}/**/samples_{task}_*.jsonl", recursive=True))[-1]
     samples = [json.loads(line) for line in open(samples_file, encoding="utf-8")]
-    return results, sorted(samples, key=lambda s: s["doc_id"])
+    return results, sorted(samples, key=lambda s: s["doc_id"]), run.stdout + run.stderr
 
 
 @pytest.mark.slow
 def test_local_completions_multiple_choice_equals_token_logprobs(served):
     url, root, engine = served
-    results, samples = _lm_eval(root, "kx_mcq", "local-completions",
-                                f"base_url={url}/v1/completions,model={MODEL},tokenizer_backend=remote,"
-                                "num_concurrent=1,max_retries=1")
+    results, samples, log = _lm_eval(root, "kx_mcq", "local-completions",
+                                     f"base_url={url}/v1/completions,model={MODEL},num_concurrent=1,max_retries=1")
+    assert "Auto-detected remote tokenizer support" in log  # its probe of /tokenizer_info and /tokenize passed
     tok, model = engine.tokenizer, engine.model
     assert len(samples) == len(ITEMS)
     correct = 0
@@ -152,7 +152,7 @@ def test_local_completions_multiple_choice_equals_token_logprobs(served):
 @pytest.mark.slow
 def test_local_chat_completions_generate_until_equals_engine_chat(served):
     url, root, engine = served
-    results, samples = _lm_eval(root, "kx_gen", "local-chat-completions",
+    results, samples, _ = _lm_eval(root, "kx_gen", "local-chat-completions",
                                 f"base_url={url}/v1/chat/completions,model={MODEL},num_concurrent=1,max_retries=1",
                                 "--apply_chat_template")
     assert len(samples) == len(ITEMS) and "exact_match,none" in results["results"]["kx_gen"]

@@ -55,10 +55,10 @@ def test_echo_logprobs_of_token_prompts_equal_token_logprobs(stack):
             assert max(top, key=top.get) == token_text(tok, int(logits.argmax()))  # ids >= the vocab never show
     lp = choices[0]["logprobs"]
     assert "".join(lp["tokens"]) == "The cat sat" and lp["text_offset"] == list(range(11))
-    # byte tokens of Korean characters are spelled as bytes; offsets index the character they belong to
+    # byte tokens of Korean characters are spelled as bytes; offsets count the characters begun before a token
     lp = choices[1]["logprobs"]
     assert lp["tokens"][:3] == ["bytes:\\xec", "bytes:\\x95", "bytes:\\x88"]  # 안 = EC 95 88
-    assert lp["text_offset"] == [0, 0, 0, 1, 1, 1, 2, 3, 4, 5, 6, 7]
+    assert lp["text_offset"] == [0, 1, 1, 1, 2, 2, 2, 3, 4, 5, 6, 7]
 
 
 def test_echo_with_one_generated_token_like_lm_eval(stack):

@@ -120,17 +120,17 @@ def token_text(tok, token_id: int) -> str:
 
 
 def completion_logprobs(tok, scores: TokenScores) -> CompletionLogprobs:
-    """The OpenAI `logprobs` object of the returned tokens `scores.ids` (prompt tokens first with echo). text_offset is
-    the index, in the returned text, of the character a token's first byte belongs to (a token that continues a
-    multi-byte character points at that character)."""
+    """The OpenAI `logprobs` object of the returned tokens `scores.ids` (prompt tokens first with echo).
+    text_offset[i] counts the characters of the returned text begun by the tokens before token i: the index of its
+    text for a token of whole characters; a token holding the rest of a character starts after that character's
+    index, so a client taking `text_offset[i + 1]` as the end of token i finds every piece of a character that
+    reaches past a given index."""
     ids = scores.ids
     names = {i: token_text(tok, i) for i in set(ids) | {j for t in scores.top for j, _ in t}}
-    offsets, begun = [], 0  # characters begun by the returned tokens so far
+    offsets, begun = [], 0
     for i in ids:
-        b = tok.token_bytes(i)
-        continues = bool(b) and b[0] & 0xC0 == 0x80  # a UTF-8 continuation byte
-        offsets.append(max(0, begun - 1) if continues else begun)
-        begun += sum(1 for c in b if c & 0xC0 != 0x80)
+        offsets.append(begun)
+        begun += sum(1 for c in tok.token_bytes(i) if c & 0xC0 != 0x80)  # bytes that start a UTF-8 character
     top = [None if lp is None else {names[j]: v for j, v in t} for lp, t in zip(scores.logprobs, scores.top)]
     return CompletionLogprobs(tokens=[names[i] for i in ids], token_logprobs=scores.logprobs, top_logprobs=top,
                               text_offset=offsets)

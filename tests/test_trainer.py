@@ -201,20 +201,20 @@ def test_nan_steps_are_skipped_then_the_run_stops(tok, shards, tmp_path):
     m = tiny_model(tok)
     c = cfg(tmp_path, max_steps=20, save_every=2, max_bad_steps=3)
     t = Trainer(m, tok, loader(shards), c)
-    real_forward = t._forward_loss
+    real_loss = t.objective.loss
     bad_steps = {3} | set(range(6, 20))  # one isolated bad step, then a run of bad ones
     snapshots = {}
 
-    def forward(batch):
-        total, parts = real_forward(batch)
+    def forward(model, batch):
+        values, metrics = real_loss(model, batch)
         if t.step + 1 in bad_steps:
-            parts["ce"] = parts["ce"] * float("nan")
-        return total, parts
+            values["ce"] = values["ce"] * float("nan")
+        return values, metrics
 
     def snap(trainer, step, record):
         snapshots[step] = params(trainer.raw_model)
 
-    t._forward_loss = forward
+    t.objective.loss = forward
     t.callbacks.append(snap)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(TrainingDiverged, match="3 consecutive"):
         warnings.simplefilter("always")

@@ -97,6 +97,9 @@ class TrainConfig:
     aux_loss_coef: float | None = None
     mtp_loss_weight: float | None = None
     bias_update_rate: float | None = None
+    router_frozen: bool = False
+    """Freeze the MoE routers: no router gradient, no expert-bias update, no routed-token counting (one switch,
+    kexaone.train.balancing.freeze_router)."""
 
     # --- precision and devices ---
     precision: str = "bf16"
@@ -167,7 +170,7 @@ class TrainConfig:
             need(v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)), name,
                  "must be a number (or None)")
         for name in ("resume", "progress", "tensorboard", "export", "mix_synthetic", "activation_checkpointing",
-                     "expert_parallel"):
+                     "expert_parallel", "router_frozen"):
             need(isinstance(getattr(self, name), bool), name, "must be true or false")
         need(isinstance(self.model_overrides, dict), "model_overrides", "must be a table of KExaoneConfig fields")
         for name, choices in (("precision", PRECISIONS), ("optimizer", OPTIMIZERS), ("parallel", PARALLEL),

@@ -148,11 +148,6 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp",
     raise ValueError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
 
 
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The underlying KExaoneForCausalLM of a DDP wrapper (FSDP2 modifies the module in place)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
-
-
 @contextlib.contextmanager
 def maybe_no_sync(model: nn.Module, skip_sync: bool) -> Iterator[None]:
     """Skip the gradient all-reduce of DDP for the first micro-batches of an accumulation (FSDP2: reduce-scatter

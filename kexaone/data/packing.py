@@ -32,10 +32,30 @@ _ORDER_SALT = 0x0D0C
 
 @dataclass
 class PackedRow:
-    """One row before batching: tokens and per-token document index, both int64 [T]."""
+    """One row before batching: tokens and per-token document index, both int64 [T], and the loss mask (int64 [T],
+    1 = train on the token) when the source stores one."""
 
     input_ids: np.ndarray
     doc_ids: np.ndarray
+    loss_mask: np.ndarray | None = None
+
+
+def eot_mask(doc_mask: np.ndarray) -> int:
+    """Loss-mask value of the eot appended after a document: trained when the document's last token is (an answer
+    that ends the document also teaches the model to stop), not after a masked-out tail."""
+    return int(doc_mask[-1]) if len(doc_mask) else 0
+
+
+def stack_rows(rows: Sequence[PackedRow], with_mask: bool) -> dict[str, torch.Tensor]:
+    """A batch dict from equal-length rows: input_ids, labels (= input_ids), doc_ids, and loss_mask when asked
+    (ones for rows of a source without a mask)."""
+    input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows]))
+    out = {"input_ids": input_ids, "labels": input_ids.clone(),
+           "doc_ids": torch.from_numpy(np.stack([r.doc_ids for r in rows]))}
+    if with_mask:
+        out["loss_mask"] = torch.from_numpy(np.stack([
+            r.loss_mask if r.loss_mask is not None else np.ones_like(r.input_ids) for r in rows]))
+    return out
 
 
 class SourceStream:
@@ -67,6 +87,7 @@ class SourceStream:
     def read(self, start: int, n: int, eot_id: int) -> PackedRow:
         """Stream tokens [start, start + n) with their row-local document ids."""
         out = np.empty(n, dtype=np.int64)
+        mask = np.empty(n, dtype=np.int64) if self.shards.has_loss_mask else None
         is_first = np.zeros(n, dtype=bool)  # True at the first token of a document that starts inside the row
         filled = 0
         epoch, off = divmod(start, self.epoch_tokens)
@@ -82,13 +103,18 @@ class SourceStream:
             out[filled : filled + from_doc] = toks[within : within + from_doc]
             if take > from_doc:  # the piece reaches the eot that closes this document
                 out[filled + from_doc] = eot_id
+            if mask is not None:
+                doc_mask = self.shards.loss_mask(int(docs[j]))
+                mask[filled : filled + from_doc] = doc_mask[within : within + from_doc]
+                if take > from_doc:
+                    mask[filled + from_doc] = eot_mask(doc_mask)
             filled += take
             j, within = j + 1, 0
             if j == len(docs):  # next epoch: a fresh document order
                 epoch += 1
                 docs, ends = self._order(epoch)
                 j = 0
-        return PackedRow(out, np.cumsum(is_first, dtype=np.int64))
+        return PackedRow(out, np.cumsum(is_first, dtype=np.int64), mask)
 
 
 class PackedBatches:
@@ -101,7 +127,8 @@ class PackedBatches:
     value when evaluating on the held-out split.
 
     Each item is a dict of int64 tensors [B_rank, T]: `input_ids`, `labels` (= input_ids, the model shifts; no
-    padding occurs in packed rows, so no -100) and `doc_ids`. `tokens_consumed` counts global tokens.
+    padding occurs in packed rows, so no -100) and `doc_ids`, plus `loss_mask` when a source stores one (see
+    `eot_mask` for the eot after a document). `tokens_consumed` counts global tokens.
     """
 
     def __init__(
@@ -182,9 +209,7 @@ class PackedBatches:
             if j % self.world_size == self.rank:
                 rows.append(self.streams[s].read(k * self.seq_len, self.seq_len, self.eot_id))
         self.step += 1
-        input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows]))
-        doc_ids = torch.from_numpy(np.stack([r.doc_ids for r in rows]))
-        return {"input_ids": input_ids, "labels": input_ids.clone(), "doc_ids": doc_ids}
+        return stack_rows(rows, with_mask=any(s.has_loss_mask for s in self.sources))
 
     # --- resume
     def state_dict(self) -> dict:

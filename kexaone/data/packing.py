@@ -245,11 +245,13 @@ def iter_document_batches(
     doc_indices: np.ndarray,
     seq_len: int,
     batch_size: int,
+    close_with_eot: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Evaluation batches over whole documents, in document order.
 
-    Each document is scored as training sees it after a document boundary: `[eot, t1 .. tn, eot]`, cut into rows of
-    at most `seq_len` tokens that overlap by one token, so every document token and the closing eot is a target
+    Each document is scored as training sees it after a document boundary: `[eot, t1 .. tn, eot]` (without the
+    closing eot when `close_with_eot` is False: bits per byte score the text's own tokens only), cut into rows of
+    at most `seq_len` tokens that overlap by one token, so every document token (and the closing eot) is a target
     exactly once (targets of a row are its positions 1.., predicted from the row's earlier positions). Short rows
     are padded with pad_id, labels -100 there. Yields dicts with `input_ids`, `labels`, `doc_ids` ([B, T] int64)
     and `doc_index` ([B] int64: the document of each row), so losses can be summed per document, tag and byte.
@@ -259,7 +261,7 @@ def iter_document_batches(
     rows: list[tuple[np.ndarray, int]] = []
     eot = shards.eot_id
     for d in np.asarray(doc_indices, dtype=np.int64):
-        toks = np.concatenate([[eot], shards.document(int(d)).astype(np.int64), [eot]])
+        toks = np.concatenate([[eot], shards.document(int(d)).astype(np.int64), [eot] if close_with_eot else []])
         for start in range(0, len(toks) - 1, seq_len - 1):
             rows.append((toks[start : start + seq_len], int(d)))
             if len(rows) == batch_size:

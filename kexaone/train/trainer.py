@@ -41,7 +41,6 @@ from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrie
 from kexaone.train.metrics import MetricsLogger
 from kexaone.train.objectives import Objective
 
-LN2 = math.log(2.0)
 HISTORY_SIZE = 10_000
 """Step records kept in memory for TrainResult.history (the JSONL file has them all)."""
 
@@ -53,8 +52,8 @@ class TrainingDiverged(RuntimeError):
 # ---------------------------------------------------------------------------------------------- held-out data
 @dataclass
 class EvalSet:
-    """Fixed held-out micro-batches, plus the token and UTF-8 byte counts of the documents they come from: their
-    ratio converts the mean CE (nats per token) into bits per byte."""
+    """Fixed held-out micro-batches of whole documents, the number of tokens they score and the UTF-8 bytes of
+    those documents: bits per byte = summed nats / ln 2 / n_bytes (kexaone.model.scoring.bits_per_byte)."""
 
     batches: list[dict[str, torch.Tensor]]
     n_tokens: int
@@ -63,40 +62,37 @@ class EvalSet:
     def __len__(self) -> int:
         return len(self.batches)
 
-    @property
-    def tokens_per_byte(self) -> float:
-        return self.n_tokens / max(1, self.n_bytes)
-
 
 def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch_size: int,
                          max_rows: int) -> EvalSet | None:
-    """Held-out batches from (TokenShards, document indices) pairs: whole documents cut into rows (one document per
-    row, padding labelled -100, see kexaone.data.packing.iter_document_batches), taken one row at a time
-    round-robin over the sources until max_rows, then grouped into batches of batch_size rows. The rows do not
-    depend on batch_size, so runs with different per-rank batches evaluate on the same text. None when there is
-    no held-out document."""
+    """Held-out batches from (TokenShards, document indices) pairs: whole documents, each scored as
+    `[eot, t1 .. tn]` (the text's own tokens, as kexaone.eval.heldout does) and cut into rows of seq_len (one
+    document per row, padding labelled -100, see kexaone.data.packing.iter_document_batches). Documents are taken
+    one at a time round-robin over the sources while their rows fit in max_rows (at least one document), then the
+    rows are grouped into batches of batch_size. The rows do not depend on batch_size, so runs with different
+    per-rank batches evaluate on the same text. None when there is no held-out document."""
     import numpy as np
 
     from kexaone.data.packing import iter_document_batches
 
-    iters, n_tok, n_bytes = [], 0, 0
-    for shards, idx in sources:
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            continue
-        n_tok += int(shards.doc_lengths()[idx].sum()) + len(idx)  # + one eot per document
-        n_bytes += int(shards.doc_bytes[idx].sum())
-        iters.append(iter_document_batches(shards, idx, seq_len, 1))
+    queues = [(shards, [int(d) for d in np.asarray(idx, dtype=np.int64)]) for shards, idx in sources]
+    queues = [q for q in queues if q[1]]
     rows: list[dict[str, torch.Tensor]] = []
-    while iters and len(rows) < max_rows:
-        for it in list(iters):
-            row = next(it, None)
-            if row is None:
-                iters.remove(it)
-                continue
-            rows.append(row)
-            if len(rows) >= max_rows:
+    n_tok = n_bytes = 0
+    full = False
+    while queues and not full:
+        for q in list(queues):
+            shards, docs = q
+            d = docs.pop(0)
+            if not docs:
+                queues.remove(q)
+            doc_rows = list(iter_document_batches(shards, [d], seq_len, 1, close_with_eot=False))
+            if rows and len(rows) + len(doc_rows) > max_rows:
+                full = True
                 break
+            rows += doc_rows
+            n_tok += int(shards.doc_lengths()[d])
+            n_bytes += int(shards.doc_bytes[d])
     if not rows:
         return None
     batches = [{k: torch.cat([r[k] for r in rows[i:i + batch_size]]) for k in ("input_ids", "labels", "doc_ids")}
@@ -509,9 +505,12 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out CE (nats/token) and bits per byte over the EvalSet (batches sharded over ranks under DDP)."""
+        """Held-out CE (nats per scored token) and bits per byte over the EvalSet, scored by
+        kexaone.model.scoring.token_logprobs (batches sharded over ranks under DDP)."""
         if self.eval_set is None or not len(self.eval_set):
             return None
+        from kexaone.model.scoring import bits_per_byte, token_logprobs
+
         self.model.eval()
         shard = not (self.dist.distributed and self.cfg.parallel == "fsdp")
         batches = self.eval_set.batches
@@ -520,17 +519,16 @@ class Trainer:
         nats, count = 0.0, 0
         for batch in mine:
             batch = {k: v.to(self.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
+            scored = batch["labels"] != -100
             with self._autocast():
-                out = net(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
-                          compute_mtp=False)
-            nats += float(out.ce_loss.float()) * n
-            count += n
+                lp = token_logprobs(net, batch["input_ids"], mask=scored, doc_ids=batch.get("doc_ids"))
+            nats -= float(lp.sum())
+            count += int(scored[:, 1:].sum())
         if shard:
             nats, count = all_reduce_sum([nats, float(count)], self.dist)
         self.model.train()
         ce = nats / max(count, 1)
-        bpb = ce / LN2 * self.eval_set.tokens_per_byte
+        bpb = bits_per_byte(nats, self.eval_set.n_bytes) if self.eval_set.n_bytes else float("nan")
         return {"loss": ce, "bpb": bpb, "ppl": math.exp(min(ce, 50.0))}
 
     # ------------------------------------------------------------------ the loop

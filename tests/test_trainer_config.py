@@ -13,7 +13,8 @@ import torch
 from kexaone.train.config import TrainConfig, load_config_file
 from kexaone.train.distributed import DistInfo, all_reduce_mean, any_true, init_distributed, wrap_model
 from kexaone.train.metrics import MetricsLogger, plot_loss_curve, read_expert_loads, read_metrics
-from kexaone.train.pretrain import add_arguments, check_output_dir, config_from_args
+from kexaone.train.pretrain import add_arguments, config_from_args
+from kexaone.train.run import check_output_dir
 
 
 def test_defaults_and_derived_numbers():
@@ -147,7 +148,7 @@ def test_single_process_distributed_helpers(monkeypatch):
 
 
 def test_thread_count_choice(monkeypatch):
-    from kexaone.train.pretrain import set_threads
+    from kexaone.train.run import set_threads
 
     old = torch.get_num_threads()
     try:

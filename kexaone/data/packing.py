@@ -176,10 +176,6 @@ class PackedBatches:
 
     # --- sizes
     @property
-    def local_batch_size(self) -> int:
-        return self.batch_size // self.world_size
-
-    @property
     def tokens_per_step(self) -> int:
         """Global tokens per step (all ranks)."""
         return self.batch_size * self.seq_len

@@ -31,6 +31,7 @@ DEVICES = ("auto", "cpu", "cuda")
 DECAY_SHAPES = ("linear", "1-sqrt")
 FP8_FORMATS = ("e4m3", "e5m2")
 SYNTHETIC_SIZES = ("tiny", "default", "large")
+PACKINGS = ("stream", "document")
 
 Need = Callable[[bool, str, str], None]
 
@@ -93,8 +94,15 @@ class DataSection:
     """rows per micro-batch per rank"""
     grad_accum: int = 1
     """micro-batches per optimizer step (global batch = batch_size x world size x grad_accum rows)"""
+    packing: str = opt("stream", choices=PACKINGS)
+    """how documents become rows: stream (one token stream cut into full rows; documents run across rows) or
+    document (whole documents placed best-fit, the rest padded; kexaone.data.docpacking)"""
+    truncate_documents: bool = True
+    """with --packing document: a document longer than seq_len keeps its first seq_len tokens (else it gets a row
+    of its own and that batch widens, so no token is dropped)"""
 
     def _check_data(self, need: Need) -> None:
+        need(self.packing in PACKINGS, "packing", f"choose one of {list(PACKINGS)}")
         for name in ("seq_len", "batch_size", "grad_accum"):
             need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(_is_int(self.workers) and self.workers >= 0, "workers", "must be an integer >= 0")

@@ -99,15 +99,6 @@ def any_true(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
-    """Element-wise mean over ranks of a few floats (for logging)."""
-    if not info.distributed:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return (t / info.world_size).tolist()
-
-
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if not info.distributed:
         return list(values)

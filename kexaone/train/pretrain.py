@@ -98,6 +98,7 @@ def _tokenize_sources(specs: Sequence[str], tok: Any, workers: int, is_main: boo
 def build_train_data(cfg: TrainConfig, tok: Any, dist: Any) -> tuple[Any, list[tuple[Any, Any]]]:
     """(training batches, held-out (TokenShards, document indices) pairs). The loader's batch is the GLOBAL batch
     (batch_size x world size rows per micro-batch); each rank receives its own rows."""
+    from kexaone.data.docpacking import DocumentPackedBatches
     from kexaone.data.packing import PackedBatches
     from kexaone.train.distributed import barrier
 
@@ -105,8 +106,11 @@ def build_train_data(cfg: TrainConfig, tok: Any, dist: Any) -> tuple[Any, list[t
     if cfg.data and not cfg.mix_synthetic:
         sources = _tokenize_sources(cfg.data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
         _check_vocab([s for s, _ in sources], tok)
-        data = PackedBatches(sources, cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank,
-                             world_size=dist.world_size, heldout=HELDOUT_FRACTION)
+        packer, extra = PackedBatches, {}
+        if cfg.packing == "document":
+            packer, extra = DocumentPackedBatches, {"truncate": cfg.truncate_documents}
+        data = packer(sources, cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
+                      heldout=HELDOUT_FRACTION, **extra)
         heldout = [(s, s.split_indices(HELDOUT_FRACTION)[1]) for s, _ in sources]
         return data, heldout
     return _synthetic_curriculum(cfg, tok, dist, global_rows)
@@ -149,6 +153,10 @@ def _synthetic_curriculum(cfg: TrainConfig, tok: Any, dist: Any, global_rows: in
     tokenizes the corpus (cached under cache_root()); the other ranks then read the cache."""
     from kexaone.data.curriculum import synthetic_training_data
     from kexaone.train.distributed import barrier
+
+    if cfg.packing != "stream":
+        raise ValueError(f"--packing {cfg.packing} needs your own --data (without --mix-synthetic): the synthetic "
+                         "curriculum packs token streams")
 
     total_tokens = cfg.total_steps(dist.world_size) * cfg.tokens_per_step(dist.world_size)
 

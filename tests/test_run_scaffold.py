@@ -82,7 +82,8 @@ def test_init_from_starts_from_the_checkpoint(checkpoint, tmp_path, monkeypatch,
     out = tmp_path / "run"
     # An LR far below every weight's rounding step and no bias update: one step leaves the weights as loaded.
     cfg = TrainConfig(init_from=str(checkpoint / "model"), data=[str(checkpoint / "train.txt")], max_steps=1,
-                      seq_len=32, batch_size=2, lr=1e-30, bias_update_rate=0.0, eval_batches=0, out=str(out),
+                      seq_len=32, batch_size=2, lr=1e-30, bias_update_rate=0.0, mtp_loss_weight=0.2,
+                      eval_batches=0, out=str(out),
                       progress=False, tensorboard=False, threads=1, peak_flops=1e12, workers=1)
     res = run_pretraining(cfg)
     start = KExaoneForCausalLM.from_pretrained(checkpoint / "model").state_dict()
@@ -92,6 +93,9 @@ def test_init_from_starts_from_the_checkpoint(checkpoint, tmp_path, monkeypatch,
     record = json.loads((out / "result.json").read_text())
     assert record["stage"] == "pretrain" and record["steps"] == 1 and record["objective"]["name"] == "pretrain"
     assert record["model_dir"] == str(res.model_dir)
+    # The run's loss weights live in the model config (the export records what it trained with).
+    exported = json.loads((res.model_dir / "config.json").read_text())
+    assert exported["kexaone"]["mtp_loss_weight"] == 0.2 and record["objective"]["weights"]["mtp"] == 0.2
 
 
 def test_init_from_errors(checkpoint, tmp_path):

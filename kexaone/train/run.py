@@ -201,6 +201,13 @@ def load_tokenizer(cfg: Any, out: Path, preset_vocab: int, is_main: bool, barrie
 
 
 # ---------------------------------------------------------------------------------------------- model
+def loss_weight_overrides(cfg: Any) -> dict[str, float]:
+    """The loss weights a run sets (ObjectiveSection fields that are not None): written into the model config, so
+    the model config is the one place a run's weights live (objectives read it through resolve_weights)."""
+    names = ("aux_loss_coef", "mtp_loss_weight", "bias_update_rate")
+    return {n: getattr(cfg, n) for n in names if getattr(cfg, n, None) is not None}
+
+
 def build_model_config(cfg: Any, tokenizer: Any) -> Any:
     """Preset + overrides, with the vocabulary and special ids of the tokenizer and the run's loss coefficients
     (kept in the model config so the export records what the run trained with)."""
@@ -209,10 +216,7 @@ def build_model_config(cfg: Any, tokenizer: Any) -> Any:
     mc = KExaoneConfig.preset(cfg.preset)
     changes: dict[str, Any] = dict(cfg.model_overrides)
     changes.update(vocab_size=int(tokenizer.vocab_size), pad_token_id=tokenizer.pad_id,
-                   eos_token_id=tokenizer.eos_id, bos_token_id=None)
-    for name in ("aux_loss_coef", "mtp_loss_weight", "bias_update_rate"):
-        if getattr(cfg, name, None) is not None:
-            changes[name] = getattr(cfg, name)
+                   eos_token_id=tokenizer.eos_id, bos_token_id=None, **loss_weight_overrides(cfg))
     unknown = sorted(set(cfg.model_overrides) - set(KExaoneConfig.__dataclass_fields__))
     if unknown:
         raise ValueError(f"model_overrides has unknown KExaoneConfig field(s) {unknown}")
@@ -230,6 +234,7 @@ def build_model(cfg: Any, tokenizer: Any) -> Any:
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init-from checkpoint "
                              f"{cfg.init_from} only {model.config.vocab_size}; use the checkpoint's tokenizer")
+        model.config = model.config.replace(**loss_weight_overrides(cfg))
     else:
         model = KExaoneForCausalLM(build_model_config(cfg, tokenizer))
     model.gradient_checkpointing = cfg.activation_checkpointing

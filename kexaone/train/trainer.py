@@ -68,8 +68,8 @@ def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch
     """Held-out batches from (TokenShards, document indices) pairs: whole documents, each scored as
     `[eot, t1 .. tn]` (the text's own tokens, as kexaone.eval.heldout does) and cut into rows of seq_len (one
     document per row, padding labelled -100, see kexaone.data.packing.iter_document_batches). Documents are taken
-    one at a time round-robin over the sources while their rows fit in max_rows (at least one document), then the
-    rows are grouped into batches of batch_size. The rows do not depend on batch_size, so runs with different
+    one at a time round-robin over the sources, each only if all its rows still fit in max_rows (the first always
+    does), until max_rows or the documents run out; then the rows are grouped into batches of batch_size. The rows do not depend on batch_size, so runs with different
     per-rank batches evaluate on the same text. None when there is no held-out document."""
     import numpy as np
 
@@ -79,8 +79,7 @@ def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch
     queues = [q for q in queues if q[1]]
     rows: list[dict[str, torch.Tensor]] = []
     n_tok = n_bytes = 0
-    full = False
-    while queues and not full:
+    while queues and len(rows) < max_rows:
         for q in list(queues):
             shards, docs = q
             d = docs.pop(0)
@@ -88,8 +87,7 @@ def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch
                 queues.remove(q)
             doc_rows = list(iter_document_batches(shards, [d], seq_len, 1, close_with_eot=False))
             if rows and len(rows) + len(doc_rows) > max_rows:
-                full = True
-                break
+                continue  # does not fit in the rows left: a later, shorter document may
             rows += doc_rows
             n_tok += int(shards.doc_lengths()[d])
             n_bytes += int(shards.doc_bytes[d])

@@ -18,7 +18,8 @@ from kexaone.model.transformer import KExaoneForCausalLM
 from kexaone.train.checkpoint import CheckpointManager
 from kexaone.train.config import TrainConfig
 from kexaone.train.metrics import read_expert_loads, read_metrics
-from kexaone.train.trainer import Trainer, TrainingDiverged, eval_set_from_shards
+from kexaone.train.evaluation import eval_set_from_shards
+from kexaone.train.trainer import Trainer, TrainingDiverged
 
 LN2 = math.log(2.0)
 

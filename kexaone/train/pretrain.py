@@ -121,7 +121,7 @@ def build_eval_data(cfg: TrainConfig, tok: Any, heldout: list[tuple[Any, Any]], 
     import warnings
 
     from kexaone.train.distributed import barrier
-    from kexaone.train.trainer import eval_set_from_shards
+    from kexaone.train.evaluation import eval_set_from_shards
 
     if cfg.eval_data:
         sources = _tokenize_sources(cfg.eval_data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))

@@ -39,6 +39,7 @@ from torch import nn
 from kexaone.train.config import TrainConfig
 from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrier, maybe_no_sync, wrap_model
 from kexaone.train.metrics import MetricsLogger
+from kexaone.train.evaluation import EvalSet
 from kexaone.train.objectives import Objective
 
 HISTORY_SIZE = 10_000
@@ -47,55 +48,6 @@ HISTORY_SIZE = 10_000
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient; the last good checkpoint is left intact."""
-
-
-# ---------------------------------------------------------------------------------------------- held-out data
-@dataclass
-class EvalSet:
-    """Fixed held-out micro-batches of whole documents, the number of tokens they score and the UTF-8 bytes of
-    those documents: bits per byte = summed nats / ln 2 / n_bytes (kexaone.model.scoring.bits_per_byte)."""
-
-    batches: list[dict[str, torch.Tensor]]
-    n_tokens: int
-    n_bytes: int
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-
-def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch_size: int,
-                         max_rows: int) -> EvalSet | None:
-    """Held-out batches from (TokenShards, document indices) pairs: whole documents, each scored as
-    `[eot, t1 .. tn]` (the text's own tokens, as kexaone.eval.heldout does) and cut into rows of seq_len (one
-    document per row, padding labelled -100, see kexaone.data.packing.iter_document_batches). Documents are taken
-    one at a time round-robin over the sources, each only if all its rows still fit in max_rows (the first always
-    does), until max_rows or the documents run out; then the rows are grouped into batches of batch_size. The rows do not depend on batch_size, so runs with different
-    per-rank batches evaluate on the same text. None when there is no held-out document."""
-    import numpy as np
-
-    from kexaone.data.packing import iter_document_batches
-
-    queues = [(shards, [int(d) for d in np.asarray(idx, dtype=np.int64)]) for shards, idx in sources]
-    queues = [q for q in queues if q[1]]
-    rows: list[dict[str, torch.Tensor]] = []
-    n_tok = n_bytes = 0
-    while queues and len(rows) < max_rows:
-        for q in list(queues):
-            shards, docs = q
-            d = docs.pop(0)
-            if not docs:
-                queues.remove(q)
-            doc_rows = list(iter_document_batches(shards, [d], seq_len, 1, close_with_eot=False))
-            if rows and len(rows) + len(doc_rows) > max_rows:
-                continue  # does not fit in the rows left: a later, shorter document may
-            rows += doc_rows
-            n_tok += int(shards.doc_lengths()[d])
-            n_bytes += int(shards.doc_bytes[d])
-    if not rows:
-        return None
-    batches = [{k: torch.cat([r[k] for r in rows[i:i + batch_size]]) for k in ("input_ids", "labels", "doc_ids")}
-               for i in range(0, len(rows), batch_size)]
-    return EvalSet(batches, n_tok, n_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- MFU helpers
@@ -507,21 +459,14 @@ class Trainer:
         kexaone.model.scoring.token_logprobs (batches sharded over ranks under DDP)."""
         if self.eval_set is None or not len(self.eval_set):
             return None
-        from kexaone.model.scoring import bits_per_byte, token_logprobs
+        from kexaone.model.scoring import bits_per_byte
+        from kexaone.train.evaluation import heldout_nats
 
         self.model.eval()
         shard = not (self.dist.distributed and self.cfg.parallel == "fsdp")
         batches = self.eval_set.batches
         mine = batches[self.dist.rank::self.dist.world_size] if shard else batches
-        net = self.raw_model if shard else self.model
-        nats, count = 0.0, 0
-        for batch in mine:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            scored = batch["labels"] != -100
-            with self._autocast():
-                lp = token_logprobs(net, batch["input_ids"], mask=scored, doc_ids=batch.get("doc_ids"))
-            nats -= float(lp.sum())
-            count += int(scored[:, 1:].sum())
+        nats, count = heldout_nats(self.raw_model if shard else self.model, mine, self.device, self._autocast)
         if shard:
             nats, count = all_reduce_sum([nats, float(count)], self.dist)
         self.model.train()

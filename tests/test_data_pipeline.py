@@ -308,3 +308,13 @@ def test_packing_laws(tmp_path, lengths, seq_len, world, seed):
     if len(stream) >= epoch_len:
         named = [d for d in seen if d is not None]
         assert sorted(named) == [i for i, n in enumerate(lengths) if n > 0]
+
+
+def test_line_eol_mode_keeps_line_endings_and_bad_utf8_names_the_file(tmp_path):
+    f = tmp_path / "c.txt"
+    f.write_bytes(b"first doc\r\n\n  \nsecond doc")
+    assert list(iter_documents(str(f), txt_mode="line_eol")) == ["first doc\r\n", "second doc"]
+    assert list(iter_documents(str(f))) == ["first doc", "second doc"]
+    (tmp_path / "bad.txt").write_bytes(b"ok\n\xff\xfe\n")
+    with pytest.raises(ValueError, match=r"bad.txt: not UTF-8 text \(byte 3"):
+        list(iter_documents(str(tmp_path / "bad.txt")))

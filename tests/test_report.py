@@ -158,3 +158,65 @@ def test_machine_info_describes_this_machine():
     assert info["memory_bytes"] is None or info["memory_bytes"] > 0
     assert set(info["git"]) == {"commit", "dirty"}
     json.dumps(info)
+
+
+def test_report_data_is_computed_apart_from_rendering(run_dir):
+    from kexaone.report.data import Missing, collect, headline
+
+    data = collect(run_dir, MACHINE)
+    assert data.model == Missing("the pretrain stage recorded no model_dir.")
+    tok = data.tokenizer
+    assert [(r.group, r.bytes) for r in tok.rows] == [("facts/en", 1200), ("code/py", 800)]
+    assert tok.rows[0].superbpe_bytes_per_token == 4.0 and tok.rows[0].bpe_bytes_per_token == 3.0
+    assert tok.total.ratio == pytest.approx((2000 / 500) / (2000 / 600))
+    p = data.pretrain
+    assert [(s.name, s.first_step, s.last_step, s.tokens) for s in p.stages] == [
+        ("foundation", 1, 10, 1000), ("expertise", 11, 20, 1000), ("reasoning", 21, 30, 1000)]
+    assert p.stages[0].loss_start == pytest.approx(4.9) and p.stages[2].loss_end == pytest.approx(2.0)
+    assert p.curves.heldout == ([10, 20, 30], [4.0, 3.0, 2.0])
+    assert p.curves.ce[0] == list(range(1, 31)) and p.curves.ce[1][0] == pytest.approx(4.8)
+    assert p.max_vio.first_step == 1 and list(p.max_vio.by_layer) == ["MoE 0", "MoE 1"]
+    assert p.expert_load.step == 30 and p.expert_load.load_LE.shape == (2, 4)
+    assert data.eval.tasks[0].above_baseline and data.eval.heldout[0].untrained_bits_per_byte == 3.0
+    assert headline(data) == build_report(run_dir, machine=MACHINE)[1]
+
+
+def test_model_section_counts_parameters_of_the_saved_config(tmp_path):
+    from kexaone.config import KExaoneConfig
+    from kexaone.model.info import count_parameters
+
+    def pretrain(ctx):
+        (ctx.stage_dir / "model").mkdir()
+        KExaoneConfig.preset("tiny").save_json(ctx.stage_dir / "model" / "config.json")
+        return {"model_dir": ctx.rel(ctx.stage_dir / "model")}
+
+    StageRunner(tmp_path, [Stage("pretrain", pretrain)], {"budget": {"name": "tiny"}}, log=lambda s: None).run()
+    doc, _ = build_report(tmp_path, machine=MACHINE)
+    (counts,) = [b for b in doc.blocks if isinstance(b, Table) and b.headers == ["parameters", "count"]]
+    total = count_parameters(KExaoneConfig.preset("tiny"))["total"]
+    assert ["total", f"{total:,}"] in counts.rows
+
+
+def test_errors_in_finished_stages_raise_instead_of_becoming_report_text(tmp_path, run_dir):
+    (run_dir / "tokenizer" / "tokenizer_eval.json").write_text("{not json")
+    with pytest.raises(json.JSONDecodeError):
+        build_report(run_dir, machine=MACHINE)
+
+    def broken(ctx):
+        (ctx.stage_dir / "model").mkdir()
+        (ctx.stage_dir / "model" / "config.json").write_text('{"hidden_size": "wide"}')
+        return {"model_dir": ctx.rel(ctx.stage_dir / "model")}
+
+    StageRunner(tmp_path / "b", [Stage("pretrain", broken)], {}, log=lambda s: None).run()
+    with pytest.raises((ValueError, TypeError)):
+        build_report(tmp_path / "b", machine=MACHINE)
+
+
+def test_missing_expert_loads_are_a_named_condition(run_dir):
+    import shutil
+
+    shutil.rmtree(run_dir / "pretrain" / "expert_load")
+    doc, summary = build_report(run_dir, machine=MACHINE)
+    assert any(isinstance(b, Para) and b.text == "no expert-load matrices were saved." for b in doc.blocks)
+    assert "expert_load" not in [b.name for b in doc.blocks if isinstance(b, Figure)]
+    assert summary["max_vio_first"] == pytest.approx(1.5)

@@ -52,3 +52,69 @@ def test_errors_are_reported(tmp_path, capsys):
     assert main(["tokenizer", "eval", "--tokenizer", str(tmp_path), "--input", str(tmp_path)]) == 2
     with pytest.raises(SystemExit):
         main(["tokenizer", "train", "--input", "x", "--vocab-size", "400", "--out", "o", "--allocation", "en2"])
+
+
+# ---------------------------------------------------------------------------------------------- input formats
+# Every input format is read by kexaone.data.sources: the tokenizer must see each record's text, never the bytes of
+# the container. The check: the bytes the trainer counted per language add up to the documents' text exactly.
+DOCS = [EN.strip(), KO.strip(), "the river was cold and the night was long"] * 30
+
+
+def _train(tmp_path, *inputs: str, extra: tuple[str, ...] = ()) -> int:
+    return main(["tokenizer", "train", "--input", *inputs, "--vocab-size", "400", "--out", str(tmp_path / "tok"),
+                 "--superword-fraction", "0.3", "--workers", "1", "--quiet", *extra])
+
+
+def _counted_bytes(tmp_path) -> int:
+    stats = json.loads((tmp_path / "tok" / "superbpe_training.json").read_text())
+    return sum(stats["bytes_per_language"].values())
+
+
+def test_train_reads_the_text_column_of_a_parquet_file(tmp_path, capsys):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": list(range(len(DOCS))), "body": DOCS}), tmp_path / "d.parquet")
+    assert _train(tmp_path, str(tmp_path / "d.parquet")) == 2
+    err = capsys.readouterr().err
+    assert "d.parquet" in err and "no column 'text'" in err and "'body'" in err and "--text-field" in err
+    assert _train(tmp_path, str(tmp_path / "d.parquet"), extra=("--text-field", "body")) == 0
+    assert _counted_bytes(tmp_path) == sum(len(d.encode("utf-8")) for d in DOCS)
+
+
+def test_train_names_the_jsonl_record_without_the_text_field(tmp_path, capsys):
+    f = tmp_path / "d.jsonl"
+    rows = [{"content": d, "meta": i} for i, d in enumerate(DOCS)]
+    f.write_text("\n".join(json.dumps(r, ensure_ascii=False) for r in rows) + "\n", encoding="utf-8")
+    assert _train(tmp_path, str(f)) == 2
+    err = capsys.readouterr().err
+    assert f"{f}:1: record has no 'text' field (fields: ['content', 'meta'])" in err and "--text-field" in err
+    assert not (tmp_path / "tok").exists()
+    assert _train(tmp_path, str(f), extra=("--text-field", "content")) == 0
+    assert _counted_bytes(tmp_path) == sum(len(d.encode("utf-8")) for d in DOCS)
+
+
+def test_train_reads_a_datasets_directory(tmp_path, capsys):
+    datasets = pytest.importorskip("datasets")
+    datasets.Dataset.from_dict({"text": DOCS, "n": list(range(len(DOCS)))}).save_to_disk(str(tmp_path / "hfds"))
+    assert _train(tmp_path, str(tmp_path / "hfds")) == 0
+    assert _counted_bytes(tmp_path) == sum(len(d.encode("utf-8")) for d in DOCS)
+    assert _train(tmp_path, str(tmp_path / "hfds"), extra=("--text-field", "body")) == 2
+    assert "no column 'body'" in capsys.readouterr().err
+
+
+def test_eval_measures_the_documents_text_not_the_json_lines(tmp_path):
+    from kexaone.tokenizer import KExaoneTokenizer
+    from kexaone.tokenizer.superbpe import train_superbpe
+
+    train_superbpe([(d, None) for d in DOCS], 400, out_dir=tmp_path / "tok", workers=1, show_progress=False)
+    f = tmp_path / "d.jsonl"
+    f.write_text("".join(json.dumps({"text": d, "domain": "x"}, ensure_ascii=False) + "\n" for d in DOCS[:3]),
+                 encoding="utf-8")
+    assert main(["tokenizer", "eval", "--tokenizer", str(tmp_path / "tok"), "--input", str(f), "--json",
+                 str(tmp_path / "rows.json")]) == 0
+    (row,) = json.loads((tmp_path / "rows.json").read_text())
+    tok = KExaoneTokenizer.from_dir(tmp_path / "tok")
+    assert row["name"] == "d"
+    assert row["bytes"] == sum(len(d.encode("utf-8")) for d in DOCS[:3])
+    assert row["tokens"] == sum(len(tok.encode(d)) for d in DOCS[:3])

@@ -15,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from kexaone.data.sources import TXT_MODES  # light: the readers import pyarrow/datasets only when used
+
 HELP = "prepare data: write the synthetic corpus, tokenize sources, inspect token caches, export held-out tasks"
 
 
@@ -30,8 +32,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     t.add_argument("--tokenizer", required=True, help="tokenizer directory (tokenizer.json)")
     t.add_argument("--cache", required=True, help="cache directory for the token shards")
     t.add_argument("--text-field", default="text", help="JSONL field / Parquet column holding the text")
-    t.add_argument("--txt-mode", default="line", choices=("line", "file"),
-                   help="plain text: one document per line, or one per file")
+    t.add_argument("--txt-mode", default="line", choices=TXT_MODES,
+                   help="plain text: one document per line, one per file, or per line with its line ending")
     t.add_argument("--workers", type=int, default=None, help="parallel encode calls (default: CPU cores, <= 8)")
 
     i = sub.add_parser("info", help="describe a token-shard cache directory")

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from kexaone.data.sources import Document, SourceSpec, iter_tagged_documents, parse_spec, source_fingerprint
-from kexaone.utils.io import atomic_write_text, fsync_dir
+from kexaone.utils.io import atomic_write_text, ensure_writable_dir, fsync_dir
 
 FORMAT = "kexaone-token-shards"
 VERSION = 1
@@ -444,9 +444,7 @@ def build_token_shards(
     if chunk_docs < 1 or shard_tokens < 1:
         raise ValueError(f"chunk_docs and shard_tokens must be >= 1, got {chunk_docs}, {shard_tokens}")
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if not os.access(out_dir, os.W_OK):
-        raise ValueError(f"token cache directory {out_dir} is not writable")
+    ensure_writable_dir(out_dir, "token cache directory")
 
     where = "documents"
     content_key: str | None = None

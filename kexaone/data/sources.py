@@ -2,7 +2,8 @@
 
 A *source spec* is a string naming where documents come from, optionally followed by `@weight` for mixtures:
 
-- `corpus.txt`            one document per non-empty line (or the whole file with `txt_mode="file"`)
+- `corpus.txt`            one document per non-empty line (or the whole file with `txt_mode="file"`; with
+                          `txt_mode="line_eol"` each line keeps its line ending, as the tokenizer wants to see it)
 - `data.jsonl`            one JSON object per line; the document is its `text` field (configurable)
 - `data.parquet`          the `text` column (configurable)
 - `src/*.py`, `notes.md`  source code and markup files: one document per file, tagged "code/<extension>"
@@ -15,8 +16,9 @@ A *source spec* is a string naming where documents come from, optionally followe
 Documents may carry a *tag* ("domain/lang") used to report held-out loss per domain and language: JSONL records and
 Parquet rows with `domain` (and `lang`) fields get the tag from them, other documents the source's file stem.
 
-This module only reads text; tokenization and caching live in `kexaone.data.shards`, sampling in
-`kexaone.data.packing`.
+This module is the one document reader: the token-shard cache, the speedrun's corpus and the tokenizer's training
+and evaluation all read through it. It only reads text; tokenization and caching live in `kexaone.data.shards`,
+sampling in `kexaone.data.packing`.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ CODE_SUFFIXES = (".py", ".js", ".ts", ".tsx", ".jsx", ".java", ".go", ".rs", ".c
                  ".cs", ".rb", ".php", ".sh", ".swift", ".kt", ".scala", ".lua", ".sql", ".md", ".rst", ".tex",
                  ".html", ".css", ".toml", ".yaml", ".yml")
 SUPPORTED_SUFFIXES = TEXT_SUFFIXES + JSONL_SUFFIXES + PARQUET_SUFFIXES + CODE_SUFFIXES
-TXT_MODES = ("line", "file")
+TXT_MODES = ("line", "file", "line_eol")
 HUB_PREFIX = "hf:"
 # Files whose presence marks a directory written by `datasets` save_to_disk.
 _HF_MARKERS = ("dataset_info.json", "state.json", "dataset_dict.json")
@@ -148,23 +150,25 @@ def _check_text(value: object, where: str, field: str) -> str:
 
 def _read_txt(path: Path, txt_mode: str) -> Iterator[Document]:
     tag = path.stem
-    with open(path, encoding="utf-8", errors="strict", newline="") as f:
-        if txt_mode == "file":
-            text = f.read()
-            if text.strip():
-                yield Document(text, tag)
-            return
-        for line in f:
-            line = line.rstrip("\r\n")
-            if line.strip():
-                yield Document(line, tag)
+    try:
+        with open(path, encoding="utf-8", errors="strict", newline="") as f:
+            if txt_mode == "file":
+                text = f.read()
+                if text.strip():
+                    yield Document(text, tag)
+                return
+            for line in f:
+                if line.strip():
+                    yield Document(line if txt_mode == "line_eol" else line.rstrip("\r\n"), tag)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
 
 
 def _read_code(path: Path) -> Iterator[Document]:
     try:
         text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise ValueError(f"{path}: not UTF-8 text") from None
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: not UTF-8 text (byte {e.start}: {e.reason})") from None
     if text.strip():
         yield Document(text, f"code/{path.suffix.lower().lstrip('.')}")
 
@@ -184,7 +188,7 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
             if text_field not in record:
                 raise ValueError(
                     f"{path}:{lineno}: record has no {text_field!r} field (fields: {sorted(record)[:10]}); "
-                    "choose the field with text_field="
+                    "name the text field (text_field=, --text-field)"
                 )
             text = _check_text(record[text_field], f"{path}:{lineno}", text_field)
             if text.strip():
@@ -201,7 +205,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
         raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
     names = pf.schema_arrow.names
     if text_field not in names:
-        raise ValueError(f"{path}: Parquet file has no column {text_field!r} (columns: {names[:10]})")
+        raise ValueError(f"{path}: Parquet file has no column {text_field!r} (columns: {names[:10]}); "
+                         "name the text column (text_field=, --text-field)")
     cols = [c for c in (text_field, "domain", "lang") if c in names]
     for batch in pf.iter_batches(columns=cols, batch_size=4096):
         data = batch.to_pydict()
@@ -217,7 +222,8 @@ def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
 def _iter_hf_dataset(ds, where: str, text_field: str, default_tag: str) -> Iterator[Document]:
     columns = getattr(ds, "column_names", None)
     if columns is not None and text_field not in columns:
-        raise ValueError(f"{where}: dataset has no column {text_field!r} (columns: {list(columns)[:10]})")
+        raise ValueError(f"{where}: dataset has no column {text_field!r} (columns: {list(columns)[:10]}); "
+                         "name the text column (text_field=, --text-field)")
     for row in ds:
         text = row.get(text_field)
         if text is None:
@@ -322,10 +328,3 @@ def source_fingerprint(spec: str, text_field: str = "text", txt_mode: str = "lin
                     h.update(block)
     return h.hexdigest()
 
-
-def normalize_weights(specs: list[SourceSpec]) -> list[float]:
-    """Mixture weights scaled to sum 1."""
-    total = sum(s.weight for s in specs)
-    if total <= 0:
-        raise ValueError(f"mixture weights must sum to a positive number, got {[s.weight for s in specs]}")
-    return [s.weight / total for s in specs]

@@ -140,26 +140,18 @@ def _strides_16b_aligned(t: torch.Tensor) -> bool:
 
 def grouped_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
     """out[rows of group e] = x[rows of group e] @ w[e]; rows are sorted by group, `offs_E` (int32) holds the
-    cumulative row counts (offs[-1] == M). Returns [M, N]. Autograd-friendly, and traceable by torch.compile."""
-    native = native_grouped_mm_supported(x_MK) and _strides_16b_aligned(x_MK) and _strides_16b_aligned(w_EKN)
-    if torch.compiler.is_compiling() and not (native and x_MK.dtype == torch.bfloat16):
-        # The compiler only knows how to trace `_grouped_mm` in bf16; other dtypes go through an opaque op.
-        return _grouped_mm_op(x_MK, w_EKN, offs_E)
-    if native:
+    cumulative row counts (offs[-1] == M). Returns [M, N]. Autograd-friendly."""
+    if native_grouped_mm_supported(x_MK) and _strides_16b_aligned(x_MK) and _strides_16b_aligned(w_EKN):
         return _ContiguousGrad.apply(torch._grouped_mm(x_MK, w_EKN, offs=offs_E))
     return _segment_mm(x_MK, w_EKN, offs_E)
-
-
-def _segment_counts(offs_E: torch.Tensor) -> list[int]:
-    return torch.diff(offs_E.long(), prepend=offs_E.new_zeros(1).long()).tolist()  # host sync: fallback only
 
 
 def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
                 counts: list[int] | None = None) -> torch.Tensor:
     """One matmul per non-empty expert: the fallback where `torch._grouped_mm` is missing (for example CUDA fp32,
     or pre-Ampere GPUs), and the CPU path for a few rows (decode). `counts` (rows per expert) when already known."""
-    if counts is None:
-        counts = _segment_counts(offs_E)
+    if counts is None:  # a host sync: this path is the fallback, or used where syncing is free (CPU)
+        counts = torch.diff(offs_E.long(), prepend=offs_E.new_zeros(1).long()).tolist()
     outs = []
     start = 0
     for e, c in enumerate(counts):  # slice only the non-empty experts (a split would make E views)
@@ -169,55 +161,6 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
     if not outs:
         return x_MK.new_zeros(0, w_EKN.shape[-1])
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
-
-
-# An opaque custom op for torch.compile: the compiler sees only its output shape (fake impl) and its autograd
-# formula, and the eager kernels above run inside it.
-@torch.library.custom_op("kexaone::grouped_mm", mutates_args=())
-def _grouped_mm_op(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    if native_grouped_mm_supported(x_MK) and _strides_16b_aligned(x_MK) and _strides_16b_aligned(w_EKN):
-        return torch._grouped_mm(x_MK, w_EKN, offs=offs_E)
-    return _segment_mm(x_MK, w_EKN, offs_E)
-
-
-@_grouped_mm_op.register_fake
-def _(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    return x_MK.new_empty(x_MK.shape[0], w_EKN.shape[-1])
-
-
-@torch.library.custom_op("kexaone::grouped_mm_wgrad", mutates_args=())
-def _grouped_mm_wgrad_op(x_MK: torch.Tensor, grad_MN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    """[E, K, N]: per group, x[rows]^T @ grad[rows] (the weight gradient of grouped_mm)."""
-    x_KM = x_MK.t()
-    if native_grouped_mm_supported(x_MK) and _strides_16b_aligned(x_KM) and _strides_16b_aligned(grad_MN):
-        return torch._grouped_mm(x_KM, grad_MN, offs=offs_E)
-    counts = _segment_counts(offs_E)
-    out = x_MK.new_zeros(len(counts), x_MK.shape[1], grad_MN.shape[1])
-    for e, (xs, gs) in enumerate(zip(x_MK.split(counts), grad_MN.split(counts))):
-        if counts[e] > 0:
-            out[e] = xs.t() @ gs
-    return out
-
-
-@_grouped_mm_wgrad_op.register_fake
-def _(x_MK: torch.Tensor, grad_MN: torch.Tensor, offs_E: torch.Tensor) -> torch.Tensor:
-    return x_MK.new_empty(offs_E.shape[0], x_MK.shape[1], grad_MN.shape[1])
-
-
-def _grouped_mm_setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    x_MK, w_EKN, offs_E = inputs
-    ctx.save_for_backward(x_MK, w_EKN, offs_E)
-
-
-def _grouped_mm_backward(ctx: Any, grad_MN: torch.Tensor) -> tuple:
-    x_MK, w_EKN, offs_E = ctx.saved_tensors
-    grad_MN = grad_MN.contiguous()
-    dx = _grouped_mm_op(grad_MN, w_EKN.transpose(-2, -1), offs_E) if ctx.needs_input_grad[0] else None
-    dw = _grouped_mm_wgrad_op(x_MK, grad_MN, offs_E).to(w_EKN.dtype) if ctx.needs_input_grad[1] else None
-    return dx, dw, None
-
-
-_grouped_mm_op.register_autograd(_grouped_mm_backward, setup_context=_grouped_mm_setup_context)
 
 
 def count_per_expert(topk_idx_NK: torch.Tensor, num_experts: int, keep_NK: torch.Tensor | None = None) -> torch.Tensor:

@@ -63,10 +63,6 @@ class Document:
     title: str
     blocks: list[Block] = field(default_factory=list)
 
-    def add(self, *blocks: Block) -> "Document":
-        self.blocks.extend(blocks)
-        return self
-
 
 def _md_cell(s: str) -> str:
     return str(s).replace("\\", "\\\\").replace("|", "\\|").replace("\n", " ")

@@ -2,7 +2,7 @@
 expert-load heat map, MaxVio over time, accuracy against baselines, tokenizer bytes per token.
 
 Each function takes plain lists/arrays (what the run's JSON files hold) and returns the encoded PNG; none reads
-files or decides what to plot.
+files or decides what to plot (`kexaone.report.data` does).
 """
 
 from __future__ import annotations
@@ -28,19 +28,25 @@ def _png(fig) -> bytes:
 
 
 def loss_curves(series: Mapping[str, tuple[Sequence[float], Sequence[float]]],
-                heldout: tuple[Sequence[float], Sequence[float]] | None = None, xlabel: str = "step",
+                heldout: tuple[Sequence[float], Sequence[float]] | None = None,
+                ce: tuple[Sequence[float], Sequence[float]] | None = None, xlabel: str = "step",
                 title: str = "training loss by curriculum stage") -> bytes:
-    """One coloured line per curriculum stage ({stage: (x, loss)}), plus held-out loss points if given."""
+    """The one training-loss figure (report card and `kexaone pretrain` alike): the total training loss as one
+    coloured line per curriculum stage ({stage: (x, loss)}), the training CE dashed when given (the held-out loss
+    is a CE, so this is the curve to compare it with), and the held-out loss points when given."""
     fig, ax = plt.subplots(figsize=(8, 4))
     for i, (name, (x, y)) in enumerate(series.items()):
         ax.plot(x, y, color=_STAGE_COLORS[i % len(_STAGE_COLORS)], lw=1.2, label=name)
+    if ce is not None and len(ce[0]):
+        ax.plot(ce[0], ce[1], color="#7f7f7f", ls="--", lw=0.9, label="training CE")
     if heldout is not None and len(heldout[0]):
-        ax.plot(heldout[0], heldout[1], "ko--", ms=4, lw=1, label="held-out")
+        ax.plot(heldout[0], heldout[1], "ko--", ms=4, lw=1, label="held-out CE")
     ax.set_xlabel(xlabel)
     ax.set_ylabel("loss (nats/token)")
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if series or ce is not None or heldout is not None:
+        ax.legend()
     return _png(fig)
 
 

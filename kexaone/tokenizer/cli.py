@@ -7,6 +7,7 @@ import argparse
 import json
 import sys
 
+_TEXT_FIELD_HELP = "JSONL field / Parquet or `datasets` column holding the text (default: text)"
 HELP = "Train a SuperBPE tokenizer (train), measure bytes/token against a baseline (eval), or split a text (encode)."
 
 
@@ -31,9 +32,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub.required = True
 
     t = sub.add_parser("train", help="train a SuperBPE (or, with --transition = --vocab-size, plain BPE) tokenizer")
-    t.add_argument("--input", nargs="+", required=True, metavar="FILE",
-                   help="files, directories or globs; append :LANG (en, ko, ja, de, es, vi, code, stem, ...) to fix "
-                        "a file's language, otherwise it is detected per line")
+    t.add_argument("--input", nargs="+", required=True, metavar="SOURCE",
+                   help="text/JSONL/Parquet/code files, directories, globs, `datasets` directories or hf:NAME (read "
+                        "by kexaone.data.sources); append :LANG (en, ko, ja, de, es, vi, code, stem, ...) to fix a "
+                        "source's language, otherwise it is detected per line")
+    t.add_argument("--text-field", default="text", help=_TEXT_FIELD_HELP)
     t.add_argument("--vocab-size", type=int, required=True, help="final vocabulary size, special tokens included")
     t.add_argument("--out", required=True, help="output directory (tokenizer.json, tokenizer_config.json, ...)")
     g = t.add_mutually_exclusive_group()
@@ -54,8 +57,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     e = sub.add_parser("eval", help="bytes/token, superword share and round trip per file, beside a baseline")
     e.add_argument("--tokenizer", required=True, help="tokenizer directory (kexaone or any HF tokenizer.json)")
-    e.add_argument("--input", nargs="+", required=True, metavar="[NAME=]PATH",
-                   help="text files (one document per line), other files (one document), or directories")
+    e.add_argument("--input", nargs="+", required=True, metavar="[NAME=]SOURCE",
+                   help="text files (one document per line), JSONL/Parquet/`datasets` (the text field of each "
+                        "record), code files (one document each), directories or globs")
+    e.add_argument("--text-field", default="text", help=_TEXT_FIELD_HELP)
     e.add_argument("--baseline", default=None, help="baseline tokenizer directory to compare with")
     e.add_argument("--json", default=None, help="also write the rows as JSON to this file")
 
@@ -75,7 +80,7 @@ def _train(args) -> int:
         superword_fraction=args.superword_fraction, allocation=args.allocation, max_words=args.max_words,
         nfc=not args.no_nfc, special_tokens=args.special_token, workers=args.workers,
         sample_fraction=args.sample_fraction, seed=args.seed, show_progress=not args.quiet,
-        model_max_length=args.model_max_length,
+        model_max_length=args.model_max_length, text_field=args.text_field,
     )
     s = tok.train_stats
     print(f"saved {args.out}: vocab {s.vocab_size} (transition {s.transition}, stage-2 merges {s.stage2_merges} "
@@ -91,7 +96,7 @@ def _eval(args) -> int:
 
     tok = KExaoneTokenizer.from_dir(args.tokenizer)
     base = KExaoneTokenizer.from_dir(args.baseline) if args.baseline else None
-    docs = dict(load_documents(spec) for spec in args.input)
+    docs = dict(load_documents(spec, args.text_field) for spec in args.input)
     rows = compare(tok, docs, base)
     print(f"tokenizer {args.tokenizer}: vocab {tok.vocab_size}, superwords {100 * vocab_superword_share(tok):.1f}% "
           f"of the vocabulary")

@@ -11,11 +11,8 @@ from __future__ import annotations
 import unicodedata
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from pathlib import Path
-
+from kexaone.data.sources import iter_documents, parse_spec
 from kexaone.tokenizer.pretokenize import fix_surrogates
-
-TEXT_SUFFIXES = frozenset({".txt", ".md", ".tex", ".jsonl"})
 
 
 def is_superword(data: bytes) -> bool:
@@ -60,26 +57,15 @@ def evaluate_documents(tok, name: str, docs: list[str], superwords: set[int] | N
     return DomainResult(name, n_bytes, n_tokens, n_bytes / max(1, n_tokens), n_super / max(1, n_tokens), ok)
 
 
-def load_documents(spec: str) -> tuple[str, list[str]]:
-    """`path` or `name=path`: a text file gives one document per line (newline kept), any other file is one
-    document, a directory gives every file in it as one document each (for example a code folder)."""
-    name, sep, path_part = spec.partition("=")
+def load_documents(spec: str, text_field: str = "text") -> tuple[str, list[str]]:
+    """`path` or `name=path` -> (name, documents), read by `kexaone.data.sources`: a text file gives one document
+    per line (line ending kept, so newlines are measured too), JSONL/Parquet/`datasets` records their `text_field`,
+    code and markup files one document each; a directory or glob gives the documents of every file in it. The
+    name defaults to the file stem (directory name)."""
+    name, sep, path = spec.partition("=")
     if not sep:
-        name, path_part = "", spec
-    path = Path(path_part)
-    if path.is_dir():
-        files = sorted(f for f in path.rglob("*") if f.is_file() and not f.name.startswith("."))
-        if not files:
-            raise FileNotFoundError(f"directory {path} holds no files")
-        return name or path.name, [f.read_text(encoding="utf-8", errors="replace") for f in files]
-    if not path.is_file():
-        raise FileNotFoundError(f"evaluation input {path} does not exist")
-    text = path.read_text(encoding="utf-8", errors="replace")
-    if path.suffix.lower() in TEXT_SUFFIXES:
-        docs = text.splitlines(keepends=True)
-    else:
-        docs = [text]
-    return name or path.stem, [d for d in docs if d]
+        name, path = "", spec
+    return name or parse_spec(path).name, list(iter_documents(path, text_field=text_field, txt_mode="line_eol"))
 
 
 def compare(tok, docs_by_name: dict[str, list[str]], baseline=None) -> list[dict]:

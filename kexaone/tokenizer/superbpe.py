@@ -19,7 +19,6 @@ does not evaluate tokenizers (`evaluate.py`) or provide the command line (`cli.p
 from __future__ import annotations
 
 import bisect
-import glob
 import heapq
 import itertools
 import json
@@ -32,16 +31,14 @@ from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kexaone.data import sources
 from kexaone.tokenizer import pretokenize
 from kexaone.tokenizer.specials import special_tokens_with
 from kexaone.tokenizer.wrapper import KExaoneTokenizer
 
 DEFAULT_ALLOCATION = {"en": 2.0, "ko": 3.0, "other": 1.0}
-CODE_EXTENSIONS = frozenset(
-    ".py .js .ts .tsx .jsx .java .go .rs .c .cc .cpp .h .hpp .cs .rb .php .sh .swift .kt .scala .lua .sql .m "
-    ".html .css .toml .yaml .yml .ini .cfg .json".split()
-)
-TEXT_EXTENSIONS = frozenset(".txt .md .tex .rst".split())
+# Markup files are read whole (kexaone.data.sources tags them "code/<ext>") but hold prose in natural languages.
+_MARKUP = frozenset({"md", "rst", "tex"})
 _PAIR_SHIFT = 1 << 24  # pair key = a * _PAIR_SHIFT + b: one Python int, vocabularies up to 16M ids
 _BATCH_CHARS = 1 << 20  # texts per counting task: about 1M characters
 
@@ -78,42 +75,47 @@ def _split_lang_tag(spec: str) -> tuple[str, str | None]:
     return spec, None
 
 
-def _resolve_spec(spec: str) -> list[tuple[Path, str | None]]:
-    """`path`, `dir`, `glob` with an optional `:lang` tag -> files (sorted, so training order is stable)."""
-    path_part, lang = _split_lang_tag(spec)
-    p = Path(path_part)
+def _source_spec(spec: str, must_exist: bool) -> tuple[str, str | None] | None:
+    """`path`, `dir`, `glob`, `datasets` directory or `hf:name`, with an optional `:lang` tag -> (source spec,
+    lang) once `kexaone.data.sources` finds something to read there. With must_exist, nothing there is its
+    FileNotFoundError; otherwise None (the string is then an inline text)."""
+    path, lang = _split_lang_tag(spec)
+    if path.startswith(sources.HUB_PREFIX) and not any(c.isspace() for c in path):
+        return path, lang
     try:
-        if p.is_file():
-            return [(p, lang)]
-        if p.is_dir():
-            return [(f, lang) for f in sorted(p.rglob("*")) if f.is_file() and not f.name.startswith(".")]
-        if glob.has_magic(path_part):
-            return [(Path(f), lang) for f in sorted(glob.glob(path_part, recursive=True)) if Path(f).is_file()]
-    except (OSError, ValueError):  # a long or odd inline text is not a path (name too long, NUL byte, ...)
-        pass
-    return []
+        sources.resolve_files(sources.parse_spec(path).path)
+    except (OSError, ValueError):
+        # Something that exists but cannot be read (an unsupported file type) is an error either way; a string
+        # naming nothing (or no valid path at all: too long, a NUL byte) is an inline text.
+        if must_exist or os.path.exists(path):
+            raise
+        return None
+    return path, lang
 
 
-class _Resolved:
-    """Already-resolved inputs passed back through `resolve_inputs` unchanged."""
+@dataclass(frozen=True)
+class TrainingInputs:
+    """The trainer's input split into document sources (read through `kexaone.data.sources`) and inline texts,
+    each with its language (None = detected per line)."""
 
-    def __init__(self, inputs):
-        self.inputs = inputs
+    files: list[tuple[str, str | None]]
+    texts: list[tuple[str, str | None]]
+    text_field: str = "text"  # JSONL field / Parquet or `datasets` column holding the text
 
 
-def resolve_inputs(files_or_texts) -> tuple[list[tuple[Path, str | None]], list[tuple[str, str | None]]]:
-    """Split the trainer's input into files and inline texts.
+def resolve_inputs(files_or_texts, text_field: str = "text") -> TrainingInputs:
+    """Split the trainer's input into document sources and inline texts.
 
-    Rules: a `Path` must name an existing file/directory (FileNotFoundError otherwise); a `(text, lang)` tuple is
-    an inline text with its language; a `str` is a file spec (`path`, directory or glob, optionally suffixed with a
-    language tag such as `ko.txt:ko`) when it names something that exists, and an inline text otherwise. A generator
-    of strings is always inline texts."""
-    if isinstance(files_or_texts, _Resolved):
-        return files_or_texts.inputs
+    Rules: a `Path` must name an existing file, directory, glob or `datasets` directory (FileNotFoundError
+    otherwise); a `(text, lang)` tuple is an inline text with its language; a `str` is a source spec (as a Path,
+    optionally suffixed with a language tag such as `ko.txt:ko`) when it names something that exists, and an
+    inline text otherwise. A generator of strings is always inline texts. Already resolved inputs pass through."""
+    if isinstance(files_or_texts, TrainingInputs):
+        return files_or_texts
     if isinstance(files_or_texts, (str, Path)):
         files_or_texts = [files_or_texts]
     as_texts = isinstance(files_or_texts, Iterator)
-    files: list[tuple[Path, str | None]] = []
+    files: list[tuple[str, str | None]] = []
     texts: list[tuple[str, str | None]] = []
     for item in files_or_texts:
         if isinstance(item, tuple):
@@ -123,61 +125,36 @@ def resolve_inputs(files_or_texts) -> tuple[list[tuple[Path, str | None]], list[
                 raise ValueError(f"language {item[1]!r} is not one of {pretokenize.LANGUAGES}")
             texts.append(item)
         elif isinstance(item, Path):
-            found = _resolve_spec(str(item))
-            if not found:
-                raise FileNotFoundError(f"training input {item} does not exist")
-            files.extend(found)
+            files.append(_source_spec(str(item), must_exist=True))
         elif isinstance(item, str):
-            found = [] if as_texts or "\n" in item else _resolve_spec(item)
+            found = None if as_texts or "\n" in item else _source_spec(item, must_exist=False)
             if found:
-                files.extend(found)
+                files.append(found)
             else:
                 texts.append((item, None))
         else:
             raise ValueError(f"training input must be a path, a string or a (text, lang) tuple, got {type(item)}")
-    return files, texts
+    return TrainingInputs(files, texts, text_field)
 
 
-def _file_texts(path: Path, lang: str | None) -> Iterator[tuple[str, str | None]]:
-    """Documents of one file: a line each for text/jsonl files (so each line gets its own language), the whole
-    file for code and other formats (so newlines and indentation are learned in context)."""
-    suffix = path.suffix.lower()
-    if suffix == ".jsonl":
-        with open(path, encoding="utf-8", errors="replace") as f:
-            for n, line in enumerate(f, 1):
-                if not line.strip():
-                    continue
-                try:
-                    text = json.loads(line).get("text")
-                except (json.JSONDecodeError, AttributeError):
-                    raise ValueError(f"{path}:{n} is not a JSON object") from None
-                if isinstance(text, str) and text:
-                    yield text, lang
-    elif suffix in TEXT_EXTENSIONS:
-        with open(path, encoding="utf-8", errors="replace", newline="") as f:
-            for line in f:
-                yield line, lang
-    else:
-        text = path.read_text(encoding="utf-8", errors="replace")
-        if text:
-            yield text, lang or ("code" if suffix in CODE_EXTENSIONS else None)
+def _source_texts(spec: str, lang: str | None, text_field: str) -> Iterator[tuple[str, str | None]]:
+    """Documents of one source: text files a line each, line ending kept (so each line gets its own language and
+    newlines are learned), JSONL/Parquet/`datasets` records their text field, code and markup files whole (so
+    indentation is learned in context; code is language "code", markup prose is detected per line)."""
+    for doc in sources.iter_tagged_documents(spec, text_field=text_field, txt_mode="line_eol"):
+        ext = doc.tag[len("code/"):] if doc.tag.startswith("code/") else None
+        yield doc.text, lang or ("code" if ext is not None and ext not in _MARKUP else None)
 
 
-def iter_training_texts(
-    files: list[tuple[Path, str | None]],
-    texts: list[tuple[str, str | None]],
-    sample_fraction: float = 1.0,
-    seed: int = 0,
-) -> Iterator[tuple[str, str | None]]:
+def iter_training_texts(inputs: TrainingInputs, sample_fraction: float = 1.0,
+                        seed: int = 0) -> Iterator[tuple[str, str | None]]:
     """All training documents in a fixed order; with sample_fraction < 1 each is kept with that probability
     (seeded, so the sample is the same on every pass)."""
     rng = random.Random(seed)
     keep_all = sample_fraction >= 1.0
-    for path, lang in files:
-        for item in _file_texts(path, lang):
-            if keep_all or rng.random() < sample_fraction:
-                yield item
-    for item in texts:
+    docs = itertools.chain((d for spec, lang in inputs.files for d in _source_texts(spec, lang, inputs.text_field)),
+                           inputs.texts)
+    for item in docs:
         if keep_all or rng.random() < sample_fraction:
             yield item
 
@@ -539,28 +516,29 @@ def _check_allocation(allocation: dict[str, float] | None) -> dict[str, float]:
     return allocation
 
 
+def _resolve_nonempty(files_or_texts, text_field: str) -> TrainingInputs:
+    inputs = resolve_inputs(files_or_texts, text_field)
+    if not inputs.files and not inputs.texts:
+        raise ValueError("no training input: give files, directories, globs or texts")
+    return inputs
+
+
 def learn_stage1(files_or_texts, num_learned: int, *, nfc: bool = True, sample_fraction: float = 1.0,
-                 seed: int = 0, show_progress: bool = True) -> list[tuple[str, str]]:
+                 seed: int = 0, show_progress: bool = True, text_field: str = "text") -> list[tuple[str, str]]:
     """Stage 1 alone: `num_learned` byte-level BPE merges (byte-level strings, rank order). The sequence does not
     depend on `num_learned` (greedy), so one long run serves every shorter transition as a prefix."""
-    files, texts = resolve_inputs(files_or_texts)
-    if not files and not texts:
-        raise ValueError("no training input: give files, directories, globs or texts")
-    docs = iter_training_texts(files, texts, sample_fraction, seed)
+    docs = iter_training_texts(_resolve_nonempty(files_or_texts, text_field), sample_fraction, seed)
     # Texts are normalised here exactly as the final tokenizer's NFC normalizer will do.
     return _stage1_merges((pretokenize.normalize(x, nfc) for x, _ in docs), num_learned, show_progress)
 
 
 def count_pretokens(files_or_texts, allocation: dict[str, float] | None = None, *, nfc: bool = True,
                     workers: int | None = None, sample_fraction: float = 1.0, seed: int = 0,
-                    show_progress: bool = True) -> tuple[Counter, dict[str, int]]:
+                    show_progress: bool = True, text_field: str = "text") -> tuple[Counter, dict[str, int]]:
     """Stage-2 pre-token types counted per language group of `allocation`, and bytes per detected language."""
     group_names = tuple(sorted(_check_allocation(allocation)))
-    files, texts = resolve_inputs(files_or_texts)
-    if not files and not texts:
-        raise ValueError("no training input: give files, directories, globs or texts")
+    docs = iter_training_texts(_resolve_nonempty(files_or_texts, text_field), sample_fraction, seed)
     workers = max(1, min(4, os.cpu_count() or 1) if workers is None else int(workers))
-    docs = iter_training_texts(files, texts, sample_fraction, seed)
     return _count_pretokens(docs, group_names, nfc, workers, show_progress)
 
 
@@ -661,32 +639,34 @@ def train_superbpe(
     seed: int = 0,
     show_progress: bool = True,
     model_max_length: int | None = None,
+    text_field: str = "text",
 ) -> KExaoneTokenizer:
     """Train a SuperBPE tokenizer of `vocab_size` ids (specials included) and optionally save it to `out_dir`.
 
-    files_or_texts: file specs and/or inline texts (see `resolve_inputs`). transition: stage-1 vocabulary size t
-    (default: from superword_fraction, 0.2 = the last 20% of the vocabulary is learned in stage 2; transition ==
-    vocab_size gives plain BPE). allocation: stage-2 share per language group (default en:ko:other = 2:3:1; groups
-    are "other" plus the languages named; `{}` = one shared budget). special_tokens: extras after the standard
-    ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed: train on a seeded random
-    subset of the documents. Deterministic for fixed inputs and settings. `tok.train_stats` says what happened
-    (also saved as `superbpe_training.json`)."""
+    files_or_texts: document sources and/or inline texts (see `resolve_inputs`; sources are read by
+    `kexaone.data.sources`, JSONL/Parquet/`datasets` records through their `text_field`). transition: stage-1
+    vocabulary size t (default: from superword_fraction, 0.2 = the last 20% of the vocabulary is learned in
+    stage 2; transition == vocab_size gives plain BPE). allocation: stage-2 share per language group (default
+    en:ko:other = 2:3:1; groups are "other" plus the languages named; `{}` = one shared budget). special_tokens:
+    extras after the standard ones. workers: processes for counting (default min(4, cpus)). sample_fraction/seed:
+    train on a seeded random subset of the documents. Deterministic for fixed inputs and settings.
+    `tok.train_stats` says what happened (also saved as `superbpe_training.json`)."""
     specials = special_tokens_with(special_tokens)
     t = resolve_transition(vocab_size, len(specials), transition, superword_fraction)
     if not 0.0 < sample_fraction <= 1.0:
         raise ValueError(f"sample_fraction {sample_fraction} must be in (0, 1]")
     allocation = _check_allocation(allocation)
-    inputs = resolve_inputs(files_or_texts)  # resolve once: validates before any work, iterated twice below
+    inputs = resolve_inputs(files_or_texts, text_field)  # validated before any work; read twice below
     common = dict(nfc=nfc, sample_fraction=sample_fraction, seed=seed, show_progress=show_progress)
 
     # Counting first: its worker processes are forked before the Rust trainer starts threads in this process.
     counts, lang_bytes, seconds_count = None, {}, 0.0
     if t < vocab_size:
         t0 = time.perf_counter()
-        counts, lang_bytes = count_pretokens(_Resolved(inputs), allocation, workers=workers, **common)
+        counts, lang_bytes = count_pretokens(inputs, allocation, workers=workers, **common)
         seconds_count = time.perf_counter() - t0
     t0 = time.perf_counter()
-    stage1 = learn_stage1(_Resolved(inputs), t - len(specials) - 256, **common)
+    stage1 = learn_stage1(inputs, t - len(specials) - 256, **common)
     seconds_stage1 = time.perf_counter() - t0
     tok = build_superbpe(stage1, counts, vocab_size, transition=t, allocation=allocation, max_words=max_words,
                          nfc=nfc, special_tokens=special_tokens, show_progress=show_progress,

@@ -56,33 +56,9 @@ def check_writable(directory: str | os.PathLike) -> Path:
 
     Call before training starts so a bad `--out` fails in a second, not after hours. Raises NotADirectoryError when
     the path (or a parent) is a file, PermissionError when it cannot be written; returns the resolved path."""
-    path = Path(directory).expanduser()
-    if path.exists() and not path.is_dir():
-        raise NotADirectoryError(f"checkpoint directory {path} exists and is not a directory")
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-    except FileExistsError as e:
-        raise NotADirectoryError(f"cannot create checkpoint directory {path}: a parent is a file ({e})") from e
-    except NotADirectoryError as e:
-        raise NotADirectoryError(f"cannot create checkpoint directory {path}: a parent is a file ({e})") from e
-    except OSError as e:
-        raise PermissionError(f"cannot create checkpoint directory {path}: {e.strerror or e}") from e
-    probe = None
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
-        with os.fdopen(fd, "wb") as f:
-            f.write(b"kexaone")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(probe, probe + ".renamed")
-        probe += ".renamed"
-    except OSError as e:
-        raise PermissionError(f"checkpoint directory {path} is not writable: {e.strerror or e}") from e
-    finally:
-        if probe is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(probe)
-    return path.resolve()
+    from kexaone.utils.io import ensure_writable_dir
+
+    return ensure_writable_dir(directory, "checkpoint directory")
 
 
 # ------------------------------------------------------------------------------------------------------ helpers

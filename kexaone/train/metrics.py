@@ -141,38 +141,15 @@ def read_expert_loads(out_dir: str | os.PathLike) -> tuple[list[int], np.ndarray
 
 def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike,
                     title: str = "kexaone pre-training") -> Path:
-    """Plot training loss (and held-out loss) against step, with curriculum-stage boundaries as vertical lines."""
-    import matplotlib
+    """Plot training loss per curriculum stage, training CE and held-out loss against step (the report card's
+    figure, `kexaone.report.plots.loss_curves`) into out_png, atomically."""
+    from kexaone.report.data import loss_curves as loss_curves_data
+    from kexaone.report.plots import loss_curves
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    recs = read_metrics(metrics_path)
-    train = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "train" and isinstance(r.get("loss"), float)]
-    train_ce = [(r["step"], r["ce"]) for r in recs if r.get("kind") == "train" and isinstance(r.get("ce"), float)]
-    evals = [(r["step"], r["loss"]) for r in recs if r.get("kind") == "eval" and isinstance(r.get("loss"), float)]
-    stages = [(r["step"], r.get("stage", "")) for r in recs if r.get("kind") == "stage"]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=110)
-    if train:
-        ax.plot(*zip(*train), lw=0.8, alpha=0.5, label="train loss (CE + MTP + aux)")
-    if train_ce:  # the held-out curve is CE too: this is the one to compare it with
-        ax.plot(*zip(*train_ce), lw=1.2, label="train CE")
-    if evals:
-        ax.plot(*zip(*evals), "o-", lw=1.5, label="held-out CE")
-    for step, name in stages:
-        ax.axvline(step, color="grey", ls="--", lw=0.8)
-        ax.text(step, 1.0, f" {name}", transform=ax.get_xaxis_transform(), va="top", fontsize=8, color="grey")
-    ax.set_xlabel("optimizer step")
-    ax.set_ylabel("loss (nats)")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    if train or evals:
-        ax.legend()
-    fig.tight_layout()
+    c = loss_curves_data(read_metrics(metrics_path))
     out_png = Path(out_png)
     with atomic_open(out_png, "wb", encoding=None) as f:
-        fig.savefig(f, format="png")
-    plt.close(fig)
+        f.write(loss_curves(c.by_stage, c.heldout, c.ce, xlabel="optimizer step", title=title))
     return out_png
 
 

@@ -82,18 +82,9 @@ class StageResult:
 # ---------------------------------------------------------------------------------------------- checks
 def check_output_dir(out: Path) -> None:
     """Fail before any work when the output directory cannot be created or written."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except (PermissionError, FileExistsError, NotADirectoryError, OSError) as e:
-        raise PermissionError(f"output directory {out} cannot be created: {e.strerror or e}") from None
-    if not out.is_dir():
-        raise NotADirectoryError(f"output path {out} exists and is not a directory")
-    try:
-        fd, probe = tempfile.mkstemp(prefix=".write-test-", dir=out)
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as e:
-        raise PermissionError(f"output directory {out} is not writable: {e.strerror or e}") from None
+    from kexaone.utils.io import ensure_writable_dir
+
+    ensure_writable_dir(out, "output directory")
 
 
 def check_run_inputs(cfg: Any, out: Path) -> None:

@@ -1,4 +1,5 @@
-"""Atomic file writes: write to a temporary file in the same directory, fsync, then rename over the target.
+"""Atomic file writes (write to a temporary file in the same directory, fsync, then rename over the target) and the
+one writability probe for output directories.
 
 A crash, kill or Ctrl-C at any point leaves either the old file or the new one, never a half-written file.
 """
@@ -72,3 +73,37 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     with atomic_open(path, "wb") as f:
         f.write(data)
+
+
+def ensure_writable_dir(directory: str | os.PathLike, what: str = "output directory") -> Path:
+    """Create `directory` if needed and prove files can be written, fsynced, renamed and removed in it (the steps
+    an atomic write takes), leaving nothing behind; returns the resolved path.
+
+    Call before long work so a bad output path fails in a second, not after hours. `what` names the directory in
+    the errors: NotADirectoryError when the path or a parent is a file, PermissionError when it cannot be created
+    or written."""
+    path = Path(directory).expanduser()
+    if path.exists() and not path.is_dir():
+        raise NotADirectoryError(f"{what} {path} exists and is not a directory")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as e:
+        raise NotADirectoryError(f"{what} {path} cannot be created: a parent is a file ({e})") from e
+    except OSError as e:
+        raise PermissionError(f"{what} {path} cannot be created: {e.strerror or e}") from e
+    probe = None
+    try:
+        fd, probe = tempfile.mkstemp(prefix=".write-probe-", dir=path)
+        with os.fdopen(fd, "wb") as f:
+            f.write(b"kexaone")
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(probe, probe + ".renamed")
+        probe += ".renamed"
+    except OSError as e:
+        raise PermissionError(f"{what} {path} is not writable: {e.strerror or e}") from e
+    finally:
+        if probe is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(probe)
+    return path.resolve()

@@ -1,0 +1,101 @@
+"""What every task family implements, and the JSONL reading and field checks they share.
+
+A family turns rows (a user's JSONL file or a built-in source) into items (`load`), evaluates a chunk of items on a
+backend into one record per item (`run`: prompt, response, extracted answer, score, ...), and summarises a task's
+records (`summarize`: score, metric, n, stderr and family extras). The harness (kexaone.eval.harness) does the
+chunking, resuming and file writing; families do not touch files except their own artefacts (e.g. a heat map).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from kexaone.eval.results import mean_stderr
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Rows of a JSONL file (blank lines skipped); a clear error names the file and line of a bad row."""
+    p = Path(path)
+    if not p.is_file():
+        raise FileNotFoundError(f"task file {p} does not exist")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{p}:{n}: not valid JSON ({e.msg})") from None
+        if not isinstance(row, dict):
+            raise ValueError(f"{p}:{n}: each line must be a JSON object, got {type(row).__name__}")
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"task file {p} has no rows")
+    return rows
+
+
+def require(row: dict, fields: Sequence[str], where: str, family: str) -> None:
+    missing = [f for f in fields if f not in row or row[f] is None]
+    if missing:
+        raise ValueError(f"{where}: {family} rows need the field(s) {missing}; got {sorted(row)}")
+
+
+def item_id(row: dict, index: int) -> str:
+    for k in ("id", "key", "unique_id"):
+        if row.get(k) is not None:
+            return str(row[k])
+    return str(index)
+
+
+class Family:
+    """Base class; subclasses set `name`, `fields`, `default_max_tokens` and implement load/run/summarize."""
+
+    name = ""
+    fields = ""
+    """The documented JSONL fields (for --help and error messages)."""
+    default_max_tokens = 256
+    uses_judge = False
+    metric = "accuracy"
+
+    def load(self, rows: list[dict], source: str) -> list[dict]:
+        raise NotImplementedError
+
+    def run(self, items: list[dict], ctx) -> list[dict]:
+        raise NotImplementedError
+
+    def config_view(self, config) -> dict:
+        """The settings that change this family's samples (part of the resume key)."""
+        return {"temperature": config.temperature, "top_p": config.top_p,
+                "max_new_tokens": config.max_new_tokens or self.default_max_tokens,
+                "thinking": config.thinking, "seed": config.seed}
+
+    def chunk_size(self, config) -> int:
+        return config.chunk_size
+
+    def summarize(self, records: list[dict], ctx) -> dict:
+        """Mean per-item score (repeats averaged first), stderr over items."""
+        return summarize_scores(records, self.metric)
+
+
+def per_item_scores(records: list[dict], field: str = "score") -> list[float]:
+    """Each item's score averaged over its repeats (records without a score are left out)."""
+    by_id: dict[str, list[float]] = {}
+    for r in records:
+        v = r.get(field)
+        if v is not None:
+            by_id.setdefault(r["id"], []).append(float(v))
+    return [sum(v) / len(v) for v in by_id.values()]
+
+
+def summarize_scores(records: list[dict], metric: str, field: str = "score") -> dict[str, Any]:
+    scores = per_item_scores(records, field)
+    m, se = mean_stderr(scores)
+    return {"score": m, "metric": metric, "n": len(scores), "stderr": se}
+
+
+def reply_text(reply) -> str:
+    """The answer of a chat reply; the reasoning when the model put nothing after it."""
+    return reply.content if reply.content.strip() or not reply.reasoning else reply.reasoning

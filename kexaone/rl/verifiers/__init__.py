@@ -1,0 +1,1 @@
+"""Rule-based verifiers shared by RL rewards and the evaluation harness: math final answers and IFEval checks."""

@@ -106,3 +106,16 @@ def test_router_frozen_leaves_router_and_biases_bit_identical(tmp_path):
             cfg(tmp_path / "b", max_steps=3, bias_update_rate=0.1, aux_loss_coef=0.1)).fit()
     assert not all(torch.equal(before[k], m2.state_dict()[k]) for k in router if "gate.weight" in k)
     assert not all(torch.equal(before[k], m2.state_dict()[k]) for k in router if "bias" in k)
+
+
+def test_term_weights_scale_loss_and_gradient(tmp_path):
+    """A term's weight multiplies its share of the loss and of the gradient, the first term's included."""
+    from kexaone.train.objectives import Term
+
+    b = batch(2, 3, [4, 9])
+    half = MaskedCEObjective()
+    half.terms = (Term("ce", 0.5),)
+    r1 = Trainer(model(), None, iter([b]), cfg(tmp_path / "a"), objective=MaskedCEObjective()).fit().history[0]
+    r2 = Trainer(model(), None, iter([b]), cfg(tmp_path / "b"), objective=half).fit().history[0]
+    assert r2["ce"] == r1["ce"] and r2["loss"] == 0.5 * r1["ce"]
+    assert r2["grad_norm"] == pytest.approx(0.5 * r1["grad_norm"], rel=1e-6)

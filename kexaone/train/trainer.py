@@ -399,7 +399,7 @@ class Trainer:
                     scale = (counts[micro][t.name] if t.mean else 1.0) * W / totals[t.name]
                     part = values[t.name] * scale
                     sums[t.name] = sums[t.name] + part.detach() / W
-                    total = part if total is None else total + t.weight * part
+                    total = t.weight * part if total is None else total + t.weight * part
                 total.backward()
             for k, v in metrics.items():
                 extra[k] = extra.get(k, 0.0) + float(v) / (c.grad_accum * W)
@@ -418,7 +418,7 @@ class Trainer:
             grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
         vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
-        loss = vals[terms[0].name]
+        loss = terms[0].weight * vals[terms[0].name]  # 1.0 * x == x: pre-training's numbers are unchanged
         for t in terms[1:]:
             loss = loss + t.weight * vals[t.name]
         vals["loss"] = loss

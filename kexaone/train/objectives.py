@@ -17,9 +17,15 @@ so gradient accumulation and data parallelism give exactly the loss of one big b
         def uses_mtp(self, model) -> bool                  # False: the MTP block is idle (DDP is told so)
 
 `denominators` is separate from `loss` because the trainer needs the step-wide totals (one all-reduce) before the
-first backward: micro-batch i is backpropagated before micro-batch i+1 is run. `model` is the (possibly DDP/FSDP
-wrapped) model to call; the trainer runs `loss` under the precision's autocast. Extra metrics are logged as their
-mean over the step's micro-batches and ranks; they are never differentiated.
+first backward: micro-batch i is backpropagated before micro-batch i+1 is run (a step total of 0 units is taken
+as 1, so an empty term adds 0). `model` is the (possibly DDP/FSDP wrapped) model to call, e.g. through
+`kexaone.model.scoring.token_logprobs(model, ids, mask, doc_ids)` for per-token log-probs; the trainer runs `loss`
+under the precision's autocast. Extra metrics are logged as their mean over the step's micro-batches and ranks;
+they are never differentiated. The single-term shape `loss(model, batch) -> (loss_sum, denominator, metrics)` is
+`terms = (Term("loss"),)`, `denominators -> {"loss": n}`, `loss -> ({"loss": loss_sum}, metrics)`.
+
+The trainer logs each term's step value (`sum / units`) under its name and `loss` = the weighted sum. Batch values
+that are not tensors are dropped before `loss` sees the batch (put per-row data such as advantages in tensors).
 
 A new objective is one small module (see `kexaone.train.masked_ce`). `PretrainObjective` is CE + w x MTP + c x aux,
 with its weights resolved once from the model config (overridable: `resolve_weights`), the single source of the

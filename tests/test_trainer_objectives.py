@@ -119,3 +119,12 @@ def test_term_weights_scale_loss_and_gradient(tmp_path):
     r2 = Trainer(model(), None, iter([b]), cfg(tmp_path / "b"), objective=half).fit().history[0]
     assert r2["ce"] == r1["ce"] and r2["loss"] == 0.5 * r1["ce"]
     assert r2["grad_norm"] == pytest.approx(0.5 * r1["grad_norm"], rel=1e-6)
+
+
+def test_pretrain_objective_honours_the_loss_mask(tmp_path):
+    """Pre-training on masked shards: its CE term is the masked CE (same targets, same mean)."""
+    b = batch(2, 4, [6, 11])
+    r_mask = Trainer(model(), None, iter([b]), cfg(tmp_path / "a", mtp_loss_weight=0.0),
+                     objective=None).fit().history[0]
+    r_ce = Trainer(model(), None, iter([b]), cfg(tmp_path / "b"), objective=MaskedCEObjective()).fit().history[0]
+    assert r_mask["ce"] == pytest.approx(r_ce["ce"], rel=1e-6) and "aux" in r_mask and "mtp" not in r_mask

@@ -36,6 +36,39 @@ def test_every_field_has_a_flag_with_its_docstring():
     assert p.format_help()  # every help string survives argparse's %-formatting
 
 
+def test_a_stage_config_reuses_the_sections_with_its_own_defaults():
+    """How a new stage declares its config: the shared sections, a redeclared default, its own field."""
+    from kexaone.train.cli_fields import add_config_arguments
+    from kexaone.train.config import (CheckpointSection, DataSection, ModelSection, ObjectiveSection,
+                                      ParallelSection, StageConfig)
+
+    @dataclasses.dataclass
+    class StageSection:
+        """my stage"""
+
+        out: str = "runs/sft"
+        """where the stage writes"""
+        epochs: int = 2
+        """passes over the data"""
+
+    @dataclasses.dataclass
+    class SFTLikeConfig(StageSection, ModelSection, DataSection, OptimSection, ObjectiveSection, ParallelSection,
+                        CheckpointSection, StageConfig):
+        def __post_init__(self) -> None:
+            StageConfig.__post_init__(self)
+
+    sections = (ModelSection, DataSection, OptimSection, ObjectiveSection, ParallelSection, CheckpointSection,
+                StageSection)
+    p = argparse.ArgumentParser()
+    add_config_arguments(p, sections, config_cls=SFTLikeConfig)
+    c = config_from_args(SFTLikeConfig, p.parse_args(["--epochs", "3", "--seq-len", "512", "--init-from", "m"]))
+    assert (c.out, c.epochs, c.seq_len, c.init_from) == ("runs/sft", 3, 512, "m")
+    helps = {a.dest: a.help for a in p._actions}
+    assert helps["epochs"] == "passes over the data (default 2)" and "(default 'runs/sft')" in helps["out"]
+    with pytest.raises(ValueError, match="SFTLikeConfig.seq_len = 0 is invalid"):
+        SFTLikeConfig(seq_len=0)
+
+
 def test_flags_and_files_make_the_config(tmp_path):
     args = parser().parse_args(["--seq-len", "7", "--no-export", "--betas", "0.8", "0.9", "--data", "a.txt",
                                 "--data", "b.txt@2", "--router-frozen", "--init-from", "ckpt"])

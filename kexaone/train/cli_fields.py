@@ -58,19 +58,25 @@ def _default_text(f: dataclasses.Field) -> str:
 
 
 def add_config_arguments(parser: argparse.ArgumentParser, sections: typing.Sequence[type],
-                         skip: typing.Collection[str] = ()) -> None:
-    """One argument group per section, one flag per field (see the module docstring)."""
+                         skip: typing.Collection[str] = (), config_cls: type | None = None) -> None:
+    """One argument group per section, one flag per field (see the module docstring). `config_cls`: the stage's
+    config class, whose defaults the help shows (a stage may redeclare a field to change its default, e.g.
+    `out: str = "runs/sft"`; the flag stays in the first section that has the field); `skip`: fields that get no
+    flag."""
+    own = {f.name: f for f in dataclasses.fields(config_cls)} if config_cls is not None else {}
+    seen = set(skip)
     for section in sections:
         group = parser.add_argument_group((section.__doc__ or section.__name__).strip())
         hints = typing.get_type_hints(section)
         docs = field_docs(section)
         for f in dataclasses.fields(section):
             meta = f.metadata
-            if f.name in skip or meta.get("cli", True) is False:
+            if f.name in seen or meta.get("cli", True) is False:
                 continue
+            seen.add(f.name)
             flag = "--" + meta.get("flag", f.name.replace("_", "-"))
             kind = _base_type(hints[f.name])
-            help_text = (docs.get(f.name, "") + _default_text(f)).replace("%", "%%")  # argparse %-formats help
+            help_text = (docs.get(f.name, "") + _default_text(own.get(f.name, f))).replace("%", "%%")  # %-formatted
             kw: dict[str, Any] = {"dest": f.name, "default": None, "help": help_text or None}
             if kind is bool:
                 if f.default is True:

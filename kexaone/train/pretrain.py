@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", metavar="FILE",
                         help="JSON or TOML file of TrainConfig fields (flat or one table per section); flags "
                              "override it")
-    add_config_arguments(parser, TRAIN_SECTIONS)
+    add_config_arguments(parser, TRAIN_SECTIONS, config_cls=TrainConfig)
 
 
 def config_from_args(args: argparse.Namespace) -> TrainConfig:

@@ -105,6 +105,25 @@ def test_user_data_and_config_file(tmp_path, default_run):
     assert records(out, "eval")  # held-out split of the user's documents
 
 
+def test_document_packing_of_user_data(tmp_path, default_run):
+    """--packing document trains on whole documents (DocumentPackedBatches: real tokens <= rows x seq_len)."""
+    (tmp_path / "a.txt").write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+    out = tmp_path / "run"
+    assert main(["pretrain", "--preset", "tiny", "--max-steps", "3", "--seq-len", "64", "--batch-size", "2",
+                 "--data", str(tmp_path / "a.txt"), "--packing", "document", "--tokenizer",
+                 str(default_run / "tokenizer"), "--out", str(out), "--eval-batches", "1", *FAST]) == 0
+    train = records(out, "train")
+    assert len(train) == 3 and all(0 < r["data_tokens"] <= r["tokens"] for r in train)
+    assert records(out, "config")[0]["train_config"]["packing"] == "document"
+    assert json.loads((out / "result.json").read_text())["steps"] == 3
+    with pytest.raises(ValueError, match="--packing document needs your own --data"):
+        from kexaone.train.pretrain import run_pretraining
+        from kexaone.train.config import TrainConfig
+
+        run_pretraining(TrainConfig(packing="document", max_steps=1, out=str(tmp_path / "syn"), progress=False,
+                                    tensorboard=False, synthetic_size="tiny", tokenizer=str(default_run / "tokenizer")))
+
+
 @pytest.mark.parametrize("case", ["missing-data", "empty-data", "unwritable-out", "missing-tokenizer",
                                   "bad-config", "bad-preset", "resume-without-checkpoint"])
 def test_bad_input_is_a_clear_error(case, tmp_path, capsys, default_run):

@@ -18,7 +18,10 @@ from kexaone.model.transformer import KExaoneForCausalLM
 from kexaone.train.checkpoint import CheckpointManager
 from kexaone.train.config import TrainConfig
 from kexaone.train.metrics import read_expert_loads, read_metrics
-from kexaone.train.trainer import LN2, Trainer, TrainingDiverged, eval_set_from_shards
+from kexaone.train.evaluation import eval_set_from_shards
+from kexaone.train.trainer import Trainer, TrainingDiverged
+
+LN2 = math.log(2.0)
 
 SEQ, BATCH = 32, 4
 
@@ -121,10 +124,10 @@ def test_loss_falls_and_outputs_are_written(tok, shards, tmp_path):
     assert steps == list(range(1, 31)) and loads.shape == (30, n_moe, m.config.num_experts)
     # Every routed (token, slot) pair is counted once: B*T*top_k per layer per step.
     assert np.all(loads.sum(-1) == SEQ * BATCH * m.config.num_experts_per_tok)
-    # Evaluation: bits per byte is the CE converted with the held-out tokens/bytes ratio; it matches res.
+    # Evaluation: bits per byte = summed nats / ln 2 / bytes of the scored documents; it matches res.
     evals = [r for r in recs if r["kind"] == "eval"]
     assert evals[-1]["loss"] < evals[0]["loss"] + 1e-6
-    assert evals[-1]["bpb"] == pytest.approx(evals[-1]["loss"] / LN2 * ev.n_tokens / ev.n_bytes)
+    assert evals[-1]["bpb"] == pytest.approx(evals[-1]["loss"] * ev.n_tokens / LN2 / ev.n_bytes)
     assert res.eval_loss == evals[-1]["loss"] and res.eval_bpb == evals[-1]["bpb"]
     # Checkpoints at 10, 20, 30 (keep=3), holding the step and expert biases (buffers in the model state).
     mgr = CheckpointManager(tmp_path / "checkpoints")
@@ -201,20 +204,20 @@ def test_nan_steps_are_skipped_then_the_run_stops(tok, shards, tmp_path):
     m = tiny_model(tok)
     c = cfg(tmp_path, max_steps=20, save_every=2, max_bad_steps=3)
     t = Trainer(m, tok, loader(shards), c)
-    real_forward = t._forward_loss
+    real_loss = t.objective.loss
     bad_steps = {3} | set(range(6, 20))  # one isolated bad step, then a run of bad ones
     snapshots = {}
 
-    def forward(batch):
-        total, parts = real_forward(batch)
+    def forward(model, batch):
+        values, metrics = real_loss(model, batch)
         if t.step + 1 in bad_steps:
-            parts["ce"] = parts["ce"] * float("nan")
-        return total, parts
+            values["ce"] = values["ce"] * float("nan")
+        return values, metrics
 
     def snap(trainer, step, record):
         snapshots[step] = params(trainer.raw_model)
 
-    t._forward_loss = forward
+    t.objective.loss = forward
     t.callbacks.append(snap)
     with warnings.catch_warnings(record=True) as caught, pytest.raises(TrainingDiverged, match="3 consecutive"):
         warnings.simplefilter("always")
@@ -294,3 +297,22 @@ def test_first_signal_asks_to_stop_a_second_one_stops_at_once(tok, tmp_path):
     finally:
         t._restore_signal_handlers(old)
     assert signal.getsignal(signal.SIGINT) is old[signal.SIGINT]
+
+
+def test_training_eval_equals_the_heldout_evaluator(tok, shards, tmp_path):
+    """One scoring primitive, one bits-per-byte definition: the trainer's held-out evaluation and
+    kexaone.eval.heldout.evaluate_heldout give the same loss and bits per byte on the same documents (rows of SEQ
+    tokens overlapping by one = the evaluator's windows of SEQ - 1 targets)."""
+    from kexaone.eval.heldout import evaluate_heldout
+
+    idx = shards.split_indices(0.05)[1][:6]
+    ev = eval_set_from_shards([(shards, idx)], SEQ, BATCH, max_rows=1000)
+    texts = [corpus()[int(d)] for d in idx]
+    assert ev.n_bytes == sum(len(t.encode("utf-8")) for t in texts)
+    assert ev.n_tokens == sum(len(tok.encode(t)) for t in texts)
+    m = tiny_model(tok)
+    got = Trainer(m, tok, iter(()), cfg(tmp_path, max_steps=1), eval_set=ev).evaluate()
+    ref = evaluate_heldout(m, tok, {("synthetic", "en"): texts}, seq_len=SEQ - 1, batch_size=3)[0]
+    assert ref.tokens == ev.n_tokens and ref.bytes == ev.n_bytes
+    assert got["loss"] == pytest.approx(ref.loss, rel=1e-5)
+    assert got["bpb"] == pytest.approx(ref.bits_per_byte, rel=1e-5)

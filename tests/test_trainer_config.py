@@ -11,9 +11,10 @@ import pytest
 import torch
 
 from kexaone.train.config import TrainConfig, load_config_file
-from kexaone.train.distributed import DistInfo, all_reduce_mean, any_true, init_distributed, wrap_model
+from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, init_distributed, wrap_model
 from kexaone.train.metrics import MetricsLogger, plot_loss_curve, read_expert_loads, read_metrics
-from kexaone.train.pretrain import add_arguments, check_output_dir, config_from_args
+from kexaone.train.pretrain import add_arguments, config_from_args
+from kexaone.train.run import check_output_dir
 
 
 def test_defaults_and_derived_numbers():
@@ -135,7 +136,7 @@ def test_single_process_distributed_helpers(monkeypatch):
     info = init_distributed("cpu")
     assert (info.rank, info.world_size, info.is_main, info.distributed) == (0, 1, True, False)
     assert any_true(True, info) and not any_true(False, info)
-    assert all_reduce_mean([1.0, 2.0], info) == [1.0, 2.0]
+    assert all_reduce_sum([1.0, 2.0], info) == [1.0, 2.0]
     m = torch.nn.Linear(2, 2)
     assert wrap_model(m, info) is m
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -147,7 +148,7 @@ def test_single_process_distributed_helpers(monkeypatch):
 
 
 def test_thread_count_choice(monkeypatch):
-    from kexaone.train.pretrain import set_threads
+    from kexaone.train.run import set_threads
 
     old = torch.get_num_threads()
     try:

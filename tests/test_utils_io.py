@@ -45,7 +45,7 @@ def test_every_output_directory_check_uses_the_probe(tmp_path, monkeypatch):
     import kexaone.data.shards as shards
     import kexaone.utils.io as io
     from kexaone.train.checkpoint import CheckpointManager, check_writable
-    from kexaone.train.pretrain import check_output_dir
+    from kexaone.train.run import check_output_dir
 
     seen = []
     real = io.ensure_writable_dir

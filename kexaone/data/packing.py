@@ -32,10 +32,30 @@ _ORDER_SALT = 0x0D0C
 
 @dataclass
 class PackedRow:
-    """One row before batching: tokens and per-token document index, both int64 [T]."""
+    """One row before batching: tokens and per-token document index, both int64 [T], and the loss mask (int64 [T],
+    1 = train on the token) when the source stores one."""
 
     input_ids: np.ndarray
     doc_ids: np.ndarray
+    loss_mask: np.ndarray | None = None
+
+
+def eot_mask(doc_mask: np.ndarray) -> int:
+    """Loss-mask value of the eot appended after a document: trained when the document's last token is (an answer
+    that ends the document also teaches the model to stop), not after a masked-out tail."""
+    return int(doc_mask[-1]) if len(doc_mask) else 0
+
+
+def stack_rows(rows: Sequence[PackedRow], with_mask: bool) -> dict[str, torch.Tensor]:
+    """A batch dict from equal-length rows: input_ids, labels (= input_ids), doc_ids, and loss_mask when asked
+    (ones for rows of a source without a mask)."""
+    input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows]))
+    out = {"input_ids": input_ids, "labels": input_ids.clone(),
+           "doc_ids": torch.from_numpy(np.stack([r.doc_ids for r in rows]))}
+    if with_mask:
+        out["loss_mask"] = torch.from_numpy(np.stack([
+            r.loss_mask if r.loss_mask is not None else np.ones_like(r.input_ids) for r in rows]))
+    return out
 
 
 class SourceStream:
@@ -67,6 +87,7 @@ class SourceStream:
     def read(self, start: int, n: int, eot_id: int) -> PackedRow:
         """Stream tokens [start, start + n) with their row-local document ids."""
         out = np.empty(n, dtype=np.int64)
+        mask = np.empty(n, dtype=np.int64) if self.shards.has_loss_mask else None
         is_first = np.zeros(n, dtype=bool)  # True at the first token of a document that starts inside the row
         filled = 0
         epoch, off = divmod(start, self.epoch_tokens)
@@ -82,13 +103,18 @@ class SourceStream:
             out[filled : filled + from_doc] = toks[within : within + from_doc]
             if take > from_doc:  # the piece reaches the eot that closes this document
                 out[filled + from_doc] = eot_id
+            if mask is not None:
+                doc_mask = self.shards.loss_mask(int(docs[j]))
+                mask[filled : filled + from_doc] = doc_mask[within : within + from_doc]
+                if take > from_doc:
+                    mask[filled + from_doc] = eot_mask(doc_mask)
             filled += take
             j, within = j + 1, 0
             if j == len(docs):  # next epoch: a fresh document order
                 epoch += 1
                 docs, ends = self._order(epoch)
                 j = 0
-        return PackedRow(out, np.cumsum(is_first, dtype=np.int64))
+        return PackedRow(out, np.cumsum(is_first, dtype=np.int64), mask)
 
 
 class PackedBatches:
@@ -101,7 +127,8 @@ class PackedBatches:
     value when evaluating on the held-out split.
 
     Each item is a dict of int64 tensors [B_rank, T]: `input_ids`, `labels` (= input_ids, the model shifts; no
-    padding occurs in packed rows, so no -100) and `doc_ids`. `tokens_consumed` counts global tokens.
+    padding occurs in packed rows, so no -100) and `doc_ids`, plus `loss_mask` when a source stores one (see
+    `eot_mask` for the eot after a document). `tokens_consumed` counts global tokens.
     """
 
     def __init__(
@@ -149,10 +176,6 @@ class PackedBatches:
 
     # --- sizes
     @property
-    def local_batch_size(self) -> int:
-        return self.batch_size // self.world_size
-
-    @property
     def tokens_per_step(self) -> int:
         """Global tokens per step (all ranks)."""
         return self.batch_size * self.seq_len
@@ -182,9 +205,7 @@ class PackedBatches:
             if j % self.world_size == self.rank:
                 rows.append(self.streams[s].read(k * self.seq_len, self.seq_len, self.eot_id))
         self.step += 1
-        input_ids = torch.from_numpy(np.stack([r.input_ids for r in rows]))
-        doc_ids = torch.from_numpy(np.stack([r.doc_ids for r in rows]))
-        return {"input_ids": input_ids, "labels": input_ids.clone(), "doc_ids": doc_ids}
+        return stack_rows(rows, with_mask=any(s.has_loss_mask for s in self.sources))
 
     # --- resume
     def state_dict(self) -> dict:
@@ -220,11 +241,13 @@ def iter_document_batches(
     doc_indices: np.ndarray,
     seq_len: int,
     batch_size: int,
+    close_with_eot: bool = True,
 ) -> Iterator[dict[str, torch.Tensor]]:
     """Evaluation batches over whole documents, in document order.
 
-    Each document is scored as training sees it after a document boundary: `[eot, t1 .. tn, eot]`, cut into rows of
-    at most `seq_len` tokens that overlap by one token, so every document token and the closing eot is a target
+    Each document is scored as training sees it after a document boundary: `[eot, t1 .. tn, eot]` (without the
+    closing eot when `close_with_eot` is False: bits per byte score the text's own tokens only), cut into rows of
+    at most `seq_len` tokens that overlap by one token, so every document token (and the closing eot) is a target
     exactly once (targets of a row are its positions 1.., predicted from the row's earlier positions). Short rows
     are padded with pad_id, labels -100 there. Yields dicts with `input_ids`, `labels`, `doc_ids` ([B, T] int64)
     and `doc_index` ([B] int64: the document of each row), so losses can be summed per document, tag and byte.
@@ -234,7 +257,7 @@ def iter_document_batches(
     rows: list[tuple[np.ndarray, int]] = []
     eot = shards.eot_id
     for d in np.asarray(doc_indices, dtype=np.int64):
-        toks = np.concatenate([[eot], shards.document(int(d)).astype(np.int64), [eot]])
+        toks = np.concatenate([[eot], shards.document(int(d)).astype(np.int64), [eot] if close_with_eot else []])
         for start in range(0, len(toks) - 1, seq_len - 1):
             rows.append((toks[start : start + seq_len], int(d)))
             if len(rows) == batch_size:

@@ -9,6 +9,8 @@ tokenizer's batch encoder) and writes, into `out_dir/<content key>-<tokenizer ke
 - `doc_bytes.npy`          int64 [num_documents], UTF-8 bytes of each document (for bits per byte)
 - `doc_hash.npy`           uint64 [num_documents], a hash of each document's tokens (held-out split, dedup-safe)
 - `doc_tag.npy`            int32 [num_documents], index into meta["tags"] ("domain/lang" or source name)
+- `mask-00000.bin`, ...    optional (meta["loss_mask"] true): one uint8 per token of the matching token shard,
+                           1 = train on this token (SFT trains on answers, not prompts); no file: every token
 - `meta.json`              written last: a directory without it is never used
 
 The directory is built under a temporary name and renamed into place, so a crash never leaves a half cache that
@@ -106,7 +108,7 @@ class TokenShards:
     doc_bytes: np.ndarray  # int64 [N]
     doc_hash: np.ndarray  # uint64 [N]
     doc_tag: np.ndarray  # int32 [N]
-    _maps: dict[int, np.ndarray] = field(default_factory=dict, repr=False)
+    _maps: dict[tuple[str, int], np.ndarray] = field(default_factory=dict, repr=False)
 
     # --- identity and sizes
     @property
@@ -142,6 +144,11 @@ class TokenShards:
         """Identity of this cache: content key + tokenizer fingerprint (used to validate resumed loaders)."""
         return f"{self.meta['content_key']}-{self.meta['tokenizer_fingerprint']}"
 
+    @property
+    def has_loss_mask(self) -> bool:
+        """True when the cache stores a per-token loss mask (see `loss_mask`)."""
+        return bool(self.meta.get("loss_mask", False))
+
     def doc_lengths(self) -> np.ndarray:
         return np.diff(self.offsets)
 
@@ -173,21 +180,25 @@ class TokenShards:
                 raise FileNotFoundError(f"token cache {path} is missing shard {s['file']}")
             if f.stat().st_size != 4 * s["num_tokens"]:
                 raise ValueError(f"token shard {f} has {f.stat().st_size} bytes, expected {4 * s['num_tokens']}")
+            m = path / _mask_file(s["file"])
+            if meta.get("loss_mask") and (not m.exists() or m.stat().st_size != s["num_tokens"]):
+                raise ValueError(f"token cache {path}: loss-mask file {m.name} is missing or not one byte per token")
         return cls(path=path, meta=meta, **arrays)
 
-    def _shard(self, i: int) -> np.ndarray:
-        m = self._maps.get(i)
+    def _shard(self, i: int, kind: str = "tokens") -> np.ndarray:
+        m = self._maps.get((kind, i))
         if m is None:
             s = self.meta["shards"][i]
+            dtype = "<u4" if kind == "tokens" else "u1"
+            name = s["file"] if kind == "tokens" else _mask_file(s["file"])
             if s["num_tokens"] == 0:
-                m = np.zeros(0, dtype=np.uint32)
+                m = np.zeros(0, dtype=dtype)
             else:
-                m = np.memmap(self.path / s["file"], dtype="<u4", mode="r", shape=(s["num_tokens"],))
-            self._maps[i] = m
+                m = np.memmap(self.path / name, dtype=dtype, mode="r", shape=(s["num_tokens"],))
+            self._maps[(kind, i)] = m
         return m
 
-    def document(self, i: int) -> np.ndarray:
-        """Token ids of document i (uint32, a read-only view into the memory map)."""
+    def _slice(self, i: int, kind: str) -> np.ndarray:
         if not 0 <= i < self.num_documents:
             raise IndexError(f"document {i} out of range [0, {self.num_documents})")
         start, end = int(self.offsets[i]), int(self.offsets[i + 1])
@@ -196,7 +207,15 @@ class TokenShards:
         # A zero-length document at a shard boundary belongs to either shard; both slices are empty.
         s = max(s, 0)
         base = starts[s]
-        return self._shard(s)[start - base : end - base]
+        return self._shard(s, kind)[start - base : end - base]
+
+    def document(self, i: int) -> np.ndarray:
+        """Token ids of document i (uint32, a read-only view into the memory map)."""
+        return self._slice(i, "tokens")
+
+    def loss_mask(self, i: int) -> np.ndarray | None:
+        """The loss mask of document i (uint8 [len], 1 = train on the token), or None when the cache has none."""
+        return self._slice(i, "mask") if self.has_loss_mask else None
 
     def __getstate__(self) -> dict:
         # Memory maps are reopened lazily after unpickling (e.g. in DataLoader workers).
@@ -245,6 +264,10 @@ class TokenShards:
 
 
 # ----------------------------------------------------------------------------- building
+def _mask_file(token_file: str) -> str:
+    return token_file.replace("tokens-", "mask-", 1)
+
+
 def _doc_hash(ids: np.ndarray) -> int:
     return int.from_bytes(hashlib.blake2b(ids.tobytes(), digest_size=8).digest(), "little")
 
@@ -289,8 +312,10 @@ def _chunks(docs: Iterator[Document], n: int) -> Iterator[list[Document]]:
 class _ShardWriter:
     """Appends token chunks into shard files inside a temporary directory; produces the arrays and meta."""
 
-    def __init__(self, tmp: Path, vocab_size: int, shard_tokens: int):
+    def __init__(self, tmp: Path, vocab_size: int, shard_tokens: int, with_mask: bool = False):
         self.tmp, self.vocab_size, self.shard_tokens = tmp, vocab_size, shard_tokens
+        self.with_mask = with_mask
+        self._mask_f = None
         self.offsets = [0]
         self.doc_bytes: list[int] = []
         self.doc_hash: list[int] = []
@@ -306,18 +331,27 @@ class _ShardWriter:
         name = f"tokens-{len(self.shards):05d}.bin"
         self.shards.append({"file": name, "num_tokens": 0})
         self._f = open(self.tmp / name, "wb")
+        if self.with_mask:
+            self._mask_f = open(self.tmp / _mask_file(name), "wb")
         self._in_shard = 0
 
     def _close_shard(self) -> None:
-        if self._f is not None:
-            self._f.flush()
-            os.fsync(self._f.fileno())
-            self._f.close()
-            self._f = None
+        for f in (self._f, self._mask_f):
+            if f is not None:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+        self._f = self._mask_f = None
 
-    def add(self, docs: list[Document], ids_list: list[list[int]], where: str) -> None:
-        for d, ids in zip(docs, ids_list, strict=True):
+    def add(self, docs: list[Document], ids_list: list[list[int]], where: str,
+            masks: list[Sequence[int]] | None = None) -> None:
+        for k, (d, ids) in enumerate(zip(docs, ids_list, strict=True)):
             arr = np.asarray(ids, dtype=np.int64)
+            if self.with_mask:
+                mask = np.asarray(masks[k], dtype=np.int64)
+                if mask.shape != arr.shape or not np.isin(mask, (0, 1)).all():
+                    raise ValueError(f"{where}: the loss mask of document {len(self.doc_bytes)} must be 0/1 values, "
+                                     f"one per token ({arr.size}), got shape {mask.shape}")
             if arr.size and (arr.max() >= self.vocab_size or arr.min() < 0):
                 bad = int(arr.max()) if arr.max() >= self.vocab_size else int(arr.min())
                 raise ValueError(
@@ -328,6 +362,9 @@ class _ShardWriter:
             if self._f is None or (self._in_shard and self._in_shard + arr.size > self.shard_tokens):
                 self._open_shard()
             self._f.write(arr.tobytes())
+            if self.with_mask:
+                self._mask_f.write(mask.astype(np.uint8).tobytes())
+                self.content.update(mask.astype(np.uint8).tobytes())
             self._in_shard += arr.size
             self.shards[-1]["num_tokens"] += int(arr.size)
             self.offsets.append(self.offsets[-1] + int(arr.size))
@@ -352,7 +389,7 @@ class _ShardWriter:
             acc += s["num_tokens"]
         meta.update(
             num_documents=len(self.doc_bytes), num_tokens=self.offsets[-1], num_bytes=int(sum(self.doc_bytes)),
-            shards=self.shards, shard_starts=starts, tags=list(self.tags),
+            shards=self.shards, shard_starts=starts, tags=list(self.tags), loss_mask=self.with_mask,
         )
         atomic_write_text(self.tmp / "meta.json", json.dumps(meta, indent=1))
 
@@ -464,11 +501,14 @@ def build_token_shards_from_ids(
     pad_id: int = 0,
     tags: Sequence[str] | None = None,
     *,
+    loss_masks: Iterable[Sequence[int]] | None = None,
     source_id: str = "token-ids",
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
 ) -> TokenShards:
     """A TokenShards from already tokenized documents (lists of ids), e.g. data tokenized elsewhere. Cached by the
-    ids themselves; `doc_bytes` is 0 (no text is known, so bits per byte are unavailable for such sources)."""
+    ids themselves (and masks); `doc_bytes` is 0 (no text is known, so bits per byte are unavailable for such
+    sources). `loss_masks`: one 0/1 sequence per document, as long as its ids (1 = a training target), stored as
+    the cache's loss-mask channel."""
     if vocab_size < 1 or not 0 <= eot_id < vocab_size or not 0 <= pad_id < vocab_size:
         raise ValueError(f"need 0 <= eot_id, pad_id < vocab_size, got {eot_id}, {pad_id}, {vocab_size}")
     out_dir = Path(out_dir)
@@ -476,11 +516,17 @@ def build_token_shards_from_ids(
     tmp = out_dir / f".tmp-{uuid.uuid4().hex[:12]}"
     tmp.mkdir()
     try:
-        writer = _ShardWriter(tmp, vocab_size, shard_tokens)
+        writer = _ShardWriter(tmp, vocab_size, shard_tokens, with_mask=loss_masks is not None)
+        mask_iter = iter(loss_masks) if loss_masks is not None else None
         for i, ids in enumerate(docs_ids):
             tag = tags[i] if tags is not None else ""
             arr = np.asarray(ids, dtype=np.int64)
-            writer.add([Document("", tag)], [arr], source_id)
+            mask = None
+            if mask_iter is not None:
+                mask = next(mask_iter, None)
+                if mask is None:
+                    raise ValueError(f"{source_id}: loss_masks has fewer entries than documents ({i})")
+            writer.add([Document("", tag)], [arr], source_id, None if mask is None else [mask])
             writer.content.update(arr.tobytes())
         if not writer.doc_bytes:
             raise ValueError(f"{source_id}: no document given")

@@ -1,7 +1,7 @@
 """Held-out language-modelling evaluation: mean loss (nats per token) and bits per byte, per group of documents.
 
-Bits per byte (total cross-entropy in bits over the UTF-8 bytes of the text) is what compares models with
-different tokenizers: a tokenizer that packs more bytes into each token lowers neither it nor raises it. Each
+Bits per byte (kexaone.model.scoring.bits_per_byte: total cross-entropy in bits over the UTF-8 bytes of the text,
+the same definition as the trainer's held-out evaluation) is what compares models with different tokenizers: a tokenizer that packs more bytes into each token lowers neither it nor raises it. Each
 document is scored on its own, as pre-training sees it: `<|endoftext|>` then the document's tokens, every token of
 the document predicted exactly once. Documents longer than `seq_len` are cut into consecutive windows (the context
 restarts at each window), which only makes long documents look slightly harder.
@@ -11,12 +11,12 @@ This module does not choose the documents: callers pass groups keyed by (domain,
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import torch
-import torch.nn.functional as F
+
+from kexaone.model.scoring import bits_per_byte, token_logprobs
 
 
 @dataclass
@@ -57,8 +57,9 @@ def _windows(ids: list[int], seq_len: int) -> list[list[int]]:
 def sequence_nll(model: torch.nn.Module, pieces: Sequence[Sequence[int]], pad_id: int, batch_size: int = 8,
                  device: str | torch.device = "cpu") -> list[tuple[float, int]]:
     """(summed negative log-likelihood in nats, number of targets) for each piece, where piece[1:] is predicted
-    from its prefix. Pieces are right-padded into batches: with causal attention the padding after a row's last
-    real token is never seen by that row's real positions, so no attention mask is needed."""
+    from its prefix (kexaone.model.scoring.token_logprobs). Pieces are right-padded into batches: with causal
+    attention the padding after a row's last real token is never seen by that row's real positions, and it is
+    masked out of the score."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     results: list[tuple[float, int]] = [(0.0, 0)] * len(pieces)
@@ -68,14 +69,13 @@ def sequence_nll(model: torch.nn.Module, pieces: Sequence[Sequence[int]], pad_id
         idx = order[b:b + batch_size]
         width = max(len(pieces[i]) for i in idx)
         ids_BT = torch.full((len(idx), width), pad_id, dtype=torch.long)
+        real_BT = torch.zeros(len(idx), width, dtype=torch.bool)
         for row, i in enumerate(idx):
             ids_BT[row, :len(pieces[i])] = torch.tensor(pieces[i], dtype=torch.long)
-        ids_BT = ids_BT.to(device)
-        logits_BTV = model(input_ids=ids_BT[:, :-1]).logits.float()
-        logp_BT = -F.cross_entropy(logits_BTV.transpose(1, 2), ids_BT[:, 1:], reduction="none")
+            real_BT[row, :len(pieces[i])] = True
+        logp_BT = token_logprobs(model, ids_BT.to(device), mask=real_BT.to(device))
         for row, i in enumerate(idx):
-            n = len(pieces[i]) - 1
-            results[i] = (-float(logp_BT[row, :n].sum()), n)
+            results[i] = (-float(logp_BT[row].sum()), len(pieces[i]) - 1)
     return results
 
 
@@ -101,7 +101,7 @@ def evaluate_heldout(model: torch.nn.Module, tokenizer, groups: Mapping[tuple[st
             nbytes = sum(len(d.encode("utf-8")) for d in docs)
             results.append(HeldoutResult(
                 domain=domain, language=language, documents=len(docs), tokens=tokens, bytes=nbytes,
-                loss=nll / max(1, tokens), bits_per_byte=nll / math.log(2) / max(1, nbytes)))
+                loss=nll / max(1, tokens), bits_per_byte=bits_per_byte(nll, nbytes)))
         return results
     finally:
         model.train(was_training)

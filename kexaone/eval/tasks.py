@@ -24,7 +24,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import torch
-import torch.nn.functional as F
+
+from kexaone.model.scoring import token_logprobs
 
 
 CHOICE_NORMS = ("mean", "sum")
@@ -74,7 +75,7 @@ def choice_logprobs_batch(model: torch.nn.Module, tokenizer, questions: Sequence
                           max_rows: int = 16) -> list[list[float]]:
     """For each (prompt, choices): the log-probability of each choice's tokens after the prompt, summed over the
     tokens (norm="sum") or averaged (norm="mean"). Rows (one per choice) of several questions share a forward,
-    longest first so each batch has little padding; only the continuation positions go through the softmax."""
+    longest first so each batch has little padding (scored by kexaone.model.scoring.token_logprobs)."""
     if norm not in CHOICE_NORMS:
         raise ValueError(f"norm must be one of {CHOICE_NORMS}, got {norm!r}")
     if max_rows < 1:
@@ -96,16 +97,15 @@ def choice_logprobs_batch(model: torch.nn.Module, tokenizer, questions: Sequence
         idx = order[b:b + max_rows]
         width = max(len(rows[r][1]) + len(rows[r][2]) for r in idx)
         ids_BT = torch.full((len(idx), width), tokenizer.pad_id, dtype=torch.long)
+        score_BT = torch.zeros(len(idx), width, dtype=torch.bool)  # the continuation's positions
         for row, r in enumerate(idx):
             _, p, c = rows[r]
             ids_BT[row, :len(p) + len(c)] = torch.tensor(p + c, dtype=torch.long)
-        logits_BTV = model(input_ids=ids_BT.to(device)).logits
+            score_BT[row, len(p):len(p) + len(c)] = True
+        logp_BT = token_logprobs(model, ids_BT.to(device), mask=score_BT.to(device)).cpu()
         for row, r in enumerate(idx):
-            _, p, c = rows[r]
-            # logits at position t predict token t+1: the continuation's tokens sit at len(p) .. len(p)+len(c)-1.
-            logp_CV = F.log_softmax(logits_BTV[row, len(p) - 1:len(p) + len(c) - 1].float(), dim=-1)
-            total = float(logp_CV[torch.arange(len(c)), torch.tensor(c, device=logp_CV.device)].sum())
-            totals[r] = total / len(c) if norm == "mean" else total
+            total = float(logp_BT[row].sum())
+            totals[r] = total / len(rows[r][2]) if norm == "mean" else total
     out: list[list[float]] = [[] for _ in questions]
     for r, (qi, _, _) in enumerate(rows):
         out[qi].append(totals[r])

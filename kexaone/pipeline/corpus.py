@@ -97,7 +97,7 @@ def heldout_groups(tokenizer: Any, budget: Budget, data_specs: Sequence[str], se
     Rebuilds the same curriculum as pre-training (corpus and token caches make this cheap) and decodes the held-out
     documents back to text."""
     from kexaone.data.curriculum import synthetic_training_data
-    from kexaone.train.pretrain import cache_root
+    from kexaone.train.run import cache_root
 
     _, heldout = synthetic_training_data(
         tokenizer, cache_root() / "synthetic" / budget.corpus_size, cache_root() / "tokens",

@@ -99,15 +99,6 @@ def any_true(flag: bool, info: DistInfo) -> bool:
     return bool(t.item() > 0)
 
 
-def all_reduce_mean(values: list[float], info: DistInfo) -> list[float]:
-    """Element-wise mean over ranks of a few floats (for logging)."""
-    if not info.distributed:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.float64, device=_collective_device(info))
-    dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return (t / info.world_size).tolist()
-
-
 def all_reduce_sum(values: list[float], info: DistInfo) -> list[float]:
     if not info.distributed:
         return list(values)
@@ -146,11 +137,6 @@ def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp",
         fully_shard(model)
         return model
     raise ValueError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """The underlying KExaoneForCausalLM of a DDP wrapper (FSDP2 modifies the module in place)."""
-    return model.module if hasattr(model, "module") and isinstance(model.module, nn.Module) else model
 
 
 @contextlib.contextmanager

@@ -1,16 +1,22 @@
-"""The pre-training loop shared by every stage: loss = CE + w_mtp x MTP + w_aux x sequence aux loss, gradient
-accumulation, bf16 autocast / fp32 / fp8, clipping, the WSD schedule, the expert-bias update after every optimizer
-step, NaN/inf step skipping, periodic held-out evaluation, checkpoints with exact resume, and SIGINT/SIGTERM handling.
+"""The training loop shared by every stage: it minimises an objective (`kexaone.train.objectives`; pre-training's
+CE + w_mtp x MTP + c_aux x aux by default, masked CE for SFT, ...) with gradient accumulation, bf16 autocast / fp32 /
+fp8, clipping, the WSD schedule, MoE expert-bias balancing as an optimizer hook (`kexaone.train.balancing`; off with
+`router_frozen`), NaN/inf step skipping, periodic held-out evaluation, checkpoints with exact resume, and
+SIGINT/SIGTERM handling.
 
-What it does not do: build the model, tokenizer or data (see `kexaone.train.pretrain`), implement the optimizer,
-schedule, FP8 or checkpoint files (`kexaone.train.{optim,schedule,fp8,checkpoint}`), or the MoE balance maths
-(`kexaone.model.balance`). Under torch.distributed it runs data parallel (see `kexaone.train.distributed`); only
-rank 0 writes metrics and checkpoints.
+    Trainer(model, tokenizer, data, train_cfg, *, objective=None, eval_set=None, dist=None, out_dir=None,
+            callbacks=(), optimizer=None, scheduler=None).fit() -> TrainResult
+
+What it does not do: build the model, tokenizer or data (see `kexaone.train.run` and the stage modules), define a
+loss (objectives), implement the optimizer, schedule, FP8 or checkpoint files
+(`kexaone.train.{optim,schedule,fp8,checkpoint}`), or the MoE balance maths (`kexaone.model.balance`). Under
+torch.distributed it runs data parallel (see `kexaone.train.distributed`); only rank 0 writes metrics and checkpoints.
 
 Data protocol: `data` is an iterable of dicts with `input_ids` [B,T] int64, `labels` [B,T] int64 (-100 ignored)
-and optionally `doc_ids` [B,T] int64. When it has `state_dict()` / `load_state_dict()` its position is saved in
-checkpoints (exact resume needs this); `tokens_consumed` and a curriculum stage name (`stage_name`, `stage` or
-`current_stage`) are logged when present.
+and optionally `doc_ids` [B,T] int64 (packed documents: attention and targets never cross them) and `loss_mask`
+[B,T] (1 = train on the token at that position). Objectives may read further keys. When `data` has `state_dict()` /
+`load_state_dict()` its position is saved in checkpoints (exact resume needs this); `tokens_consumed` and a
+curriculum stage name (`stage_name`, `stage` or `current_stage`) are logged when present.
 """
 
 from __future__ import annotations
@@ -33,68 +39,15 @@ from torch import nn
 from kexaone.train.config import TrainConfig
 from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrier, maybe_no_sync, wrap_model
 from kexaone.train.metrics import MetricsLogger
+from kexaone.train.evaluation import EvalSet
+from kexaone.train.objectives import Objective
 
-LN2 = math.log(2.0)
 HISTORY_SIZE = 10_000
 """Step records kept in memory for TrainResult.history (the JSONL file has them all)."""
 
 
 class TrainingDiverged(RuntimeError):
     """Too many consecutive steps with a non-finite loss or gradient; the last good checkpoint is left intact."""
-
-
-# ---------------------------------------------------------------------------------------------- held-out data
-@dataclass
-class EvalSet:
-    """Fixed held-out micro-batches, plus the token and UTF-8 byte counts of the documents they come from: their
-    ratio converts the mean CE (nats per token) into bits per byte."""
-
-    batches: list[dict[str, torch.Tensor]]
-    n_tokens: int
-    n_bytes: int
-
-    def __len__(self) -> int:
-        return len(self.batches)
-
-    @property
-    def tokens_per_byte(self) -> float:
-        return self.n_tokens / max(1, self.n_bytes)
-
-
-def eval_set_from_shards(sources: Sequence[tuple[Any, Any]], seq_len: int, batch_size: int,
-                         max_rows: int) -> EvalSet | None:
-    """Held-out batches from (TokenShards, document indices) pairs: whole documents cut into rows (one document per
-    row, padding labelled -100, see kexaone.data.packing.iter_document_batches), taken one row at a time
-    round-robin over the sources until max_rows, then grouped into batches of batch_size rows. The rows do not
-    depend on batch_size, so runs with different per-rank batches evaluate on the same text. None when there is
-    no held-out document."""
-    import numpy as np
-
-    from kexaone.data.packing import iter_document_batches
-
-    iters, n_tok, n_bytes = [], 0, 0
-    for shards, idx in sources:
-        idx = np.asarray(idx, dtype=np.int64)
-        if len(idx) == 0:
-            continue
-        n_tok += int(shards.doc_lengths()[idx].sum()) + len(idx)  # + one eot per document
-        n_bytes += int(shards.doc_bytes[idx].sum())
-        iters.append(iter_document_batches(shards, idx, seq_len, 1))
-    rows: list[dict[str, torch.Tensor]] = []
-    while iters and len(rows) < max_rows:
-        for it in list(iters):
-            row = next(it, None)
-            if row is None:
-                iters.remove(it)
-                continue
-            rows.append(row)
-            if len(rows) >= max_rows:
-                break
-    if not rows:
-        return None
-    batches = [{k: torch.cat([r[k] for r in rows[i:i + batch_size]]) for k in ("input_ids", "labels", "doc_ids")}
-               for i in range(0, len(rows), batch_size)]
-    return EvalSet(batches, n_tok, n_bytes)
 
 
 # ---------------------------------------------------------------------------------------------- MFU helpers
@@ -163,7 +116,8 @@ class Trainer:
     def __init__(self, model: nn.Module, tokenizer: Any, data: Iterable[dict[str, torch.Tensor]],
                  train_cfg: TrainConfig, *, eval_set: EvalSet | None = None, dist: DistInfo | None = None,
                  out_dir: str | Path | None = None, callbacks: Sequence[Callable[..., Any]] = (),
-                 optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None) -> None:
+                 optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
+                 objective: Objective | None = None) -> None:
         self.cfg = train_cfg
         self.tokenizer = tokenizer
         self.data = data
@@ -176,9 +130,11 @@ class Trainer:
         self.vocab_size = int(model.config.vocab_size)
 
         c = train_cfg
-        self.mtp_weight = c.mtp_loss_weight if c.mtp_loss_weight is not None else model.config.mtp_loss_weight
-        self.aux_coef = c.aux_loss_coef if c.aux_loss_coef is not None else model.config.aux_loss_coef
-        self.bias_rate = c.bias_update_rate if c.bias_update_rate is not None else model.config.bias_update_rate
+        if objective is None:
+            from kexaone.train.objectives import PretrainObjective
+
+            objective = PretrainObjective.for_model(model, c.mtp_loss_weight, c.aux_loss_coef)
+        self.objective = objective
         self.total_steps = c.total_steps(self.dist.world_size)
         self.tokens_per_step = c.tokens_per_step(self.dist.world_size)
 
@@ -187,15 +143,26 @@ class Trainer:
             from kexaone.train.fp8 import apply_fp8
 
             apply_fp8(model, mode="torchao" if self.device.type == "cuda" else "emulate", fmt=c.fp8_format)
+        if c.router_frozen:
+            from kexaone.train.balancing import freeze_router
+
+            freeze_router(model)
         self.raw_model = model
         self.expert_parallel = bool(c.expert_parallel)
         if self.expert_parallel:
             self._apply_expert_parallel(model)
-        # An MTP block that is not trained (weight 0) has no gradient; DDP must then be told to expect that.
-        unused_mtp = getattr(model, "mtp", None) is not None and not self._uses_mtp()
+        # An MTP block that is not trained has no gradient; DDP must then be told to expect that.
+        unused_mtp = getattr(model, "mtp", None) is not None and not self.objective.uses_mtp(model)
         self.model = wrap_model(model, self.dist, c.parallel, find_unused_parameters=unused_mtp)
         self.optimizer = optimizer or self._build_optimizer()
         self.scheduler = scheduler or self._build_scheduler()
+        self.balancer = None
+        if not c.router_frozen:
+            from kexaone.train.balancing import ExpertBalancer
+            from kexaone.train.objectives import resolve_weights
+
+            rate = resolve_weights(model.config, bias_update_rate=c.bias_update_rate)["bias_update_rate"]
+            self.balancer = ExpertBalancer(model, rate).install(self.optimizer)
 
         from kexaone.train.checkpoint import CheckpointManager
 
@@ -248,11 +215,6 @@ class Trainer:
         if self.cfg.precision in ("bf16", "fp8"):
             return torch.autocast(device_type=self.device.type, dtype=torch.bfloat16)
         return nullcontext()
-
-    def _moe_layers(self) -> list[nn.Module]:
-        from kexaone.model.balance import moe_layers
-
-        return moe_layers(self.raw_model)
 
     # ------------------------------------------------------------------ checkpoint state
     def state_dict(self) -> dict[str, Any]:
@@ -401,35 +363,6 @@ class Trainer:
             raise ValueError(f"batch contains token id {bad} outside the model's vocabulary [0, {self.vocab_size}); "
                              "was the data tokenized with a different tokenizer?")
 
-    def _uses_mtp(self) -> bool:
-        return self.mtp_weight > 0 and getattr(self.raw_model, "mtp", None) is not None
-
-    def _forward_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Forward one micro-batch: (total loss of this micro-batch alone, its unweighted parts)."""
-        with self._autocast():
-            out = self.model(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
-                             compute_mtp=self._uses_mtp())
-        parts = {"ce": out.ce_loss.float()}
-        if out.mtp_loss is not None:
-            parts["mtp"] = out.mtp_loss.float()
-        if out.aux_loss is not None:
-            parts["aux"] = out.aux_loss.float()
-        return self._combine(parts), parts
-
-    def _combine(self, parts: dict[str, Any]) -> Any:
-        total = parts["ce"]
-        if "mtp" in parts:
-            total = total + self.mtp_weight * parts["mtp"]
-        if "aux" in parts:
-            total = total + self.aux_coef * parts["aux"]
-        return total
-
-    @staticmethod
-    def _target_count(batch: dict[str, torch.Tensor], shift: int) -> int:
-        from kexaone.model.mtp import shifted_targets
-
-        return int((shifted_targets(batch["labels"], shift, batch.get("doc_ids")) != -100).sum())
-
     def _next_batch(self, data_iter: Any) -> dict[str, torch.Tensor]:
         try:
             batch = next(data_iter)
@@ -442,31 +375,37 @@ class Trainer:
     def train_step(self, data_iter: Any) -> dict[str, Any]:
         """One optimizer step over grad_accum micro-batches (on every rank); returns the step's log record.
 
-        CE and MTP are means over every target of the step (all micro-batches, all ranks), not means of
-        micro-batch means: packed rows lose a different number of targets at document boundaries, and weighting
-        each micro-batch by its target count makes accumulation and data parallelism equal to one big batch.
-        The aux loss is a mean over sequences, so micro-batches (equal row counts) weigh equally."""
+        Each objective term is a sum over the step's units divided by their count over ALL micro-batches and
+        ranks (`Objective.denominators`, all-reduced before the first backward), not a mean of micro-batch means:
+        packed rows lose a different number of targets at document boundaries, and weighting each micro-batch by
+        its unit count makes accumulation and data parallelism equal to one big batch."""
         c = self.cfg
         W = self.dist.world_size
+        terms = self.objective.terms
         self.model.train()
         batches = [self._next_batch(data_iter) for _ in range(c.grad_accum)]
-        n_ce = [self._target_count(b, 1) for b in batches]
-        n_mtp = [self._target_count(b, 2) for b in batches] if self._uses_mtp() else [0] * len(batches)
-        tot_ce, tot_mtp = (max(1.0, x) for x in all_reduce_sum([float(sum(n_ce)), float(sum(n_mtp))], self.dist))
-        sums = {"ce": 0.0, "mtp": 0.0, "aux": 0.0}
-        seen: set[str] = set()
+        counts = [self.objective.denominators(b) for b in batches]
+        totals = dict(zip([t.name for t in terms], (max(1.0, x) for x in all_reduce_sum(
+            [float(sum(n.get(t.name, 0.0) for n in counts)) for t in terms], self.dist))))
+        sums: dict[str, Any] = {t.name: 0.0 for t in terms}
+        extra: dict[str, float] = {}
         for micro, batch in enumerate(batches):
             with maybe_no_sync(self.model, skip_sync=micro < c.grad_accum - 1):
-                _, parts = self._forward_loss(batch)
-                # Each rank's gradient is averaged over W ranks by DDP/FSDP, hence the factor W.
-                weights = {"ce": n_ce[micro] * W / tot_ce, "mtp": n_mtp[micro] * W / tot_mtp,
-                           "aux": 1.0 / c.grad_accum}
-                self._combine({k: v * weights[k] for k, v in parts.items()}).backward()
-            for k, v in parts.items():
-                seen.add(k)
-                sums[k] = sums[k] + v.detach() * weights[k] / W
-        keys = sorted(seen)
-        local = torch.stack([torch.as_tensor(sums[k], dtype=torch.float32) for k in keys]).cpu().tolist()
+                with self._autocast():
+                    values, metrics = self.objective.loss(self.model, batch)
+                total = None
+                for t in terms:
+                    # Each rank's gradient is averaged over W ranks by DDP/FSDP, hence the factor W.
+                    scale = (counts[micro][t.name] if t.mean else 1.0) * W / totals[t.name]
+                    part = values[t.name] * scale
+                    sums[t.name] = sums[t.name] + part.detach() / W
+                    total = t.weight * part if total is None else total + t.weight * part
+                total.backward()
+            for k, v in metrics.items():
+                extra[k] = extra.get(k, 0.0) + float(v) / (c.grad_accum * W)
+        keys = [t.name for t in terms] + sorted(extra)
+        local = torch.stack([torch.as_tensor(sums[t.name], dtype=torch.float32) for t in terms]).cpu().tolist()
+        local += [extra[k] for k in sorted(extra)]
         from kexaone.train.optim import clip_grad_norm_
 
         # Pre-clip global norm; a non-finite norm leaves the gradients untouched and the step is skipped below.
@@ -479,16 +418,18 @@ class Trainer:
             grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
         vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
-        vals["loss"] = self._combine(vals)
+        loss = terms[0].weight * vals[terms[0].name]  # 1.0 * x == x: pre-training's numbers are unchanged
+        for t in terms[1:]:
+            loss = loss + t.weight * vals[t.name]
+        vals["loss"] = loss
         # The schedule's LR (`lr`): a Muon group's when there is one (AdamW groups may run at their own adamw_lr).
         groups = self.optimizer.param_groups
         lr = next((g["lr"] for g in groups if g.get("kind") == "muon"), groups[0]["lr"])
         record: dict[str, Any] = {"kind": "train", "step": self.step + 1, **vals, "lr": lr, "grad_norm": grad_norm}
         if bad:
-            from kexaone.model.balance import reset_expert_counts
-
             self.optimizer.zero_grad(set_to_none=True)
-            reset_expert_counts(self.raw_model)  # this step's routed counts must not drive the bias update
+            if self.balancer is not None:
+                self.balancer.discard()  # this step's routed counts must not drive the bias update
             self.bad_in_row += 1
             self.skipped_steps += 1
             record["skipped"] = True
@@ -496,12 +437,10 @@ class Trainer:
                           f"grad_norm={grad_norm}); step skipped ({self.bad_in_row} in a row)", stacklevel=2)
         else:
             self.bad_in_row = 0
-            self.optimizer.step()
+            self.optimizer.step()  # the ExpertBalancer's post-step hook updates the expert biases here
             self.optimizer.zero_grad(set_to_none=True)
-            from kexaone.model.balance import update_expert_biases
-
-            stats = update_expert_biases(self.raw_model, self.bias_rate)
-            if stats.max_vio:
+            stats = self.balancer.pop_stats() if self.balancer is not None else None
+            if stats is not None and stats.max_vio:
                 record["max_vio"] = stats.mean_max_vio
                 record["max_vio_layers"] = list(stats.max_vio)
                 self._last_load = stats.load
@@ -516,28 +455,23 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out CE (nats/token) and bits per byte over the EvalSet (batches sharded over ranks under DDP)."""
+        """Held-out CE (nats per scored token) and bits per byte over the EvalSet, scored by
+        kexaone.model.scoring.token_logprobs (batches sharded over ranks under DDP)."""
         if self.eval_set is None or not len(self.eval_set):
             return None
+        from kexaone.model.scoring import bits_per_byte
+        from kexaone.train.evaluation import heldout_nats
+
         self.model.eval()
         shard = not (self.dist.distributed and self.cfg.parallel == "fsdp")
         batches = self.eval_set.batches
         mine = batches[self.dist.rank::self.dist.world_size] if shard else batches
-        net = self.raw_model if shard else self.model
-        nats, count = 0.0, 0
-        for batch in mine:
-            batch = {k: v.to(self.device) for k, v in batch.items()}
-            n = int((batch["labels"][:, 1:] != -100).sum())
-            with self._autocast():
-                out = net(batch["input_ids"], labels=batch["labels"], doc_ids=batch.get("doc_ids"),
-                          compute_mtp=False)
-            nats += float(out.ce_loss.float()) * n
-            count += n
+        nats, count = heldout_nats(self.raw_model if shard else self.model, mine, self.device, self._autocast)
         if shard:
             nats, count = all_reduce_sum([nats, float(count)], self.dist)
         self.model.train()
         ce = nats / max(count, 1)
-        bpb = ce / LN2 * self.eval_set.tokens_per_byte
+        bpb = bits_per_byte(nats, self.eval_set.n_bytes) if self.eval_set.n_bytes else float("nan")
         return {"loss": ce, "bpb": bpb, "ppl": math.exp(min(ce, 50.0))}
 
     # ------------------------------------------------------------------ the loop
@@ -546,7 +480,7 @@ class Trainer:
         if self._flops_per_token is None:
             try:
                 self._flops_per_token = training_flops_per_token(self.config, self.cfg.seq_len,
-                                                                 include_mtp=self._uses_mtp())
+                                                                 include_mtp=self.objective.uses_mtp(self.raw_model))
             except Exception as e:  # MFU is informative only; never stop a run for it
                 warnings.warn(f"MFU disabled: could not count model FLOPs ({e})", stacklevel=2)
                 self._flops_per_token = float("nan")

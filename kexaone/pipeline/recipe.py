@@ -151,12 +151,42 @@ def _load_trained(ctx: StageContext):
     return model, tok
 
 
+def _harness(model, tok, tasks, config, out_dir: Path, label: str) -> tuple[dict, dict[str, list[dict]]]:
+    """Run `tasks` through the evaluation harness (kexaone eval's code path) on a local model: the results dict and
+    each task's per-sample records."""
+    import json
+
+    from kexaone.engine.engine import Engine
+    from kexaone.eval.backends import LocalBackend
+    from kexaone.eval.harness import run_eval
+    from kexaone.eval.results import SampleStore
+
+    res = run_eval(LocalBackend(Engine(model, tok), batch_size=64), tasks, config, out_dir, model=label,
+                   progress=False)
+    samples = {t.name: sorted(SampleStore(out_dir, t.name).records.values(), key=lambda r: int(r["id"])
+                              if str(r["id"]).isdigit() else 0) for t in tasks}
+    json.dumps(res)  # results must stay JSON (they are copied into eval.json)
+    return res, samples
+
+
+def _heldout_rows(records: list[dict]) -> list[dict]:
+    """The harness's held-out records as kexaone.eval.heldout.HeldoutResult dicts (what the report reads)."""
+    rows = []
+    for r in records:
+        domain, _, lang = str(r["id"]).partition("/")
+        rows.append({"domain": domain, "language": lang, "documents": r.get("documents"), "tokens": r["tokens"], "bytes": r["bytes"],
+                     "loss": r["loss"], "bits_per_byte": r["score"],
+                     "bytes_per_token": r["bytes"] / max(1, r["tokens"])})
+    return rows
+
+
 def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
+    """Held-out bits per byte and the synthetic tasks, trained vs untrained, through the evaluation harness; the
+    harness's own files (results.json / results.md / samples) are kept under `harness/{trained,untrained}`."""
     import torch
 
-    from kexaone.eval.heldout import evaluate_heldout
-    from kexaone.engine.engine import Engine
-    from kexaone.eval.tasks import engine_generator, evaluate_task
+    from kexaone.eval.families.synthetic import heldout_task, task_from_spec
+    from kexaone.eval.harness import EvalConfig
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.pipeline import corpus
 
@@ -166,27 +196,33 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
     untrained = KExaoneForCausalLM(model.config).eval()  # the initial model: same config, same seed, no training
 
     groups = corpus.heldout_groups(tok, b, ctx.params.get("data", []), seed=ctx.params["seed"])
-    ctx.log(f"[evaluate] held-out loss on {len(groups)} groups")
-    held = evaluate_heldout(model, tok, groups, seq_len=b.seq_len)
-    held_u = evaluate_heldout(untrained, tok, groups, seq_len=b.seq_len)
-
-    gen_trained = engine_generator(Engine(model, tok), tok)
-    gen_untrained = engine_generator(Engine(untrained, tok), tok)
-    tasks = []
-    for spec in corpus.task_specs(b, tok, seed=ctx.params["seed"]):
-        t0 = time.perf_counter()
-        kw = dict(chance=spec.chance, max_new_tokens=spec.max_new_tokens, extract=spec.extract)
-        r = evaluate_task(model, tok, spec.name, spec.items, generate=gen_trained, **kw)
-        r.untrained_accuracy = evaluate_task(untrained, tok, spec.name, spec.items, keep_examples=0,
-                                             generate=gen_untrained, **kw).accuracy
-        ctx.log(f"[evaluate] {spec.name}: {r.accuracy:.3f} (chance {r.chance:.3f}, untrained "
-                f"{r.untrained_accuracy:.3f}) in {time.perf_counter() - t0:.1f} s")
-        tasks.append(r.to_dict())
-    ev = {"heldout": [r.to_dict() for r in held], "heldout_untrained": [r.to_dict() for r in held_u], "tasks": tasks}
+    specs = corpus.task_specs(b, tok, seed=ctx.params["seed"])
+    tasks = [heldout_task(groups)] + [task_from_spec(s) for s in specs]
+    config = EvalConfig(heldout_seq_len=b.seq_len)
+    ctx.log(f"[evaluate] harness: held-out bits per byte on {len(groups)} groups and {len(specs)} tasks")
+    t0 = time.perf_counter()
+    res, samples = _harness(model, tok, tasks, config, ctx.stage_dir / "harness" / "trained", "trained")
+    res_u, samples_u = _harness(untrained, tok, tasks, config, ctx.stage_dir / "harness" / "untrained", "untrained")
+    out_tasks = []
+    for spec in specs:
+        r, u = res["tasks"][spec.name], res_u["tasks"][spec.name]
+        examples = [{"prompt": x["prompt"][-300:], "output": str(x.get("response") or "")[:300],
+                     "answer": x.get("gold"), "correct": bool(x["score"])} for x in samples[spec.name][:3]]
+        out_tasks.append({"task": spec.name, "items": r["n"], "accuracy": r["score"], "stderr": r["stderr"],
+                          "chance": spec.chance, "untrained_accuracy": u["score"],
+                          "baseline": max(spec.chance, u["score"]),
+                          "scoring": "mean log-likelihood of each choice" if spec.items and spec.items[0].choices
+                          else "greedy decoding, exact answer", "examples": examples})
+        ctx.log(f"[evaluate] {spec.name}: {r['score']:.3f} (chance {spec.chance:.3f}, untrained {u['score']:.3f})")
+    ctx.log(f"[evaluate] done in {time.perf_counter() - t0:.1f} s")
+    ev = {"heldout": _heldout_rows(samples["heldout"]), "heldout_untrained": _heldout_rows(samples_u["heldout"]),
+          "tasks": out_tasks,
+          "harness": {"trained": ctx.rel(ctx.stage_dir / "harness" / "trained" / "results.md"),
+                      "untrained": ctx.rel(ctx.stage_dir / "harness" / "untrained" / "results.md")}}
     _write_json(ctx.stage_dir / "eval.json", ev)
     return {"eval": ctx.rel(ctx.stage_dir / "eval.json"),
-            "accuracy": {t["task"]: t["accuracy"] for t in tasks},
-            "baseline": {t["task"]: t["baseline"] for t in tasks}}
+            "accuracy": {t["task"]: t["accuracy"] for t in out_tasks},
+            "baseline": {t["task"]: t["baseline"] for t in out_tasks}}
 
 
 # ---------------------------------------------------------------------------------------------- 4. generate

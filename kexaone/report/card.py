@@ -202,7 +202,10 @@ def _section_eval(e: D.EvalData | D.Missing, plots: Any) -> list:
     title = "Evaluation"
     if isinstance(e, D.Missing):
         return _not_available(title, e)
-    blocks: list = [Heading(title)]
+    blocks: list = [Heading(title),
+                    Para("Measured through the evaluation harness (`kexaone eval`'s code path on the local model); its "
+                         "own files are in evaluate/harness/{trained,untrained} (results.json, results.md, "
+                         "per-sample JSONL).")]
     if e.heldout:
         rows = [[r.domain, r.language, _f(r.documents), _f(r.tokens), _f(r.loss), _f(r.bits_per_byte),
                  _f(r.untrained_bits_per_byte)] for r in e.heldout]

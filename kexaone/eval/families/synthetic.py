@@ -155,6 +155,7 @@ class Heldout(Family):
             nats = res.loss * res.tokens
             out.append({"prompt": f"{it['domain']}/{it['lang']}: {len(it['docs'])} documents", "response": None,
                         "extracted": None, "nats": nats, "tokens": res.tokens, "bytes": res.bytes,
+                        "documents": res.documents,
                         "loss": res.loss, "score": res.bits_per_byte})
         return out
 

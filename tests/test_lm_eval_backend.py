@@ -148,6 +148,20 @@ def test_local_completions_multiple_choice_equals_token_logprobs(served):
     acc = results["results"]["kx_mcq"]["acc,none"]
     assert acc == correct / len(ITEMS)
 
+    # The same items through `kexaone eval --mcq-mode loglik` on the same model: the same accuracy, and per-item
+    # log-likelihoods equal to lm-eval's (the context template is lm-eval's doc_to_text, the bare question).
+    from kexaone.cli import main
+
+    out = root / "kexaone_eval"
+    assert main(["eval", "--model", str(root / "model"), "--tasks", f"mcq:{root / 'items.jsonl'}", "--mcq-mode",
+                 "loglik", "--mcq-template", "{question}", "--out", str(out), "--no-progress"]) == 0
+    ours = json.loads((out / "results.json").read_text())["tasks"]["items"]
+    assert ours["score"] == acc
+    recs = sorted((json.loads(line) for line in (out / "samples" / "items.jsonl").read_text().splitlines()),
+                  key=lambda r: int(r["id"]))
+    for r, s in zip(recs, samples):
+        assert r["loglik"] == pytest.approx([float(x[0]) for x in s["filtered_resps"]], abs=1e-5)
+
 
 @pytest.mark.slow
 def test_local_chat_completions_generate_until_equals_engine_chat(served):

@@ -110,7 +110,8 @@ class LocalBackend:
             cfg = (d / "config.json").read_text(encoding="utf-8") if (d / "config.json").is_file() else ""
             rev = config_hash([cfg, parts])
         else:  # an in-memory model: its parameters identify it
-            rev = config_hash([round(float(p.double().sum()), 6) for p in self.engine.model.parameters()][:64])
+            params = list(self.engine.model.parameters())[:64]
+            rev = config_hash([round(float(p.detach().double().sum()), 6) for p in params])
         return {"backend": "local", "path": self.model_path, "model": Path(self.model_path).name
                 if self.model_path else "in-memory", "revision": rev}
 

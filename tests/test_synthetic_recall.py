@@ -119,3 +119,29 @@ def test_answer_token_mask_marks_exactly_the_answer_tokens():
         rest = tok.decode([i for i, m in zip(ids, mask) if not m])
         assert len(picked) + len(rest) == len(doc.text)
         assert doc.text.startswith(tok.decode(ids[:mask.index(True)]))
+
+
+def test_recall_keys_avoid_the_evaluation_keys():
+    from kexaone.data.synthetic.retrieval import is_reserved_key
+
+    rng = random.Random(4)
+    keys = [int(k) for _ in range(200) for k in re.findall(r"(\d{4}) ", recall_document(rng, 20).text)]
+    assert len(keys) > 3000 and not any(is_reserved_key(k) for k in keys)
+    with pytest.raises(ValueError, match="more than 1 digit"):
+        recall_document(rng, 6, key_digits=1)
+
+
+def test_corpus_retrieval_domain_mixes_in_dense_forms():
+    import dataclasses
+
+    from kexaone.data.synthetic.corpus import CORPUS_SIZES, domain_documents
+    from kexaone.data.synthetic.retrieval import retrieval_documents
+
+    plain = dataclasses.replace(CORPUS_SIZES["tiny"], retrieval_dense_fraction=0.0)
+    docs = list(domain_documents("retrieval", plain))
+    ref = retrieval_documents(0, plain.retrieval_long_fraction)
+    assert [d.text for d in docs] == [next(ref).text for _ in docs]  # fraction 0: the record documents unchanged
+    mixed = list(domain_documents("retrieval", dataclasses.replace(plain, retrieval_dense_fraction=0.5)))
+    dense = [d for d in mixed if d.text.startswith(("Recall list.", "Sequence:")) or "pass key" in d.text]
+    assert 0.3 < len(dense) / len(mixed) < 0.7 and all(d.tag == "retrieval/en" for d in mixed)
+    assert sum(len(d.text) for d in mixed) >= plain.chars["retrieval"]  # the domain's character budget holds

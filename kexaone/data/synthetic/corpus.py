@@ -18,6 +18,7 @@ import itertools
 import json
 import os
 import platform
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +27,13 @@ from kexaone.data.sources import Document
 from kexaone.data.synthetic.arithmetic import arithmetic_documents
 from kexaone.data.synthetic.code import code_documents
 from kexaone.data.synthetic.knowledge import knowledge_documents
+from kexaone.data.synthetic.recall import dense_recall_documents
 from kexaone.data.synthetic.retrieval import retrieval_documents
 from kexaone.data.synthetic.tools import tool_documents
 from kexaone.data.synthetic.world import World
 from kexaone.utils.io import atomic_open, atomic_write_text
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bump when a generator's output changes, so cached corpora are rebuilt."""
 DOMAINS = ("knowledge", "arithmetic", "retrieval", "tools", "code")
 
@@ -44,6 +46,11 @@ class CorpusSize:
     chars: dict
     """Characters of text per domain (each domain stops at the first document that reaches its budget)."""
     retrieval_long_fraction: float = 0.25
+    retrieval_dense_fraction: float = 0.0
+    """Share of the retrieval domain's documents drawn from the retrieval-dense forms of
+    kexaone.data.synthetic.recall (recall lists, repeated runs, passkeys) instead of record documents: answers that
+    can only be copied from the context, which make induction heads form sooner (benchmarks/results/
+    induction_study.md)."""
 
 
 CORPUS_SIZES = {
@@ -66,6 +73,18 @@ def get_size(size: str | CorpusSize) -> CorpusSize:
     return CORPUS_SIZES[size]
 
 
+def _retrieval_mix(seed: int, size: CorpusSize) -> Iterator[Document]:
+    """Record documents, with `retrieval_dense_fraction` of the documents from the retrieval-dense forms."""
+    records = retrieval_documents(seed, size.retrieval_long_fraction)
+    if size.retrieval_dense_fraction <= 0:
+        yield from records
+        return
+    dense = dense_recall_documents(seed)
+    rng = random.Random(f"kexaone-retrieval-mix|{seed}")
+    while True:
+        yield next(dense).document() if rng.random() < size.retrieval_dense_fraction else next(records)
+
+
 def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int = 0) -> Iterator[Document]:
     """The documents of one domain, stopping once `size.chars[domain]` characters are reached."""
     size = get_size(size)
@@ -73,7 +92,7 @@ def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int 
     gens = {
         "knowledge": lambda: knowledge_documents(world, seed),
         "arithmetic": lambda: arithmetic_documents(seed),
-        "retrieval": lambda: retrieval_documents(seed, size.retrieval_long_fraction),
+        "retrieval": lambda: _retrieval_mix(seed, size),
         "tools": lambda: tool_documents([c.name for c in world.cities], seed),
         "code": lambda: code_documents(heldout=False),
     }

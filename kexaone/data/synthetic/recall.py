@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 from kexaone.data.sources import Document
 from kexaone.data.synthetic.names import pseudo_word
+from kexaone.data.synthetic.retrieval import is_reserved_key
 
 DOMAIN = "retrieval"
 
@@ -141,14 +142,22 @@ def _words(rng: random.Random, n: int, syllables: tuple[int, int] = (2, 3)) -> l
 def recall_document(rng: random.Random, n_pairs: int, n_queries: int | None = None, key_digits: int = 4
                     ) -> SpanDocument:
     """'Recall list.\\n4821 Talvik; 3310 Morra; ...\\nRecall: 3310 Morra; ...' (keys numbers of `key_digits`
-    digits, values pseudo-words; the recalled values are the answers)."""
+    digits, never a key the retrieval task reserves for evaluation; values pseudo-words; the recalled values are
+    the answers)."""
     if n_pairs < 1 or key_digits < 1:
         raise ValueError(f"n_pairs and key_digits must be >= 1, got {n_pairs}, {key_digits}")
     nq = n_pairs if n_queries is None else n_queries
     if not 1 <= nq <= n_pairs:
         raise ValueError(f"n_queries must be in [1, n_pairs={n_pairs}], got {n_queries}")
+    if n_pairs > 9 * 10 ** (key_digits - 1) // 2:
+        raise ValueError(f"{n_pairs} pairs need keys of more than {key_digits} digit(s)")
     lo = 10 ** (key_digits - 1)
-    keys = rng.sample(range(lo, 10 * lo), n_pairs)
+    keys: list[int] = []
+    while len(keys) < n_pairs:
+        k = rng.randrange(lo, 10 * lo)
+        # Keys the held-out retrieval task asks about never occur in training (kexaone.data.synthetic.retrieval).
+        if k not in keys and not is_reserved_key(k):
+            keys.append(k)
     vals = _words(rng, n_pairs)
     b = _Builder()
     b.add("Recall list.\n" + "; ".join(f"{k} {v}" for k, v in zip(keys, vals)) + ".\nRecall:")

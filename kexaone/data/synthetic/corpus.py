@@ -1,7 +1,8 @@
 """The embedded default corpus: every synthetic domain generated deterministically and written as JSONL.
 
 `write_corpus(out_dir, size)` writes one `<domain>.jsonl` per domain (records `{"text", "domain", "lang"}`, so the
-data pipeline tags each document "domain/lang" for per-domain and per-language evaluation) and `manifest.json`.
+data pipeline tags each document "domain/lang" for per-domain and per-language evaluation; retrieval-dense documents
+also carry `"answers"`, the [start, end) character spans of their answers) and `manifest.json`.
 The same (size, seed, package version of the generators, installed stdlib) always gives the same bytes; a directory
 that already holds that corpus is left alone.
 
@@ -84,7 +85,9 @@ def _retrieval_mix(seed: int, size: CorpusSize) -> Iterator[Document]:
     dense = dense_recall_documents(seed)
     rng = random.Random(f"kexaone-retrieval-mix|{seed}")
     while True:
-        yield next(dense).document() if rng.random() < size.retrieval_dense_fraction else next(records)
+        # A dense document keeps its answer spans (SpanDocument: text and tag like a Document, plus `answers`),
+        # which write_corpus stores so a loss on answers only is possible downstream.
+        yield next(dense) if rng.random() < size.retrieval_dense_fraction else next(records)
 
 
 def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int = 0) -> Iterator[Document]:
@@ -139,7 +142,10 @@ def write_corpus(out_dir: str | os.PathLike, size: str | CorpusSize = "default",
         with atomic_open(paths[d], "w") as f:
             for doc in domain_documents(d, size, seed):
                 domain, _, lang = doc.tag.partition("/")
-                line = json.dumps({"text": doc.text, "domain": domain, "lang": lang}, ensure_ascii=False) + "\n"
+                rec = {"text": doc.text, "domain": domain, "lang": lang}
+                if getattr(doc, "answers", None):
+                    rec["answers"] = [list(span) for span in doc.answers]  # character spans of the answers
+                line = json.dumps(rec, ensure_ascii=False) + "\n"
                 f.write(line)
                 h.update(line.encode("utf-8"))
                 n, chars = n + 1, chars + len(doc.text)

@@ -146,3 +146,13 @@ def test_callback_logs_probe_records_during_training(probe, tmp_path):
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="every"):
         induction_callback(probe, every=0)
+
+
+def test_probe_for_tokenizer_skips_special_ids():
+    from kexaone.eval.induction import probe_for_tokenizer
+
+    tok = SimpleNamespace(vocab_size=300, special_ids={"<|endoftext|>": 0, "<|pad|>": 1, "<|user|>": 7})
+    p = probe_for_tokenizer(tok, n=8)
+    for ps in p.sets():
+        assert int(ps.ids.min()) >= 8 and int(ps.ids.max()) < 300
+    assert p.induction.chance == pytest.approx(1 / 292)

@@ -145,7 +145,7 @@ def test_corpus_retrieval_domain_mixes_in_dense_forms():
     dense = [d for d in mixed if d.text.startswith(("Recall list.", "Sequence:")) or "pass key" in d.text]
     assert 0.3 < len(dense) / len(mixed) < 0.7 and all(d.tag == "retrieval/en" for d in mixed)
     assert sum(len(d.text) for d in mixed) >= plain.chars["retrieval"]  # the domain's character budget holds
-    assert all(d.answers for d in dense) and not any(hasattr(d, "answers") for d in mixed if d not in dense)
+    assert all(d.answers for d in mixed)  # record documents carry their answer spans too
 
 
 def test_write_corpus_stores_answer_spans(tmp_path, monkeypatch):
@@ -159,11 +159,23 @@ def test_write_corpus_stores_answer_spans(tmp_path, monkeypatch):
                                 chars={**corpus.CORPUS_SIZES["tiny"].chars, "knowledge": 2000, "code": 2000})
     paths = corpus.write_corpus(tmp_path, small)
     recs = [json.loads(ln) for ln in paths["retrieval"].read_text(encoding="utf-8").splitlines()]
-    with_spans = [r for r in recs if "answers" in r]
-    assert 0.3 < len(with_spans) / len(recs) < 0.7
-    for r in with_spans:
+    assert all("answers" in r for r in recs)
+    for r in recs:
         for a, b in r["answers"]:
             assert r["text"][a] == " " and r["text"][a + 1:b].strip() == r["text"][a + 1:b]
     # the data pipeline still reads the file as plain tagged documents
     docs = list(iter_tagged_documents(str(paths["retrieval"])))
     assert [d.text for d in docs] == [r["text"] for r in recs] and {d.tag for d in docs} == {"retrieval/en"}
+
+
+def test_record_documents_answer_spans_are_the_restated_records():
+    from kexaone.data.synthetic.retrieval import make_document, make_span_document
+
+    for long in (False, True):
+        doc = make_span_document(random.Random(7), long)
+        assert doc.text == make_document(random.Random(7), long)  # the same text with or without spans
+        answers = doc.answer_texts()
+        assert len(answers) == doc.text.count("\nAnswer:") >= 3
+        for (a, _), ans in zip(doc.answers, answers):
+            assert doc.text[:a].endswith("Answer:")
+            assert ans.strip() in doc.text[:a]  # the restated record was stated earlier in the document

@@ -1,8 +1,8 @@
 """The embedded default corpus: every synthetic domain generated deterministically and written as JSONL.
 
 `write_corpus(out_dir, size)` writes one `<domain>.jsonl` per domain (records `{"text", "domain", "lang"}`, so the
-data pipeline tags each document "domain/lang" for per-domain and per-language evaluation; retrieval-dense documents
-also carry `"answers"`, the [start, end) character spans of their answers) and `manifest.json`.
+data pipeline tags each document "domain/lang" for per-domain and per-language evaluation; retrieval documents also
+carry `"answers"`, the [start, end) character spans of their answers) and `manifest.json`.
 The same (size, seed, package version of the generators, installed stdlib) always gives the same bytes; a directory
 that already holds that corpus is left alone.
 
@@ -77,7 +77,9 @@ def get_size(size: str | CorpusSize) -> CorpusSize:
 
 
 def _retrieval_mix(seed: int, size: CorpusSize) -> Iterator[Document]:
-    """Record documents, with `retrieval_dense_fraction` of the documents from the retrieval-dense forms."""
+    """Record documents, with `retrieval_dense_fraction` of the documents from the retrieval-dense forms. Both kinds
+    are SpanDocuments (text and tag like a Document, plus `answers`), whose spans write_corpus stores so a loss on
+    answers only is possible downstream."""
     records = retrieval_documents(seed, size.retrieval_long_fraction)
     if size.retrieval_dense_fraction <= 0:
         yield from records
@@ -85,8 +87,6 @@ def _retrieval_mix(seed: int, size: CorpusSize) -> Iterator[Document]:
     dense = dense_recall_documents(seed)
     rng = random.Random(f"kexaone-retrieval-mix|{seed}")
     while True:
-        # A dense document keeps its answer spans (SpanDocument: text and tag like a Document, plus `answers`),
-        # which write_corpus stores so a loss on answers only is possible downstream.
         yield next(dense) if rng.random() < size.retrieval_dense_fraction else next(records)
 
 

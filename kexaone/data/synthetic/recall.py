@@ -24,11 +24,10 @@ from __future__ import annotations
 
 import random
 from collections.abc import Iterator
-from dataclasses import dataclass
 
-from kexaone.data.sources import Document
 from kexaone.data.synthetic.names import pseudo_word
 from kexaone.data.synthetic.retrieval import is_reserved_key
+from kexaone.data.synthetic.spans import SpanBuilder, SpanDocument
 
 DOMAIN = "retrieval"
 
@@ -95,39 +94,6 @@ def repeat_tokens(rng: random.Random, span: int, id_range: tuple[int, int], fill
 
 
 # ---------------------------------------------------------------------------------------------- text form
-@dataclass(frozen=True)
-class SpanDocument:
-    text: str
-    answers: tuple[tuple[int, int], ...]
-    """Character spans [start, end) of the answers in `text`, in order; each starts with the space before the
-    answer, which byte-level BPE tokens carry at their front."""
-    tag: str = f"{DOMAIN}/en"
-
-    def answer_texts(self) -> list[str]:
-        return [self.text[a:b] for a, b in self.answers]
-
-    def document(self) -> Document:
-        return Document(self.text, self.tag)
-
-
-class _Builder:
-    """Appends text pieces and records the character spans of those marked as answers."""
-
-    def __init__(self) -> None:
-        self.parts: list[str] = []
-        self.n = 0
-        self.spans: list[tuple[int, int]] = []
-
-    def add(self, s: str, answer: bool = False) -> None:
-        if answer:
-            self.spans.append((self.n, self.n + len(s)))
-        self.parts.append(s)
-        self.n += len(s)
-
-    def build(self) -> SpanDocument:
-        return SpanDocument("".join(self.parts), tuple(self.spans))
-
-
 def _words(rng: random.Random, n: int, syllables: tuple[int, int] = (2, 3)) -> list[str]:
     out: list[str] = []
     seen: set[str] = set()
@@ -159,7 +125,7 @@ def recall_document(rng: random.Random, n_pairs: int, n_queries: int | None = No
         if k not in keys and not is_reserved_key(k):
             keys.append(k)
     vals = _words(rng, n_pairs)
-    b = _Builder()
+    b = SpanBuilder()
     b.add("Recall list.\n" + "; ".join(f"{k} {v}" for k, v in zip(keys, vals)) + ".\nRecall:")
     for i, j in enumerate(rng.sample(range(n_pairs), nq)):
         b.add(f"{';' if i else ''} {keys[j]}")
@@ -181,7 +147,7 @@ def repeat_document(rng: random.Random, span_words: int, filler_sentences: tuple
     words = [str(rng.randint(10, 999)) if rng.random() < 0.3 else pseudo_word(rng, rng.randint(1, 3))
              for _ in range(span_words)]
     filler = " ".join(rng.choice(_FILLER) for _ in range(rng.randint(*filler_sentences)))
-    b = _Builder()
+    b = SpanBuilder()
     b.add("Sequence: " + " ".join(words) + ".\n" + filler + "\nAgain: " + words[0])
     for w in words[1:]:
         b.add(" " + w, answer=True)
@@ -200,7 +166,7 @@ def passkey_document(rng: random.Random, filler_sentences: tuple[int, int] = (4,
     depth = rng.randint(0, n)
     sents = [rng.choice(_FILLER) for _ in range(n)]
     sents.insert(depth, f"The pass key is {key}. Remember it. {key} is the pass key.")
-    b = _Builder()
+    b = SpanBuilder()
     b.add(" ".join(sents) + "\nWhat is the pass key? The pass key is")
     b.add(" " + key, answer=True)
     b.add(".")

@@ -156,3 +156,17 @@ def test_probe_for_tokenizer_skips_special_ids():
     for ps in p.sets():
         assert int(ps.ids.min()) >= 8 and int(ps.ids.max()) < 300
     assert p.induction.chance == pytest.approx(1 / 292)
+
+
+def test_speedrun_probe_callback_follows_the_budget():
+    from kexaone.pipeline.budgets import get_budget
+    from kexaone.pipeline.corpus import induction_probe_callback
+
+    tok = SimpleNamespace(vocab_size=V, special_ids={"<|endoftext|>": 0})
+    assert induction_probe_callback(tok, get_budget("tiny").replace(probe_every=0)) is None
+    cb = induction_probe_callback(tok, get_budget("tiny"))
+    trainer = SimpleNamespace(raw_model=CopyOracle(V), total_steps=25, logger=None)
+    for step in range(1, 26):
+        cb(trainer, step, {})
+    assert [r["step"] for r in cb.history] == [10, 20, 25]  # tiny: every 10 steps, and the last
+    assert all(r["induction_acc"] == 1.0 and r["recall_acc"] == 1.0 for r in cb.history)

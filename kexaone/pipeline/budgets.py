@@ -60,6 +60,11 @@ class Budget:
     """MTP draft lengths measured against plain decoding (each side by side with it)."""
     checkpoint_every: int = 100
     """Optimizer steps between trainer checkpoints (what a killed pre-training resumes from)."""
+    probe_every: int = 50
+    """Optimizer steps between scores of the induction / key-value recall probes (kexaone.eval.induction), whose
+    curves show when in-context copying forms; 0 turns them off."""
+    probe_rows: int = 32
+    """Rows of each probe set (a probe costs about two forward passes over rows x ~70 tokens)."""
 
     @property
     def train_steps(self) -> int:
@@ -79,7 +84,7 @@ BUDGETS: dict[str, Budget] = {
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,
         answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
-        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10,
+        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10, probe_every=10, probe_rows=8,
     ),
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, about 50 minutes on 2 CPU cores",

@@ -216,9 +216,28 @@ def run(cfg: RunConfig, log=print) -> dict:
     data = batches(cfg)
     curve: list[dict] = []
     t0 = time.perf_counter()
+    stopped = None
+    try:
+        _train(cfg, model, opt, sched, probe, data, curve, log, t0)
+    except KeyboardInterrupt:  # SIGINT / SIGTERM (see main): keep the curve so far, marked as stopped
+        stopped = "interrupted"
+    secs = time.perf_counter() - t0
+    step = curve[-1]["step"] if curve else 0
+    steps = [r["step"] for r in curve]
+    result = {"config": dataclasses.asdict(cfg), "params": sum(p.numel() for p in model.parameters()),
+              "layer_types": "".join("G" if t == GLOBAL else "L" for t in mc.layer_types),
+              "window": mc.sliding_window, "steps": step, "seconds": round(secs, 1),
+              "sec_per_step": round(secs / max(step, 1), 3), "curve": curve, "stopped": stopped,
+              "chance": {"induction": probe.induction.chance, "recall": probe.recall.chance}}
+    for name in ("induction", "recall"):
+        result[f"onset_{name}"] = onset_step(steps, [r[f"{name}_acc"] for r in curve], result["chance"][name])
+        result[f"final_{name}"] = curve[-1][f"{name}_acc"] if curve else None
+    return result
+
+
+def _train(cfg: RunConfig, model, opt, sched, probe, data, curve: list, log, t0: float) -> None:
     losses: list[float] = []
     above = 0
-    step = 0
     for step in range(1, cfg.max_steps + 1):
         x, labels = next(data)
         out = model(input_ids=x, labels=labels)
@@ -237,17 +256,6 @@ def run(cfg: RunConfig, log=print) -> dict:
             above = above + 1 if min(s["induction_acc"], s["recall_acc"]) >= 0.9 else 0
             if above >= 2 or time.perf_counter() - t0 > cfg.max_seconds:
                 break
-    secs = time.perf_counter() - t0
-    steps = [r["step"] for r in curve]
-    result = {"config": dataclasses.asdict(cfg), "params": sum(p.numel() for p in model.parameters()),
-              "layer_types": "".join("G" if t == GLOBAL else "L" for t in mc.layer_types),
-              "window": mc.sliding_window, "steps": step, "seconds": round(secs, 1),
-              "sec_per_step": round(secs / max(step, 1), 3), "curve": curve,
-              "chance": {"induction": probe.induction.chance, "recall": probe.recall.chance}}
-    for name in ("induction", "recall"):
-        result[f"onset_{name}"] = onset_step(steps, [r[f"{name}_acc"] for r in curve], result["chance"][name])
-        result[f"final_{name}"] = curve[-1][f"{name}_acc"] if curve else None
-    return result
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -358,7 +366,8 @@ def report(path: Path, md: Path) -> None:
         at = next((p for p in r["curve"] if p["step"] == AT_STEP), None)
         la = (f"{at['induction_loss']:.2f} | {at['recall_loss']:.2f}" if at else "- | -")
         lines.append(f"| {c['shape']} ({r['layer_types']}, window {r['window']}) | {c['factor']} | {c['name']} | "
-                     f"{_settings(c)} | {c['seed']} | {r['params'] / 1e6:.1f}M | {r['sec_per_step']:.2f} | {r['steps']} | "
+                     f"{_settings(c)} | {c['seed']} | {r['params'] / 1e6:.1f}M | {r['sec_per_step']:.2f} | {r['steps']}"
+                     f"{' (stopped by hand)' if r.get('stopped') else ''} | "
                      f"{_fmt(r['onset_induction'])} | {_fmt(r['onset_recall'])} | {r['final_induction']:.2f} | "
                      f"{r['final_recall']:.2f} | {la} |")
     d = RunConfig()
@@ -414,6 +423,12 @@ def main() -> None:
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     path = Path(a.jsonl)
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"signal {signum}")
+
+    signal.signal(signal.SIGTERM, stop)  # a stopped run is still recorded, with its curve so far
     if a.time_step:
         for shape in a.time_step:
             r = run(RunConfig(name="timing", shape=shape, max_steps=20, eval_every=10), log=lambda s: None)
@@ -436,6 +451,8 @@ def main() -> None:
         append(path, result)
         print(f"== {cfg.name}: onset induction {result['onset_induction']}, recall {result['onset_recall']}, "
               f"{result['seconds']:.0f}s", flush=True)
+        if result["stopped"]:
+            break
 
 
 if __name__ == "__main__":

@@ -62,3 +62,16 @@ def test_a_short_run_is_recorded_and_reported(study, tmp_path):
     text = md.read_text()
     # max_steps and probe_rows differ from the defaults; the settings column names max_steps (probe_rows is not data)
     assert "| s4 (LLLG, window 16) | baseline | t | max_steps 4 | 0 |" in text and json.loads(path.read_text())["steps"] == 4
+
+
+def test_a_stopped_run_keeps_its_curve(study):
+    cfg = study.RunConfig(name="t", max_steps=6, eval_every=2, probe_rows=4, warmup=1)
+    seen = []
+
+    def log(line):
+        seen.append(line)
+        if len(seen) == 2:
+            raise KeyboardInterrupt  # what main's SIGTERM handler raises
+
+    r = study.run(cfg, log=log)
+    assert r["stopped"] == "interrupted" and [p["step"] for p in r["curve"]] == [2, 4] and r["steps"] == 4

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import random
 import sys
 import time
@@ -413,7 +412,8 @@ def report(path: Path, md: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small), skipping runs already in the JSONL")
+    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small), skipping runs "
+                    "already in the JSONL")
     ap.add_argument("--one", help="JSON of RunConfig fields: one run")
     ap.add_argument("--report", action="store_true")
     ap.add_argument("--time-step", nargs="+", metavar="SHAPE", help="seconds per step of each shape (20 steps)")

@@ -67,7 +67,8 @@ def mqar_tokens(rng: random.Random, n_pairs: int, key_range: tuple[int, int], va
 def repeat_tokens(rng: random.Random, span: int, id_range: tuple[int, int], filler: tuple[int, int] = (0, 0),
                   prefix: tuple[int, int] = (0, 0)) -> tuple[list[int], list[bool]]:
     """[prefix | x1..xL | filler | x1..xL]: random ids from id_range, span length L; `filler`/`prefix` are (min, max)
-    lengths of random ids before and between the copies. Mask: the second copy's x2..xL (x1 cannot be inferred from context)."""
+    lengths of random ids before and between the copies. Mask: the second copy's x2..xL (x1 cannot be inferred
+    from the context)."""
     if span < 2:
         raise ValueError(f"span must be >= 2 (the first token of a copy is not predictable), got {span}")
     _check_range("id_range", id_range, span + 1)

@@ -324,8 +324,11 @@ def load(path: Path) -> list[dict]:
     return [json.loads(ln) for ln in path.read_text(encoding="utf-8").splitlines() if ln.strip()]
 
 
-def _fmt(v) -> str:
-    return "never" if v is None else str(v)
+def _fmt(v, r: dict) -> str:
+    """An onset step; `never` for a run that ended at its limit, `not by N` for one stopped by hand."""
+    if v is not None:
+        return str(v)
+    return f"not by {r['steps']}" if r.get("stopped") else "never"
 
 
 def _settings(c: dict) -> str:
@@ -367,7 +370,7 @@ def report(path: Path, md: Path) -> None:
         lines.append(f"| {c['shape']} ({r['layer_types']}, window {r['window']}) | {c['factor']} | {c['name']} | "
                      f"{_settings(c)} | {c['seed']} | {r['params'] / 1e6:.1f}M | {r['sec_per_step']:.2f} | {r['steps']}"
                      f"{' (stopped by hand)' if r.get('stopped') else ''} | "
-                     f"{_fmt(r['onset_induction'])} | {_fmt(r['onset_recall'])} | {r['final_induction']:.2f} | "
+                     f"{_fmt(r['onset_induction'], r)} | {_fmt(r['onset_recall'], r)} | {r['final_induction']:.2f} | "
                      f"{r['final_recall']:.2f} | {la} |")
     d = RunConfig()
     lines += ["", f"RunConfig defaults: shape {d.shape} (hidden 128, 4 layers, 16 experts top-2 + shared, MTP), "

@@ -1,8 +1,9 @@
 """Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
 
-`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
-2-core CPU; README says which capabilities its last run lifted above their baselines), `large` a longer run of a
-wider model for machines with more cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them into stages.
+`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (about 50 minutes on a
+2-core CPU, within the speedrun's hour; README says which capabilities its last run lifted above their baselines),
+`large` a longer run of a wider model for machines with more cores or a GPU. A budget only holds numbers;
+kexaone.pipeline.recipe turns them into stages.
 """
 
 from __future__ import annotations
@@ -59,6 +60,11 @@ class Budget:
     """MTP draft lengths measured against plain decoding (each side by side with it)."""
     checkpoint_every: int = 100
     """Optimizer steps between trainer checkpoints (what a killed pre-training resumes from)."""
+    probe_every: int = 50
+    """Optimizer steps between scores of the induction / key-value recall probes (kexaone.eval.induction), whose
+    curves show when in-context copying forms; 0 turns them off."""
+    probe_rows: int = 32
+    """Rows of each probe set (a probe costs about two forward passes over rows x ~70 tokens)."""
 
     @property
     def train_steps(self) -> int:
@@ -78,12 +84,14 @@ BUDGETS: dict[str, Budget] = {
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,
         answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
-        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10,
+        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10, probe_every=10, probe_rows=8,
     ),
     "default": Budget(
-        name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
+        name="default", description="the CPU speedrun: the `small` preset, about 50 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
-        seq_len=256, batch_size=8, train_tokens=640 * 2048, lr=3e-3, adamw_lr=3e-2, bias_update_rate=1e-3,
+        # 1,280 steps: in-context copying forms abruptly after a number of steps (about 800 for a 4-layer model of
+        # this family on retrieval-dense data, benchmarks/results/induction_study.md); 640 steps were too few.
+        seq_len=256, batch_size=8, train_tokens=1280 * 2048, lr=3e-3, adamw_lr=3e-2, bias_update_rate=1e-3,
         heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
         checkpoint_every=100,

@@ -1,5 +1,6 @@
 """What the speedrun's stages read: tokenizer training text, held-out text for the tokenizer comparison and the
-held-out loss, the held-out tasks, chat questions and decode-speed prompts.
+held-out loss, the held-out tasks, the induction probes scored during pre-training, chat questions and decode-speed
+prompts.
 
 Everything comes from the embedded synthetic corpus (kexaone.data.synthetic) and, when given, the user's `--data`;
 the tokenizer comparison also measures the evaluation corpora under `shared/corpora` when they are present
@@ -140,6 +141,19 @@ def task_specs(budget: Budget, tokenizer: Any = None, seed: int = 0) -> list[Tas
         out.append(TaskSpec(t.name, list(t.items), float(t.chance_baseline), limit, t.extract if exact else None,
                             t.description))
     return out
+
+
+# ---------------------------------------------------------------------------------------------- induction probe
+def induction_probe_callback(tokenizer: Any, budget: Budget, seed: int = 0):
+    """The pre-training callback that scores the induction and key-value recall probes every budget.probe_every
+    steps (records of kind "probe" in the run's metrics), or None when the budget turns them off. Pass it in the
+    Trainer's `callbacks`; kexaone.eval.induction.probe_onsets / plot_probe_curves read the records back."""
+    if budget.probe_every <= 0:
+        return None
+    from kexaone.eval.induction import induction_callback, probe_for_tokenizer
+
+    return induction_callback(probe_for_tokenizer(tokenizer, seed=seed, n=budget.probe_rows),
+                              every=budget.probe_every)
 
 
 # ---------------------------------------------------------------------------------------------- generation

@@ -1,12 +1,14 @@
 """The embedded default corpus: every synthetic domain generated deterministically and written as JSONL.
 
 `write_corpus(out_dir, size)` writes one `<domain>.jsonl` per domain (records `{"text", "domain", "lang"}`, so the
-data pipeline tags each document "domain/lang" for per-domain and per-language evaluation) and `manifest.json`.
+data pipeline tags each document "domain/lang" for per-domain and per-language evaluation; retrieval documents also
+carry `"answers"`, the [start, end) character spans of their answers) and `manifest.json`.
 The same (size, seed, package version of the generators, installed stdlib) always gives the same bytes; a directory
 that already holds that corpus is left alone.
 
 Domains: knowledge (world facts in six languages), arithmetic (step-by-step reasoning in chat format), retrieval
-(long key-value documents with questions), tools (tool-use dialogues in chat format), code (Python stdlib).
+(key-value documents with questions; in the `default` size half of them retrieval-dense recall lists, repeated
+runs and passkeys, kexaone.data.synthetic.recall), tools (tool-use dialogues in chat format), code (Python stdlib).
 Sizes: `tiny` (~0.6 MB of text, for smoke tests), `default` (~11 MB, what the CPU speedrun trains on for a few
 epochs), `large` (~110 MB).
 """
@@ -18,6 +20,7 @@ import itertools
 import json
 import os
 import platform
+import random
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -26,12 +29,13 @@ from kexaone.data.sources import Document
 from kexaone.data.synthetic.arithmetic import arithmetic_documents
 from kexaone.data.synthetic.code import code_documents
 from kexaone.data.synthetic.knowledge import knowledge_documents
+from kexaone.data.synthetic.recall import dense_recall_documents
 from kexaone.data.synthetic.retrieval import retrieval_documents
 from kexaone.data.synthetic.tools import tool_documents
 from kexaone.data.synthetic.world import World
 from kexaone.utils.io import atomic_open, atomic_write_text
 
-GENERATOR_VERSION = 3
+GENERATOR_VERSION = 4
 """Bump when a generator's output changes, so cached corpora are rebuilt."""
 DOMAINS = ("knowledge", "arithmetic", "retrieval", "tools", "code")
 
@@ -44,15 +48,21 @@ class CorpusSize:
     chars: dict
     """Characters of text per domain (each domain stops at the first document that reaches its budget)."""
     retrieval_long_fraction: float = 0.25
+    retrieval_dense_fraction: float = 0.0
+    """Share of the retrieval domain's documents drawn from the retrieval-dense forms of
+    kexaone.data.synthetic.recall (recall lists, repeated runs, passkeys) instead of record documents: answers that
+    can only be copied from the context, which make induction heads form sooner (benchmarks/results/
+    induction_study.md)."""
 
 
 CORPUS_SIZES = {
     "tiny": CorpusSize("tiny", "tiny", {"knowledge": 250_000, "arithmetic": 120_000, "retrieval": 100_000,
                                         "tools": 60_000, "code": 100_000}),
-    # The CPU speedrun's corpus: mostly short retrieval documents, whose questions fit a 128-token window.
+    # The CPU speedrun's corpus: mostly short retrieval documents, whose questions fit a 128-token window, half of
+    # them in the retrieval-dense forms (every answer copied from the context).
     "default": CorpusSize("default", "default", {"knowledge": 4_000_000, "arithmetic": 2_000_000,
                                                  "retrieval": 2_000_000, "tools": 1_000_000, "code": 2_500_000},
-                          retrieval_long_fraction=0.05),
+                          retrieval_long_fraction=0.05, retrieval_dense_fraction=0.5),
     "large": CorpusSize("large", "large", {"knowledge": 40_000_000, "arithmetic": 20_000_000,
                                            "retrieval": 20_000_000, "tools": 10_000_000, "code": 8_000_000}),
 }
@@ -66,6 +76,20 @@ def get_size(size: str | CorpusSize) -> CorpusSize:
     return CORPUS_SIZES[size]
 
 
+def _retrieval_mix(seed: int, size: CorpusSize) -> Iterator[Document]:
+    """Record documents, with `retrieval_dense_fraction` of the documents from the retrieval-dense forms. Both kinds
+    are SpanDocuments (text and tag like a Document, plus `answers`), whose spans write_corpus stores so a loss on
+    answers only is possible downstream."""
+    records = retrieval_documents(seed, size.retrieval_long_fraction)
+    if size.retrieval_dense_fraction <= 0:
+        yield from records
+        return
+    dense = dense_recall_documents(seed)
+    rng = random.Random(f"kexaone-retrieval-mix|{seed}")
+    while True:
+        yield next(dense) if rng.random() < size.retrieval_dense_fraction else next(records)
+
+
 def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int = 0) -> Iterator[Document]:
     """The documents of one domain, stopping once `size.chars[domain]` characters are reached."""
     size = get_size(size)
@@ -73,7 +97,7 @@ def domain_documents(domain: str, size: str | CorpusSize = "default", seed: int 
     gens = {
         "knowledge": lambda: knowledge_documents(world, seed),
         "arithmetic": lambda: arithmetic_documents(seed),
-        "retrieval": lambda: retrieval_documents(seed, size.retrieval_long_fraction),
+        "retrieval": lambda: _retrieval_mix(seed, size),
         "tools": lambda: tool_documents([c.name for c in world.cities], seed),
         "code": lambda: code_documents(heldout=False),
     }
@@ -118,7 +142,10 @@ def write_corpus(out_dir: str | os.PathLike, size: str | CorpusSize = "default",
         with atomic_open(paths[d], "w") as f:
             for doc in domain_documents(d, size, seed):
                 domain, _, lang = doc.tag.partition("/")
-                line = json.dumps({"text": doc.text, "domain": domain, "lang": lang}, ensure_ascii=False) + "\n"
+                rec = {"text": doc.text, "domain": domain, "lang": lang}
+                if getattr(doc, "answers", None):
+                    rec["answers"] = [list(span) for span in doc.answers]  # character spans of the answers
+                line = json.dumps(rec, ensure_ascii=False) + "\n"
                 f.write(line)
                 h.update(line.encode("utf-8"))
                 n, chars = n + 1, chars + len(doc.text)

@@ -15,6 +15,9 @@ model trained on windows shorter than the document still sees questions together
 are dense on purpose: the answers are the tokens that teach copying from context (induction), which a small model
 otherwise learns late, and the same skill restates the operands of an arithmetic problem.
 
+`make_span_document` also returns the character spans of the answers (each restated record after "Answer:"), so a
+loss on the answers only is possible; `retrieval_documents` yields such documents.
+
 Held out by construction: keys whose hash falls in a reserved eighth (`is_reserved_key`) never appear in training
 documents; every evaluation question asks about such a key (its context's other records use ordinary keys, like
 training documents do).
@@ -27,9 +30,9 @@ import random
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from kexaone.data.sources import Document
 from kexaone.data.synthetic.languages import qa_text
 from kexaone.data.synthetic.names import pseudo_word
+from kexaone.data.synthetic.spans import SpanBuilder, SpanDocument
 
 DOMAIN = "retrieval"
 RESERVED_MOD = 8
@@ -93,32 +96,44 @@ def make_item(rng: random.Random, num_records: int) -> RetrievalItem:
     return RetrievalItem(prompt, lines[depth], num_records)
 
 
-def make_document(rng: random.Random, long: bool) -> str:
-    """One training document (no reserved key anywhere)."""
+def make_span_document(rng: random.Random, long: bool) -> SpanDocument:
+    """One training document (no reserved key anywhere) with the spans of its answers (each restated record after
+    "Answer:", from the space before it)."""
     fmt = rng.choice(FORMATS)
     n = rng.randint(150, 400) if long else rng.randint(4, 12)
     keys, vals = _keys(rng, n, reserved=False), _values(rng, n)
-    parts = [fmt[0]]
+    b = SpanBuilder()
+
+    def qa(j: int) -> None:
+        b.add("\n\n" + _qa(fmt, keys[j], None))
+        b.add(" " + fmt[1].format(k=keys[j], v=vals[j]), answer=True)
+
+    b.add(fmt[0])
     block: list[str] = []
     next_q = rng.randint(4, 8)
     for i, (k, v) in enumerate(zip(keys, vals)):
         block.append(fmt[1].format(k=k, v=v))
         if long and i + 1 == next_q and i + 1 < n:
             j = rng.randrange(max(0, i - 7), i + 1) if rng.random() < 0.75 else rng.randrange(i + 1)
-            parts.append("\n".join(block))
-            parts.append(_qa(fmt, keys[j], vals[j]))
+            b.add("\n\n" + "\n".join(block))
+            qa(j)
             block = []
             next_q += rng.randint(4, 8)
     if block:
-        parts.append("\n".join(block))
+        b.add("\n\n" + "\n".join(block))
     asked = rng.sample(range(n), k=rng.randint(3, 8)) if long else rng.sample(range(n), k=n)
     for j in asked:
-        parts.append(_qa(fmt, keys[j], vals[j]))
-    return "\n\n".join(parts)
+        qa(j)
+    return b.build(f"{DOMAIN}/en")
 
 
-def retrieval_documents(seed: int = 0, long_fraction: float = 0.4) -> Iterator[Document]:
-    """Endless training documents; `long_fraction` of them several thousand tokens long."""
+def make_document(rng: random.Random, long: bool) -> str:
+    """One training document's text (make_span_document without the spans)."""
+    return make_span_document(rng, long).text
+
+
+def retrieval_documents(seed: int = 0, long_fraction: float = 0.4) -> Iterator[SpanDocument]:
+    """Endless training documents (with their answer spans); `long_fraction` of them several thousand tokens long."""
     rng = random.Random(f"kexaone-retrieval|{seed}")
     while True:
-        yield Document(make_document(rng, rng.random() < long_fraction), f"{DOMAIN}/en")
+        yield make_span_document(rng, rng.random() < long_fraction)

@@ -70,6 +70,7 @@ async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
+    text = []
     done = False
     ok = True
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -91,11 +92,12 @@ async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
                 tokens = obj["usage"]["completion_tokens"]
             for ch in obj.get("choices", []):
                 d = ch.get("delta", {})
+                text.append((d.get("reasoning_content") or "") + (d.get("content") or ""))
                 if ttft is None and (d.get("content") or d.get("reasoning_content")):
                     ttft = time.perf_counter() - t0
     total = time.perf_counter() - t0
     return {"ok": ok and done, "status": 200, "ttft": ttft if ttft is not None else total, "total": total,
-            "tokens": tokens}
+            "tokens": tokens, "id": i, "text": "".join(text)}
 
 
 async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float) -> dict:
@@ -124,10 +126,11 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
         "ttft50": pct([r["ttft"] for r in good], 0.5), "ttft99": pct([r["ttft"] for r in good], 0.99),
         "lat50": pct([r["total"] for r in good], 0.5), "lat99": pct([r["total"] for r in good], 0.99),
         "tokens": statistics.fmean([r["tokens"] for r in good]) if good else 0.0,
+        "texts": {r["id"]: r["text"] for r in good},
     }
 
 
-def start_server(model_dir: Path, args, continuous: bool):
+def start_server(model_dir: Path, args, mode: str):
     """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
     import httpx
 
@@ -136,8 +139,10 @@ def start_server(model_dir: Path, args, continuous: bool):
     cmd = [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
            "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"]
-    if not continuous:
+    if mode == "cohorts":
         cmd.append("--no-continuous-batching")
+    else:
+        cmd += ["--join", mode]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -163,12 +168,15 @@ def main(argv=None) -> int:
     ap.add_argument("--max-batch-size", type=int, default=8)
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
-    ap.add_argument("--modes", nargs="+", default=["continuous", "cohorts"], choices=["continuous", "cohorts"],
-                    help="continuous: requests join running batches; cohorts: --no-continuous-batching")
+    ap.add_argument("--modes", nargs="+", default=["slots", "reprefill"], choices=["slots", "reprefill", "cohorts"],
+                    help="slots: a request joins a running batch by prefilling only its prompt (--join slots); "
+                         "reprefill: the running rows are recomputed with it (--join reprefill, the scheme before "
+                         "issue 20); cohorts: --no-continuous-batching")
     args = ap.parse_args(argv)
     if max(args.clients) > 64:
         raise ValueError("--clients is bounded to 64 concurrent clients")
 
+    load_before = os.getloadavg()
     rows, healths = [], {}
     with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
         model_dir = Path(tmp)
@@ -178,7 +186,7 @@ def main(argv=None) -> int:
             import httpx
 
             for mode in args.modes:
-                servers[mode] = start_server(model_dir, args, continuous=mode == "continuous")
+                servers[mode] = start_server(model_dir, args, mode)
                 asyncio.run(load(servers[mode][0], 1, 1, 4, 30))  # warm-up
             for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
                 for mode in args.modes:
@@ -201,7 +209,8 @@ def main(argv=None) -> int:
     lines = [
         "## Server under load (streaming chat completions)",
         "",
-        f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback).",
+        f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback); load average "
+        f"(1 min) {load_before[0]:.1f} before the run, {os.getloadavg()[0]:.1f} after (the machine is shared).",
         "",
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
@@ -217,9 +226,25 @@ def main(argv=None) -> int:
                      f"{r['tok_s']:.1f} | "
                      f"{r['ttft50'] * 1000:.0f} ms | {r['ttft99'] * 1000:.0f} ms | {r['lat50']:.2f} s | "
                      f"{r['lat99']:.2f} s | {r['tokens']:.1f} |")
-    lines += ["", "continuous = waiting requests join a running batch (Engine.merge re-prefills it); cohorts = "
-              "`--no-continuous-batching`, requests arriving together form a batch and batches are interleaved "
-              "step by step.", ""]
+    base = args.modes[0]
+    lines += ["", "Ratios against the other modes at the same client count (requests/s, p99 latency), and the share "
+              f"of requests whose streamed text is identical to the {base} run's (seeded sampling: a request's "
+              "tokens do not depend on its batch, up to last-bit rounding of batched matmuls):", "",
+              "| clients | mode | requests/s ratio | p99 latency ratio | same text |", "|---|---|---|---|---|"]
+    for c in args.clients:
+        ref = next((r for r in rows if r["clients"] == c and r["mode"] == base), None)
+        for r in rows:
+            if r["clients"] != c or r["mode"] == base or ref is None:
+                continue
+            common = set(ref["texts"]) & set(r["texts"])
+            same = sum(ref["texts"][i] == r["texts"][i] for i in common)
+            lines.append(f"| {c} | {base} vs {r['mode']} | {ref['rps'] / r['rps']:.2f}x | "
+                         f"{ref['lat99'] / r['lat99']:.2f} | {same}/{len(common)} |")
+    lines += ["", "slots = a waiting request joins a running batch by prefilling only its own prompt into the batch's "
+              "cache (Engine.join) and finished rows leave at once (Engine.compact); reprefill = the scheme before "
+              "issue 20 (Engine.merge recomputes the running rows with the newcomers, finished rows are stepped "
+              "until then); cohorts = `--no-continuous-batching`, requests arriving together form a batch and "
+              "batches are interleaved step by step.", ""]
     lines += [f"Server health after the {m} run: {json.dumps(h)}." for m, h in healths.items()]
     text = "\n".join(lines)
     print(text)

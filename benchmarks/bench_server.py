@@ -230,7 +230,7 @@ def main(argv=None) -> int:
     lines += ["", "Ratios against the other modes at the same client count (requests/s, p99 latency), and the share "
               f"of requests whose streamed text is identical to the {base} run's (seeded sampling: a request's "
               "tokens do not depend on its batch, up to last-bit rounding of batched matmuls):", "",
-              "| clients | mode | requests/s ratio | p99 latency ratio | same text |", "|---|---|---|---|---|"]
+              "| clients | modes | requests/s ratio | p99 latency ratio (below 1: lower) | same text |", "|---|---|---|---|---|"]
     for c in args.clients:
         ref = next((r for r in rows if r["clients"] == c and r["mode"] == base), None)
         for r in rows:

@@ -4,7 +4,9 @@
 - `generate(prompt, ...)` / `generate_batch(prompts, ...)`: run requests to completion, optionally streaming text;
 - `chat(messages, tools=None, enable_thinking=True, ...)`: render with the K-EXAONE chat format, generate, and parse
   reasoning, answer and tool calls;
-- `start(...)` + `step(batch)`: one decode step at a time, which the server's scheduler interleaves across batches.
+- `start(...)` + `step(batch)`: one decode step at a time, which the server's scheduler interleaves across batches;
+  `join(batch, prompts, params)` adds requests to a running batch by prefilling only their prompts, and
+  `compact(batch)` lets finished rows leave (continuous batching; `merge` is the older scheme that re-prefills).
 
 Rows of a batch have different prompt lengths: they are left-padded and the model masks the padding; all rows share
 one cache length, so a speculative step commits, for every row, the number of drafts accepted by every unfinished

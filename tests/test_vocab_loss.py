@@ -83,3 +83,25 @@ def test_linear_cross_entropy_edge_cases():
     ref = F.cross_entropy(head(h).reshape(-1, 11), t.reshape(-1), ignore_index=-100)
     for rows in (1, 2, 100):
         assert torch.allclose(linear_cross_entropy(h, head, t, 11, rows_per_chunk=rows), ref, atol=1e-6)
+
+
+@pytest.mark.parametrize("wrap,bias", [(False, True), (True, False)])
+def test_fused_and_checkpointed_paths_match_autograd(wrap, bias):
+    """The fused path (plain nn.Linear, here with a bias) and the checkpointed one (any other head module) give the
+    loss and the gradients of hidden, weight and bias that autograd gives over full logits."""
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 37, bias=bias)
+    head = torch.nn.Sequential(lin) if wrap else lin
+    h = torch.randn(2, 9, 16, requires_grad=True)
+    t = torch.randint(0, 37, (2, 9))
+    t[1, :3] = -100
+    ref = F.cross_entropy(head(h).reshape(-1, 37), t.reshape(-1), ignore_index=-100)
+    ref.backward()
+    want = [h.grad.clone()] + [p.grad.clone() for p in lin.parameters()]
+    h.grad = None
+    lin.zero_grad(set_to_none=True)
+    got = linear_cross_entropy(h, head, t, 37, rows_per_chunk=4)
+    got.backward()
+    assert torch.allclose(got, ref, atol=1e-6)
+    for a, b in zip([h.grad] + [p.grad for p in lin.parameters()], want):
+        assert torch.allclose(a, b, atol=1e-6)

@@ -82,6 +82,7 @@ def main(argv=None) -> int:
 
     from kexaone.utils.io import atomic_write_text
 
+    load_before = os.getloadavg()[0]
     res, grads = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for mode in ("full", "chunked"):
@@ -101,7 +102,9 @@ def main(argv=None) -> int:
     lines = [
         "## Chunked cross-entropy at the released vocabulary (bench_vocab_loss.py)",
         "",
-        f"Machine: {machine(args.threads)}.",
+        f"Machine: {machine(args.threads)}; load average (1 min) {load_before:.1f} before the run, "
+        f"{os.getloadavg()[0]:.1f} after (the machine is shared: the two paths ran one after the other, so their "
+        "times are only comparable at equal load; the memory figures do not depend on it).",
         "",
         f"One training step (forward + backward with labels, CE + MTP losses) of a `tiny`-shape model with hidden "
         f"size {args.hidden} and vocabulary {args.vocab:,}, batch 1 x {args.seq} tokens, fp32; each path in its own "

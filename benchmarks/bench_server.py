@@ -63,6 +63,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
+def request_budget(max_tokens: int, i: int, vary: bool) -> int:
+    """max_tokens of request i: fixed, or (--vary-tokens) spread over [max/4, max] by a hash of i, so rows of a batch
+    finish at different steps (a fixed budget makes whole batches finish together, and nothing ever joins)."""
+    if not vary:
+        return max_tokens
+    lo = max(1, max_tokens // 4)
+    return lo + (i * 2654435761 % 2 ** 32) % (max_tokens - lo + 1)
+
+
 async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
     body = {"model": "bench", "stream": True, "max_tokens": max_tokens, "temperature": 1.0, "seed": i,
             "stream_options": {"include_usage": True},
@@ -100,7 +109,8 @@ async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
             "tokens": tokens, "id": i, "text": "".join(text)}
 
 
-async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float) -> dict:
+async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float,
+               vary: bool = False) -> dict:
     import httpx
 
     results = []
@@ -112,7 +122,8 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
                 if time.perf_counter() > deadline:
                     return
                 try:
-                    results.append(await one_request(client, url, max_tokens, w * 1000 + j))
+                    i = w * 1000 + j
+                    results.append(await one_request(client, url, request_budget(max_tokens, i, vary), i))
                 except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
                     results.append({"ok": False, "status": repr(e)})
 
@@ -166,6 +177,8 @@ def main(argv=None) -> int:
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--vary-tokens", action="store_true",
+                    help="each request's max_tokens spread over [max/4, max] (rows finish at different steps)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
     ap.add_argument("--modes", nargs="+", default=["slots", "reprefill"], choices=["slots", "reprefill", "cohorts"],
@@ -191,7 +204,7 @@ def main(argv=None) -> int:
             for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
                 for mode in args.modes:
                     row = asyncio.run(load(servers[mode][0], c, args.requests_per_client, args.max_tokens,
-                                           args.time_limit))
+                                           args.time_limit, args.vary_tokens))
                     row["mode"] = mode
                     rows.append(row)
                     print(f"{mode}, {c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
@@ -206,15 +219,17 @@ def main(argv=None) -> int:
                     server.kill()
                     server.wait()
 
+    budget = (f"spread over [{max(1, args.max_tokens // 4)}, {args.max_tokens}] per request" if args.vary_tokens
+              else str(args.max_tokens))
     lines = [
-        "## Server under load (streaming chat completions)",
+        "## Server under load (streaming chat completions" + (", varied max_tokens)" if args.vary_tokens else ")"),
         "",
         f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback); load average "
         f"(1 min) {load_before[0]:.1f} before the run, {os.getloadavg()[0]:.1f} after (the machine is shared).",
         "",
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
-        f"(max_tokens {args.max_tokens}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
+        f"(max_tokens {budget}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
         f"at most 4 batches interleaved.",
         "",
         "| batching | clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | "
@@ -248,7 +263,7 @@ def main(argv=None) -> int:
     lines += [f"Server health after the {m} run: {json.dumps(h)}." for m, h in healths.items()]
     text = "\n".join(lines)
     print(text)
-    write_section("server", text)
+    write_section("server-varied" if args.vary_tokens else "server", text)
     return 0
 
 

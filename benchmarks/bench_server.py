@@ -63,6 +63,15 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, max(0, round(q * (len(xs) - 1))))]
 
 
+def request_budget(max_tokens: int, i: int, vary: bool) -> int:
+    """max_tokens of request i: fixed, or (--vary-tokens) spread over [max/4, max] by a hash of i, so rows of a batch
+    finish at different steps (a fixed budget makes whole batches finish together, and nothing ever joins)."""
+    if not vary:
+        return max_tokens
+    lo = max(1, max_tokens // 4)
+    return lo + (i * 2654435761 % 2 ** 32) % (max_tokens - lo + 1)
+
+
 async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
     body = {"model": "bench", "stream": True, "max_tokens": max_tokens, "temperature": 1.0, "seed": i,
             "stream_options": {"include_usage": True},
@@ -70,6 +79,7 @@ async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
     t0 = time.perf_counter()
     ttft = None
     tokens = 0
+    text = []
     done = False
     ok = True
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as r:
@@ -91,14 +101,16 @@ async def one_request(client, url: str, max_tokens: int, i: int) -> dict:
                 tokens = obj["usage"]["completion_tokens"]
             for ch in obj.get("choices", []):
                 d = ch.get("delta", {})
+                text.append((d.get("reasoning_content") or "") + (d.get("content") or ""))
                 if ttft is None and (d.get("content") or d.get("reasoning_content")):
                     ttft = time.perf_counter() - t0
     total = time.perf_counter() - t0
     return {"ok": ok and done, "status": 200, "ttft": ttft if ttft is not None else total, "total": total,
-            "tokens": tokens}
+            "tokens": tokens, "id": i, "text": "".join(text)}
 
 
-async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float) -> dict:
+async def load(url: str, clients: int, per_client: int, max_tokens: int, time_limit: float,
+               vary: bool = False) -> dict:
     import httpx
 
     results = []
@@ -110,7 +122,8 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
                 if time.perf_counter() > deadline:
                     return
                 try:
-                    results.append(await one_request(client, url, max_tokens, w * 1000 + j))
+                    i = w * 1000 + j
+                    results.append(await one_request(client, url, request_budget(max_tokens, i, vary), i))
                 except Exception as e:  # noqa: BLE001 - a failed request is a result, not a crash
                     results.append({"ok": False, "status": repr(e)})
 
@@ -124,10 +137,11 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
         "ttft50": pct([r["ttft"] for r in good], 0.5), "ttft99": pct([r["ttft"] for r in good], 0.99),
         "lat50": pct([r["total"] for r in good], 0.5), "lat99": pct([r["total"] for r in good], 0.99),
         "tokens": statistics.fmean([r["tokens"] for r in good]) if good else 0.0,
+        "texts": {r["id"]: r["text"] for r in good},
     }
 
 
-def start_server(model_dir: Path, args, continuous: bool):
+def start_server(model_dir: Path, args, mode: str):
     """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
     import httpx
 
@@ -136,8 +150,10 @@ def start_server(model_dir: Path, args, continuous: bool):
     cmd = [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
            "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"]
-    if not continuous:
+    if mode == "cohorts":
         cmd.append("--no-continuous-batching")
+    else:
+        cmd += ["--join", mode]
     server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -161,14 +177,19 @@ def main(argv=None) -> int:
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--vary-tokens", action="store_true",
+                    help="each request's max_tokens spread over [max/4, max] (rows finish at different steps)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
     ap.add_argument("--threads", type=int, default=1, help="torch threads of the server process")
-    ap.add_argument("--modes", nargs="+", default=["continuous", "cohorts"], choices=["continuous", "cohorts"],
-                    help="continuous: requests join running batches; cohorts: --no-continuous-batching")
+    ap.add_argument("--modes", nargs="+", default=["slots", "reprefill"], choices=["slots", "reprefill", "cohorts"],
+                    help="slots: a request joins a running batch by prefilling only its prompt (--join slots); "
+                         "reprefill: the running rows are recomputed with it (--join reprefill, the scheme before "
+                         "issue 20); cohorts: --no-continuous-batching")
     args = ap.parse_args(argv)
     if max(args.clients) > 64:
         raise ValueError("--clients is bounded to 64 concurrent clients")
 
+    load_before = os.getloadavg()
     rows, healths = [], {}
     with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
         model_dir = Path(tmp)
@@ -178,12 +199,12 @@ def main(argv=None) -> int:
             import httpx
 
             for mode in args.modes:
-                servers[mode] = start_server(model_dir, args, continuous=mode == "continuous")
+                servers[mode] = start_server(model_dir, args, mode)
                 asyncio.run(load(servers[mode][0], 1, 1, 4, 30))  # warm-up
             for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
                 for mode in args.modes:
                     row = asyncio.run(load(servers[mode][0], c, args.requests_per_client, args.max_tokens,
-                                           args.time_limit))
+                                           args.time_limit, args.vary_tokens))
                     row["mode"] = mode
                     rows.append(row)
                     print(f"{mode}, {c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
@@ -198,14 +219,17 @@ def main(argv=None) -> int:
                     server.kill()
                     server.wait()
 
+    budget = (f"spread over [{max(1, args.max_tokens // 4)}, {args.max_tokens}] per request" if args.vary_tokens
+              else str(args.max_tokens))
     lines = [
-        "## Server under load (streaming chat completions)",
+        "## Server under load (streaming chat completions" + (", varied max_tokens)" if args.vary_tokens else ")"),
         "",
-        f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback).",
+        f"Machine: {machine(args.threads)} (server process; clients in a second process, loopback); load average "
+        f"(1 min) {load_before[0]:.1f} before the run, {os.getloadavg()[0]:.1f} after (the machine is shared).",
         "",
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
-        f"(max_tokens {args.max_tokens}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
+        f"(max_tokens {budget}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
         f"at most 4 batches interleaved.",
         "",
         "| batching | clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | "
@@ -217,13 +241,29 @@ def main(argv=None) -> int:
                      f"{r['tok_s']:.1f} | "
                      f"{r['ttft50'] * 1000:.0f} ms | {r['ttft99'] * 1000:.0f} ms | {r['lat50']:.2f} s | "
                      f"{r['lat99']:.2f} s | {r['tokens']:.1f} |")
-    lines += ["", "continuous = waiting requests join a running batch (Engine.merge re-prefills it); cohorts = "
-              "`--no-continuous-batching`, requests arriving together form a batch and batches are interleaved "
-              "step by step.", ""]
+    base = args.modes[0]
+    lines += ["", "Ratios against the other modes at the same client count (requests/s, p99 latency), and the share "
+              f"of requests whose streamed text is identical to the {base} run's (seeded sampling: a request's "
+              "tokens do not depend on its batch, up to last-bit rounding of batched matmuls):", "",
+              "| clients | modes | requests/s ratio | p99 latency ratio (below 1: lower) | same text |", "|---|---|---|---|---|"]
+    for c in args.clients:
+        ref = next((r for r in rows if r["clients"] == c and r["mode"] == base), None)
+        for r in rows:
+            if r["clients"] != c or r["mode"] == base or ref is None:
+                continue
+            common = set(ref["texts"]) & set(r["texts"])
+            same = sum(ref["texts"][i] == r["texts"][i] for i in common)
+            lines.append(f"| {c} | {base} vs {r['mode']} | {ref['rps'] / r['rps']:.2f}x | "
+                         f"{ref['lat99'] / r['lat99']:.2f} | {same}/{len(common)} |")
+    lines += ["", "slots = a waiting request joins a running batch by prefilling only its own prompt into the batch's "
+              "cache (Engine.join) and finished rows leave at once (Engine.compact); reprefill = the scheme before "
+              "issue 20 (Engine.merge recomputes the running rows with the newcomers, finished rows are stepped "
+              "until then); cohorts = `--no-continuous-batching`, requests arriving together form a batch and "
+              "batches are interleaved step by step.", ""]
     lines += [f"Server health after the {m} run: {json.dumps(h)}." for m, h in healths.items()]
     text = "\n".join(lines)
     print(text)
-    write_section("server", text)
+    write_section("server-varied" if args.vary_tokens else "server", text)
     return 0
 
 

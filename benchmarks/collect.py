@@ -24,9 +24,11 @@ TOPICS = [
     ("tokenizer_timing_full.md", "benchmarks/bench_tokenizer.py --timing-only"),
     ("train.md", "benchmarks/bench_train.py"),
     ("optim.md", "benchmarks/bench_optim.py"),
-    ("engine.md", "benchmarks/bench_decode.py, benchmarks/bench_server.py"),
+    ("vocab_loss.md", "benchmarks/bench_vocab_loss.py"),
+    ("engine.md", "benchmarks/bench_decode.py, bench_server.py, bench_decode_dtype.py, bench_logprob_gap.py"),
     ("decode_step.md", "benchmarks/bench_decode_step.py"),
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
+    ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),
     ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
 ]
 

@@ -155,7 +155,7 @@ def test_reset_then_reuse(model, ids, full):
 
 @torch.no_grad()
 def test_mtp_slot_cached_drafting_equals_uncached(model, ids):
-    out = model(ids, labels=ids)
+    out = model(ids, labels=ids, return_logits=True)
     h = out.hidden_states
     ref, ref_hidden = model.mtp_forward(h[:, :-1], ids[:, 1:])
     assert torch.equal(ref, out.mtp_logits)  # the training-time MTP logits are the drafting logits

@@ -30,7 +30,7 @@ def test_output_fields_and_loss_decomposition(model, cfg):
     ids = _ids(cfg)
     labels = ids.clone()
     labels[0, :5] = -100
-    out = model(ids, labels=labels)
+    out = model(ids, labels=labels, return_logits=True)
     assert out.logits.shape == (2, 24, cfg.vocab_size)
     assert out.hidden_states.shape == (2, 24, cfg.hidden_size)
     assert out.mtp_logits.shape == (2, 23, cfg.vocab_size)
@@ -67,7 +67,7 @@ def test_packed_documents_are_isolated(model, cfg):
     packed = torch.cat([a, b], 1)
     doc = torch.cat([torch.zeros(1, 13), torch.ones(1, 17)], 1).long()
     with torch.no_grad():
-        out = model(packed, labels=packed, doc_ids=doc)
+        out = model(packed, labels=packed, doc_ids=doc, return_logits=True)
         alone_a, alone_b = model(a).logits, model(b).logits
     assert (out.logits[:, :13] - alone_a).abs().max() < 1e-4
     assert (out.logits[:, 13:] - alone_b).abs().max() < 1e-4  # RoPE is relative: positions need not restart

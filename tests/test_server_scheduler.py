@@ -59,13 +59,13 @@ def test_concurrent_requests_are_batched_and_equal_direct_generation(engine):
     assert sched.steps == 24
 
 
-@pytest.mark.parametrize("merge", [True, False])
-def test_short_request_is_not_blocked_by_a_long_one(engine, merge):
+@pytest.mark.parametrize("merge,join", [(True, "slots"), (True, "reprefill"), (False, "slots")])
+def test_short_request_is_not_blocked_by_a_long_one(engine, merge, join):
     """A request arriving while a long one runs joins its batch (continuous batching) or starts its own, and in
     both cases finishes first; the outputs equal direct generation."""
     expect_long = engine.generate([1, 2, 3], max_new_tokens=150, temperature=0, stop_token_ids=()).tokens
     expect_short = engine.generate([4, 5], max_new_tokens=5, temperature=0, stop_token_ids=()).tokens
-    sched = Scheduler(engine, max_batch_size=4, merge=merge).start()
+    sched = Scheduler(engine, max_batch_size=4, merge=merge, join=join).start()
     try:
         long_box, short_box = Inbox(), Inbox()
         sched.submit(_req([1, 2, 3], long_box, max_new_tokens=150))
@@ -76,6 +76,32 @@ def test_short_request_is_not_blocked_by_a_long_one(engine, merge):
         t_long, _, res_long = long_box.final(timeout=120)
         assert t_short < t_long and res_long.tokens == expect_long
         assert sched.merges == (1 if merge else 0)
+        if merge and join == "slots":
+            # only the newcomer's prompt was prefilled (reprefill would count the long row's history again)
+            assert res_long.stats.prompt_tokens == 3 + 2
+    finally:
+        sched.stop()
+
+
+def test_slots_join_frees_finished_rows_and_reuses_them(engine):
+    """With join='slots', rows leave the batch when they finish and later requests take their place in the same
+    running batch; every output equals direct generation."""
+    prompts = [[1, 2, 3]] + [[10 + i, 20 + i] for i in range(6)]
+    budgets = [120] + [4 + i for i in range(6)]
+    expect = [engine.generate(p, max_new_tokens=n, temperature=0, stop_token_ids=()).tokens
+              for p, n in zip(prompts, budgets)]
+    sched = Scheduler(engine, max_batch_size=2, max_active_batches=1, join="slots").start()
+    try:
+        boxes = [Inbox() for _ in prompts]
+        sched.submit(_req(prompts[0], boxes[0], max_new_tokens=budgets[0]))
+        boxes[0].q.get(timeout=30)
+        for p, n, b in zip(prompts[1:], budgets[1:], boxes[1:]):
+            sched.submit(_req(p, b, max_new_tokens=n))
+        results = [b.final(timeout=120)[2] for b in boxes]
+        assert [r.tokens for r in results] == expect
+        # the short ones were served one after another in the long one's batch (one running batch at most)
+        assert sched.merges == 6
+        assert results[0].stats.rows == 7
     finally:
         sched.stop()
 

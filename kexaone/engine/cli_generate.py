@@ -26,7 +26,8 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_max_tokens: int =
     p.add_argument("--draft-tokens", type=int, default=2, help="tokens the MTP head drafts per step (default 2)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
-                   help="weights dtype (default: as saved)")
+                   help="weights dtype (default: bfloat16 on CUDA, where the grouped-expert and flash kernels need "
+                        "it; as saved on CPU)")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -38,14 +39,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--stats", action="store_true", help="print tokens/s and MTP acceptance to stderr")
 
 
+def default_serving_dtype(device):
+    """bfloat16 on CUDA (fp32 would send every MoE layer to the per-expert loop instead of grouped GEMM), None
+    (the checkpoint's dtype) elsewhere. Training defaults are not affected."""
+    import torch
+
+    return torch.bfloat16 if torch.device(device).type == "cuda" else None
+
+
 def load_engine(args):
     """Engine from --model/--device/--dtype (heavy imports happen here, not at CLI start-up)."""
     import torch
 
     from kexaone.engine.engine import Engine
 
-    dtype = None if args.dtype is None else getattr(torch, args.dtype)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    dtype = default_serving_dtype(device) if args.dtype is None else getattr(torch, args.dtype)
     return Engine.from_pretrained(args.model, dtype=dtype, device=device)
 
 

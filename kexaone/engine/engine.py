@@ -4,7 +4,9 @@
 - `generate(prompt, ...)` / `generate_batch(prompts, ...)`: run requests to completion, optionally streaming text;
 - `chat(messages, tools=None, enable_thinking=True, ...)`: render with the K-EXAONE chat format, generate, and parse
   reasoning, answer and tool calls;
-- `start(...)` + `step(batch)`: one decode step at a time, which the server's scheduler interleaves across batches.
+- `start(...)` + `step(batch)`: one decode step at a time, which the server's scheduler interleaves across batches;
+  `join(batch, prompts, params)` adds requests to a running batch by prefilling only their prompts, and
+  `compact(batch)` lets finished rows leave (continuous batching; `merge` is the older scheme that re-prefills).
 
 Rows of a batch have different prompt lengths: they are left-padded and the model masks the padding; all rows share
 one cache length, so a speculative step commits, for every row, the number of drafts accepted by every unfinished
@@ -316,6 +318,62 @@ class Engine:
             if keep else fresh
         lasts = [batch.seqs[r].tokens[-1] for r in keep] + [None] * len(ids_list)
         return self._prefill(seqs, prefixes, lasts, sampling, batch.speculative, batch.draft_tokens)
+
+    @_inference
+    def join(self, batch: DecodeBatch, prompts: Sequence[str | Sequence[int]], params: Sequence[SamplingParams],
+             on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
+        """A batch holding the unfinished rows of `batch` and the new requests (continuous batching, vLLM style).
+
+        Only the new prompts run through the model: they are prefilled on their own and their cache rows are
+        stacked onto the running rows' (`KVCache.concat`: the shorter side is left-padded, positions move, nothing
+        is recomputed); finished rows leave. The running rows' tokens, sampling state, drafts and streams carry
+        on, so their output is the one they would have produced alone. `batch` itself is left unchanged (on an
+        error the caller still has it)."""
+        from kexaone.model.cache import KVCache
+
+        new = self.start(prompts, params, speculative=batch.speculative, draft_tokens=batch.draft_tokens,
+                         on_text=on_text)
+        keep = [r for r, s in enumerate(batch.seqs) if not s.finished]
+        if not keep:
+            return new
+        idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+        cache = KVCache.concat([batch.cache.select_rows(keep), new.cache])
+        st = batch.stats
+        st.prompt_tokens += new.stats.prompt_tokens
+        st.rows += new.stats.rows
+        st.prefill_seconds += new.stats.prefill_seconds
+        out = DecodeBatch(seqs=[batch.seqs[r] for r in keep] + new.seqs,
+                          sampling=BatchSampling.cat([batch.sampling.select(idx), new.sampling]), cache=cache,
+                          last_B=torch.cat([batch.last_B[idx], new.last_B]), speculative=batch.speculative,
+                          draft_tokens=batch.draft_tokens, stats=st, positions=cache.seq_len)
+        if batch.speculative == "mtp":
+            if new.draft_B is None:  # every newcomer finished at its first token: give them placeholder drafts
+                new.draft_B, new.draft_q_BV = torch.zeros_like(new.last_B), batch.draft_q_BV[:1].expand(
+                    len(new.seqs), -1).clone()
+                new.mtp_hidden_B1H = batch.mtp_hidden_B1H[:1].expand(len(new.seqs), -1, -1).clone()
+            out.draft_B = torch.cat([batch.draft_B[idx], new.draft_B])
+            out.draft_q_BV = torch.cat([batch.draft_q_BV[idx], new.draft_q_BV])
+            out.mtp_hidden_B1H = torch.cat([batch.mtp_hidden_B1H[idx], new.mtp_hidden_B1H])
+        return out
+
+    def compact(self, batch: DecodeBatch) -> list[int]:
+        """Drop the finished rows of `batch` in place (their cache rows too, so no step computes them again) and
+        return the indices of the rows kept, in order. A batch with no finished row, or only finished rows, is
+        left as it is."""
+        keep = [r for r, s in enumerate(batch.seqs) if not s.finished]
+        if len(keep) == len(batch.seqs) or not keep:
+            return list(range(len(batch.seqs)))
+        with torch.inference_mode():
+            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+            cache = batch.cache.select_rows(keep)
+            fields = dict(seqs=[batch.seqs[r] for r in keep], sampling=batch.sampling.select(idx), cache=cache,
+                          last_B=batch.last_B[idx], positions=cache.seq_len)
+            if batch.draft_B is not None:
+                fields.update(draft_B=batch.draft_B[idx], draft_q_BV=batch.draft_q_BV[idx],
+                              mtp_hidden_B1H=batch.mtp_hidden_B1H[idx])
+        for k, v in fields.items():
+            setattr(batch, k, v)
+        return keep
 
     def _new_seqs(self, ids_list, params, on_text, longest: int, speculative, draft_tokens: int):
         limit = self.config.max_position_embeddings

@@ -76,6 +76,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--draft-tokens", type=int, default=2)
     p.add_argument("--no-continuous-batching", action="store_true",
                    help="new requests never join a running batch (they start their own)")
+    p.add_argument("--join", choices=["slots", "reprefill"], default="slots",
+                   help="how a request joins a running batch: slots = prefill only its prompt (default); "
+                        "reprefill = recompute the running rows with it (the earlier scheme, for comparison)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
@@ -105,7 +108,11 @@ def run(args) -> int:
         print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use the model",
               file=sys.stderr)
     logging.basicConfig(level=args.log_level.upper())
-    app = create_app(engine, settings)
+    from kexaone.engine.batching import Scheduler
+
+    sched = Scheduler(engine, max_batch_size=settings.max_batch_size, max_active_batches=settings.max_active_batches,
+                      max_queue=settings.max_queue, merge=settings.continuous_batching, join=args.join)
+    app = create_app(engine, settings, scheduler=sched)
     print(f"kexaone serve: http://{args.host}:{args.port}/ (chat page), OpenAI API at /v1", file=sys.stderr)
     uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level)
     return 0

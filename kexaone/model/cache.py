@@ -8,6 +8,10 @@
   and at most a quarter of the buffer is spare.
 - Rows of a batch share one length; rows that are shorter are left-padded and the padding is remembered (per-row
   `pad_len`) and masked in every later step.
+- Continuous batching edits the rows without recomputing them: `select_rows` keeps some rows (finished requests
+  leave), `KVCache.concat` stacks caches of different lengths (a newcomer prefilled on its own joins a running
+  batch: the shorter side is left-padded by `shift`, which moves positions, never recomputes keys), and `shift`
+  with a negative count drops leading positions that every row has as padding.
 
 Layout of every buffer: [B, kv_heads, slots, head_dim], so a prefix slice is a strided view that SDPA reads
 without a copy. This module stores and returns tensors; attention maths lives in attention.py.
@@ -74,6 +78,32 @@ class _RingSlot:
     def max_rollback(self) -> int:
         return self.size - self.window
 
+    def shift(self, d: int) -> None:
+        """Renumber every position p as p + d (the ring's slot of a position changes, so entries move)."""
+        L = self.length
+        if self.k is None or L == 0:
+            self.length = max(0, L + d) if self.k is not None else 0
+            return
+        n = min(L, self.size)
+        first = L - n + d  # new position of the oldest entry kept
+        skip = max(0, -first)  # entries that fall before position 0 (padding of every row: dropped)
+        bufs = []
+        for buf in (self.k, self.v):
+            ordered = self._gather_with(buf, L - n, n, buf[:, :, :0])[:, :, skip:]
+            new = torch.zeros_like(buf)
+            if ordered.shape[2]:
+                self._write(new, first + skip, ordered)
+            bufs.append(new)
+        self.k, self.v = bufs
+        self.length = L + d
+
+    def rows(self, idx: torch.Tensor) -> "_RingSlot":
+        out = _RingSlot(self.window, self.size - self.window)
+        out.length = self.length
+        if self.k is not None:
+            out.k, out.v = self.k.index_select(0, idx), self.v.index_select(0, idx)
+        return out
+
     def nbytes(self) -> int:
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
 
@@ -113,8 +143,32 @@ class _GrowSlot:
     def max_rollback(self) -> int:
         return self.length
 
+    def shift(self, d: int) -> None:
+        """Renumber every position p as p + d: d > 0 prepends d (zero) positions, d < 0 drops the first -d."""
+        L = self.length
+        if self.k is None or L == 0:
+            return  # an unused slot (e.g. the MTP slot of a plain decode) stays empty
+        cap = max(self.k.shape[2], L + d)
+        k = self.k.new_zeros(self.k.shape[0], self.k.shape[1], cap, self.k.shape[3])
+        v = torch.zeros_like(k)
+        k[:, :, max(0, d):L + d] = self.k[:, :, max(0, -d):L]
+        v[:, :, max(0, d):L + d] = self.v[:, :, max(0, -d):L]
+        self.k, self.v, self.length = k, v, L + d
+
+    def rows(self, idx: torch.Tensor) -> "_GrowSlot":
+        out = _GrowSlot(self.reserve)
+        out.length = self.length
+        if self.k is not None:
+            out.k, out.v = self.k.index_select(0, idx), self.v.index_select(0, idx)
+        return out
+
     def nbytes(self) -> int:
         return 0 if self.k is None else 2 * self.k.numel() * self.k.element_size()
+
+
+def _pad_slots(x: torch.Tensor, n: int) -> torch.Tensor:
+    """x [B, h, S, D] with S grown to n (zeros at the end): global buffers of different capacities stack."""
+    return x if x.shape[2] == n else torch.nn.functional.pad(x, (0, 0, 0, n - x.shape[2]))
 
 
 class KVCache:
@@ -246,6 +300,76 @@ class KVCache:
         if not isinstance(k, int) or not 0 <= k <= mtp.length:
             raise ValueError(f"MTP rollback count must be in [0, {mtp.length}], got {k!r}")
         mtp.length -= k
+
+    # ------------------------------------------------------------------ rows (continuous batching)
+    def shift(self, d: int) -> None:
+        """Renumber every position of every row and layer as p + d without recomputing anything: d > 0 left-pads
+        every row by d more positions, d < 0 drops the first -d positions, which must be padding in every row."""
+        if not isinstance(d, int):
+            raise ValueError(f"shift must be an integer, got {d!r}")
+        if d < 0 and (-d > self.seq_len or bool((self.pad_len < -d).any())):
+            raise ValueError(f"cannot drop {-d} leading positions: some row has only {int(self.pad_len.min())} "
+                             f"positions of padding")
+        if d == 0:
+            return
+        for s in self._slots:
+            s.shift(d)
+        self.pad_len = self.pad_len + d
+
+    def select_rows(self, rows) -> "KVCache":
+        """A new cache holding `rows` (indices, in that order) of this one; leading positions that are padding in
+        every kept row are dropped, so the cache never grows longer than its longest row."""
+        idx = torch.as_tensor(list(rows), dtype=torch.long, device=self.device)
+        if idx.numel() == 0 or bool(((idx < 0) | (idx >= self.batch_size)).any()):
+            raise ValueError(f"rows must be a non-empty list of indices in [0, {self.batch_size}), got {list(rows)}")
+        out = self._like(idx.numel())
+        out._slots = [s.rows(idx) for s in self._slots]
+        out.pad_len = self.pad_len.index_select(0, idx)
+        common = int(out.pad_len.min())
+        if common:
+            out.shift(-common)
+        return out
+
+    @classmethod
+    def concat(cls, caches: list["KVCache"]) -> "KVCache":
+        """Stack the rows of several caches into one: the shorter ones are left-padded (`shift`) to the longest.
+        Every cache must hold as many MTP positions relative to its main positions (or all none)."""
+        if not caches:
+            raise ValueError("concat needs at least one cache")
+        first = caches[0]
+        for c in caches[1:]:
+            if c.config is not first.config and c.config != first.config or c.dtype != first.dtype \
+                    or c.extra_slots != first.extra_slots:
+                raise ValueError("caches of different models, dtypes or extra_slots cannot be concatenated")
+        lags = {(c.seq_len - c.mtp_seq_len) if c.mtp_seq_len else None for c in caches}
+        if len(lags) != 1:
+            raise ValueError(f"caches disagree on the MTP slot's length relative to the main layers: {lags}")
+        L = max(c.seq_len for c in caches)
+        parts = []
+        for c in caches:
+            c = c.select_rows(range(c.batch_size)) if c.seq_len < L else c  # a copy: the caller's cache is kept
+            c.shift(L - c.seq_len)
+            parts.append(c)
+        out = first._like(sum(c.batch_size for c in parts))
+        for i, s in enumerate(out._slots):
+            srcs = [c._slots[i] for c in parts]
+            s.length = srcs[0].length
+            if all(x.k is None for x in srcs):
+                continue
+            if any(x.k is None for x in srcs):
+                raise ValueError(f"layer {i} holds keys in some caches and none in others")
+            n = max(x.k.shape[2] for x in srcs)
+            s.k = torch.cat([_pad_slots(x.k, n) for x in srcs])
+            s.v = torch.cat([_pad_slots(x.v, n) for x in srcs])
+        out.pad_len = torch.cat([c.pad_len for c in parts])
+        return out
+
+    def _like(self, batch_size: int) -> "KVCache":
+        out = KVCache(self.config, batch_size, dtype=self.dtype, device=self.device, extra_slots=self.extra_slots)
+        for s, o in zip(out._slots, self._slots):
+            if isinstance(s, _GrowSlot):
+                s.reserve = o.reserve
+        return out
 
     def reset(self) -> None:
         """Forget every position (buffers are kept for reuse)."""

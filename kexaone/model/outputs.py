@@ -9,8 +9,9 @@ import torch
 
 @dataclass
 class KExaoneOutput:
-    logits: torch.Tensor
-    """[B, T', V]: next-token logits (T' = T, or logits_to_keep)."""
+    logits: torch.Tensor | None
+    """[B, T', V]: next-token logits (T' = T, or logits_to_keep); None when labels were given without
+    return_logits=True (the loss was computed in chunks, see vocab_loss.py)."""
     hidden_states: torch.Tensor
     """[B, T, H]: the main model's output after its final norm (what the MTP block reads)."""
     loss: torch.Tensor | None = None

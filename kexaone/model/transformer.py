@@ -24,6 +24,7 @@ from kexaone.model.layer import DecoderLayer
 from kexaone.model.mlp import SwiGLU
 from kexaone.model.moe import GroupedExperts, KExaoneMoE, TopKRouter
 from kexaone.model.mtp import MTPBlock, masked_cross_entropy, mtp_loss, shifted_targets
+from kexaone.model.vocab_loss import linear_cross_entropy
 from kexaone.model.norm import RMSNorm
 from kexaone.model.outputs import KExaoneOutput
 from kexaone.model.rope import RotaryEmbedding
@@ -193,7 +194,7 @@ class KExaoneForCausalLM(nn.Module):
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,
                 doc_ids: torch.Tensor | None = None, logits_to_keep: int = 0,
-                compute_mtp: bool | None = None) -> KExaoneOutput:
+                compute_mtp: bool | None = None, return_logits: bool | None = None) -> KExaoneOutput:
         """Run the model on input_ids [B, T].
 
         labels [B, T]: aligned with input_ids (the shift happens inside), -100 ignored; gives ce/mtp/aux losses.
@@ -201,7 +202,10 @@ class KExaoneForCausalLM(nn.Module):
           left padding. attention_mask [B, T] (or [B, cached + T] with a cache): 1 = token, 0 = left padding.
         doc_ids [B, T]: packed documents; attention and targets never cross a change of id (training only).
         logits_to_keep: 0 = logits at every position, n = only the last n. compute_mtp: default = labels given and
-        the model has MTP; MTP logits are computed for positions 0..T-2."""
+        the model has MTP; MTP logits are computed for positions 0..T-2.
+        return_logits: default = labels not given. With labels and return_logits false, the losses are computed in
+        row chunks through the lm_head (vocab_loss.py) and `logits` / `mtp_logits` are None: [B, T, V] never exists.
+        return_logits=True with labels computes the full logits and the losses from them."""
         self._check_ids(input_ids, "input_ids")
         B, T = input_ids.shape
         dev = self.lm_head.weight.device
@@ -234,26 +238,39 @@ class KExaoneForCausalLM(nn.Module):
             else:
                 x = layer(x, rope, inputs, cache, new_valid)
         hidden = self.model.norm(x)
+        if return_logits is None:
+            return_logits = labels is None
+        chunked = labels is not None and not return_logits
 
-        logits = self._vocab_logits(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
+        logits = None if chunked else self._vocab_logits(hidden if logits_to_keep == 0 else hidden[:, -logits_to_keep:])
         aux = self._aux_loss(hidden)
 
-        mtp_logits = None
+        mtp_logits = mtp_hidden = None
         if compute_mtp and T >= 2:
             mtp_doc = None if doc_ids is None else doc_ids[:, :-1]
             mtp_valid = None if token_valid is None else token_valid[:, :-1]
-            mtp_logits, _ = self._mtp(hidden[:, :-1], input_ids[:, 1:], position_ids[:, :-1],
-                                      AttentionInputs(token_valid_BT=mtp_valid, doc_ids_BT=mtp_doc), None)
+            mtp_inputs = AttentionInputs(token_valid_BT=mtp_valid, doc_ids_BT=mtp_doc)
+            if chunked:
+                mtp_hidden = self._mtp_hidden(hidden[:, :-1], input_ids[:, 1:], position_ids[:, :-1], mtp_inputs, None)
+            else:
+                mtp_logits, _ = self._mtp(hidden[:, :-1], input_ids[:, 1:], position_ids[:, :-1], mtp_inputs, None)
 
         out = KExaoneOutput(logits=logits, hidden_states=hidden, aux_loss=aux, mtp_logits=mtp_logits)
         if labels is not None:
             labels = labels.to(dev)
             if token_valid is not None:
                 labels = labels.masked_fill(~token_valid, -100)
-            out.ce_loss = masked_cross_entropy(logits, shifted_targets(labels, 1, doc_ids, length=T))
+            targets = shifted_targets(labels, 1, doc_ids, length=T)
+            out.ce_loss = linear_cross_entropy(hidden, self.lm_head, targets, self.config.vocab_size) if chunked \
+                else masked_cross_entropy(logits, targets)
             loss = out.ce_loss + self.config.aux_loss_coef * aux
             if mtp_logits is not None:
                 out.mtp_loss = mtp_loss(mtp_logits, labels, doc_ids)
+            elif mtp_hidden is not None:
+                out.mtp_loss = linear_cross_entropy(
+                    mtp_hidden, self.lm_head, shifted_targets(labels, 2, doc_ids, length=mtp_hidden.shape[1]),
+                    self.config.vocab_size)
+            if out.mtp_loss is not None:
                 loss = loss + self.config.mtp_loss_weight * out.mtp_loss
             out.loss = loss
         return out
@@ -264,10 +281,13 @@ class KExaoneForCausalLM(nn.Module):
             return like.new_zeros((), dtype=torch.float32)
         return torch.stack([a.float() for a in losses]).sum()
 
-    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache, logits_to_keep: int = 0):
+    def _mtp_hidden(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache):
         emb = self.model.embed_tokens(next_ids_BT)
         rope = self._rope(position_ids, emb.dtype, any(l.self_attn.use_rope for l in self.mtp.layers))
-        mtp_hidden = self.mtp(emb, hidden_BTH, rope, inputs, cache)
+        return self.mtp(emb, hidden_BTH, rope, inputs, cache)
+
+    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache, logits_to_keep: int = 0):
+        mtp_hidden = self._mtp_hidden(hidden_BTH, next_ids_BT, position_ids, inputs, cache)
         return self._vocab_logits(mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]), mtp_hidden
 
     def _vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:

@@ -1,12 +1,15 @@
 """The scheduler: a single thread that owns the model and decodes every active request, batched.
 
 Requests arrive from any thread (`submit`) and wait in a bounded queue. Between decode steps the loop admits them
-(continuous batching): when a running batch of the same decoding mode has free rows and a moderate length
-(`max_merge_positions`), the waiting requests join it through `Engine.merge`, which re-prefills the batch's
-unfinished rows together with the new prompts into a fresh cache (all rows of a cache share one length, so joining
-means recomputing; it also sheds finished rows). Otherwise they start a new batch, up to `max_active_batches`
-batches, which the loop advances in turn, one decode step each. Either way a request arriving while a long
-generation runs starts within one step instead of waiting for it to finish.
+(continuous batching): when a running batch of the same decoding mode has free rows, the waiting requests join it.
+With `join="slots"` (the default) that is `Engine.join`: only the newcomers' prompts are prefilled and their cache
+rows are stacked onto the running rows (nothing is recomputed), and a row that finishes leaves the batch after the
+step that finished it (`Engine.compact`), freeing its row for the next newcomer. `join="reprefill"` is the earlier
+scheme, kept for side-by-side benchmarks: `Engine.merge` re-prefills the running rows with the new prompts, only
+while the batch is at most `max_merge_positions` long, and finished rows are stepped until the batch is re-formed.
+Otherwise newcomers start a new batch, up to `max_active_batches` batches, which the loop advances in turn, one
+decode step each. Either way a request arriving while a long generation runs starts within one step instead of
+waiting for it to finish.
 
 Isolation: an exception while prefilling or stepping a cohort fails that cohort's requests (each gets an error
 event) and the loop keeps serving the others. Deadlines and cancellations are checked before every step.
@@ -37,6 +40,7 @@ from kexaone.engine.sequence import FINISH_ABORT, FINISH_TIMEOUT, SequenceState
 log = logging.getLogger("kexaone.scheduler")
 
 EventCallback = Callable[[str, Any], None]
+JOIN_MODES = ("slots", "reprefill")
 
 
 class QueueFullError(RuntimeError):
@@ -79,7 +83,9 @@ class _Cohort:
 
 class Scheduler:
     def __init__(self, engine, max_batch_size: int = 8, max_active_batches: int = 4, max_queue: int = 64,
-                 merge: bool = True, max_merge_positions: int = 2048):
+                 merge: bool = True, max_merge_positions: int = 2048, join: str = "slots"):
+        if join not in JOIN_MODES:
+            raise ValueError(f"join must be one of {JOIN_MODES}, got {join!r}")
         for name, v in (("max_batch_size", max_batch_size), ("max_active_batches", max_active_batches),
                         ("max_queue", max_queue)):
             if not isinstance(v, int) or v < 1:
@@ -90,6 +96,7 @@ class Scheduler:
         self.max_queue = max_queue
         self.merge = merge
         self.max_merge_positions = max_merge_positions
+        self.join = join
         self.merges = 0
         self._pending: collections.deque[Request] = collections.deque()
         self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
@@ -199,7 +206,7 @@ class Scheduler:
             for c in self._active:
                 live = c.live()
                 if c.mode == mode and live < self.max_batch_size and not c.batch.done \
-                        and c.batch.positions <= self.max_merge_positions:
+                        and (self.join == "slots" or c.batch.positions <= self.max_merge_positions):
                     target, room = c, self.max_batch_size - live
                     break
         if target is None and len(self._active) >= self.max_active_batches:
@@ -257,8 +264,9 @@ class Scheduler:
             return lambda delta: self._safe_event(r, "text", delta)
 
         try:
-            batch = self.engine.merge(cohort.batch, [r.prompt_ids for r in reqs], [r.params for r in reqs],
-                                      on_text=[sink(r) for r in reqs])
+            joiner = self.engine.join if self.join == "slots" else self.engine.merge
+            batch = joiner(cohort.batch, [r.prompt_ids for r in reqs], [r.params for r in reqs],
+                           on_text=[sink(r) for r in reqs])
         except Exception:  # noqa: BLE001 - the running batch is untouched: start the newcomers on their own
             log.exception("merging %d request(s) into a running batch failed; starting a new batch", len(reqs))
             self._admit(reqs)
@@ -302,6 +310,10 @@ class Scheduler:
                 self._report(r, cohort.batch.stats)
         if cohort.batch.done:
             self._drop(cohort)
+        elif self.join == "slots" and len(cohort.requests) > cohort.live():
+            # finished rows leave now: later steps do not compute them and their rows are free for newcomers
+            kept = self.engine.compact(cohort.batch)
+            cohort.requests = [cohort.requests[i] for i in kept]
 
     def _drop(self, cohort: _Cohort) -> None:
         with self._cond:

@@ -243,14 +243,13 @@ class ReplyStreamParser:
         events: list[tuple[str, object]] = []
         while self._buf:
             if self._in_tool:
-                end = self._buf.find(TOOL_CALL_CLOSE)
+                self._block += self._buf
+                self._buf = ""
+                end = self._block.find(TOOL_CALL_CLOSE)
                 if end < 0:
-                    self._block += self._buf
-                    self._buf = ""
                     self._tool_progress(events)
                     return events
-                self._block += self._buf[:end]
-                self._buf = self._buf[end + len(TOOL_CALL_CLOSE):]
+                self._block, self._buf = self._block[:end], self._block[end + len(TOOL_CALL_CLOSE):]
                 self._tool_done(events)
                 self._in_tool = False
                 continue

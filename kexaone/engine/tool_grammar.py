@@ -210,6 +210,8 @@ class ToolGrammar:
         """The state after `sym`, or None when the grammar refuses it."""
         for _ in range(16):
             top = state[-1]
+            if sym > 255 and top[0] != "reply":  # special tokens only ever come between JSON texts
+                return None
             r = getattr(self, "_" + top[0])(top, sym)
             if r is None:
                 return None

@@ -157,7 +157,7 @@ def test_masks_equal_brute_force_simulation():
         st = g.feed_all(g.initial(), _syms(cg, p))
         assert st is not None, p
         same, ends = cg.moves(st)
-        got = {t for toks in ends.values() for t in toks}
+        got = {t for toks in ends.values() for t in toks.tolist()}
         if same is not None:
             got |= set(same.nonzero().flatten().tolist())
         brute = {t for t in range(ix.size) if g.feed_all(st, ix.syms[t]) is not None}

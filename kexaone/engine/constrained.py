@@ -33,6 +33,9 @@ from kexaone.tokenizer.specials import ENDOFTURN, THINK_CLOSE, TOOL_CALL_CLOSE, 
 MAX_PARALLEL_CALLS = 8
 """Most calls one reply may hold under tool_choice "required" with parallel calls allowed."""
 GRAMMAR_CACHE_SIZE = 32
+MAX_CACHED_STATES = 4096
+"""States whose token sets one compiled grammar keeps (each holds the tokens that change the state: a few
+thousand ids for a large vocabulary; tokens that leave it unchanged share one mask per vocabulary)."""
 
 
 def resolve_tool_choice(tools: Sequence[dict] | None, tool_choice) -> tuple[str, list[str]]:
@@ -127,13 +130,13 @@ class CompiledGrammar:
 
     def __init__(self, grammar: ToolGrammar, index: VocabIndex):
         self.grammar, self.index = grammar, index
-        self._moves: dict[tuple, tuple[torch.Tensor | None, dict[tuple, list[int]]]] = {}
+        self._moves: dict[tuple, tuple[torch.Tensor | None, dict[tuple, torch.Tensor]]] = {}
         self.lock = threading.Lock()
 
     def token_state(self, state: tuple, token: int) -> tuple | None:
         return self.grammar.feed_all(state, self.index.syms[token]) if 0 <= token < self.index.size else None
 
-    def moves(self, state: tuple) -> tuple[torch.Tensor | None, dict[tuple, list[int]]]:
+    def moves(self, state: tuple) -> tuple[torch.Tensor | None, dict[tuple, torch.Tensor]]:
         """(bool [V] of tokens that leave `state` unchanged or None, {state after the token: [tokens]}) over the
         tokens the grammar accepts from `state`."""
         got = self._moves.get(state)
@@ -158,9 +161,9 @@ class CompiledGrammar:
                     end = g.feed_all(after, ix.syms[tok][1:])
                     if end is not None:
                         ends[end].append(tok)
-        got = (same, dict(ends))
+        got = (same, {end: torch.tensor(toks, dtype=torch.long) for end, toks in ends.items()})
         with self.lock:
-            if len(self._moves) > 50_000:
+            if len(self._moves) >= MAX_CACHED_STATES:  # a bound on memory: states are cheap to recompute
                 self._moves.clear()
             self._moves[state] = got
         return got
@@ -237,7 +240,7 @@ class ToolCallProcessor:
         if not bool(mask.any()):  # the budget is too small to finish: get as close as possible
             if best_toks is None and same is not None:
                 mask[:same.shape[0]] |= same
-            elif best_toks:
+            elif best_toks is not None:
                 mask[best_toks] = True
         return mask
 

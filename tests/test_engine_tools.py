@@ -24,7 +24,6 @@ from kexaone.engine.constrained import (
     resolve_tool_choice,
     tool_call_processor,
 )
-from kexaone.engine.tool_grammar import ToolGrammar
 from kexaone.tokenizer.chat import arguments_text, parse_assistant
 from test_engine_models import byte_tokenizer, one_thread, tiny_model
 

@@ -21,7 +21,6 @@ import time
 import httpx
 import jsonschema
 import pytest
-import torch
 
 from test_engine_models import ServerThread, byte_tokenizer, one_thread, tiny_model
 

@@ -124,8 +124,11 @@ def test_tool_call(stack, client, stream):
         content = choice.message.content
     else:
         chunks = list(client.chat.completions.create(stream=True, **kw))
-        calls = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
-                 for tc in c.choices[0].delta.tool_calls]
+        deltas = [tc for c in chunks if c.choices and c.choices[0].delta.tool_calls
+                  for tc in c.choices[0].delta.tool_calls]
+        # OpenAI's shape: the first delta of a call has its id and name, the arguments follow in pieces
+        calls = [tc for tc in deltas if tc.id]
+        calls[0].function.arguments = "".join(tc.function.arguments or "" for tc in deltas if tc.index == 0)
         finish = [c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason][0]
         content = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert finish == "tool_calls" and len(calls) == 1 and content == ""

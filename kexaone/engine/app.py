@@ -13,6 +13,7 @@ handling is in server.py; request/response shapes in protocol.py.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import hmac
 import json
 import logging
@@ -29,7 +30,17 @@ from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from kexaone.engine.batching.scheduler import QueueFullError, Request as GenRequest, Scheduler, SchedulerStopped
-from kexaone.engine.chat_io import ReplyStreamParser, chat_prompt, openai_tool_calls, parse_reply
+from kexaone.engine.chat_io import (
+    TOOL,
+    ReplyStreamParser,
+    chat_prompt,
+    openai_tool_calls,
+    parse_reply,
+    reply_errors,
+    tool_schemas,
+    validate_tool_calls,
+)
+from kexaone.engine.constrained import resolve_tool_choice, tool_call_processor
 from kexaone.engine.protocol import (
     APIError,
     ChatChoice,
@@ -42,6 +53,7 @@ from kexaone.engine.protocol import (
     CompletionLogprobs,
     CompletionRequest,
     Delta,
+    DeltaFunctionCall,
     DeltaToolCall,
     DetokenizeRequest,
     ModelCard,
@@ -50,6 +62,7 @@ from kexaone.engine.protocol import (
     ResponseMessage,
     ResponseToolCall,
     TokenizeRequest,
+    ToolCallError,
     Usage,
     error_param,
     new_id,
@@ -62,6 +75,7 @@ from kexaone.engine.sequence import FINISH_LENGTH, FINISH_TIMEOUT, GenerationRes
 from kexaone.engine.server import MAX_BODY_BYTES, ServerSettings
 from kexaone.tokenizer.chat import render as render_chat
 from kexaone.tokenizer.pretokenize import fix_surrogates
+from kexaone.tokenizer.specials import THINK_OPEN
 
 log = logging.getLogger("kexaone.server")
 
@@ -332,8 +346,16 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
     async def chat_completions(request: Request):
         check_auth(request)
         req: ChatCompletionRequest = await read_body(request, ChatCompletionRequest)
-        tools = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools and req.tool_choice != "none" \
-            else None
+        if (problem := req.tool_problem()) is not None:
+            raise APIError(400, problem[1], param=problem[0])
+        declared = [t.model_dump(exclude_none=True) for t in req.tools] if req.tools else None
+        try:
+            tool_schemas(declared)
+        except ValueError as e:
+            raise APIError(400, str(e), param="tools") from None
+        choice = req.tool_choice_value()
+        mode, _ = resolve_tool_choice(declared, choice)
+        tools = declared if mode != "none" else None
         try:
             prompt_text, opened = chat_prompt(req.openai_messages(), tools=tools,
                                               enable_thinking=req.enable_thinking())
@@ -343,7 +365,14 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
         check_prompt(len(ids), "messages")
         param = "max_completion_tokens" if req.max_completion_tokens is not None else "max_tokens"
         max_new = budget(len(ids), req.output_limit(), param, settings.default_max_tokens)
-        pending = submit(ids, sampling(req, max_new))
+        params = sampling(req, max_new)
+        # required / named: constrained decoding (its vocabulary index is built once per tokenizer, off the loop)
+        proc = await run_in_threadpool(
+            tool_call_processor, tok, tools, choice, req.parallel_tool_calls is not False,
+            opened.rstrip().endswith(THINK_OPEN), max_new)
+        if proc is not None:
+            params = dataclasses.replace(params, logits_processor=proc)
+        pending = submit(ids, params)
         rid = new_id("chatcmpl")
 
         if not req.stream:
@@ -351,9 +380,11 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
             if res is None:
                 return JSONResponse({}, status_code=499)
             parsed = parse_reply(opened + (res.text or ""))
-            calls = [ResponseToolCall(id=c["id"], function=ResponseFunctionCall(**c["function"]))
-                     for c in openai_tool_calls(parsed.tool_calls)]
-            msg = ResponseMessage(content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls or None)
+            raw_calls = openai_tool_calls(parsed.tool_calls, parsed.arguments_text)
+            errors = reply_errors(parsed.errors, validate_tool_calls(raw_calls, tools) if tools else [])
+            calls = [ResponseToolCall(id=c["id"], function=ResponseFunctionCall(**c["function"])) for c in raw_calls]
+            msg = ResponseMessage(content=parsed.content, reasoning_content=parsed.reasoning, tool_calls=calls or None,
+                                  tool_call_errors=[ToolCallError(**e) for e in errors] or None)
             body = ChatCompletion(id=rid, created=now(), model=settings.model_name, usage=usage(res),
                                   choices=[ChatChoice(message=msg, finish_reason=finish_reason(res, bool(calls)))])
             return JSONResponse(body.model_dump(exclude_none=True))
@@ -364,20 +395,29 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
             return _sse(ChatCompletionChunk(id=rid, created=now(), model=settings.model_name,
                                             choices=[ChunkChoice(delta=delta, finish_reason=finish)]))
 
-        def pieces(events: list[tuple[str, str]]) -> list[str]:
-            return [chunk(Delta(**{"reasoning_content" if mode == "reasoning" else "content": piece}))
-                    for mode, piece in events]
+        def pieces(events: list[tuple[str, object]]) -> list[str]:
+            out = []
+            for kind, piece in events:
+                if kind == TOOL:
+                    fn = piece.get("function")
+                    out.append(chunk(Delta(tool_calls=[DeltaToolCall(
+                        index=piece["index"], id=piece.get("id"), type=piece.get("type"),
+                        function=DeltaFunctionCall(**fn) if fn else None)])))
+                else:
+                    out.append(chunk(Delta(**{"reasoning_content" if kind == "reasoning" else "content": piece})))
+            return out
 
         parser = ReplyStreamParser(opened)
 
         def on_done(res: GenerationResult) -> list[str]:
             out = pieces(parser.finish())
-            calls = openai_tool_calls(parse_reply(opened + (res.text or "")).tool_calls)
-            if calls:
-                out.append(chunk(Delta(tool_calls=[
-                    DeltaToolCall(index=i, id=c["id"], type="function", function=ResponseFunctionCall(**c["function"]))
-                    for i, c in enumerate(calls)])))
-            out.append(chunk(Delta(), finish_reason(res, bool(calls))))
+            parsed = parse_reply(opened + (res.text or ""))
+            errors = reply_errors(parsed.errors, validate_tool_calls(parser.openai_calls(), tools) if tools else [])
+            errors += [{"index": i, "id": parser.calls[i]["id"], "name": parser.calls[i]["name"],
+                        "message": "this streamed call did not complete as valid JSON: drop it"} for i in parser.failed]
+            if errors:
+                out.append(chunk(Delta(tool_call_errors=[ToolCallError(**e) for e in errors])))
+            out.append(chunk(Delta(), finish_reason(res, bool(parser.calls))))
             if include_usage:
                 out.append(_sse(ChatCompletionChunk(id=rid, created=now(), model=settings.model_name, choices=[],
                                                     usage=usage(res))))

@@ -247,16 +247,34 @@ class Engine:
         return self.results(batch)
 
     def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, enable_thinking: bool = True,
-             on_text: Callable[[str], None] | None = None, **gen) -> "ChatResult":
+             on_text: Callable[[str], None] | None = None, tool_choice: str | dict | None = None,
+             parallel_tool_calls: bool = True, **gen) -> "ChatResult":
         """Render `messages` (OpenAI-style dicts) in the K-EXAONE chat format, generate the assistant turn, and
-        parse it into reasoning, content and tool calls."""
-        from kexaone.engine.chat_io import ChatResult, chat_prompt, parse_reply
+        parse it into reasoning, content and tool calls.
+
+        `tool_choice` is OpenAI's: "none" (tools hidden from the model), "auto" (default with tools: the model
+        decides), "required" or `{"type": "function", "function": {"name": N}}` (decoding constrained to calls of
+        the allowed functions with schema-guided JSON arguments, see kexaone.engine.constrained);
+        `parallel_tool_calls=False` allows at most one call. Calls are checked against the declared schemas:
+        failures are in `result.validation_errors`, never raised."""
+        from kexaone.engine.chat_io import ChatResult, chat_prompt, parse_reply, tool_schemas
+        from kexaone.engine.constrained import resolve_tool_choice, tool_call_processor
 
         if self.tokenizer is None:
             raise ValueError("Engine.chat needs a tokenizer")
-        prompt_text, opened = chat_prompt(messages, tools=tools, enable_thinking=enable_thinking)
-        res = self.generate(self.tokenizer.encode(prompt_text), on_text=on_text, **gen)
-        return ChatResult.from_generation(res, parse_reply(opened + (res.text or "")), opened)
+        tool_schemas(tools)  # a clear error for a malformed declaration
+        mode, _ = resolve_tool_choice(tools, tool_choice)
+        shown = tools if mode != "none" else None
+        prompt_text, opened = chat_prompt(messages, tools=shown, enable_thinking=enable_thinking)
+        ids = self.tokenizer.encode(prompt_text)
+        proc = tool_call_processor(self.tokenizer, shown, tool_choice, parallel_tool_calls,
+                                   reasoning=opened.rstrip().endswith("<think>"),
+                                   max_new_tokens=min(gen.get("max_new_tokens", 256),
+                                                      self.config.max_position_embeddings - len(ids)))
+        if proc is not None:
+            gen["logits_processor"] = proc
+        res = self.generate(ids, on_text=on_text, **gen)
+        return ChatResult.from_generation(res, parse_reply(opened + (res.text or "")), opened, tools=shown)
 
     # ------------------------------------------------------------------ step-wise API
     @contextlib.contextmanager
@@ -631,15 +649,22 @@ class Engine:
                histories: Callable[[], list[list[int]]]) -> torch.Tensor:
         """Sampling distributions [B, V] after the vocabulary limit and the logits processors. `histories()` gives
         each row's generated ids so far (only built when a processor needs it)."""
-        if self.vocab_limit is not None or self.logits_processors:
+        if self.vocab_limit is not None or self.logits_processors or sampling.processors is not None:
             logits_BV = logits_BV.float().clone()
             if self.vocab_limit is not None:
                 logits_BV[:, self.vocab_limit:] = float("-inf")
-            if self.logits_processors:
-                for r, hist in enumerate(histories()):
-                    for proc in self.logits_processors:
-                        logits_BV[r] = proc(hist, logits_BV[r])
+            if self.logits_processors or sampling.processors is not None:
+                self._apply_processors(logits_BV, sampling, histories())
         return logits_to_probs(logits_BV, sampling)
+
+    def _apply_processors(self, logits_BV: torch.Tensor, sampling: BatchSampling, hists: list[list[int]]) -> None:
+        """The engine's processors, then each row's own (SamplingParams.logits_processor), in place."""
+        own = sampling.row_processors()
+        for r, hist in enumerate(hists):
+            for proc in self.logits_processors:
+                logits_BV[r] = proc(hist, logits_BV[r])
+            if own[r] is not None:
+                logits_BV[r] = own[r](hist, logits_BV[r])
 
     def _emit(self, batch: DecodeBatch, new_BN: torch.Tensor, count_B: torch.Tensor, lp_BN: torch.Tensor,
               slp_BN: torch.Tensor) -> None:
@@ -723,7 +748,8 @@ class Engine:
 def _repeat_rows(s: BatchSampling, n: int) -> BatchSampling:
     """Sampling parameters for a [B*n] view of [B, n] positions (generators are not used by logits_to_probs)."""
     return BatchSampling(s.temperature_B.repeat_interleave(n), s.top_p_B.repeat_interleave(n),
-                         s.top_k_B.repeat_interleave(n), [g for g in s.generators for _ in range(n)])
+                         s.top_k_B.repeat_interleave(n), [g for g in s.generators for _ in range(n)],
+                         None if s.processors is None else [p for p in s.processors for _ in range(n)])
 
 
 def _replace(p: SamplingParams, **changes) -> SamplingParams:

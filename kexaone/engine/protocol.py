@@ -89,6 +89,15 @@ class ToolDef(_Req):
     function: FunctionDef
 
 
+class ChoiceFunction(_Req):
+    name: str
+
+
+class NamedToolChoice(_Req):
+    type: Literal["function"]
+    function: ChoiceFunction
+
+
 class StreamOptions(_Req):
     include_usage: bool = False
 
@@ -131,7 +140,8 @@ class ChatCompletionRequest(_Sampling):
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     tools: list[ToolDef] | None = None
-    tool_choice: Literal["none", "auto"] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     reasoning_effort: str | None = None
     logprobs: bool | None = None
@@ -151,6 +161,55 @@ class ChatCompletionRequest(_Sampling):
 
     def output_limit(self) -> int | None:
         return self.max_completion_tokens if self.max_completion_tokens is not None else self.max_tokens
+
+    def tool_choice_value(self) -> str | dict | None:
+        return self.tool_choice.model_dump() if isinstance(self.tool_choice, NamedToolChoice) else self.tool_choice
+
+    def tool_problem(self) -> tuple[str, str] | None:
+        """(param, message) of what OpenAI refuses in the tool fields with a 400, or None: a forcing tool_choice
+        without tools or naming an undeclared function, a function declared twice, and tool-role messages that
+        answer no call: a missing `tool_call_id`, a tool message not preceded by an assistant message with
+        `tool_calls` (other tool messages between them allowed), an id not among that message's call ids, an
+        assistant call without an id, or a call left without a result before the conversation goes on."""
+        names = [t.function.name for t in self.tools or []]
+        dup = next((n for i, n in enumerate(names) if n in names[:i]), None)
+        if dup is not None:
+            return "tools", f"function {dup!r} is declared twice in tools"
+        choice = self.tool_choice
+        if choice == "required" and not names:
+            return "tool_choice", "tool_choice 'required' needs tools"
+        if isinstance(choice, NamedToolChoice) and choice.function.name not in names:
+            return "tool_choice", (f"tool_choice names function {choice.function.name!r}, which is not among the "
+                                   f"declared tools {names}")
+        open_ids: list[str] | None = None  # ids of the last assistant message's calls, while answering them
+        answered: set[str] = set()
+        for i, m in enumerate(self.messages):
+            if m.role == "tool":
+                if m.tool_call_id is None:
+                    return f"messages[{i}].tool_call_id", f"messages[{i}] (role 'tool') needs a tool_call_id"
+                if open_ids is None:
+                    return f"messages[{i}].role", (f"messages[{i}]: a message with role 'tool' must answer a "
+                                                   "preceding assistant message with 'tool_calls'")
+                if m.tool_call_id not in open_ids:
+                    return f"messages[{i}].tool_call_id", (f"messages[{i}]: tool_call_id {m.tool_call_id!r} is not "
+                                                           f"among the tool_calls of the previous assistant "
+                                                           f"message {open_ids}")
+                answered.add(m.tool_call_id)
+                continue
+            if open_ids is not None and set(open_ids) - answered:
+                missing = [x for x in open_ids if x not in answered]
+                return f"messages[{i}]", ("an assistant message with 'tool_calls' must be followed by tool messages "
+                                          f"answering each tool_call_id; no answer for {missing}")
+            open_ids, answered = None, set()
+            if m.role == "assistant" and m.tool_calls:
+                for j, c in enumerate(m.tool_calls):
+                    if not c.id:
+                        return f"messages[{i}].tool_calls[{j}].id", f"messages[{i}].tool_calls[{j}] needs an id"
+                open_ids = [c.id for c in m.tool_calls]
+        if open_ids is not None and set(open_ids) - answered:
+            missing = [x for x in open_ids if x not in answered]
+            return "messages", f"the conversation ends with tool_calls {missing} left without a tool message"
+        return None
 
     def enable_thinking(self) -> bool:
         return True if self.chat_template_kwargs is None else self.chat_template_kwargs.enable_thinking
@@ -257,11 +316,22 @@ class ResponseToolCall(BaseModel):
     function: ResponseFunctionCall
 
 
+class ToolCallError(BaseModel):
+    """A tool call the server could not parse (index None: it is not in `tool_calls`) or whose arguments do not
+    match the declared schema / name an undeclared function (index and id of the returned call)."""
+
+    index: int | None = None
+    id: str | None = None
+    name: str | None = None
+    message: str
+
+
 class ResponseMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
     reasoning_content: str | None = None
     tool_calls: list[ResponseToolCall] | None = None
+    tool_call_errors: list[ToolCallError] | None = None
 
 
 class ChatChoice(BaseModel):
@@ -279,11 +349,16 @@ class ChatCompletion(BaseModel):
     usage: Usage
 
 
+class DeltaFunctionCall(BaseModel):
+    name: str | None = None
+    arguments: str | None = None
+
+
 class DeltaToolCall(BaseModel):
     index: int
     id: str | None = None
     type: Literal["function"] | None = None
-    function: ResponseFunctionCall | None = None
+    function: DeltaFunctionCall | None = None
 
 
 class Delta(BaseModel):
@@ -291,6 +366,7 @@ class Delta(BaseModel):
     content: str | None = None
     reasoning_content: str | None = None
     tool_calls: list[DeltaToolCall] | None = None
+    tool_call_errors: list[ToolCallError] | None = None
 
 
 class ChunkChoice(BaseModel):

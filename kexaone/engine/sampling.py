@@ -10,8 +10,8 @@ This module does not run the model and knows nothing of caches or tokenizers (se
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 
 import torch
 
@@ -40,6 +40,10 @@ class SamplingParams:
     include_stop_str_in_output: bool = False
     skip_special_tokens: bool = False
     """Drop special tokens from `.text`. Off by default: the chat parser needs `<think>` and `<tool_call>`."""
+    logits_processor: Callable | None = field(default=None, compare=False)
+    """This request's own `(generated_ids, logits_V) -> logits_V`, applied after the engine's processors (e.g.
+    constrained tool calls, kexaone.engine.constrained). It may keep per-request state; it must be a function of
+    the history it is given (drafts and re-scoring call it on other histories)."""
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) \
@@ -92,6 +96,8 @@ class BatchSampling:
     top_p_B: torch.Tensor  # float32
     top_k_B: torch.Tensor  # int64, 0 = off
     generators: list[torch.Generator]
+    processors: list | None = None
+    """Per row: the request's own logits processor or None (None for the whole list when no row has one)."""
 
     @classmethod
     def from_params(cls, params: Sequence[SamplingParams], device: torch.device | str = "cpu") -> "BatchSampling":
@@ -100,6 +106,7 @@ class BatchSampling:
             top_p_B=torch.tensor([float(p.top_p) for p in params], dtype=torch.float32, device=device),
             top_k_B=torch.tensor([int(p.top_k) for p in params], dtype=torch.int64, device=device),
             generators=[make_generator(p.seed, device="cpu") for p in params],
+            processors=_processors([p.logits_processor for p in params]),
         )
 
     @property
@@ -113,17 +120,26 @@ class BatchSampling:
     @classmethod
     def cat(cls, parts: Sequence["BatchSampling"]) -> "BatchSampling":
         return cls(torch.cat([p.temperature_B for p in parts]), torch.cat([p.top_p_B for p in parts]),
-                   torch.cat([p.top_k_B for p in parts]), [g for p in parts for g in p.generators])
+                   torch.cat([p.top_k_B for p in parts]), [g for p in parts for g in p.generators],
+                   _processors([x for p in parts for x in p.row_processors()]))
 
     def select(self, rows: torch.Tensor) -> "BatchSampling":
         idx = rows.tolist()
+        procs = self.row_processors()
         return BatchSampling(self.temperature_B[rows], self.top_p_B[rows], self.top_k_B[rows],
-                             [self.generators[i] for i in idx])
+                             [self.generators[i] for i in idx], _processors([procs[i] for i in idx]))
+
+    def row_processors(self) -> list:
+        return list(self.processors) if self.processors is not None else [None] * len(self.generators)
 
     def uniform(self, n: int = 1) -> torch.Tensor:
         """[B, n] float64 uniforms in (0, 1], row r drawn from row r's generator."""
         u = torch.stack([torch.rand(n, generator=g, dtype=torch.float64) for g in self.generators])
         return 1.0 - u  # (0, 1]: a zero-probability token can never be hit by inverse-CDF sampling
+
+
+def _processors(procs: list) -> list | None:
+    return procs if any(p is not None for p in procs) else None
 
 
 def logits_to_probs(logits_BV: torch.Tensor, sampling: BatchSampling) -> torch.Tensor:

@@ -183,9 +183,48 @@ class ParsedReply:
     content: str
     tool_calls: list[dict] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    arguments_text: list[str] = field(default_factory=list)
+    """Per entry of `tool_calls`: its arguments as the model wrote them (the raw JSON text of the `arguments`
+    member, or the decoded string when the model wrote a JSON string holding JSON), what the server returns."""
 
 
 _TOOL_CALL_RE = re.compile(re.escape(TOOL_CALL_OPEN) + r"(.*?)" + re.escape(TOOL_CALL_CLOSE), re.DOTALL)
+
+
+def arguments_text(raw: str) -> str | None:
+    """The raw JSON text of the top-level `arguments` member of a tool-call object `raw` (stripped; for a string
+    member, the string's value), or None when `raw` is not such an object."""
+    dec = json.JSONDecoder()
+    ws = " \t\n\r"
+    i = len(raw) - len(raw.lstrip(ws))
+    if not raw.startswith("{", i):
+        return None
+    i += 1
+    try:
+        while True:
+            while i < len(raw) and raw[i] in ws:
+                i += 1
+            if raw.startswith("}", i):
+                return None
+            key, i = dec.raw_decode(raw, i)
+            while i < len(raw) and raw[i] in ws:
+                i += 1
+            if not raw.startswith(":", i):
+                return None
+            i += 1
+            while i < len(raw) and raw[i] in ws:
+                i += 1
+            value, end = dec.raw_decode(raw, i)
+            if key == "arguments":
+                return value if isinstance(value, str) else raw[i:end]
+            i = end
+            while i < len(raw) and raw[i] in ws:
+                i += 1
+            if not raw.startswith(",", i):
+                return None
+            i += 1
+    except (json.JSONDecodeError, IndexError):
+        return None
 
 
 def _parse_call(raw: str, n: int, errors: list[str]) -> dict | None:
@@ -232,6 +271,7 @@ def parse_assistant(text: str) -> ParsedReply:
         text = ""
         errors.append("reasoning was not closed with </think>")
     calls: list[dict] = []
+    texts: list[str] = []
     n = 0
 
     def take(match: re.Match) -> str:
@@ -240,6 +280,9 @@ def parse_assistant(text: str) -> ParsedReply:
         call = _parse_call(match.group(1), n, errors)
         if call is not None:
             calls.append(call)
+            raw = arguments_text(match.group(1))
+            raw = raw.strip() if raw is not None else ""
+            texts.append(raw if raw not in ("", "null") else json.dumps(call["arguments"], ensure_ascii=False))
         return ""
 
     content = _TOOL_CALL_RE.sub(take, text)
@@ -247,4 +290,5 @@ def parse_assistant(text: str) -> ParsedReply:
     if open_at >= 0:
         errors.append(f"tool call {n + 1}: not closed with {TOOL_CALL_CLOSE}: {content[open_at:][:200]!r}")
         content = content[:open_at]
-    return ParsedReply(reasoning=reasoning, content=content.strip(), tool_calls=calls, errors=errors)
+    return ParsedReply(reasoning=reasoning, content=content.strip(), tool_calls=calls, errors=errors,
+                       arguments_text=texts)

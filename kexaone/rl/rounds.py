@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PASS_THRESHOLD", "row_columns", "score_groups", "RLRounds", "evaluate_rows", "plot_reward_curve"]
+__all__ = ["PASS_THRESHOLD", "row_columns", "score_groups", "reward_metrics", "RLRounds", "evaluate_rows", "plot_reward_curve"]
 
 PASS_THRESHOLD = 1.0 - 1e-6
 """A response passes when its combined reward is (numerically) 1: every reward that applies is fully met."""

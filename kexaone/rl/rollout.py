@@ -7,7 +7,8 @@ differs). The rollout log-prob of a token is `GenerationResult.sampling_logprobs
 distribution it was actually drawn from (after temperature and top-p). With top_p < 1 or temperature != 1 that
 distribution is not the policy's pi (temperature 1, untruncated), so the importance ratio pi / pi_rollout is not 1
 even on-policy; AGAPO's truncated IS then corrects for the truncation (SPEC section 5), and the logged IS stats show
-its size.
+its size. The same holds for a checkpoint whose embedding is padded past the tokenizer: the engine never samples
+the padding ids, so the ratio is the policy's mass on real tokens (below 1) until training moves it there.
 
 `EndpointRollouts(url, tokenizer)` posts the rendered chat prompt as token ids to `<url>/completions` with
 `logprobs: 0` and one `seed` per response (a request per response: a server seeds a whole request at once).

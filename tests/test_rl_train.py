@@ -291,3 +291,18 @@ def test_default_prompt_sets_are_six_languages_and_disjoint():
     # every verifiable row carries what its reward needs
     for r in train:
         assert {"answer", "tests", "instruction_id_list"} & set(r), r
+
+
+def test_speedrun_stage_rl_runs_from_the_sft_output(tiny_dir, tmp_path):
+    from kexaone.pipeline.rl_stage import stage_rl
+    from kexaone.pipeline.stages import StageContext
+
+    ctx = StageContext(out_dir=tmp_path, stage_dir=tmp_path / "rl", outputs={"sft": {"model_dir": str(tiny_dir)}},
+                       params={"seed": 0, "rl": {"rounds": 1, "prompts_per_round": 2, "group_size": 2,
+                                                 "updates_per_rollout": 1, "max_new_tokens": 4, "n_prompts": 4,
+                                                 "eval_n": 2, "eval_samples": 1}}, log=lambda s: None)
+    out = stage_rl(ctx, threads=1)
+    assert out["steps"] == 1 and (tmp_path / out["model_dir"] / "config.json").is_file()
+    assert 0.0 <= out["heldout_before"]["pass_rate"] <= 1.0 and "pass_rate_by_category" in out["heldout_after"]
+    with pytest.raises(ValueError, match="unknown field"):
+        stage_rl(StageContext(out_dir=tmp_path, stage_dir=tmp_path / "rl2", outputs={}, params={"rl": {"x": 1}}))

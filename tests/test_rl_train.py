@@ -306,3 +306,21 @@ def test_speedrun_stage_rl_runs_from_the_sft_output(tiny_dir, tmp_path):
     assert 0.0 <= out["heldout_before"]["pass_rate"] <= 1.0 and "pass_rate_by_category" in out["heldout_after"]
     with pytest.raises(ValueError, match="unknown field"):
         stage_rl(StageContext(out_dir=tmp_path, stage_dir=tmp_path / "rl2", outputs={}, params={"rl": {"x": 1}}))
+
+
+def test_judge_reward_joins_the_verifiers():
+    from scripted_openai import ScriptedServer
+
+    from kexaone.rl.cli import resolve_rewards
+    from kexaone.rl.rounds import score_groups
+
+    server = ScriptedServer()
+    server.chat_fn = lambda text: "Good answer. Rating: [[10]]" if "42" in text else "Wrong. Rating: [[1]]"
+    try:
+        rewards = resolve_rewards(["math:3"], judge_endpoint=server.url + "/v1", judge_weight=1.0)
+        rows = [{"id": "q", "prompt": [{"role": "user", "content": "6 x 7?"}], "answer": "42"}]
+        totals, per = score_groups(rows, [["42", "41"]], rewards)
+    finally:
+        server.close()
+    assert per == {"math": [1.0, 0.0], "judge": [1.0, 0.0]}
+    assert totals == [[1.0, 0.0]]  # (3 x 1 + 1 x 1) / 4 and (3 x 0 + 1 x 0) / 4

@@ -7,7 +7,8 @@
 
 Rounds of: G responses per prompt sampled with the current weights (kexaone's engine in process, batched; or an
 OpenAI-compatible server's /v1/completions on the rendered chat prompt), rewards (`--reward`, built-ins of
-kexaone.rl.rewards or `module:function` with TRL's signature; weighted mean), AGAPO advantages with zero-variance
+kexaone.rl.rewards or `module:function` with TRL's signature, plus an LLM judge with `--judge-endpoint`; weighted
+mean of those that apply), AGAPO advantages with zero-variance
 groups dropped, then K optimizer steps of the AGAPO objective on those responses through the shared trainer
 (off-policy after the first: the truncated importance ratio corrects for it). The MoE router is frozen (no
 gradient, no bias update, no token counting) and there is no KL term.
@@ -55,6 +56,13 @@ class RLSection:
     reward: list[str] = opt([], metavar="NAME[:WEIGHT]", append=True)
     """reward, repeatable: math, code, ifeval, ifeval_all, language, length, tool_call or package.module:function
     (TRL signature); weighted mean of those that apply (default: math, code, ifeval)"""
+    judge_endpoint: str | None = opt(None, metavar="URL")
+    """add an LLM-as-a-judge reward (a 1-10 rating mapped to [0, 1], with the row's `reference` column when it has
+    one) from this OpenAI-compatible API base"""
+    judge_model: str = "judge"
+    """model name sent to the judge endpoint"""
+    judge_weight: float = 1.0
+    """weight of the judge reward"""
     group_size: int = 8
     """responses sampled per prompt (G)"""
     is_cap: float = 2.0
@@ -135,6 +143,10 @@ class RLSection:
         need(self.loss_normalize in ("sequence", "token"), "loss_normalize", "choose 'sequence' or 'token'")
         need(self.rollout_endpoint is None or str(self.rollout_endpoint).startswith(("http://", "https://")),
              "rollout_endpoint", "must be an http(s) URL such as http://127.0.0.1:8000/v1")
+        need(self.judge_endpoint is None or str(self.judge_endpoint).startswith(("http://", "https://")),
+             "judge_endpoint", "must be an http(s) URL such as http://127.0.0.1:8001/v1")
+        need(isinstance(self.judge_weight, (int, float)) and math.isfinite(self.judge_weight)
+             and self.judge_weight >= 0, "judge_weight", "must be a finite number >= 0")
         need(not (self.rollout_endpoint and self.rounds > 1 and not self.reload_command), "rounds",
              "> 1 with --rollout-endpoint needs --reload-command (the server would keep the first round's "
              "weights); give one, or --rounds 1")
@@ -180,11 +192,20 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------------------------------- Python API
-def resolve_rewards(specs: list[str], defaults: tuple[str, ...] = DEFAULT_REWARDS) -> list[tuple[str, Any, float]]:
-    """(name, func, weight) of each `--reward` spec (the defaults when none is given)."""
+def resolve_rewards(specs: list[str], defaults: tuple[str, ...] = DEFAULT_REWARDS, judge_endpoint: str | None = None,
+                    judge_model: str = "judge", judge_weight: float = 1.0,
+                    transport: Any = None) -> list[tuple[str, Any, float]]:
+    """(name, func, weight) of each `--reward` spec (the defaults when none is given), plus the LLM judge when an
+    endpoint is given."""
     from kexaone.rl.rewards import parse_reward_spec
 
-    return [parse_reward_spec(s) for s in (specs or list(defaults))]
+    rewards = [parse_reward_spec(s) for s in (specs or list(defaults))]
+    if judge_endpoint:
+        from kexaone.rl.judge import make_judge_reward
+
+        rewards.append(("judge", make_judge_reward(judge_endpoint, judge_model, transport=transport),
+                        float(judge_weight)))
+    return rewards
 
 
 def derived(cfg: RLConfig) -> RLConfig:
@@ -208,7 +229,8 @@ def run_rl(cfg: RLConfig, callbacks=()) -> Any:
     from kexaone.utils.io import atomic_write_text
 
     cfg = derived(cfg)
-    rewards = resolve_rewards(cfg.reward)
+    rewards = resolve_rewards(cfg.reward, judge_endpoint=cfg.judge_endpoint, judge_model=cfg.judge_model,
+                              judge_weight=cfg.judge_weight)
     rows = load_prompts(cfg.prompts, "rl", cfg.n_prompts, cfg.seed)
     eval_rows = load_prompts(cfg.eval_prompts, "rl", cfg.eval_n, cfg.seed) if cfg.eval_prompts else []
     with stage_run(cfg) as run:

@@ -1,0 +1,73 @@
+"""The rule rewards `kexaone pref` adds to kexaone.rl.rewards / rules: reply format and refusal-vs-help, and the
+preference reward registry (`parse_pref_reward`).
+
+  - `format_reward`: the assistant turn parses in the K-EXAONE chat format (no parse errors, a reasoning block
+    that was opened is closed) and leaves a non-empty answer; 1.0 or 0.0, always applicable;
+  - `refusal_reward`: with the row's `refuse` column, 1.0 when a harmful request (refuse true) is refused, or a
+    benign look-alike (refuse false) is answered without a refusal (the safety evaluation's refusal detector,
+    kexaone.eval.safety.suite.find_refusal, six languages); None without the column.
+What this module does not do: call judges (kexaone.rl.judge) or combine rewards (kexaone.rl.rewards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kexaone.rl.completions import column, completion_text, final_text
+
+__all__ = ["format_reward", "refusal_reward", "PREF_REWARDS", "DEFAULT_PREF_REWARDS", "parse_pref_reward"]
+
+
+def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
+    """1.0 when the reply parses cleanly and has a non-empty final answer (see the module), else 0.0."""
+    from kexaone.tokenizer.chat import parse_assistant
+
+    out: list[float | None] = []
+    for completion in completions:
+        text = completion_text(completion)
+        parsed = parse_assistant(text)
+        ok = not parsed.errors and (bool(final_text(completion)) or bool(parsed.tool_calls))
+        out.append(float(ok))
+    return out
+
+
+def refusal_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
+    """Refuse the harmful, help the benign look-alike (column `refuse`); None where the row has no such column."""
+    from kexaone.eval.safety.suite import find_refusal
+
+    refuse = column(columns, ("refuse",), len(completions))
+    if refuse is None:
+        return [None] * len(completions)
+    out: list[float | None] = []
+    for completion, want in zip(completions, refuse):
+        if want is None:
+            out.append(None)
+            continue
+        reply = final_text(completion)
+        refused = find_refusal(reply) is not None
+        out.append(float(refused) if want else float(bool(reply) and not refused))
+    return out
+
+
+PREF_REWARDS = {"format": format_reward, "refusal": refusal_reward}
+DEFAULT_PREF_REWARDS = ("format", "language", "length", "refusal", "tool_call", "ifeval")
+
+
+def parse_pref_reward(spec: str):
+    """`NAME[:weight]` -> (name, func, weight): `format`, `refusal`, or anything kexaone.rl.rewards.parse_reward_spec
+    knows (language, length, tool_call, ifeval, math, code, module:function)."""
+    from kexaone.rl.rewards import parse_reward_spec
+
+    head, weight = spec, 1.0
+    left, sep, right = spec.rpartition(":")
+    if sep:
+        try:
+            weight, head = float(right), left
+        except ValueError:
+            pass
+    if head in PREF_REWARDS:
+        return head, PREF_REWARDS[head], weight
+    try:
+        return parse_reward_spec(spec)
+    except ValueError as e:
+        raise ValueError(f"{e} (kexaone pref also knows: {', '.join(PREF_REWARDS)})") from None

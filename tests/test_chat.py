@@ -105,6 +105,9 @@ CASES = [
     ([{"role": "user", "content": "u"}], [WEATHER], True, True),
     ([{"role": "user", "content": [{"type": "text", "text": "a"}, {"type": "text", "text": "b"}]},
       {"role": "tool", "content": {"ok": True}}, {"role": "assistant", "content": None}], None, True, False),
+    ([{"role": "user", "content": "t?"}, {"role": "assistant", "content": "On it.", "tool_calls": [
+        {"name": "now", "arguments": "{\"tz\": \"KST\"}"}, {"function": {"name": "now"}},
+        {"function": {"name": "now", "arguments": None}}]}], [CLOCK], False, False),
 ]
 
 
@@ -214,3 +217,47 @@ def test_transformers_assistant_mask_matches_encode_chat(byte_tok, messages, too
     ids, mask = encode_chat(byte_tok[0], messages, tools=tools)
     assert list(out["input_ids"]) == ids
     assert list(out["assistant_masks"]) == mask
+
+
+@pytest.mark.parametrize("messages,tools", [(SIMPLE, None), (MULTI, None), (TOOLS, [WEATHER])])
+def test_loss_mask_equals_transformers_assistant_tokens_mask(byte_tok, messages, tools):
+    """transformers reads the template's {% generation %} blocks for return_assistant_tokens_mask: an outside
+    oracle for the SFT loss mask."""
+    from transformers import AutoTokenizer
+
+    hf = AutoTokenizer.from_pretrained(str(byte_tok[1]))
+    out = hf.apply_chat_template(messages, tools=tools, tokenize=True, return_dict=True,
+                                 return_assistant_tokens_mask=True)
+    ids, mask = encode_chat(byte_tok[0], messages, tools=tools)
+    assert list(out["input_ids"]) == ids
+    assert list(out["assistant_masks"]) == mask
+    assert sum(mask) > 0
+
+
+def test_render_runs_the_template_file(monkeypatch, tmp_path):
+    """template.jinja is the only source of the format: a changed template changes what render writes."""
+    import kexaone.tokenizer.chat as chat
+
+    changed = tmp_path / "template.jinja"
+    changed.write_text(chat.TEMPLATE_PATH.read_text(encoding="utf-8").replace("'<|user|>\\n'", "'<|user|>\\n>> '"),
+                       encoding="utf-8")
+    monkeypatch.setattr(chat, "TEMPLATE_PATH", changed)
+    chat._template.cache_clear()
+    try:
+        assert "<|user|>\n>> What is 2+2?" in render(SIMPLE)
+    finally:
+        monkeypatch.undo()
+        chat._template.cache_clear()
+    assert "<|user|>\nWhat is 2+2?" in render(SIMPLE)
+
+
+@pytest.mark.parametrize("messages,match", [
+    ([{"role": "user", "content": "a\ufdd0b"}], "U\\+FDD0"),
+    ([{"role": "robot", "content": "x"}], "role must be one of"),
+    ([{"role": "user", "content": 5}], "content must be a string"),
+    ([{"role": "user", "content": ["x"]}], "content parts must be dicts"),
+    ([{"role": "assistant", "content": "", "tool_calls": [{"function": {"arguments": {}}}]}], "string 'name'"),
+])
+def test_render_rejects_bad_input_clearly(messages, match):
+    with pytest.raises(ValueError, match=match):
+        render(messages)

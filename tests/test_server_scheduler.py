@@ -154,3 +154,22 @@ def test_speculative_requests_through_the_scheduler(engine):
         sched.stop()
     assert [r.tokens for r in results] == expect
     assert results[0].stats.draft_tokens > 0
+
+
+def test_call_runs_model_work_on_the_scheduler_thread_between_steps(engine):
+    import threading
+
+    sched = Scheduler(engine, max_batch_size=2, max_queue=2).start()
+    try:
+        box = Inbox()
+        sched.submit(_req([5, 6, 7], box, max_new_tokens=40))
+        fut = sched.call(lambda: (threading.current_thread().name, engine.score([5, 6, 7, 8]).logprobs))
+        name, logprobs = fut.result(timeout=60)
+        assert name == "kexaone-scheduler" and logprobs[0] is None and len(logprobs) == 4
+        with pytest.raises(ValueError, match="prompt is empty"):
+            sched.call(lambda: engine.score([])).result(timeout=60)  # the caller gets the exception...
+        assert box.final()[1] == "done"  # ...and the loop serves on
+    finally:
+        sched.stop()
+    with pytest.raises(SchedulerStopped):
+        sched.call(lambda: None)

@@ -10,6 +10,7 @@ from __future__ import annotations
 _EXPORTS = {
     "Engine": "kexaone.engine.engine",
     "DecodeBatch": "kexaone.engine.engine",
+    "TokenScores": "kexaone.engine.engine",
     "SamplingParams": "kexaone.engine.sampling",
     "GenerationResult": "kexaone.engine.sequence",
     "GenerationStats": "kexaone.engine.sequence",

@@ -1,6 +1,11 @@
 """The FastAPI application behind `kexaone serve`: routes, request checks, streaming, and the bridge between the
 asyncio event loop and the scheduler thread.
 
+Besides the OpenAI routes it answers the tokenizer routes vLLM offers and lm-evaluation-harness's
+`local-completions` backend probes (`GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize`), and
+`/v1/completions` returns `logprobs` (with `echo`, of the prompt's tokens too) computed by the scoring primitive,
+so that harness can score multiple-choice tasks against this server.
+
 `create_app(engine, settings)` builds the app; the scheduler starts and stops with the app's lifespan. Command-line
 handling is in server.py; request/response shapes in protocol.py.
 """
@@ -12,7 +17,7 @@ import hmac
 import json
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 from typing import Any
 
@@ -34,22 +39,28 @@ from kexaone.engine.protocol import (
     ChunkChoice,
     Completion,
     CompletionChoice,
+    CompletionLogprobs,
     CompletionRequest,
     Delta,
     DeltaToolCall,
+    DetokenizeRequest,
     ModelCard,
     ModelList,
     ResponseFunctionCall,
     ResponseMessage,
     ResponseToolCall,
+    TokenizeRequest,
     Usage,
     error_param,
     new_id,
     now,
+    openai_messages,
 )
+from kexaone.engine.engine import TokenScores
 from kexaone.engine.sampling import SamplingParams
-from kexaone.engine.sequence import FINISH_TIMEOUT, GenerationResult
+from kexaone.engine.sequence import FINISH_LENGTH, FINISH_TIMEOUT, GenerationResult
 from kexaone.engine.server import MAX_BODY_BYTES, ServerSettings
+from kexaone.tokenizer.chat import render as render_chat
 from kexaone.tokenizer.pretokenize import fix_surrogates
 
 log = logging.getLogger("kexaone.server")
@@ -91,6 +102,38 @@ def _generation_error(e: BaseException) -> APIError:
 def _sse(obj: BaseModel | dict) -> str:
     data = obj.model_dump_json(exclude_none=True) if isinstance(obj, BaseModel) else json.dumps(obj)
     return f"data: {data}\n\n"
+
+
+async def _nothing(ids: list[int]) -> GenerationResult:
+    """The generation of a `max_tokens: 0` request (it only scores its prompt)."""
+    return GenerationResult(tokens=[], text="", finish_reason=FINISH_LENGTH, prompt_tokens=len(ids))
+
+
+def token_text(tok, token_id: int) -> str:
+    """A token as text for `logprobs.tokens`; bytes that are not valid UTF-8 alone (part of a character) are
+    written `bytes:\\xNN...`, as OpenAI does."""
+    b = tok.token_bytes(token_id)
+    try:
+        return b.decode("utf-8")
+    except UnicodeDecodeError:
+        return "bytes:" + "".join(f"\\x{c:02x}" for c in b)
+
+
+def completion_logprobs(tok, scores: TokenScores) -> CompletionLogprobs:
+    """The OpenAI `logprobs` object of the returned tokens `scores.ids` (prompt tokens first with echo).
+    text_offset[i] counts the characters of the returned text begun by the tokens before token i: the index of its
+    text for a token of whole characters; a token holding the rest of a character starts after that character's
+    index, so a client taking `text_offset[i + 1]` as the end of token i finds every piece of a character that
+    reaches past a given index."""
+    ids = scores.ids
+    names = {i: token_text(tok, i) for i in set(ids) | {j for t in scores.top for j, _ in t}}
+    offsets, begun = [], 0
+    for i in ids:
+        offsets.append(begun)
+        begun += sum(1 for c in tok.token_bytes(i) if c & 0xC0 != 0x80)  # bytes that start a UTF-8 character
+    top = [None if lp is None else {names[j]: v for j, v in t} for lp, t in zip(scores.logprobs, scores.top)]
+    return CompletionLogprobs(tokens=[names[i] for i in ids], token_logprobs=scores.logprobs, top_logprobs=top,
+                              text_offset=offsets)
 
 
 def create_app(engine, settings: ServerSettings | None = None, scheduler: Scheduler | None = None) -> FastAPI:
@@ -321,34 +364,183 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
             return _sse(ChatCompletionChunk(id=rid, created=now(), model=settings.model_name,
                                             choices=[ChunkChoice(delta=delta, finish_reason=finish)]))
 
-        async def stream() -> AsyncIterator[str]:
-            parser = ReplyStreamParser(opened)
+        def pieces(events: list[tuple[str, str]]) -> list[str]:
+            return [chunk(Delta(**{"reasoning_content" if mode == "reasoning" else "content": piece}))
+                    for mode, piece in events]
+
+        parser = ReplyStreamParser(opened)
+
+        def on_done(res: GenerationResult) -> list[str]:
+            out = pieces(parser.finish())
+            calls = openai_tool_calls(parse_reply(opened + (res.text or "")).tool_calls)
+            if calls:
+                out.append(chunk(Delta(tool_calls=[
+                    DeltaToolCall(index=i, id=c["id"], type="function", function=ResponseFunctionCall(**c["function"]))
+                    for i, c in enumerate(calls)])))
+            out.append(chunk(Delta(), finish_reason(res, bool(calls))))
+            if include_usage:
+                out.append(_sse(ChatCompletionChunk(id=rid, created=now(), model=settings.model_name, choices=[],
+                                                    usage=usage(res))))
+            return out
+
+        return stream_response(pending, request, head=[chunk(Delta(role="assistant", content=""))],
+                               on_text=lambda delta: pieces(parser.feed(delta)), on_done=on_done)
+
+    @app.post("/v1/completions")
+    async def completions(request: Request):
+        check_auth(request)
+        req: CompletionRequest = await read_body(request, CompletionRequest)
+        if (conflict := req.conflict()) is not None:
+            raise APIError(400, f"{conflict[0]}: {conflict[1]}", param=conflict[0])
+        prompts = []
+        for prompt in req.prompts():
+            if isinstance(prompt, str):
+                ids = await run_in_threadpool(tok.encode, prompt)
+                text = fix_surrogates(prompt)  # JSON may carry lone surrogates, which UTF-8 cannot encode
+            else:
+                V = min(engine.config.vocab_size, tok.vocab_size)
+                bad = [i for i in prompt if not 0 <= i < V]
+                if bad:
+                    raise APIError(400, f"prompt token id {bad[0]} is outside [0, {V})", param="prompt")
+                ids, text = list(prompt), None
+            check_prompt(len(ids), "prompt")
+            prompts.append((ids, text, budget(len(ids), req.max_tokens, "max_tokens", 16)))
+        rid = new_id("cmpl")
+
+        if req.stream:
+            ids, text, max_new = prompts[0]
+            pending = submit(ids, sampling(req, max_new))
+            echo = (text if text is not None else tok.decode(ids)) if req.echo else ""
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+
+            def chunk(piece: str, finish: str | None = None) -> str:
+                return _sse(Completion(id=rid, created=now(), model=settings.model_name,
+                                       choices=[CompletionChoice(text=piece, finish_reason=finish)]).model_dump())
+
+            def on_done(res: GenerationResult) -> list[str]:
+                out = [chunk("", finish_reason(res))]
+                if include_usage:
+                    out.append(_sse(Completion(id=rid, created=now(), model=settings.model_name, choices=[],
+                                               usage=usage(res)).model_dump()))
+                return out
+
+            return stream_response(pending, request, head=[chunk(echo)] if echo else [],
+                                   on_text=lambda delta: [chunk(delta)], on_done=on_done)
+
+        pendings = [submit(ids, sampling(req, n)) if n > 0 else None for ids, _, n in prompts]
+        try:
+            results = await asyncio.gather(*(final(p, request) if p is not None else _nothing(ids)
+                                             for p, (ids, _, _) in zip(pendings, prompts)))
+        finally:
+            for p in pendings:
+                if p is not None:
+                    p.req.cancel()  # no-op when finished; stops the others when one failed
+        if any(r is None for r in results):
+            return JSONResponse({}, status_code=499)
+        choices = []
+        for i, ((ids, text, _), res) in enumerate(zip(prompts, results)):
+            echo = (text if text is not None else tok.decode(ids)) if req.echo else ""
+            lp = None
+            if req.logprobs is not None:
+                scores = await score_completion(ids, res.tokens, req.logprobs, req.echo)
+                lp = completion_logprobs(tok, scores)
+            choices.append(CompletionChoice(index=i, text=echo + (res.text or ""), finish_reason=finish_reason(res),
+                                            logprobs=lp))
+        total = Usage(prompt_tokens=sum(r.prompt_tokens for r in results),
+                      completion_tokens=sum(len(r.tokens) for r in results),
+                      total_tokens=sum(r.prompt_tokens + len(r.tokens) for r in results))
+        body = Completion(id=rid, created=now(), model=settings.model_name, usage=total, choices=choices)
+        return JSONResponse(body.model_dump())
+
+    async def score_completion(ids: list[int], generated: list[int], top: int, echo: bool) -> TokenScores:
+        """Log-probs of the prompt (with echo) and of the generated tokens. The prompt is scored on its own, so
+        its numbers are `token_logprobs(model, [prompt])` whatever was generated after it (a forward over more
+        positions may round the same positions differently in the last bit)."""
+        P = len(ids)
+        parts = []
+        if echo:
+            parts.append(await scheduled(lambda: engine.score(ids, top)))
+        if generated:
+            full = await scheduled(lambda: engine.score(ids + generated, top))
+            parts.append(TokenScores(ids=full.ids[P:], logprobs=full.logprobs[P:], top=full.top[P:]))
+        return TokenScores(ids=[i for p in parts for i in p.ids], logprobs=[x for p in parts for x in p.logprobs],
+                           top=[t for p in parts for t in p.top])
+
+    async def scheduled(fn):
+        """fn() on the scheduler thread (the model's only user), awaited here."""
+        try:
+            fut = sched.call(fn)
+        except QueueFullError as e:
+            raise APIError(429, f"server busy: {e}; retry later", type="rate_limit_error", code="queue_full") from None
+        except SchedulerStopped as e:
+            raise APIError(503, str(e), type="server_error") from None
+        try:
+            return await asyncio.wrap_future(fut)
+        except ValueError as e:
+            raise APIError(400, str(e)) from None
+        except SchedulerStopped as e:
+            raise _generation_error(e) from None
+
+    # ------------------------------------------------------------------ tokenizer routes (vLLM's, at the root)
+    @app.get("/tokenizer_info")
+    async def tokenizer_info(request: Request):
+        check_auth(request)
+        cfg = getattr(tok, "config", {}) or {}
+        eos = cfg.get("eos_token") if isinstance(cfg.get("eos_token"), str) else None
+        if eos is None and tok.eos_id is not None:
+            eos = tok.id_to_token(tok.eos_id)
+        pad = tok.id_to_token(tok.pad_id) if tok.pad_id is not None else None
+        bos = cfg.get("bos_token") if isinstance(cfg.get("bos_token"), str) else None
+        return {"tokenizer_class": type(tok).__name__, "eos_token": eos, "bos_token": bos, "pad_token": pad,
+                "chat_template": tok.chat_template, "model_max_length": context, "vocab_size": tok.vocab_size}
+
+    @app.post("/tokenize")
+    async def tokenize(request: Request):
+        check_auth(request)
+        req: TokenizeRequest = await read_body(request, TokenizeRequest)
+        if req.messages is not None:
             try:
-                yield chunk(Delta(role="assistant", content=""))
+                text, _ = chat_prompt(openai_messages(req.messages), enable_thinking=True) \
+                    if req.add_generation_prompt else (render_chat(openai_messages(req.messages)), "")
+            except ValueError as e:
+                raise APIError(400, str(e), param="messages") from None
+        else:
+            text = req.prompt
+        ids = await run_in_threadpool(tok.encode, text)
+        return {"count": len(ids), "max_model_len": context, "tokens": ids}
+
+    @app.post("/detokenize")
+    async def detokenize(request: Request):
+        check_auth(request)
+        req: DetokenizeRequest = await read_body(request, DetokenizeRequest)
+        bad = [i for i in req.tokens if not 0 <= i < tok.vocab_size]
+        if bad:
+            raise APIError(400, f"token id {bad[0]} is outside [0, {tok.vocab_size})", param="tokens")
+        return {"prompt": tok.decode(req.tokens)}
+
+    # ------------------------------------------------------------------ the one SSE streamer
+    def stream_response(pending: _Pending, request: Request, head: list[str],
+                        on_text: Callable[[str], list[str]],
+                        on_done: Callable[[GenerationResult], list[str]]) -> StreamingResponse:
+        """Server-sent events of one generation: `head` chunks, `on_text(delta)` chunks as text arrives,
+        `on_done(result)` chunks at the end, errors as error bodies, then `data: [DONE]`."""
+
+        async def body() -> AsyncIterator[str]:
+            try:
+                for c in head:
+                    yield c
                 async for kind, payload in events(pending, request, check_disconnect=False):
                     if kind == "text":
-                        for mode, piece in parser.feed(payload):
-                            yield chunk(Delta(**{"reasoning_content" if mode == "reasoning" else "content": piece}))
+                        for c in on_text(payload):
+                            yield c
                     elif kind == "error":
                         yield _sse(_generation_error(payload).body())
                     elif kind == "done":
-                        res: GenerationResult = payload
-                        if res.finish_reason == FINISH_TIMEOUT:
+                        if payload.finish_reason == FINISH_TIMEOUT:
                             yield _sse(_timeout_error(settings).body())
                             break
-                        for mode, piece in parser.finish():
-                            yield chunk(Delta(**{"reasoning_content" if mode == "reasoning" else "content": piece}))
-                        parsed = parse_reply(opened + (res.text or ""))
-                        calls = openai_tool_calls(parsed.tool_calls)
-                        if calls:
-                            yield chunk(Delta(tool_calls=[
-                                DeltaToolCall(index=i, id=c["id"], type="function",
-                                              function=ResponseFunctionCall(**c["function"]))
-                                for i, c in enumerate(calls)]))
-                        yield chunk(Delta(), finish_reason(res, bool(calls)))
-                        if include_usage:
-                            yield _sse(ChatCompletionChunk(id=rid, created=now(), model=settings.model_name,
-                                                           choices=[], usage=usage(res)))
+                        for c in on_done(payload):
+                            yield c
                 yield "data: [DONE]\n\n"
             except APIError as e:
                 yield _sse(e.body())
@@ -356,71 +548,7 @@ def create_app(engine, settings: ServerSettings | None = None, scheduler: Schedu
             finally:
                 pending.req.cancel()  # no-op when finished; stops generation when the client went away
 
-        return StreamingResponse(stream(), media_type="text/event-stream",
-                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
-
-    @app.post("/v1/completions")
-    async def completions(request: Request):
-        check_auth(request)
-        req: CompletionRequest = await read_body(request, CompletionRequest)
-        prompt = req.single_prompt()
-        if isinstance(prompt, str):
-            ids = await run_in_threadpool(tok.encode, prompt)
-            prompt_text = fix_surrogates(prompt)  # JSON may carry lone surrogates, which UTF-8 cannot encode
-        else:
-            V = min(engine.config.vocab_size, tok.vocab_size)
-            bad = [i for i in prompt if not 0 <= i < V]
-            if bad:
-                raise APIError(400, f"prompt token id {bad[0]} is outside [0, {V})", param="prompt")
-            ids = list(prompt)
-            prompt_text = tok.decode(ids) if req.echo else ""
-        check_prompt(len(ids), "prompt")
-        max_new = budget(len(ids), req.max_tokens, "max_tokens", 16)
-        pending = submit(ids, sampling(req, max_new))
-        rid = new_id("cmpl")
-        echo = prompt_text if req.echo else ""
-
-        if not req.stream:
-            res = await final(pending, request)
-            if res is None:
-                return JSONResponse({}, status_code=499)
-            body = Completion(id=rid, created=now(), model=settings.model_name, usage=usage(res),
-                              choices=[CompletionChoice(text=echo + (res.text or ""),
-                                                        finish_reason=finish_reason(res))])
-            return JSONResponse(body.model_dump())
-
-        include_usage = bool(req.stream_options and req.stream_options.include_usage)
-
-        def chunk(text: str, finish: str | None = None) -> str:
-            return _sse(Completion(id=rid, created=now(), model=settings.model_name,
-                                   choices=[CompletionChoice(text=text, finish_reason=finish)]).model_dump())
-
-        async def stream() -> AsyncIterator[str]:
-            try:
-                if echo:
-                    yield chunk(echo)
-                async for kind, payload in events(pending, request, check_disconnect=False):
-                    if kind == "text":
-                        yield chunk(payload)
-                    elif kind == "error":
-                        yield _sse(_generation_error(payload).body())
-                    elif kind == "done":
-                        if payload.finish_reason == FINISH_TIMEOUT:
-                            yield _sse(_timeout_error(settings).body())
-                            break
-                        yield chunk("", finish_reason(payload))
-                        if include_usage:
-                            yield _sse({"id": rid, "object": "text_completion", "created": now(),
-                                        "model": settings.model_name, "choices": [],
-                                        "usage": usage(payload).model_dump()})
-                yield "data: [DONE]\n\n"
-            except APIError as e:
-                yield _sse(e.body())
-                yield "data: [DONE]\n\n"
-            finally:
-                pending.req.cancel()
-
-        return StreamingResponse(stream(), media_type="text/event-stream",
+        return StreamingResponse(body(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     return app

@@ -18,13 +18,28 @@ one MTP layer on its own previous hidden state and the previous draft (as vLLM a
 verifies [last, d1..dK] in one forward; both the main layers and the MTP layer roll back what was not kept, and the
 MTP layer is re-run on the kept positions with the main model's real hidden states.
 
+Log-probs: every result carries, per token, its log-prob under the untruncated temperature-1 distribution
+(`logprobs`, what `kexaone.model.scoring.token_logprobs` computes) and under the distribution it was sampled from
+(`sampling_logprobs`, after temperature / top-k / top-p), taken from the same logits the sampler used. Those come
+from the cached decode forward with the model's inference fast paths, which round differently from a full
+training forward (NOTES.md gives the measured gap); `Engine(..., exact_logprobs=True)` recomputes them at the end
+with the training forward, making `logprobs` bit-identical to `token_logprobs` on the same tokens.
+
+Forced tokens: `append_tokens(batch, forced)` appends tokens the engine did not sample (tool results) to live or
+finished rows and continues decoding from them without re-running the history (one forward over the new tokens).
+
+The caller's model is never left in another mode: each engine call runs it in eval mode and restores every
+module's `training` flag afterwards (train mode would count routed tokens for the MoE bias update).
+
 The engine does not tokenise chat formats itself (kexaone.tokenizer.chat) or serve HTTP (server.py).
 """
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +60,8 @@ MAX_DRAFT_TOKENS = 8  # the cache keeps `extra_slots` (default 8) positions so a
 # Prompt positions run through the MTP head per call when catching up after a prefill: bounds the [B, T, V]
 # logits it returns (only the last position's are used).
 MTP_PREFILL_CHUNK = 256
+# Positions whose top log-probs `score` ranks at once: bounds its fp32 [chunk, V] copy of the logits.
+SCORE_CHUNK = 256
 # Most new tokens per row for which cache memory is reserved up front at prefill.
 RESERVE_NEW_TOKENS = 2048
 
@@ -75,7 +92,18 @@ class DecodeBatch:
         return all(s.finished for s in self.seqs)
 
     def results(self) -> list[GenerationResult]:
+        """Each row's result with the log-probs of the decode forwards (`Engine.results` applies exact mode)."""
         return [s.result(self.stats) for s in self.seqs]
+
+
+@dataclass
+class TokenScores:
+    """`Engine.score`: per position t of `ids`, log p(ids[t] | ids[:t]) (None at t = 0) and the most likely
+    (token id, log-prob) pairs there (empty at t = 0)."""
+
+    ids: list[int]
+    logprobs: list[float | None]
+    top: list[list[tuple[int, float]]]
 
 
 def _as_list(x) -> list:
@@ -90,10 +118,15 @@ class Engine:
     """Generation with a `KExaoneForCausalLM` (and optionally a `KExaoneTokenizer`)."""
 
     def __init__(self, model, tokenizer=None, *, cache_dtype: torch.dtype | None = None,
-                 logits_processors: Sequence[LogitsProcessor] = ()):
+                 logits_processors: Sequence[LogitsProcessor] = (), exact_logprobs: bool = False):
         """`logits_processors`: callables `(generated_ids, logits_V) -> logits_V` applied, in order, to every
-        distribution before sampling (main model and drafts alike), e.g. to ban or force tokens."""
-        self.model = model.eval()
+        distribution before sampling (main model and drafts alike), e.g. to ban or force tokens.
+        `exact_logprobs`: recompute each result's log-probs with the training forward (see the module)."""
+        self.model = model
+        # The modules whose `training` flags each call saves and restores (walking model.modules() per call costs
+        # ~0.3 ms, 15% of a tiny model's decode step). A model restructured later needs a new Engine.
+        self._modules = list(model.modules())
+        self.exact_logprobs = bool(exact_logprobs)
         self.logits_processors = list(logits_processors)
         self.tokenizer = tokenizer
         self.config = model.config
@@ -118,6 +151,9 @@ class Engine:
         if not path.is_dir():
             raise FileNotFoundError(f"model directory {path} does not exist")
         model = KExaoneForCausalLM.from_pretrained(path, dtype=dtype, device=device)
+        # The engine owns this model and never trains it: without parameter gradients the training-conditions
+        # forward of `score` and exact log-probs records no autograd graph.
+        model.requires_grad_(False)
         tok = None
         if tokenizer and (path / "tokenizer.json").is_file():
             from kexaone.tokenizer import KExaoneTokenizer
@@ -206,7 +242,7 @@ class Engine:
         batch = self.start(prompts, plist, speculative=speculative, draft_tokens=draft_tokens, on_text=callbacks)
         while not batch.done:
             self.step(batch)
-        return batch.results()
+        return self.results(batch)
 
     def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, enable_thinking: bool = True,
              on_text: Callable[[str], None] | None = None, **gen) -> "ChatResult":
@@ -221,7 +257,29 @@ class Engine:
         return ChatResult.from_generation(res, parse_reply(opened + (res.text or "")), opened)
 
     # ------------------------------------------------------------------ step-wise API
-    @torch.inference_mode()
+    @contextlib.contextmanager
+    def _eval_mode(self) -> Iterator[None]:
+        """Run the model in eval mode and give every module back the `training` flag it had."""
+        modules = self._modules
+        flags = [m.training for m in modules]
+        if any(flags):
+            self.model.eval()
+        try:
+            yield
+        finally:
+            if any(flags):
+                for m, f in zip(modules, flags):
+                    m.training = f
+
+    def _inference(fn):  # noqa: N805 (a decorator used inside the class body)
+        def wrapped(self, *args, **kwargs):
+            with self._eval_mode(), torch.inference_mode():
+                return fn(self, *args, **kwargs)
+
+        wrapped.__name__, wrapped.__doc__ = fn.__name__, fn.__doc__
+        return wrapped
+
+    @_inference
     def start(self, prompts: Sequence[str | Sequence[int]], params: Sequence[SamplingParams],
               speculative: str | None = None, draft_tokens: int = 2,
               on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
@@ -233,7 +291,7 @@ class Engine:
         sampling = BatchSampling.from_params([s.params for s in seqs], device=self.device)
         return self._prefill(seqs, ids_list, [None] * len(seqs), sampling, speculative, draft_tokens)
 
-    @torch.inference_mode()
+    @_inference
     def merge(self, batch: DecodeBatch, prompts: Sequence[str | Sequence[int]], params: Sequence[SamplingParams],
               on_text: Sequence[Callable[[str], None] | None] | None = None) -> DecodeBatch:
         """A new batch holding the unfinished rows of `batch` and the new requests (continuous batching).
@@ -275,9 +333,13 @@ class Engine:
         return seqs
 
     def _prefill(self, seqs: list[SequenceState], prefixes: list[list[int]], lasts: list[int | None],
-                 sampling: BatchSampling, speculative: str | None, draft_tokens: int) -> DecodeBatch:
+                 sampling: BatchSampling, speculative: str | None, draft_tokens: int,
+                 forced: dict[int, tuple[list[int], SamplingParams]] | None = None) -> DecodeBatch:
         """Run `prefixes` (left-padded) into a fresh cache. Rows whose `lasts` entry is None sample their first
-        token from the prefill's logits; the others already hold their next token (a merged running row)."""
+        token from the prefill's logits; the others already hold their next token (a merged running row).
+        `forced[r] = (ids, params)`: row r's prefix ends with forced tokens `ids`, scored and appended to it (a new
+        turn with `params`) before it samples."""
+        forced = forced or {}
         from kexaone.model.cache import KVCache
 
         B = len(seqs)
@@ -298,19 +360,27 @@ class Engine:
         reserve = longest + min(budget, RESERVE_NEW_TOKENS) + (draft_tokens + 1 if speculative else 1)
         cache = KVCache(self.config, B, dtype=self.cache_dtype, device=self.device, max_seq_len=reserve)
         padded = bool((mask_BT == 0).any())
-        out = self.model(input_BT, cache=cache, attention_mask=mask_BT if padded else None, logits_to_keep=1)
+        keep = 1 + max((len(ids) for ids, _ in forced.values()), default=0)
+        out = self.model(input_BT, cache=cache, attention_mask=mask_BT if padded else None, logits_to_keep=keep)
+        for r, (ids, p) in forced.items():
+            # logits at positions -(n+1)..-2 predict the n forced tokens (left padding aligns every row right)
+            n = len(ids)
+            lp = torch.log_softmax(out.logits[r, keep - n - 1:keep - 1].float(), dim=-1)
+            seqs[r].force(ids, lp.gather(-1, torch.tensor(ids, device=lp.device)[:, None]).squeeze(-1).tolist(), p)
         need = [r for r, t in enumerate(lasts) if t is None]
         last_B = torch.tensor([0 if t is None else t for t in lasts], dtype=torch.long, device=self.device)
         count_B = torch.zeros(B, dtype=torch.long)
+        lp_B = torch.zeros(B, dtype=torch.float32, device=self.device)
+        slp_B = torch.zeros_like(lp_B)
         if need:
             rows = torch.tensor(need, dtype=torch.long, device=self.device)
             sub = sampling.select(rows) if len(need) < B else sampling
-            probs = self._probs(out.logits[rows, -1], sub, lambda: [[] for _ in need])
-            last_B[rows] = sample_from_probs(probs, sub)
+            tok_R, lp_R, slp_R = self._sample(out.logits[rows, -1], sub, lambda: [seqs[r].tokens for r in need])
+            last_B[rows], lp_B[rows], slp_B[rows] = tok_R, lp_R, slp_R
             count_B[need] = 1
         batch = DecodeBatch(seqs=seqs, sampling=sampling, cache=cache, last_B=last_B, speculative=speculative,
                             draft_tokens=draft_tokens, stats=stats, positions=longest)
-        self._emit(batch, last_B[:, None], count_B)
+        self._emit(batch, last_B[:, None], count_B, lp_B[:, None], slp_B[:, None])
         if speculative == "mtp" and not batch.done:
             # Fill the MTP layer's cache over the prefix: position t reads (h[t], token t+1); the last position
             # reads each row's next token and drafts the one after it.
@@ -319,7 +389,7 @@ class Engine:
         stats.prefill_seconds = time.perf_counter() - t0
         return batch
 
-    @torch.inference_mode()
+    @_inference
     def step(self, batch: DecodeBatch) -> None:
         """One main-model forward: a plain decode step, or draft + verify in speculative mode."""
         if batch.done:
@@ -330,14 +400,175 @@ class Engine:
         else:
             out = self.model(batch.last_B[:, None], cache=batch.cache, logits_to_keep=1)
             batch.positions += 1
-            probs_BV = self._probs(out.logits[:, -1], batch.sampling, lambda: [s.tokens for s in batch.seqs])
-            tok_B = sample_from_probs(probs_BV, batch.sampling)
+            tok_B, lp_B, slp_B = self._sample(out.logits[:, -1], batch.sampling,
+                                              lambda: [s.tokens for s in batch.seqs])
             batch.last_B = tok_B
             batch.stats.main_forwards += 1
-            self._emit(batch, tok_B[:, None], torch.ones_like(tok_B))
+            self._emit(batch, tok_B[:, None], torch.ones_like(tok_B), lp_B[:, None], slp_B[:, None])
         batch.stats.decode_seconds += time.perf_counter() - t0
 
+    @_inference
+    def append_tokens(self, batch: DecodeBatch, forced: Sequence[Sequence[int]],
+                      params: SamplingParams | Sequence[SamplingParams | None] | None = None) -> DecodeBatch:
+        """Append `forced[r]` (token ids the engine does not sample, e.g. a tool result and the next generation
+        prompt) to row r, live or finished, and sample each such row's next token after them: the row is live
+        again for a new turn with `params` (one for all rows, one per row, or None = keep the row's parameters),
+        whose `max_new_tokens` counts from here. Rows given no tokens carry on unchanged.
+
+        When every row gets the same number of tokens (any single-row batch), they run through the model in one
+        forward on top of the cache: the history is not recomputed. Otherwise the rows are re-prefilled together
+        (all rows of a cache share one length), as `merge` does. Returns the batch to continue with (the same
+        object on the first path). The forced tokens' `logprobs` are their model log-probs; they get
+        `generated_mask` 0 and NaN `sampling_logprobs`."""
+        B = len(batch.seqs)
+        if isinstance(forced, (str, bytes)) or len(forced) != B:
+            raise ValueError(f"forced must hold one list of token ids per row ({B} rows), got {forced!r:.80}")
+        try:
+            lists = [[int(t) for t in f] for f in forced]
+        except TypeError:
+            raise ValueError(f"forced must hold one list of token ids per row ({B} rows), got {forced!r:.80}") from None
+        V = self.config.vocab_size
+        for r, ids in enumerate(lists):
+            bad = [t for t in ids if not 0 <= t < V]
+            if bad:
+                raise ValueError(f"forced tokens of row {r} must be in [0, {V}), got {bad[:5]}")
+        plist = [params] * B if params is None or isinstance(params, SamplingParams) else list(params)
+        if len(plist) != B:
+            raise ValueError(f"got {len(plist)} SamplingParams for {B} rows")
+        rows = [r for r in range(B) if lists[r]]
+        if not rows:
+            return batch
+        K = batch.draft_tokens if batch.speculative else 0
+        room = self.config.max_position_embeddings - batch.positions - max(len(x) for x in lists) - 1 - K
+        if room < 0:
+            raise ValueError(f"forced tokens do not fit: the batch holds {batch.positions} positions and the context "
+                             f"is {self.config.max_position_embeddings}")
+        new_params = {}
+        for r in rows:
+            p = plist[r] or batch.seqs[r].params
+            new_params[r] = _replace(p, max_new_tokens=min(p.max_new_tokens, room)) if p.max_new_tokens > room else p
+        if len({len(x) for x in lists}) != 1 or any(not s.tokens for s in batch.seqs):
+            # (a row that never sampled has no pending token in last_B to run first)
+            return self._append_by_prefill(batch, lists, new_params)
+
+        N = len(lists[0])
+        forced_BN = torch.tensor(lists, dtype=torch.long, device=self.device)
+        # [last, f1..fN]: logits at `last` .. f_{N-1} score the forced tokens, those at f_N give the next token
+        inp_BN1 = torch.cat([batch.last_B[:, None], forced_BN], dim=1)
+        t0 = time.perf_counter()
+        out = self.model(inp_BN1, cache=batch.cache, logits_to_keep=N + 1)
+        batch.positions += N + 1
+        batch.stats.main_forwards += 1
+        lp_BN = torch.log_softmax(out.logits[:, :N].float(), dim=-1).gather(-1, forced_BN[..., None]).squeeze(-1)
+        for r in rows:
+            batch.seqs[r].force(lists[r], lp_BN[r].tolist(), new_params[r])
+        batch.sampling = self._resampling(batch.sampling, [s.params for s in batch.seqs])
+        tok_B, lp_B, slp_B = self._sample(out.logits[:, -1], batch.sampling, lambda: [s.tokens for s in batch.seqs])
+        batch.last_B = tok_B
+        self._emit(batch, tok_B[:, None], torch.ones_like(tok_B), lp_B[:, None], slp_B[:, None])
+        if batch.speculative == "mtp" and not batch.done:
+            self._mtp_catch_up(batch, out.hidden_states, torch.cat([forced_BN, tok_B[:, None]], dim=1))
+        batch.stats.decode_seconds += time.perf_counter() - t0
+        return batch
+
+    def _resampling(self, old: BatchSampling, params: list[SamplingParams]) -> BatchSampling:
+        """Sampling tensors for `params`, keeping each row's generator (its random stream carries on)."""
+        fresh = BatchSampling.from_params(params, device=self.device)
+        fresh.generators = list(old.generators)
+        return fresh
+
+    def _append_by_prefill(self, batch: DecodeBatch, lists: list[list[int]],
+                           new_params: dict[int, SamplingParams]) -> DecodeBatch:
+        """append_tokens for rows of different lengths: one prefill over each row's whole history."""
+        seqs = batch.seqs
+        prefixes, lasts = [], []
+        for r, s in enumerate(seqs):
+            if lists[r]:
+                prefixes.append(s.prompt_ids + s.tokens + lists[r])
+                lasts.append(None)
+            else:  # unchanged row: its newest token is still pending, as in merge
+                prefixes.append(s.prompt_ids + s.tokens[:-1] if s.tokens else list(s.prompt_ids))
+                lasts.append(s.tokens[-1] if s.tokens else None)
+        sampling = self._resampling(batch.sampling, [new_params.get(r, s.params) for r, s in enumerate(seqs)])
+        forced = {r: (lists[r], new_params[r]) for r in new_params}
+        return self._prefill(seqs, prefixes, lasts, sampling, batch.speculative, batch.draft_tokens, forced=forced)
+
+    def results(self, batch: DecodeBatch) -> list[GenerationResult]:
+        """The rows' results; with `exact_logprobs`, their log-probs recomputed by the training forward."""
+        res = batch.results()
+        if self.exact_logprobs:
+            for out, seq in zip(res, batch.seqs):
+                out.logprobs, out.sampling_logprobs = self._exact_logprobs(seq)
+        return res
+
+    def _training_forward(self, ids: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """(target-aligned log-probs [T] fp32, logits [T, V]) of one uncached forward over `ids`, run as the
+        training forward runs: autograd on, so none of the model's no-grad inference paths, and eval mode, so no
+        MoE token counting. The log-probs equal `token_logprobs(model, [ids])` bit for bit."""
+        from kexaone.model.scoring import logprobs_from_logits
+
+        with self._eval_mode(), torch.inference_mode(False), torch.enable_grad():
+            ids_1T = torch.tensor([list(ids)], dtype=torch.long, device=self.device)
+            logits_1TV = self.model(ids_1T, compute_mtp=False).logits
+            lp_T = logprobs_from_logits(logits_1TV, ids_1T)[0].detach()
+        return lp_T, logits_1TV[0].detach()
+
+    def score(self, ids: Sequence[int], top_logprobs: int = 0) -> "TokenScores":
+        """Log-prob of each token of `ids` given the ones before it (None for the first), by the scoring primitive
+        on the training forward (`token_logprobs` bit for bit), and the `top_logprobs` most likely token ids at
+        each position (ids the tokenizer cannot decode are left out)."""
+        ids = self.encode_prompt(ids)
+        if not isinstance(top_logprobs, int) or top_logprobs < 0:
+            raise ValueError(f"top_logprobs must be an integer >= 0, got {top_logprobs!r}")
+        lp_T, logits_TV = self._training_forward(ids)
+        logprobs: list[float | None] = [None] + lp_T[1:].tolist()
+        top: list[list[tuple[int, float]]] = [[]]
+        if top_logprobs and len(ids) > 1:
+            with torch.inference_mode():
+                for t0 in range(0, len(ids) - 1, SCORE_CHUNK):
+                    x = torch.log_softmax(logits_TV[t0:min(len(ids) - 1, t0 + SCORE_CHUNK)].float(), dim=-1)
+                    if self.vocab_limit is not None:
+                        x[:, self.vocab_limit:] = float("-inf")
+                    vals, idx = x.topk(min(top_logprobs, x.shape[-1]), dim=-1)
+                    top += [list(zip(i, v)) for i, v in zip(idx.tolist(), vals.tolist())]
+            # a position's own token, when among the top, carries the primitive's number (greedy checks compare)
+            for t in range(1, len(ids)):
+                top[t] = [(i, logprobs[t] if i == ids[t] else v) for i, v in top[t]]
+        else:
+            top += [[] for _ in ids[1:]]
+        return TokenScores(ids=ids, logprobs=logprobs, top=top)
+
+    def _exact_logprobs(self, seq: SequenceState) -> tuple[list[float], list[float]]:
+        """Log-probs of seq.tokens from the training forward over prompt + tokens (see `_training_forward`)."""
+        P, n = len(seq.prompt_ids), len(seq.tokens)
+        if n == 0:
+            return [], []
+        lp_T, logits_TV = self._training_forward(seq.prompt_ids + seq.tokens)
+        lp, logits_nV = lp_T[P:], logits_TV[P - 1:-1]
+        # the sampling distributions of the same logits, with each turn's parameters
+        bounds = [t for t, _ in seq.turns] + [n]
+        slp = torch.full((n,), math.nan)
+        for (t0, p), t1 in zip(seq.turns, bounds[1:]):
+            if t1 <= t0:
+                continue
+            samp = BatchSampling.from_params([p] * (t1 - t0), device=self.device)
+            probs = self._probs(logits_nV[t0:t1], samp, lambda: [seq.tokens[:j] for j in range(t0, t1)])
+            tok = torch.tensor(seq.tokens[t0:t1], dtype=torch.long, device=self.device)
+            slp[t0:t1] = probs.gather(-1, tok[:, None]).squeeze(-1).log().cpu()
+        slp[torch.tensor(seq.generated_mask) == 0] = math.nan
+        return lp.tolist(), slp.tolist()
+
     # ------------------------------------------------------------------ internals
+    def _sample(self, logits_BV: torch.Tensor, sampling: BatchSampling, histories: Callable[[], list[list[int]]]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Sample one token per row -> (tokens [B], log-probs [B] under the untruncated temperature-1
+        distribution, log-probs [B] under the distribution sampled from)."""
+        probs_BV = self._probs(logits_BV, sampling, histories)
+        tok_B = sample_from_probs(probs_BV, sampling)
+        lp_B = torch.log_softmax(logits_BV.float(), dim=-1).gather(-1, tok_B[:, None]).squeeze(-1)
+        slp_B = probs_BV.gather(-1, tok_B[:, None]).squeeze(-1).log()
+        return tok_B, lp_B, slp_B
+
     def _probs(self, logits_BV: torch.Tensor, sampling: BatchSampling,
                histories: Callable[[], list[list[int]]]) -> torch.Tensor:
         """Sampling distributions [B, V] after the vocabulary limit and the logits processors. `histories()` gives
@@ -352,12 +583,12 @@ class Engine:
                         logits_BV[r] = proc(hist, logits_BV[r])
         return logits_to_probs(logits_BV, sampling)
 
-    def _emit(self, batch: DecodeBatch, new_BN: torch.Tensor, count_B: torch.Tensor) -> None:
-        rows = new_BN.tolist()
-        counts = count_B.tolist()
-        for seq, toks, n in zip(batch.seqs, rows, counts):
+    def _emit(self, batch: DecodeBatch, new_BN: torch.Tensor, count_B: torch.Tensor, lp_BN: torch.Tensor,
+              slp_BN: torch.Tensor) -> None:
+        rows, counts, lps, slps = new_BN.tolist(), count_B.tolist(), lp_BN.tolist(), slp_BN.tolist()
+        for seq, toks, n, lp, slp in zip(batch.seqs, rows, counts, lps, slps):
             if not seq.finished:
-                batch.stats.generated_tokens += seq.append(toks[:n])
+                batch.stats.generated_tokens += seq.append(toks[:n], lp[:n], slp[:n])
 
     def _mtp_catch_up(self, batch: DecodeBatch, hidden_BTH: torch.Tensor, next_BT: torch.Tensor) -> None:
         """Run the MTP layer over positions whose main hidden states are known, and draft from the last one."""
@@ -422,7 +653,11 @@ class Engine:
         cache.rollback_mtp(cache.mtp_seq_len - L)
         batch.positions += a + 1
         batch.last_B = emitted_BN[:, -1]
-        self._emit(batch, emitted_BN, torch.full((B,), a + 1, dtype=torch.long))
+        # Each kept token is an exact sample of p at its verify position: its log-probs are read there.
+        idx_BN1 = emitted_BN[..., None]
+        lp_BN = torch.log_softmax(out.logits[:, :a + 1].float(), dim=-1).gather(-1, idx_BN1).squeeze(-1)
+        slp_BN = p_BK1V[:, :a + 1].gather(-1, idx_BN1).squeeze(-1).log()
+        self._emit(batch, emitted_BN, torch.full((B,), a + 1, dtype=torch.long), lp_BN, slp_BN)
         # Re-run the MTP layer on the kept positions with the main model's hidden states, drafting the next d1.
         self._mtp_catch_up(batch, out.hidden_states[:, : a + 1], emitted_BN)
 

@@ -110,7 +110,6 @@ class _Sampling(_Req):
     stop: str | list[str] | None = None
     presence_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
     frequency_penalty: float | None = Field(default=None, ge=0.0, le=0.0)
-    logprobs: bool | None = None
     user: str | None = None
 
     @field_validator("stop")
@@ -121,13 +120,6 @@ class _Sampling(_Req):
             raise ValueError(f"at most {MAX_STOP_STRINGS} stop strings are allowed, got {len(stops)}")
         if any(not s for s in stops):
             raise ValueError("stop strings must not be empty")
-        return v
-
-    @field_validator("logprobs")
-    @classmethod
-    def _logprobs(cls, v):
-        if v:
-            raise ValueError("logprobs are not supported by this server")
         return v
 
     def stop_list(self) -> list[str]:
@@ -142,6 +134,14 @@ class ChatCompletionRequest(_Sampling):
     tool_choice: Literal["none", "auto"] | None = None
     chat_template_kwargs: ChatTemplateKwargs | None = None
     reasoning_effort: str | None = None
+    logprobs: bool | None = None
+
+    @field_validator("logprobs")
+    @classmethod
+    def _logprobs(cls, v):
+        if v:
+            raise ValueError("logprobs are not supported on chat completions; use /v1/completions with logprobs")
+        return v
 
     @model_validator(mode="after")
     def _check(self):
@@ -156,29 +156,43 @@ class ChatCompletionRequest(_Sampling):
         return True if self.chat_template_kwargs is None else self.chat_template_kwargs.enable_thinking
 
     def openai_messages(self) -> list[dict]:
-        """Messages as plain dicts for the chat renderer (`developer` is a system message)."""
-        out = []
-        for m in self.messages:
-            d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
-            if m.reasoning_content is not None:
-                d["reasoning_content"] = m.reasoning_content
-            if m.tool_calls:
-                d["tool_calls"] = [{"id": c.id, "type": "function",
-                                    "function": {"name": c.function.name, "arguments": c.function.arguments}}
-                                   for c in m.tool_calls]
-            if m.tool_call_id is not None:
-                d["tool_call_id"] = m.tool_call_id
-            if m.name is not None:
-                d["name"] = m.name
-            out.append(d)
-        return out
+        return openai_messages(self.messages)
+
+
+def openai_messages(messages: list[ChatMessage]) -> list[dict]:
+    """Messages as plain dicts for the chat renderer (`developer` is a system message)."""
+    out = []
+    for m in messages:
+        d: dict[str, Any] = {"role": "system" if m.role == "developer" else m.role, "content": m.text()}
+        if m.reasoning_content is not None:
+            d["reasoning_content"] = m.reasoning_content
+        if m.tool_calls:
+            d["tool_calls"] = [{"id": c.id, "type": "function",
+                                "function": {"name": c.function.name, "arguments": c.function.arguments}}
+                               for c in m.tool_calls]
+        if m.tool_call_id is not None:
+            d["tool_call_id"] = m.tool_call_id
+        if m.name is not None:
+            d["name"] = m.name
+        out.append(d)
+    return out
+
+
+MAX_TOP_LOGPROBS = 20
+MAX_PROMPTS = 64
 
 
 class CompletionRequest(_Sampling):
+    """A legacy completion. `prompt` is a string, a list of token ids, or a batch of either (one choice each).
+    `logprobs: k` returns the log-prob of every returned token and the k most likely tokens at each position;
+    with `echo` the prompt's tokens come first (the first one has no log-prob: nothing predicts it) and
+    `max_tokens: 0` scores the prompt without generating."""
+
     prompt: str | list[int] | list[str] | list[list[int]] = Field()
-    max_tokens: int | None = Field(default=16, ge=1)
+    max_tokens: int | None = Field(default=16, ge=0)
     echo: bool = False
     suffix: str | None = None
+    logprobs: int | None = Field(default=None, ge=0, le=MAX_TOP_LOGPROBS)
 
     @field_validator("prompt")
     @classmethod
@@ -186,9 +200,9 @@ class CompletionRequest(_Sampling):
         if isinstance(v, list):
             if not v:
                 raise ValueError("prompt must not be empty")
-            if len(v) > 1 and not all(isinstance(x, int) for x in v):
-                raise ValueError("give one prompt per request (batched prompt lists are not supported)")
-            if isinstance(v[0], list) and not v[0]:
+            if isinstance(v[0], (str, list)) and len(v) > MAX_PROMPTS:
+                raise ValueError(f"at most {MAX_PROMPTS} prompts per request, got {len(v)}")
+            if any(isinstance(x, list) and not x for x in v):
                 raise ValueError("prompt must not be empty")
         return v
 
@@ -199,11 +213,22 @@ class CompletionRequest(_Sampling):
             raise ValueError("suffix (fill-in-the-middle) is not supported by this server")
         return v
 
-    def single_prompt(self) -> str | list[int]:
+    def conflict(self) -> tuple[str, str] | None:
+        """(param, message) of a combination of fields this server does not serve, or None."""
+        if self.max_tokens == 0 and not self.echo:
+            return "max_tokens", "max_tokens = 0 returns nothing unless echo is true (to score the prompt)"
+        if self.stream and self.logprobs is not None:
+            return "logprobs", "logprobs with stream is not supported: ask without streaming"
+        if self.stream and len(self.prompts()) > 1:
+            return "prompt", "stream takes one prompt, got a batch of several"
+        return None
+
+    def prompts(self) -> list[str | list[int]]:
+        """The prompts of the request, each a string or a list of token ids."""
         v = self.prompt
         if isinstance(v, list) and v and isinstance(v[0], (str, list)):
-            return v[0]
-        return v
+            return list(v)
+        return [v]
 
 
 # ---------------------------------------------------------------------------------------------- responses
@@ -283,11 +308,21 @@ class ChatCompletionChunk(BaseModel):
     usage: Usage | None = None
 
 
+class CompletionLogprobs(BaseModel):
+    """Per returned token (prompt tokens first with echo): its text, its log-prob (None for the first prompt token),
+    the most likely tokens at that position (None where the log-prob is None) and its character offset."""
+
+    tokens: list[str]
+    token_logprobs: list[float | None]
+    top_logprobs: list[dict[str, float] | None]
+    text_offset: list[int]
+
+
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
     finish_reason: str | None
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
 
 
 class Completion(BaseModel):
@@ -324,3 +359,25 @@ def error_param(loc: tuple | list) -> str | None:
     for p in parts[1:]:
         out += f"[{p}]" if p.isdigit() else f".{p}"
     return out
+
+
+# ---------------------------------------------------------------------------------------------- tokenizer routes
+class TokenizeRequest(_Req):
+    """`POST /tokenize` (as vLLM): a `prompt`, or chat `messages` rendered with the chat template."""
+
+    model: str | None = None
+    prompt: str | None = None
+    messages: list[ChatMessage] | None = None
+    add_special_tokens: bool = False
+    add_generation_prompt: bool = True
+
+    @model_validator(mode="after")
+    def _check(self):
+        if (self.prompt is None) == (self.messages is None):
+            raise ValueError("give exactly one of prompt (a string) or messages (a chat)")
+        return self
+
+
+class DetokenizeRequest(_Req):
+    model: str | None = None
+    tokens: list[int]

@@ -1,12 +1,14 @@
-"""Per-request generation state: tokens so far, streamed text, stop conditions, and the final result.
+"""Per-request generation state: tokens so far, their log-probs, streamed text, stop conditions, the final result.
 
 `SequenceState.append(token_ids)` is the single place where stop tokens, stop strings and the token budget are
 applied, so the plain decoder, the speculative decoder and the server's scheduler all end requests the same way.
-This module runs no model.
+`SequenceState.force(token_ids)` appends tokens the engine did not sample (a tool result in an agent loop) and
+re-opens the request for a new turn. This module runs no model.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
@@ -84,6 +86,17 @@ class GenerationResult:
     """The stop token id or stop string that ended generation, when finish_reason is 'stop'."""
     prompt_tokens: int = 0
     stats: GenerationStats = field(default_factory=GenerationStats)
+    logprobs: list[float] = field(default_factory=list)
+    """Per token of `tokens`: log p(token | prefix) under the model's untruncated temperature-1 distribution (the
+    quantity `kexaone.model.scoring.token_logprobs` computes), from the engine's own forward passes unless the
+    engine was built with `exact_logprobs=True`."""
+    sampling_logprobs: list[float] = field(default_factory=list)
+    """Per token of `tokens`: log-prob under the distribution the engine sampled it from (after the vocabulary
+    limit, logits processors, temperature, top-k and top-p; 0.0 for greedy rows, whose distribution is a one-hot).
+    NaN for forced tokens, which were not sampled."""
+    generated_mask: list[int] = field(default_factory=list)
+    """Per token of `tokens`: 1 = sampled by the engine, 0 = forced (`Engine.append_tokens`)."""
+    prompt_ids: list[int] = field(default_factory=list)
 
 
 TextCallback = Callable[[str], None]
@@ -100,6 +113,12 @@ class SequenceState:
         self.params = params
         self.stop_token_ids = frozenset(int(i) for i in stop_token_ids)
         self.tokens: list[int] = []
+        self.logprobs: list[float] = []
+        self.sampling_logprobs: list[float] = []
+        self.generated_mask: list[int] = []
+        self.turns: list[tuple[int, SamplingParams]] = [(0, params)]
+        """(index in `tokens` where a turn starts, the sampling parameters of that turn): the budget counts from
+        the start of the current turn, and exact re-scoring applies each turn's parameters to its tokens."""
         self.finished = params.max_new_tokens == 0
         self.finish_reason: str | None = FINISH_LENGTH if self.finished else None
         self.stop_reason: int | str | None = None
@@ -113,14 +132,19 @@ class SequenceState:
     def text(self) -> str | None:
         return "".join(self._pieces) if self._detok is not None else None
 
-    def append(self, token_ids: Sequence[int]) -> int:
-        """Add tokens in order until the request finishes; returns how many were taken."""
+    def append(self, token_ids: Sequence[int], logprobs: Sequence[float] | None = None,
+               sampling_logprobs: Sequence[float] | None = None) -> int:
+        """Add sampled tokens in order (with their log-probs, see GenerationResult) until the request finishes;
+        returns how many were taken."""
         taken = 0
-        for tok in token_ids:
+        for n, tok in enumerate(token_ids):
             if self.finished:
                 break
             tok = int(tok)
             self.tokens.append(tok)
+            self.logprobs.append(float(logprobs[n]) if logprobs is not None else math.nan)
+            self.sampling_logprobs.append(float(sampling_logprobs[n]) if sampling_logprobs is not None else math.nan)
+            self.generated_mask.append(1)
             taken += 1
             if tok in self.stop_token_ids:
                 self._finish(FINISH_STOP, tok)
@@ -131,9 +155,31 @@ class SequenceState:
                 if stopped:
                     self._finish(FINISH_STOP, self._stops.matched)
                     break
-            if len(self.tokens) >= self.params.max_new_tokens:
+            if len(self.tokens) - self.turns[-1][0] >= self.params.max_new_tokens:
                 self._finish(FINISH_LENGTH, None)
         return taken
+
+    def force(self, token_ids: Sequence[int], logprobs: Sequence[float], params: SamplingParams | None = None) -> None:
+        """Append tokens that were not sampled (their text is streamed as is, never matched against stop strings)
+        and open a new turn: the request is live again with `params` (default: the current ones), whose
+        `max_new_tokens` counts from here."""
+        if self._stops is not None and not self.finished:
+            self._emit(self._stops.flush())  # text held as a possible stop-string start is plain text after all
+        for tok, lp in zip(token_ids, logprobs, strict=True):
+            self.tokens.append(int(tok))
+            self.logprobs.append(float(lp))
+            self.sampling_logprobs.append(math.nan)
+            self.generated_mask.append(0)
+        if self._detok is not None:
+            self._emit(self._detok.push([int(t) for t in token_ids]))
+        self.params = params or self.params
+        self.turns.append((len(self.tokens), self.params))
+        self._stops = StopStringMatcher(self.params.stop, self.params.include_stop_str_in_output) \
+            if self._detok is not None else None
+        self.error = None
+        self.finished = self.params.max_new_tokens == 0
+        self.finish_reason = FINISH_LENGTH if self.finished else None
+        self.stop_reason = None
 
     def abort(self, reason: str = FINISH_ABORT, error: BaseException | None = None) -> None:
         if not self.finished:
@@ -163,4 +209,6 @@ class SequenceState:
     def result(self, stats: GenerationStats | None = None) -> GenerationResult:
         return GenerationResult(tokens=list(self.tokens), text=self.text,
                                 finish_reason=self.finish_reason or FINISH_LENGTH, stop_reason=self.stop_reason,
-                                prompt_tokens=len(self.prompt_ids), stats=stats or GenerationStats())
+                                prompt_tokens=len(self.prompt_ids), stats=stats or GenerationStats(),
+                                logprobs=list(self.logprobs), sampling_logprobs=list(self.sampling_logprobs),
+                                generated_mask=list(self.generated_mask), prompt_ids=list(self.prompt_ids))

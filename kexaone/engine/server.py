@@ -3,7 +3,10 @@
 Endpoints: `GET /health`, `GET /v1/models`, `POST /v1/completions`, `POST /v1/chat/completions` (JSON, or server-sent
 events in the OpenAI chunk format ending with `data: [DONE]`). Reasoning is returned in `reasoning_content`
 (message and delta); tools are declared with `tools` and calls come back as `tool_calls`; thinking is switched by
-`chat_template_kwargs.enable_thinking`.
+`chat_template_kwargs.enable_thinking`. Completions take a batch of prompts (strings or token-id lists) and return
+`logprobs` (k top tokens, prompt tokens too with `echo`, `max_tokens: 0` to only score), and vLLM's tokenizer routes
+`GET /tokenizer_info`, `POST /tokenize`, `POST /detokenize` are served: lm-evaluation-harness's
+`local-completions` and `local-chat-completions` backends run against this server.
 
 Every request is parsed here (body size, UTF-8, JSON) and validated by the pydantic models of protocol.py;
 errors are JSON `{"error": {"message", "type", "param", "code"}}` with a 4xx status naming the field. Requests are

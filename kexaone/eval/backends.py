@@ -36,6 +36,9 @@ class ChatReply:
     tool_calls: list[dict] = field(default_factory=list)
     finish_reason: str = "stop"
     usage: dict = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+    """What could not be parsed in the generated turn (an unclosed think block, a tool call that is not JSON...);
+    the endpoint backend leaves it empty (its server parsed the turn)."""
 
 
 class EndpointError(RuntimeError):
@@ -158,7 +161,7 @@ class LocalBackend:
             finish = "tool_calls" if calls and res.finish_reason == "stop" else res.finish_reason
             n_gen = len(res.tokens)
             replies.append(ChatReply(content=parsed.content, reasoning=parsed.reasoning, tool_calls=calls,
-                                     finish_reason=finish,
+                                     finish_reason=finish, errors=list(parsed.errors),
                                      usage={"prompt_tokens": res.prompt_tokens, "completion_tokens": n_gen,
                                             "total_tokens": res.prompt_tokens + n_gen}))
         return replies

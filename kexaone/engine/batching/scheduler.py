@@ -11,6 +11,9 @@ generation runs starts within one step instead of waiting for it to finish.
 Isolation: an exception while prefilling or stepping a cohort fails that cohort's requests (each gets an error
 event) and the loop keeps serving the others. Deadlines and cancellations are checked before every step.
 
+Model calls that are not generation (scoring a prompt's tokens for `logprobs`) are queued with `call(fn)` and run
+on the same thread between steps, so the model is never used by two threads at once; the caller gets a Future.
+
 Events go to each request's `on_event(kind, payload)` from the scheduler thread: ("text", str) for streamed
 text, ("tokens", int) with the running count of generated tokens, then exactly one terminal event,
 ("done", GenerationResult) or ("error", Exception). HTTP lives in server.py.
@@ -19,6 +22,7 @@ text, ("tokens", int) with the running count of generated tokens, then exactly o
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import logging
 import threading
 import time
@@ -88,6 +92,7 @@ class Scheduler:
         self.max_merge_positions = max_merge_positions
         self.merges = 0
         self._pending: collections.deque[Request] = collections.deque()
+        self._calls: collections.deque[tuple[Callable[[], Any], concurrent.futures.Future]] = collections.deque()
         self._active: list[_Cohort] = []
         self._cond = threading.Condition()
         self._thread: threading.Thread | None = None
@@ -136,15 +141,43 @@ class Scheduler:
             self._cond.notify_all()
         return req
 
+    def call(self, fn: Callable[[], Any]) -> concurrent.futures.Future:
+        """Run `fn()` on the scheduler thread between decode steps; its result (or exception) goes to the returned
+        Future. Counts against `max_queue` like a waiting request."""
+        fut: concurrent.futures.Future = concurrent.futures.Future()
+        with self._cond:
+            if self._stopping:
+                raise SchedulerStopped("the generation scheduler is stopped")
+            if len(self._pending) + len(self._calls) >= self.max_queue:
+                raise QueueFullError(f"{len(self._pending) + len(self._calls)} requests are already waiting "
+                                     f"(limit {self.max_queue})")
+            self._calls.append((fn, fut))
+            self._cond.notify_all()
+        return fut
+
+    def _run_calls(self) -> None:
+        while True:
+            with self._cond:
+                if not self._calls:
+                    return
+                fn, fut = self._calls.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue
+            try:
+                fut.set_result(fn())
+            except BaseException as e:  # noqa: BLE001 - the caller gets it; the loop serves on
+                fut.set_exception(e)
+
     # ------------------------------------------------------------------ the loop
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._stopping and not self._pending and not self._active:
+                while not self._stopping and not self._pending and not self._active and not self._calls:
                     self._cond.wait(timeout=1.0)
                 if self._stopping:
                     break
                 target, reqs = self._plan()
+            self._run_calls()
             if reqs:
                 if target is not None:
                     self._merge(target, reqs)
@@ -294,7 +327,11 @@ class Scheduler:
         with self._cond:
             pending, self._pending = list(self._pending), collections.deque()
             active, self._active = self._active, []
+            calls, self._calls = list(self._calls), collections.deque()
         err = SchedulerStopped("the server is shutting down")
+        for _, fut in calls:
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(err)
         for r in pending:
             self._fail(r, err)
         for c in active:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from kexaone.eval.families.base import Family, read_jsonl
+from kexaone.eval.families.chat import Chat
 from kexaone.eval.families.ifeval import IFEval
 from kexaone.eval.families.judge import Judge
 from kexaone.eval.families.longctx import NIAH, RULER_KINDS, Ruler, default_lengths, make_niah_items, \
@@ -22,7 +23,7 @@ from kexaone.eval.families.safety import KGCSafety
 from kexaone.eval.families.translation import Translation
 
 FAMILIES: dict[str, type[Family]] = {f.name: f for f in (MCQ, Math, IFEval, Translation, Judge, Synthetic, Heldout,
-                                                         KGCSafety)}
+                                                         KGCSafety, Chat)}
 FLORES_LANGS = ("ko", "en", "es", "de", "ja", "vi")
 SYNTHETIC_NAMES = {"arithmetic": "arithmetic", "crosslingual_recall": "crosslingual_recall",
                    "recall": "crosslingual_recall", "retrieval": "retrieval", "code_completion": "code_completion",
@@ -36,6 +37,7 @@ BUILTIN_HELP = {
     "synthetic": "the speedrun's held-out tasks: arithmetic, crosslingual_recall (recall), retrieval, "
                  "code_completion (code)",
     "heldout": "bits per byte of <corpora>/text/*.txt per language (local model only)",
+    "sft-chat": "the embedded SFT set's held-out chat tasks (chat family), each prompt in both reasoning modes",
     "kgc-safety": "the K-AUT safety suite (kexaone.eval.safety), judged by --judge-endpoint or a refusal rule",
 }
 DEFAULT_RULER_ITEMS = 20
@@ -157,6 +159,8 @@ def _builtin(name: str, config, backend, judge) -> list:
         if not groups:
             raise Skipped(f"no {corpora_dir()}/text/*.txt found")
         return [Task("heldout", Heldout(), groups_to_items(groups), source=str(corpora_dir() / "text"))]
+    if name == "sft-chat":
+        return [sft_chat_task(config.limit)]
     if name == "kgc-safety":
         from kexaone.eval.families.safety import safety_task
 
@@ -169,3 +173,14 @@ def _builtin(name: str, config, backend, judge) -> list:
 def _counter(backend):
     fn = getattr(backend, "count_tokens", None)
     return fn if fn is not None else (lambda text: max(1, (len(text) + 3) // 4))
+
+
+def sft_chat_task(limit: int | None = None, n_heldout: int = 80, seed: int = 0):
+    """The default SFT set's held-out split (kexaone.data.synthetic.chat_set) as a chat task, both modes."""
+    from kexaone.data.synthetic.chat_set import build_split
+    from kexaone.data.synthetic.world import World
+    from kexaone.eval.harness import Task
+
+    held = build_split(World(0, "default"), n_heldout, seed, heldout=True, unique=True)
+    rows = [dict(e.record(t), id=e.id) for e in held for t in (True, False)]
+    return Task("sft-chat", Chat(), _limit(Chat().load(rows, "sft-chat"), limit), source="chat_set heldout")

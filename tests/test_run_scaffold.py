@@ -54,8 +54,7 @@ def test_a_stage_config_reuses_the_sections_with_its_own_defaults():
     @dataclasses.dataclass
     class SFTLikeConfig(StageSection, ModelSection, DataSection, OptimSection, ObjectiveSection, ParallelSection,
                         CheckpointSection, StageConfig):
-        def __post_init__(self) -> None:
-            StageConfig.__post_init__(self)
+        """a stage's config: the shared sections plus its own"""
 
     sections = (ModelSection, DataSection, OptimSection, ObjectiveSection, ParallelSection, CheckpointSection,
                 StageSection)

@@ -376,9 +376,6 @@ class TrainConfig(ModelSection, DataSection, SyntheticSection, OptimSection, Obj
                   CheckpointSection, StageConfig):
     """A pre-training run. Field names are the keys of a `--config` file and (with `-` for `_`) the CLI flags."""
 
-    def __post_init__(self) -> None:
-        StageConfig.__post_init__(self)
-
 
 TRAIN_SECTIONS = (ModelSection, DataSection, SyntheticSection, OptimSection, ObjectiveSection, ParallelSection,
                   CheckpointSection)

@@ -7,7 +7,14 @@
         return finish_stage(run, trainer, trainer.fit(), stage="sft")   # export, loss plot, result.json
 
 `cfg` is any stage config made of the sections of `kexaone.train.config` (it needs at least ModelSection,
-DataSection, ParallelSection, CheckpointSection). What `stage_run` does, in order:
+DataSection, ParallelSection, CheckpointSection), e.g.
+
+    @dataclass
+    class SFTConfig(SFTSection, ModelSection, DataSection, OptimSection, ObjectiveSection, ParallelSection,
+                    CheckpointSection, StageConfig): ...      # SFTSection may redeclare `out: str = "runs/sft"`
+
+with flags from `kexaone.train.cli_fields.add_config_arguments(parser, sections, config_cls=SFTConfig)` and
+`config_from_args(SFTConfig, args)`. What `stage_run` does, in order:
 - output checks: `<out>` creatable and writable; `--resume` needs a checkpoint, and an existing checkpoint needs
   `--resume`; every `--data` / `--eval-data` path exists (all before any work);
 - joins torch.distributed when launched by torchrun, picks the torch thread count (`set_threads`);

@@ -7,9 +7,10 @@ Muon/AdamW, schedule, precision, checkpoints, exact resume, signals and torchrun
   rendered by the chat template, loss mask on the assistant bodies only), or without --data the embedded default
   set (kexaone.data.synthetic.chat_set, train split; its held-out split is the evaluation set). Whole
   conversations are packed best-fit (kexaone.data.docpacking) and never cut; a longer one is skipped and reported.
-- the objective `kexaone.train.sft_objective.SFTObjective`: CE on the masked-in (assistant) targets + 0.05 x the MTP CE on the same targets
-  (so MTP self-speculative decoding keeps paying after SFT) + the MoE aux loss. The MTP acceptance rate of greedy
-  speculative decoding on held-out prompts is measured before and after training (result.json `mtp_acceptance`).
+- the objective `kexaone.train.sft_objective.SFTObjective`: CE on the masked-in (assistant) targets + 0.05 x the
+  MTP CE on the same targets (so MTP self-speculative decoding keeps paying after SFT) + the MoE aux loss. The
+  MTP acceptance rate of greedy speculative decoding on held-out prompts is measured before and after training
+  (result.json `mtp_acceptance`; the training data's prompts when there is no evaluation data).
 - length: --max-steps, else --tokens, else --epochs (default 1) passes over the packed rows.
 - LoRA (`--lora-rank R`): peft adapters on attention / dense / shared-expert projections (routed experts with
   `--lora-targets ... experts`); AdamW over the adapter parameters only; the base model, the MTP head and the
@@ -242,7 +243,8 @@ def build_sft_data(cfg: SFTConfig, tok: Any, dist: Any) -> SFTData:
                                     rank=dist.rank, world_size=dist.world_size, heldout=0, truncate=True,
                                     chunk_docs=CHUNK_DOCS)
     prompts = []
-    for spec in eval_specs:
+    # Held-out prompts for the MTP acceptance rate: the evaluation conversations, else the training data's.
+    for spec in eval_specs or train_specs:
         for conv in iter_conversations(spec, cfg.thinking):
             if len(prompts) >= cfg.acceptance_prompts:
                 break

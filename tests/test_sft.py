@@ -154,17 +154,18 @@ def test_kill_mid_sft_then_resume_is_bit_identical(workspace, tmp_path):
             str(workspace / "train.jsonl"), "--out", str(out), *BASE_ARGS, *steps]
     proc = subprocess.Popen(argv, env=env(workspace / "cache"), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True)
+    from kexaone.train.checkpoint import CheckpointManager
+
+    mgr = CheckpointManager(out / "checkpoints")
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (out / "checkpoints" / "step_00000004").is_dir():
+        if (out / "checkpoints").is_dir() and (mgr.latest_step() or 0) >= 4:
             break
         time.sleep(0.02)
     proc.send_signal(signal.SIGKILL)  # no chance to save: resume from the last periodic checkpoint
     proc.communicate(timeout=60)
     assert proc.returncode == -signal.SIGKILL
-    from kexaone.train.checkpoint import CheckpointManager
-
-    stopped = CheckpointManager(out / "checkpoints").latest_step()
+    stopped = mgr.latest_step()
     assert stopped is not None and 4 <= stopped < 8, stopped
     res = sft(workspace, out, *steps, "--resume")
     assert res.stage.steps == 8

@@ -43,7 +43,8 @@ class SFTBudget:
 
 
 SFT_BUDGETS = {
-    "tiny": SFTBudget(steps=8, seq_len=256, batch_size=4, examples=200, eval_limit=16, max_new_tokens=48),
+    # 512 tokens hold the tool-use conversations (at 256 the 2k-vocab tokenizer skips most of them).
+    "tiny": SFTBudget(steps=8, seq_len=512, batch_size=2, examples=200, eval_limit=16, max_new_tokens=48),
     "default": SFTBudget(steps=150, seq_len=512, batch_size=8, examples=4000, eval_limit=None),
     "large": SFTBudget(steps=1000, seq_len=1024, batch_size=32, examples=20000, eval_limit=None),
 }

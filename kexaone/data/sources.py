@@ -17,8 +17,9 @@ Documents may carry a *tag* ("domain/lang") used to report held-out loss per dom
 Parquet rows with `domain` (and `lang`) fields get the tag from them, other documents the source's file stem.
 
 This module is the one document reader: the token-shard cache, the speedrun's corpus and the tokenizer's training
-and evaluation all read through it. It only reads text; tokenization and caching live in `kexaone.data.shards`,
-sampling in `kexaone.data.packing`.
+and evaluation all read through it; `iter_records` gives whole records (dicts) of the same JSONL / Parquet /
+`datasets` readers to stages whose examples are structured (SFT conversations). It only reads; tokenization and
+caching live in `kexaone.data.shards`, sampling in `kexaone.data.packing`.
 """
 
 from __future__ import annotations
@@ -173,8 +174,8 @@ def _read_code(path: Path) -> Iterator[Document]:
         yield Document(text, f"code/{path.suffix.lower().lstrip('.')}")
 
 
-def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
-    tag = path.stem
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """(where, record) for every JSON object line of a JSONL file: the one JSONL reader."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -185,38 +186,53 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
                 raise ValueError(f"{path}:{lineno}: bad JSON line ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            if text_field not in record:
-                raise ValueError(
-                    f"{path}:{lineno}: record has no {text_field!r} field (fields: {sorted(record)[:10]}); "
-                    "name the text field (text_field=, --text-field)"
-                )
-            text = _check_text(record[text_field], f"{path}:{lineno}", text_field)
-            if text.strip():
-                yield Document(text, _tag_of(record, tag))
+            yield f"{path}:{lineno}", record
 
 
-def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
+def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
+    tag = path.stem
+    for where, record in _jsonl_records(path):
+        if text_field not in record:
+            raise ValueError(
+                f"{where}: record has no {text_field!r} field (fields: {sorted(record)[:10]}); "
+                "name the text field (text_field=, --text-field)"
+            )
+        text = _check_text(record[text_field], where, text_field)
+        if text.strip():
+            yield Document(text, _tag_of(record, tag))
+
+
+def _parquet_records(path: Path, columns: list[str] | None = None,
+                     need: str | None = None) -> Iterator[tuple[str, dict]]:
+    """(where, row as a dict) for every row of a Parquet file (only `columns` when given; `need`: a column that
+    must exist, named in the error): the one Parquet reader."""
     import pyarrow.parquet as pq
 
-    tag = path.stem
     try:
         pf = pq.ParquetFile(path)
     except Exception as e:  # pyarrow raises ArrowInvalid / OSError for non-parquet bytes
         raise ValueError(f"{path}: not a readable Parquet file ({e})") from None
     names = pf.schema_arrow.names
-    if text_field not in names:
-        raise ValueError(f"{path}: Parquet file has no column {text_field!r} (columns: {names[:10]}); "
+    if need is not None and need not in names:
+        raise ValueError(f"{path}: Parquet file has no column {need!r} (columns: {names[:10]}); "
                          "name the text column (text_field=, --text-field)")
-    cols = [c for c in (text_field, "domain", "lang") if c in names]
+    cols = [c for c in columns if c in names] if columns is not None else None
+    row = 0
     for batch in pf.iter_batches(columns=cols, batch_size=4096):
-        data = batch.to_pydict()
-        for i, text in enumerate(data[text_field]):
-            if text is None:
-                continue
-            text = _check_text(text, f"{path} row", text_field)
-            if text.strip():
-                record = {c: data[c][i] for c in cols}
-                yield Document(text, _tag_of(record, tag))
+        for record in batch.to_pylist():
+            row += 1
+            yield f"{path} row {row}", record
+
+
+def _read_parquet(path: Path, text_field: str) -> Iterator[Document]:
+    tag = path.stem
+    for where, record in _parquet_records(path, [text_field, "domain", "lang"], need=text_field):
+        text = record[text_field]
+        if text is None:
+            continue
+        text = _check_text(text, where, text_field)
+        if text.strip():
+            yield Document(text, _tag_of(record, tag))
 
 
 def _iter_hf_dataset(ds, where: str, text_field: str, default_tag: str) -> Iterator[Document]:
@@ -233,7 +249,9 @@ def _iter_hf_dataset(ds, where: str, text_field: str, default_tag: str) -> Itera
             yield Document(text, _tag_of(row, default_tag))
 
 
-def _read_hf_dir(path: Path, text_field: str) -> Iterator[Document]:
+def _hf_dir_datasets(path: Path) -> Iterator[tuple[str, object]]:
+    """(where, Dataset) of a `datasets` save_to_disk directory, one per split of a DatasetDict: the one reader
+    of such directories."""
     try:
         import datasets
     except ImportError:
@@ -241,12 +259,18 @@ def _read_hf_dir(path: Path, text_field: str) -> Iterator[Document]:
     ds = datasets.load_from_disk(str(path))
     if isinstance(ds, datasets.DatasetDict):
         for split in sorted(ds):
-            yield from _iter_hf_dataset(ds[split], f"{path}[{split}]", text_field, path.name)
+            yield f"{path}[{split}]", ds[split]
     else:
-        yield from _iter_hf_dataset(ds, str(path), text_field, path.name)
+        yield str(path), ds
 
 
-def _read_hub(name: str, text_field: str) -> Iterator[Document]:
+def _read_hf_dir(path: Path, text_field: str) -> Iterator[Document]:
+    for where, ds in _hf_dir_datasets(path):
+        yield from _iter_hf_dataset(ds, where, text_field, path.name)
+
+
+def _hub_rows(name: str, read) -> Iterator:
+    """`read(dataset, where)` over a streamed hub dataset (the one hub reader), with a clear error offline."""
     repo, _, split = name.partition(":")
     split = split or "train"
     try:
@@ -255,12 +279,57 @@ def _read_hub(name: str, text_field: str) -> Iterator[Document]:
         raise ValueError(f"hub dataset {repo!r} needs the `datasets` package") from None
     try:
         ds = datasets.load_dataset(repo, split=split, streaming=True)
-        yield from _iter_hf_dataset(ds, f"hf:{repo}:{split}", text_field, repo.split("/")[-1])
+        yield from read(ds, f"hf:{repo}:{split}")
     except (ConnectionError, OSError) as e:
         raise ValueError(
             f"could not load hub dataset {repo!r} (split {split!r}): {e}. Without a network, save it with "
             "`datasets` save_to_disk on a connected machine and pass that directory instead"
         ) from None
+
+
+def _read_hub(name: str, text_field: str) -> Iterator[Document]:
+    default_tag = name.partition(":")[0].split("/")[-1]
+    yield from _hub_rows(name, lambda ds, where: _iter_hf_dataset(ds, where, text_field, default_tag))
+
+
+def _dataset_records(ds, where: str) -> Iterator[tuple[str, dict]]:
+    for i, row in enumerate(ds, 1):
+        yield f"{where} row {i}", dict(row)
+
+
+def iter_records(spec: str) -> Iterator[tuple[str, dict]]:
+    """Every record of one source spec, whole, as (where, dict) in a deterministic order: JSONL objects, Parquet
+    rows, `datasets` rows (local directory or hf:...). For stages whose examples are structured rather than one
+    text field (SFT conversations with `messages`). `where` names the file and line/row for error messages.
+
+    Raises FileNotFoundError for a missing path, ValueError for text or code files (they hold no records) and for
+    a source without any record."""
+    path = parse_spec(spec).path
+    count = 0
+    if path.startswith(HUB_PREFIX):
+        gen: Iterable[tuple[str, dict]] = _hub_rows(path[len(HUB_PREFIX):], _dataset_records)
+    else:
+        gen = _iter_record_files(resolve_files(path))
+    for item in gen:
+        count += 1
+        yield item
+    if count == 0:
+        raise ValueError(f"data source {spec!r} contains no record")
+
+
+def _iter_record_files(files: list[Path]) -> Iterator[tuple[str, dict]]:
+    for f in files:
+        suffix = f.suffix.lower()
+        if f.is_dir():
+            for where, ds in _hf_dir_datasets(f):
+                yield from _dataset_records(ds, where)
+        elif suffix in JSONL_SUFFIXES:
+            yield from _jsonl_records(f)
+        elif suffix in PARQUET_SUFFIXES:
+            yield from _parquet_records(f)
+        else:
+            raise ValueError(f"{f}: a {suffix} file holds text, not records; structured data (conversations) must "
+                             "be JSONL, Parquet or a `datasets` directory")
 
 
 def iter_tagged_documents(spec: str, text_field: str = "text", txt_mode: str = "line") -> Iterator[Document]:

@@ -1,7 +1,7 @@
 """Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
 
-`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (about 50 minutes on a
-2-core CPU, within the speedrun's hour; README says which capabilities its last run lifted above their baselines),
+`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
+2-core CPU; README says which capabilities its last run lifted above their baselines),
 `large` a longer run of a wider model for machines with more cores or a GPU. A budget only holds numbers;
 kexaone.pipeline.recipe turns them into stages.
 """
@@ -87,11 +87,13 @@ BUDGETS: dict[str, Budget] = {
         speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10, probe_every=10, probe_rows=8,
     ),
     "default": Budget(
-        name="default", description="the CPU speedrun: the `small` preset, about 50 minutes on 2 CPU cores",
+        name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
-        # 1,280 steps: in-context copying forms abruptly after a number of steps (about 800 for a 4-layer model of
-        # this family on retrieval-dense data, benchmarks/results/induction_study.md); 640 steps were too few.
-        seq_len=256, batch_size=8, train_tokens=1280 * 2048, lr=3e-3, adamw_lr=3e-2, bias_update_rate=1e-3,
+        # 640 steps (measured: 24 min of pre-training here). The induction study (benchmarks/results/
+        # induction_study.md) saw copying form only with loss on answer tokens alone, within 475-850 steps on a
+        # 4-layer model; with loss on every token it did not form in 1,200 steps, so doubling the steps alone is not
+        # expected to help and would cost another 24 minutes of the hour.
+        seq_len=256, batch_size=8, train_tokens=640 * 2048, lr=3e-3, adamw_lr=3e-2, bias_update_rate=1e-3,
         heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
         checkpoint_every=100,

@@ -127,8 +127,14 @@ def stage_pretrain(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     elif ckpt.is_dir():
         # Killed while writing its first checkpoint: nothing usable to resume from, so start the stage over.
         shutil.rmtree(ckpt)
+    from kexaone.pipeline.corpus import induction_probe_callback
+    from kexaone.tokenizer import KExaoneTokenizer
+
+    # The induction / key-value recall probes (eval mode, no routed-token counting: training is unchanged).
+    probe = induction_probe_callback(KExaoneTokenizer.from_dir(ctx.path(ctx.outputs["tokenizer"]["dir"])), _budget(ctx),
+                                     seed=ctx.params["seed"])
     t0 = time.perf_counter()
-    res = run_pretraining(pretrain_config(ctx, resume, threads))
+    res = run_pretraining(pretrain_config(ctx, resume, threads), callbacks=[probe] if probe is not None else ())
     if res.interrupted:
         # The trainer saved a checkpoint and returned; leave the stage unfinished so a re-run resumes it.
         raise KeyboardInterrupt(f"pre-training interrupted ({res.signal_name}) at step {res.steps}")

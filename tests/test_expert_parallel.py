@@ -66,7 +66,8 @@ torch.save({"y": y.detach(), "x_grad": x.grad, "grads": grads, "full": full, "na
             "first": layer.experts.first_expert, "local": layer.experts.num_experts,
             "counts": layer.tokens_per_expert.clone(), "bad_shape": bad_shape, "unequal": unequal},
            f"{out}/rank{rank}.pt")
-dist.destroy_process_group()
+from kexaone.train.distributed import shutdown_process_group
+shutdown_process_group()
 '''
 
 

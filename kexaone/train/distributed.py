@@ -8,6 +8,7 @@ every expert; expert parallelism (each rank owns a slice of the experts, with DD
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -77,12 +78,36 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    # A process that leaves without destroying its group (an uncaught error, sys.exit in user code) would let
+    # interpreter finalisation race gloo's worker threads: destroy it at exit while Python is still whole.
+    atexit.register(shutdown_process_group, False)
     return DistInfo(rank, world, local_rank, dev, backend, owns_group=True)
 
 
-def destroy_distributed(info: DistInfo) -> None:
-    if info.owns_group and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_process_group(clean: bool = True) -> None:
+    """Tear the process group down so that a run that did its work exits 0.
+
+    Gloo runs collectives on C++ worker threads; a rank that destroys its group (or exits) while a peer is still
+    inside a collective, or while Python objects still reference pending work, can make a worker thread hit
+    `std::terminate` ("terminate called without an active exception", SIGABRT) during teardown. So, on a clean
+    exit: one last barrier (no peer is still communicating), a garbage collection (autograd graphs and work
+    handles holding tensors are freed while the group and the interpreter are alive), then destroy the group,
+    which joins the worker threads. After an error (`clean=False`) the peers may be gone: no barrier, just destroy.
+    A no-op when no group exists."""
+    import gc
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def destroy_distributed(info: DistInfo, clean: bool = True) -> None:
+    """`shutdown_process_group` for a group init_distributed created (a reused group is left to its owner)."""
+    if info.owns_group:
+        shutdown_process_group(clean)
 
 
 def barrier(info: DistInfo) -> None:

@@ -250,12 +250,15 @@ def stage_run(cfg: Any) -> Iterator[RunContext]:
     check_run_inputs(cfg, out)
     dist = init_distributed(cfg.device)
     set_threads(cfg, dist)
+    clean = False
     try:
         preset_vocab = KExaoneConfig.preset(cfg.preset).vocab_size
         tok = load_tokenizer(cfg, out, preset_vocab, dist.is_main, lambda: barrier(dist))
         yield RunContext(cfg=cfg, out=out, dist=dist, tokenizer=tok, model=build_model(cfg, tok))
+        clean = True
     finally:
-        destroy_distributed(dist)
+        # A run that did its work meets its peers at a barrier before the group goes (see shutdown_process_group).
+        destroy_distributed(dist, clean=clean)
 
 
 # ---------------------------------------------------------------------------------------------- the end

@@ -340,14 +340,54 @@ def parallelize(model: nn.Module, dist: DistInfo, *, strategy: str = "ddp", expe
 
 
 # ---------------------------------------------------------------------------------------------- streamed fills
+_RNG_INITS = ("normal_", "uniform_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "xavier_uniform_",
+              "xavier_normal_", "orthogonal_", "sparse_")
+
+
+def construction_draws(config: Any) -> list[tuple[str, tuple[int, ...], torch.dtype, tuple, dict]]:
+    """The random initialisations `KExaoneForCausalLM(config)` performs while its modules are constructed (each
+    nn.Linear, nn.Embedding, router and expert bank draws once in its constructor, before the model's final
+    `reset_parameters` overwrites them), in order: (torch.nn.init function, shape, dtype, args, kwargs). Found by
+    building the model on the meta device with the init functions wrapped (meta tensors draw nothing)."""
+    from kexaone.model.transformer import KExaoneForCausalLM
+
+    calls: list[tuple[str, tuple[int, ...], torch.dtype, tuple, dict]] = []
+    originals = {n: getattr(nn.init, n) for n in _RNG_INITS}
+
+    depth = [0]
+
+    def wrap(name: str) -> Any:
+        def recorder(tensor: torch.Tensor, *args: Any, **kwargs: Any) -> Any:
+            if depth[0] == 0:  # an init function may call another one (dispatch): record the outer call only
+                calls.append((name, tuple(tensor.shape), tensor.dtype, args, kwargs))
+            depth[0] += 1
+            try:
+                return originals[name](tensor, *args, **kwargs)
+            finally:
+                depth[0] -= 1
+        return recorder
+
+    try:
+        for n in _RNG_INITS:
+            setattr(nn.init, n, wrap(n))
+        KExaoneForCausalLM.from_config(config, device="meta")
+    finally:
+        for n, f in originals.items():
+            setattr(nn.init, n, f)
+    return calls
+
+
 @torch.no_grad()
 def init_streamed(pm: ParallelModel) -> None:
-    """The seeded initialisation of `KExaoneForCausalLM.reset_parameters`, parameter by parameter: each module's
-    parameters are swapped for full-size CPU tensors, initialised by the same code in the same order (so the RNG
-    draws are those of the single-process build), and this rank's part is copied in."""
+    """The initialisation of a single-process `KExaoneForCausalLM(config)` built right after seeding, parameter by
+    parameter: first the constructors' draws are replayed into scratch tensors one at a time (their values are
+    overwritten, but they advance the RNG), then `reset_parameters`' pass runs with each module's parameters
+    swapped for full-size CPU tensors, by the same code in the same order, and this rank's part is copied in."""
     from kexaone.model.moe import GroupedExperts, TopKRouter
     from kexaone.model.norm import RMSNorm
 
+    for name, shape, dtype, args, kwargs in construction_draws(pm.model.config):
+        getattr(nn.init, name)(torch.empty(shape, dtype=dtype), *args, **kwargs)
     std = pm.model.config.initializer_range
     for m in pm.model.modules():
         if isinstance(m, (nn.Linear, nn.Embedding)):

@@ -167,13 +167,15 @@ def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_p
     """2 ranks x 2 rows with --expert-parallel against 1 process x 4 rows (same global batch), fp32.
 
     Tolerance as in test_distributed.py (only the order of sums differs): losses to 1e-6 relative, final weights
-    to atol 1e-4 after 4 Muon steps. Checkpoints and the HF export hold all 8 experts; a resume from the step-2
-    checkpoint (full experts sliced back per rank, Muon momentum included) reproduces step 4 bit for bit."""
+    to atol 1e-4 after 4 Muon steps. Checkpoints (each rank writes its experts through DCP) and the HF export
+    hold all 8 experts; a resume from the step-2 checkpoint (Muon momentum included) reproduces step 4 bit for
+    bit."""
     import shutil
 
     from safetensors.torch import load_file
 
     from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.checkpoint import CheckpointManager
 
     single = pretrain_in_process([*ARGS, "--no-export"], tmp_path / "single", cache, STEPS)
     out = tmp_path / "ep"
@@ -186,9 +188,10 @@ def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_p
         assert b["max_vio"] == pytest.approx(a["max_vio"], abs=1e-9)
         # the clipping norm covers every rank's experts (a rank-local norm would differ by a few per cent)
         assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
-    final = out / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"
+    final = out / "checkpoints" / f"step_{STEPS:08d}"
     w1 = load_file(str(single / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"))
-    w2 = load_file(str(final))
+    ckpts = CheckpointManager(out / "checkpoints")
+    w2 = ckpts.model_tensors(final)  # each rank wrote its experts' shards (DCP); read back whole
     assert set(w1) == set(w2)
     for k in w1:
         assert w2[k].shape == w1[k].shape, k  # all experts, not one rank's slice
@@ -196,11 +199,11 @@ def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_p
     exported = KExaoneForCausalLM.from_pretrained(out / "model").state_dict()
     assert exported.keys() == w2.keys() and all(torch.equal(exported[k], v) for k, v in w2.items())
 
-    shutil.rmtree(final.parent)
+    shutil.rmtree(final)
     (out / "checkpoints" / "latest").write_text("step_00000002\n")
     r = torchrun_pretrain(ARGS, out, cache, "--expert-parallel", "--resume", "--no-export")
     assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
-    w_resumed = load_file(str(final))
+    w_resumed = ckpts.model_tensors(final)
     assert all(torch.equal(w2[k], w_resumed[k]) for k in w2)
 
 

@@ -246,7 +246,8 @@ class CheckpointManager:
             dist.broadcast_object_list(box, src=0)  # every rank writes into rank 0's temporary directory
         tmp = Path(box[0])
         try:
-            dcp.save(dict(sharded), checkpoint_id=str(tmp / SHARDED_DIR))
+            with _single_process_dcp_quiet():
+                dcp.save(dict(sharded), checkpoint_id=str(tmp / SHARDED_DIR))
             for f in (tmp / SHARDED_DIR).iterdir():
                 if f.name.startswith(f"__{rank}_") or (rank == 0 and f.name == ".metadata"):
                     _fsync_file(f)
@@ -270,7 +271,34 @@ class CheckpointManager:
         path = Path(path)
         if self._read_manifest(path).get("sharded") is None:
             raise CheckpointError(f"{path} holds no sharded (Distributed Checkpoint) entries")
-        dcp.load(target, checkpoint_id=str(path / SHARDED_DIR))
+        with _single_process_dcp_quiet():
+            dcp.load(target, checkpoint_id=str(path / SHARDED_DIR))
+
+    def model_tensors(self, path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+        """The full (single-process) model weights of a checkpoint in this process, whichever way it was written:
+        `model.safetensors`, or the "model" entry of its Distributed Checkpoint (assembled from every rank's
+        shards; no process group needed). For inspection and tests: it holds the whole model in memory."""
+        path = self.latest() if path is None else Path(path)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        path = Path(path)
+        manifest = self._read_manifest(path)
+        if manifest.get("sharded") is None:
+            from safetensors.torch import load_file
+
+            return load_file(str(path / manifest["files"][self.model_key]["file"]))
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        reader = dcp.FileSystemReader(str(path / SHARDED_DIR))
+        prefix = f"{self.model_key}."
+        target = {k[len(prefix):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+                  for k, m in reader.read_metadata().state_dict_metadata.items()
+                  if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+        wrapped = {self.model_key: target}
+        with _single_process_dcp_quiet():
+            dcp.load(wrapped, storage_reader=reader, no_dist=True)
+        return wrapped[self.model_key]
 
     def _move_into_place(self, tmp: Path, final: Path) -> None:
         if final.exists():
@@ -402,6 +430,17 @@ class CheckpointManager:
         for p in complete[:-self.keep]:
             if p.resolve() != protect.resolve() and (pointed is None or p.resolve() != pointed.resolve()):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _single_process_dcp_quiet() -> Any:
+    """DCP warns on every single-process save/load ("assuming the intent is to ... in a single process"): that is
+    the intent here (a resume on one process), so that warning is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (load|save) in a single process")
+        yield
 
 
 # --------------------------------------------------------------------------------------------------------- RNG

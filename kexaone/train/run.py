@@ -235,7 +235,15 @@ def build_model(cfg: Any, tokenizer: Any, dist: Any = None) -> Any:
         from kexaone.config import KExaoneConfig
 
         if cfg.init_from is not None:
+            from kexaone.model.hf import read_weight_map
+
             mc = KExaoneConfig.from_json_file(Path(cfg.init_from) / "config.json")
+            if mc.num_nextn_predict_layers and not any(k.startswith("mtp.") for k in read_weight_map(cfg.init_from)):
+                import warnings
+
+                # as KExaoneForCausalLM.from_pretrained does: a checkpoint saved by transformers drops mtp.*
+                warnings.warn(f"{cfg.init_from} holds no mtp.* weights: loading with MTP disabled", stacklevel=2)
+                mc = mc.replace(num_nextn_predict_layers=0)
             if tokenizer.vocab_size > mc.vocab_size:
                 raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init-from checkpoint "
                                  f"{cfg.init_from} only {mc.vocab_size}; use the checkpoint's tokenizer")

@@ -1,7 +1,7 @@
-"""torch.distributed for the trainer: set up a process group from the `torchrun` environment, wrap the model for
-data parallelism (DDP, or FSDP2 `fully_shard` per decoder layer), and small collective helpers.
+"""torch.distributed for the trainer: set up a process group from the `torchrun` environment, tear it down cleanly,
+and small collective helpers. How a model is split (DDP, FSDP2, expert parallelism) is `kexaone.train.parallelize`.
 
-Model code stays single-device; parallelism is applied here from outside. Single-process runs go through the same
+Model code stays single-device; parallelism is applied from outside. Single-process runs go through the same
 functions as a world of size 1 (every helper is then a cheap no-op). With DDP or FSDP every rank holds (a shard of)
 every expert; expert parallelism (each rank owns a slice of the experts, with DDP) is in `expert_parallel.py`.
 """
@@ -138,30 +138,11 @@ def _collective_device(info: DistInfo) -> torch.device:
 
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp",
                find_unused_parameters: bool = False) -> nn.Module:
-    """The module to call in the training step. Single process: the model itself.
+    """The module to call in the training step for a materialised model: the model itself in one process, else
+    DDP or FSDP2 as applied by `kexaone.train.parallelize` (which also owns the state dicts of that layout)."""
+    from kexaone.train.parallelize import parallelize
 
-    DDP: `broadcast_buffers=False` because each rank's MoE layers count their own routed tokens in a buffer
-    (re-broadcasting rank 0's buffers every forward would erase the other ranks' counts); the expert biases stay
-    identical on all ranks because every rank applies the same update to all-reduced counts.
-    FSDP2: `fully_shard` on every decoder layer (and the MTP block), then on the root.
-    """
-    if not info.distributed:
-        return model
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.model.layers:
-            fully_shard(layer)
-        if getattr(model, "mtp", None) is not None:
-            fully_shard(model.mtp)
-        fully_shard(model)
-        return model
-    raise ValueError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    return parallelize(model, info, strategy=strategy, find_unused_parameters=find_unused_parameters).module
 
 
 @contextlib.contextmanager

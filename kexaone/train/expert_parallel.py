@@ -34,15 +34,16 @@ so it equals the gradient of the mean loss (what one process computes on the con
 Cost of the all-gather dispatch: every rank receives every token (an all-gather of N*W*H activations per MoE layer,
 forward and backward) and all-reduces a [W*N, H] output; compute per rank is 1/W of the routed expert work either
 way. `comm_bytes` on each module counts the payload bytes this rank sends in the forward (measured from the actual
-split sizes; a ring all-reduce of M bytes counts 2(W-1)/W x M). Memory for expert weights and
-their optimizer state is 1/W. The all-gather dispatch needs the same number of tokens N on every rank (checked, with a clear error). Selecting the local pairs reads a count on the host (one
-sync per layer).
+split sizes; a ring all-reduce of M bytes counts 2(W-1)/W x M). Memory for expert weights and their optimizer
+state is 1/W. The all-gather dispatch needs the same number of tokens N on every rank (checked, with a clear
+error). Both read split sizes / counts on the host (one sync per layer).
 
 What it is not: no capacity factor and no token dropping, no overlap of communication with compute, no
 combination with FSDP (expert weights are whole per rank; the replicated part uses DDP).
-`gather_expert_state_dict` / `gather_expert_optimizer_state` rebuild the full expert tensors (checkpoints and the
-HF export hold all experts, so they load into any layout) and the `slice_*` functions cut them back to this rank's
-slice on resume. `clip_grad_norm_expert_parallel_` computes the gradient norm over all ranks' experts, so every rank
+Checkpoints: kexaone.train.parallelize presents each rank's expert slices (weights and optimizer state) to
+Distributed Checkpoint as shards of the full tensors, so a checkpoint holds all experts and loads into any layout;
+`gather_expert_state_dict` / `slice_expert_state_dict` convert between a full state dict and the local slices.
+`clip_grad_norm_expert_parallel_` computes the gradient norm over all ranks' experts, so every rank
 clips by the same factor. In the trainer: `TrainConfig.expert_parallel` / `kexaone pretrain --expert-parallel`.
 """
 
@@ -150,7 +151,8 @@ class ExpertParallelExperts(GroupedExperts):
 
     def extra_repr(self) -> str:
         return (f"experts [{self.first_expert}, {self.first_expert + self.num_experts}) of {self.num_experts_global}, "
-                f"ep_rank={self.ep_rank}, ep_world={self.ep_world}, dispatch={self.dispatch}, hidden_size={self.hidden_size}, "
+                f"ep_rank={self.ep_rank}, ep_world={self.ep_world}, dispatch={self.dispatch}, "
+                f"hidden_size={self.hidden_size}, "
                 f"intermediate_size={self.intermediate_size}")
 
 
@@ -239,45 +241,6 @@ def slice_expert_state_dict(model: nn.Module, state: dict[str, torch.Tensor]) ->
                                  f"shape {tuple(full.shape)}")
             out[key] = full[m.first_expert:m.first_expert + m.num_experts]
     return out
-
-
-def _expert_param_indices(model: nn.Module, optimizer: torch.optim.Optimizer) -> dict[int, ExpertParallelExperts]:
-    """{index in the optimizer's state_dict numbering: owning module} for the rank-local expert parameters."""
-    owners = {id(getattr(m, p)): m for m in expert_parallel_modules(model).values() for p in _EXPERT_PARAMS}
-    params = [p for g in optimizer.param_groups for p in g["params"]]  # torch numbers params in this order
-    return {i: owners[id(p)] for i, p in enumerate(params) if id(p) in owners}
-
-
-def gather_expert_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
-                                  state: dict[str, Any]) -> dict[str, Any]:
-    """A copy of `optimizer.state_dict()` whose per-expert state tensors (leading dim = local expert count, e.g.
-    Muon momentum) are gathered to all experts. A collective: every rank calls it with the same step count."""
-    per_param = dict(state["state"])
-    for i, m in sorted(_expert_param_indices(model, optimizer).items()):
-        entry = dict(per_param.get(i, {}))
-        for key in sorted(entry):
-            v = entry[key]
-            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == m.num_experts:
-                parts = [torch.empty_like(v) for _ in range(m.ep_world)]
-                dist.all_gather(parts, v.detach().contiguous(), group=m.ep_group)
-                entry[key] = torch.cat(parts, dim=0)
-        if i in per_param:
-            per_param[i] = entry
-    return {**state, "state": per_param}
-
-
-def slice_expert_optimizer_state(model: nn.Module, optimizer: torch.optim.Optimizer,
-                                 state: dict[str, Any]) -> dict[str, Any]:
-    """The inverse of gather_expert_optimizer_state: full per-expert state tensors cut to this rank's slice."""
-    per_param = dict(state["state"])
-    for i, m in _expert_param_indices(model, optimizer).items():
-        entry = dict(per_param.get(i, {}))
-        for key, v in entry.items():
-            if torch.is_tensor(v) and v.dim() >= 1 and v.shape[0] == m.num_experts_global:
-                entry[key] = v[m.first_expert:m.first_expert + m.num_experts]
-        if i in per_param:
-            per_param[i] = entry
-    return {**state, "state": per_param}
 
 
 def clip_grad_norm_expert_parallel_(model: nn.Module, max_norm: float | None) -> torch.Tensor:

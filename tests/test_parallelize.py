@@ -74,6 +74,7 @@ full = dict(pm.full_model_state())
 ids = torch.randint(0, tiny.vocab_size, (2, 19), generator=torch.Generator().manual_seed(3))
 with torch.no_grad():
     logits = pm.module(ids).logits
+pm.module.reshard()  # FSDP2 keeps the root's parameters unsharded after a forward without backward
 pm.export_hf(out / "export", max_shard_bytes=300_000)
 if (out / "from_hf").is_dir():
     hf_cfg = KExaoneConfig.from_json_file(out / "from_hf" / "config.json").replace(num_nextn_predict_layers=0)

@@ -145,9 +145,20 @@ class ParallelModel:
             return torch.cat(parts, dim=0).cpu()
         return p.detach().cpu()
 
+    def reshard(self) -> None:
+        """Put every FSDP2 module back in its sharded state. FSDP2 leaves the root's parameters gathered after a
+        forward without backward (evaluation); state dicts, exports and optimizers must see the shards."""
+        if self.dist.distributed and self.strategy == "fsdp":
+            from torch.distributed.fsdp import FSDPModule
+
+            for m in self.model.modules():
+                if isinstance(m, FSDPModule):
+                    m.reshard()
+
     def named_tensors(self) -> Iterator[tuple[str, nn.Module, str, torch.Tensor]]:
         """(state-dict key, owning module, attribute name, tensor) for every persistent parameter and buffer, in the
-        state-dict order, each tied tensor once."""
+        state-dict order, each tied tensor once (sharded: see `reshard`)."""
+        self.reshard()
         seen: set[int] = set()
         for mod_name, m in self.model.named_modules():
             for name, t in list(m._parameters.items()) + [
@@ -162,6 +173,7 @@ class ParallelModel:
         """The model's state dict for Distributed Checkpoint: sharded tensors stay sharded (DTensors)."""
         from torch.distributed.checkpoint.state_dict import get_model_state_dict
 
+        self.reshard()
         sd = get_model_state_dict(self.model)
         return self._wrap_expert_slices(sd)
 

@@ -22,7 +22,7 @@ Conventions:
   training with FSDP2 over all N ranks (kexaone.train.parallelize), optionally with the routed experts split over
   E ranks (expert parallelism inside the FSDP group: still 1/N of every weight per rank). fp32 master parameters,
   fp32 gradients (reduce-scattered: 1/N each), optimizer state 1/N (Muon: one fp32 momentum per matrix; AdamW for
-  embeddings, lm_head and 1-D tensors: two fp32 moments). Transient: FSDP gathers one decoder layer at a time in
+  embeddings, lm_head, routers and 1-D tensors, as kexaone.train.optim sorts them: two fp32 moments). Transient: FSDP gathers one decoder layer at a time in
   the compute dtype with one layer prefetched (2 layers, the routed experts of a layer counted 1/E), and one
   layer's unsharded fp32 gradient before its reduce-scatter. Activations per micro-batch of B x T tokens with
   activation checkpointing: every layer's input (B*T*H, compute dtype) plus one layer recomputed (attention
@@ -288,10 +288,15 @@ def memory_plan(config: KExaoneConfig, gpus: int, gpu_mem: int | None = None, *,
                          f"got {ep}")
     if optimizer not in ("muon", "adamw"):
         raise ValueError(f"optimizer must be 'muon' or 'adamw', got {optimizer!r}")
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.optim import MUON, classify_parameter
+
     n = count_parameters(c)
     total = n["total"]
-    one_d = n["norms"] + (c.num_nextn_predict_layers * 4 * c.hidden_size if n["mtp"] else 0)
-    adamw = total if optimizer == "adamw" else n["embedding"] + one_d
+    # Which tensors Muon takes is the optimizer's own rule, applied to the model built on the meta device (free).
+    meta = KExaoneForCausalLM.from_config(c, device="meta")
+    adamw = total if optimizer == "adamw" else sum(
+        p.numel() for name, p in meta.named_parameters() if classify_parameter(name, p) != MUON)
     optim_state = (total - adamw) * 4 + adamw * 8
     sparse = [c.is_sparse(i) for i in range(c.num_hidden_layers)]
     biggest = max(_layer_params(c, s, ep) for s in sparse)

@@ -194,3 +194,83 @@ def test_all_to_all_sends_fewer_bytes(launches):
         a2a, ag = got[(w, "all_to_all")], got[(w, "all_gather")]
         assert 0 < sum(a2a) < bound * sum(ag), (w, a2a, ag)
     assert all(x < y for x, y in zip(got[(2, "all_to_all")], got[(2, "all_gather")]))
+
+
+def test_refuses_without_process_group_or_bad_divisibility(monkeypatch):
+    from kexaone.train import expert_parallel as ep
+
+    layer = KExaoneMoE(KExaoneConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="'all_to_all' or 'all_gather', got 'ring'"):
+        ep.apply_expert_parallel(layer, dispatch="ring")
+    with pytest.raises(ValueError, match="process group"):
+        ep.apply_expert_parallel(layer)
+    monkeypatch.setattr(ep, "_world", lambda group: (0, 3))
+    with pytest.raises(ValueError, match="8 experts over 3 ranks"):
+        ep.apply_expert_parallel(layer)
+    monkeypatch.setattr(ep, "_world", lambda group: (0, 1))
+    with pytest.raises(ValueError, match="world size > 1"):
+        ep.apply_expert_parallel(layer)
+
+
+# ------------------------------------------------------------------------------------------- through the trainer
+STEPS = 4
+ARGS = ["--preset", "tiny", "--synthetic-size", "tiny", "--seq-len", "32", "--max-steps", str(STEPS),
+        "--save-every", "2", "--eval-every", "0", "--eval-batches", "0", "--threads", "1", "--no-progress",
+        "--no-tensorboard", "--lr", "3e-3", "--precision", "fp32", "--peak-flops", "1e12", "--device", "cpu"]
+
+
+def test_trainer_expert_parallel_matches_one_process_and_saves_all_experts(tmp_path, cache):
+    """2 ranks x 2 rows with --expert-parallel against 1 process x 4 rows (same global batch), fp32.
+
+    Tolerance as in test_distributed.py (only the order of sums differs): losses to 1e-6 relative, final weights
+    to atol 1e-4 after 4 Muon steps. Checkpoints (each rank writes its experts through DCP) and the HF export
+    hold all 8 experts; a resume from the step-2 checkpoint (Muon momentum included) reproduces step 4 bit for
+    bit."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.checkpoint import CheckpointManager
+
+    single = pretrain_in_process([*ARGS, "--no-export"], tmp_path / "single", cache, STEPS)
+    out = tmp_path / "ep"
+    r = torchrun_pretrain(ARGS, out, cache, "--expert-parallel")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    one, two = records(single, "train"), records(out, "train")
+    assert [x["step"] for x in two] == list(range(1, STEPS + 1))
+    for a, b in zip(one, two):
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-6), (a["step"], a["loss"], b["loss"])
+        assert b["max_vio"] == pytest.approx(a["max_vio"], abs=1e-9)
+        # the clipping norm covers every rank's experts (a rank-local norm would differ by a few per cent)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-5)
+    final = out / "checkpoints" / f"step_{STEPS:08d}"
+    w1 = load_file(str(single / "checkpoints" / f"step_{STEPS:08d}" / "model.safetensors"))
+    ckpts = CheckpointManager(out / "checkpoints")
+    w2 = ckpts.model_tensors(final)  # each rank wrote its experts' shards (DCP); read back whole
+    assert set(w1) == set(w2)
+    for k in w1:
+        assert w2[k].shape == w1[k].shape, k  # all experts, not one rank's slice
+        torch.testing.assert_close(w2[k], w1[k], atol=1e-4, rtol=1e-3, msg=k)
+    exported = KExaoneForCausalLM.from_pretrained(out / "model").state_dict()
+    assert exported.keys() == w2.keys() and all(torch.equal(exported[k], v) for k, v in w2.items())
+
+    shutil.rmtree(final)
+    (out / "checkpoints" / "latest").write_text("step_00000002\n")
+    r = torchrun_pretrain(ARGS, out, cache, "--expert-parallel", "--resume", "--no-export")
+    assert r.returncode == 0, (r.stdout + r.stderr)[-4000:]
+    w_resumed = ckpts.model_tensors(final)
+    assert all(torch.equal(w2[k], w_resumed[k]) for k in w2)
+
+
+def test_trainer_refuses_expert_parallel_without_ranks_or_with_fsdp(tmp_path):
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.config import TrainConfig
+    from kexaone.train.trainer import Trainer
+
+    with pytest.raises(ValueError, match="parallel='ddp' only"):
+        TrainConfig(expert_parallel=True, parallel="fsdp")
+    model = KExaoneForCausalLM(KExaoneConfig.preset("tiny"))
+    with pytest.raises(ValueError, match="world size > 1"):
+        Trainer(model, None, [], TrainConfig(expert_parallel=True, max_steps=1, precision="fp32", device="cpu",
+                                             out=str(tmp_path)))

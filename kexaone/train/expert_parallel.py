@@ -192,16 +192,27 @@ def apply_expert_parallel(model: nn.Module, group: Any = None, dispatch: str = "
             full = getattr(experts, p_name)
             local = nn.Parameter(full.detach()[first:first + per].clone(), requires_grad=full.requires_grad)
             setattr(experts, p_name, local)
-            # The dispatch's backward sums every rank's loss gradient into the local experts: divide by the world
-            # size to get the gradient of the mean loss (DDP's convention for the replicated parameters).
-            local.register_hook(lambda g, w=world: g / w)
             names.append(f"{mod_name}.experts.{p_name}" if mod_name else f"experts.{p_name}")
         # Class swap (as FSDP2 does): parameter names, fp8_recipe and everything else are kept.
         experts.__class__ = ExpertParallelExperts
         experts.ep_group, experts.ep_rank, experts.ep_world = group, rank, world
         experts.num_experts_global, experts.first_expert, experts.num_experts = e, first, per
         experts.dispatch, experts.comm_bytes = dispatch, 0
+    ensure_expert_grad_scaling(model)
     return names
+
+
+def ensure_expert_grad_scaling(model: nn.Module) -> None:
+    """Make every rank-local expert parameter divide its gradient by the world size. The dispatch's backward sums
+    every rank's loss gradient into the local experts; divided by W it is the gradient of the mean loss (DDP's
+    convention for the replicated parameters). Hooks live on parameter objects, and materialising a meta-built
+    model (`to_empty`) replaces them: call this again afterwards (kexaone.train.parallelize does). Idempotent."""
+    for m in expert_parallel_modules(model).values():
+        for p_name in _EXPERT_PARAMS:
+            p = getattr(m, p_name)
+            if not getattr(p, "_kexaone_ep_grad_scaled", False):
+                p.register_hook(lambda g, w=m.ep_world: g / w)
+                p._kexaone_ep_grad_scaled = True
 
 
 def expert_parallel_modules(model: nn.Module) -> dict[str, ExpertParallelExperts]:

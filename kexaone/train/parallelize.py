@@ -87,6 +87,10 @@ class ParallelModel:
                     seed_all(seed)  # the RNG state the single-process build initialised from
                 init_streamed(self)
             self.model.reset_buffers()
+            if self.expert_parallel:
+                from kexaone.train.expert_parallel import ensure_expert_grad_scaling
+
+                ensure_expert_grad_scaling(self.model)  # to_empty made new parameter objects: hooks again
         if not self._wrapped:
             self._wrap_ddp()
 

@@ -90,30 +90,50 @@ def save_pretrained(model, path: str | os.PathLike, dtype: torch.dtype | None = 
 
     dtype: cast floating tensors (the router bias always stays fp32); None keeps the in-memory dtypes.
     max_shard_bytes: above this total, weights are split into model-0000i-of-0000N.safetensors plus an index."""
+    if any(p.is_meta for p in model.parameters()):
+        raise ValueError("cannot save a model on the meta device: it holds no weights")
+    state = model.state_dict(keep_vars=True)
+    save_streamed(model.config, lambda name: state[name].detach(), path, dtype=dtype,
+                  max_shard_bytes=max_shard_bytes, main_dtype=model.lm_head.weight.dtype,
+                  dtypes={k: v.dtype for k, v in state.items()})
+
+
+def save_streamed(config: KExaoneConfig, fetch, path: str | os.PathLike, *, write: bool = True,
+                  dtype: torch.dtype | None = None, max_shard_bytes: int = 5 * 1024**3,
+                  main_dtype: torch.dtype = torch.float32, dtypes: dict[str, torch.dtype] | None = None) -> None:
+    """Write the HF layout of a model given only its config and `fetch(memory_name) -> full tensor`, one shard at
+    a time: tensors are fetched in the order of the shards and each shard is written and dropped before the next
+    one is filled, so at most one shard (plus one full parameter) is in memory. `fetch` may be a collective (a
+    sharded model gathering one parameter): every rank then calls this with `write=False` except the writer, and
+    every rank fetches the same tensors in the same order. `dtypes`: in-memory dtype per memory name (for shard
+    sizes; default: the config's model built on the meta device in `main_dtype`)."""
     from safetensors.torch import save_file
+
+    from kexaone.model.transformer import KExaoneForCausalLM
 
     if not isinstance(max_shard_bytes, int) or max_shard_bytes < 1:
         raise ValueError(f"max_shard_bytes must be a positive integer, got {max_shard_bytes!r}")
     if dtype is not None and dtype not in _DTYPE_NAMES:
         raise ValueError(f"dtype must be one of {list(_DTYPE_NAMES)}, got {dtype}")
-    if any(p.is_meta for p in model.parameters()):
-        raise ValueError("cannot save a model on the meta device: it holds no weights")
+    ref = KExaoneForCausalLM.from_config(config, device="meta", dtype=main_dtype)  # names and shapes only
+    if dtypes is None:
+        dtypes = {k: v.dtype for k, v in ref.state_dict(keep_vars=True).items()}
     out = Path(path)
-    out.mkdir(parents=True, exist_ok=True)
-    state = model.state_dict(keep_vars=True)
+    if write:
+        out.mkdir(parents=True, exist_ok=True)
 
-    def out_dtype(disk_name: str, t: torch.Tensor) -> torch.dtype:
+    def out_dtype(disk_name: str, in_memory: torch.dtype) -> torch.dtype:
         if _is_router_bias(disk_name):
             return torch.float32
-        return dtype if (dtype is not None and t.is_floating_point()) else t.dtype
+        return dtype if (dtype is not None and in_memory.is_floating_point) else in_memory
 
-    entries = list(disk_entries(model))
+    entries = list(disk_entries(ref))
     sizes = []
     for disk_name, mem_name, shape, _ in entries:
         n = 1
         for s in shape:
             n *= s
-        sizes.append(n * torch.empty((), dtype=out_dtype(disk_name, state[mem_name])).element_size())
+        sizes.append(n * torch.empty((), dtype=out_dtype(disk_name, dtypes[mem_name])).element_size())
     shards: list[list[int]] = [[]]
     cur = 0
     for i, sz in enumerate(sizes):
@@ -128,20 +148,28 @@ def save_pretrained(model, path: str | os.PathLike, dtype: torch.dtype | None = 
     # Phase 1: every shard goes to a temporary file (fsynced); nothing the loader reads has changed yet.
     weight_map: dict[str, str] = {}
     temps: list[Path] = []
+    cached: tuple[str, torch.Tensor] | None = None  # the last fetched parameter (stacked experts span entries)
     try:
         for fname, idxs in zip(names, shards):
             tensors = {}
             for i in idxs:
                 disk_name, mem_name, _, index = entries[i]
-                t = _select(state[mem_name].detach(), index)
-                tensors[disk_name] = t.to(out_dtype(disk_name, t)).contiguous().cpu()
-                weight_map[disk_name] = fname
-            temps.append(_write_temp_safetensors(save_file, tensors, out, fname))
+                if cached is None or cached[0] != mem_name:
+                    cached = (mem_name, fetch(mem_name))
+                if write:
+                    t = _select(cached[1], index)
+                    tensors[disk_name] = t.to(out_dtype(disk_name, t.dtype)).contiguous().cpu()
+                    weight_map[disk_name] = fname
+            if write:
+                temps.append(_write_temp_safetensors(save_file, tensors, out, fname))
             del tensors
     except BaseException:
         for t in temps:
             t.unlink(missing_ok=True)
         raise
+    cached = None
+    if not write:
+        return
     # Phase 2: drop the old index first, so an interruption while the shards are renamed leaves a directory the
     # loader rejects loudly (no index) instead of an old index over a mix of old and new shards.
     (out / INDEX_NAME).unlink(missing_ok=True)
@@ -149,9 +177,9 @@ def save_pretrained(model, path: str | os.PathLike, dtype: torch.dtype | None = 
         os.replace(tmp, out / fname)
     fsync_dir(out)
     # Phase 3: config.json, then the index, last: its presence marks a complete sharded checkpoint.
-    main_dtype = dtype or model.lm_head.weight.dtype
-    cfg = model.config.to_hf_dict()
-    cfg["dtype"] = _DTYPE_NAMES.get(main_dtype, str(main_dtype).replace("torch.", ""))
+    main = dtype or main_dtype
+    cfg = config.to_hf_dict()
+    cfg["dtype"] = _DTYPE_NAMES.get(main, str(main).replace("torch.", ""))
     atomic_write_text(out / CONFIG_NAME, json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
     if len(shards) > 1:

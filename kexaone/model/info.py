@@ -18,6 +18,18 @@ Conventions:
 - KV cache: bytes added per token of context. Only global layers grow; sliding layers hold a constant window
   (`kv_cache_bytes(config, context_len)` gives the whole cache at a given length).
 
+- Memory plan (`memory_plan`, `kexaone info --plan --gpus N --gpu-mem 80GiB [--ep E]`): bytes per rank for
+  training with FSDP2 over all N ranks (kexaone.train.parallelize), optionally with the routed experts split over
+  E ranks (expert parallelism inside the FSDP group: still 1/N of every weight per rank). fp32 master parameters,
+  fp32 gradients (reduce-scattered: 1/N each), optimizer state 1/N (Muon: one fp32 momentum per matrix; AdamW for
+  embeddings, lm_head, routers and 1-D tensors, as kexaone.train.optim sorts them: two fp32 moments). Transient: FSDP gathers one decoder layer at a time in
+  the compute dtype with one layer prefetched (2 layers, the routed experts of a layer counted 1/E), and one
+  layer's unsharded fp32 gradient before its reduce-scatter. Activations per micro-batch of B x T tokens with
+  activation checkpointing: every layer's input (B*T*H, compute dtype) plus one layer recomputed (attention
+  projections and MoE pairs, see `_layer_activation_bytes`) plus the logits (compute dtype, fp32 log-softmax and
+  its gradient); without it, every layer's. Not counted: the CUDA context and allocator fragmentation (reported as
+  the headroom left), communication buffers, the MTP block's activations.
+
 Not here: measured numbers (see benchmarks/), the model itself (`transformer.py`).
 """
 
@@ -240,6 +252,113 @@ def format_table(name: str, s: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+# --------------------------------------------------------------------------------------------------- memory plan
+def _layer_params(c: KExaoneConfig, sparse: bool, ep: int) -> int:
+    if sparse:
+        experts = c.num_experts * _swiglu_params(c.hidden_size, c.moe_intermediate_size) // ep
+        mlp = experts + _swiglu_params(c.hidden_size, c.moe_intermediate_size * c.num_shared_experts) + \
+            c.num_experts * c.hidden_size
+    else:
+        mlp = _swiglu_params(c.hidden_size, c.intermediate_size)
+    return _attention_params(c) + mlp + 2 * c.hidden_size
+
+
+def _layer_activation_bytes(c: KExaoneConfig, tokens: int, act_bytes: int) -> int:
+    """Saved tensors of one decoder layer's forward for `tokens` tokens: norms' inputs and outputs, q/k/v/o, the
+    attention output (memory-efficient attention keeps no T x T matrix), the router scores (fp32), and per routed
+    (token, slot) pair its gathered input, gate/up projections and activated product."""
+    h, q, kv = c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim
+    attn = tokens * (4 * h + 2 * q + 2 * kv) * act_bytes
+    k, i = c.num_experts_per_tok, c.moe_intermediate_size
+    moe = tokens * k * (h + 3 * i) * act_bytes + tokens * c.num_experts * 4
+    shared = tokens * 3 * i * c.num_shared_experts * act_bytes
+    return attn + max(moe + shared, tokens * 3 * c.intermediate_size * act_bytes)
+
+
+def memory_plan(config: KExaoneConfig, gpus: int, gpu_mem: int | None = None, *, ep: int = 1, micro_batch: int = 1,
+                seq_len: int = 8192, activation_checkpointing: bool = True, compute_bytes: int = 2,
+                optimizer: str = "muon") -> dict[str, Any]:
+    """Training memory per rank (bytes) for FSDP2 over `gpus` ranks with the routed experts over `ep` of them; see
+    the module docstring for what is counted. Raises ValueError for impossible layouts."""
+    c = config
+    if gpus < 1:
+        raise ValueError(f"gpus must be >= 1, got {gpus}")
+    if ep < 1 or gpus % ep or c.num_experts % ep:
+        raise ValueError(f"ep must divide both the number of ranks ({gpus}) and of experts ({c.num_experts}), "
+                         f"got {ep}")
+    if optimizer not in ("muon", "adamw"):
+        raise ValueError(f"optimizer must be 'muon' or 'adamw', got {optimizer!r}")
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.optim import MUON, classify_parameter
+
+    n = count_parameters(c)
+    total = n["total"]
+    # Which tensors Muon takes is the optimizer's own rule, applied to the model built on the meta device (free).
+    meta = KExaoneForCausalLM.from_config(c, device="meta")
+    adamw = total if optimizer == "adamw" else sum(
+        p.numel() for name, p in meta.named_parameters() if classify_parameter(name, p) != MUON)
+    optim_state = (total - adamw) * 4 + adamw * 8
+    sparse = [c.is_sparse(i) for i in range(c.num_hidden_layers)]
+    biggest = max(_layer_params(c, s, ep) for s in sparse)
+    tokens = micro_batch * seq_len
+    per_layer_input = tokens * c.hidden_size * compute_bytes
+    layer_act = _layer_activation_bytes(c, tokens, compute_bytes)
+    logits = tokens * c.vocab_size * (compute_bytes + 4 + 4)
+    if activation_checkpointing:
+        activations = c.num_hidden_layers * per_layer_input + layer_act + logits
+    else:
+        activations = c.num_hidden_layers * (layer_act + per_layer_input) + logits
+    plan = {
+        "gpus": gpus, "ep": ep, "micro_batch": micro_batch, "seq_len": seq_len,
+        "activation_checkpointing": activation_checkpointing,
+        "params_total": total,
+        "param_bytes": -(-total * 4 // gpus),
+        "grad_bytes": -(-total * 4 // gpus),
+        "optimizer_bytes": -(-optim_state // gpus),
+        "gathered_layer_bytes": 2 * biggest * compute_bytes + biggest * 4,
+        "activation_bytes": activations,
+    }
+    plan["total_bytes"] = sum(plan[k] for k in ("param_bytes", "grad_bytes", "optimizer_bytes",
+                                                  "gathered_layer_bytes", "activation_bytes"))
+    if gpu_mem is not None:
+        plan["gpu_mem"] = gpu_mem
+        plan["headroom_bytes"] = gpu_mem - plan["total_bytes"]
+        plan["fits"] = plan["headroom_bytes"] > 0
+    return plan
+
+
+def parse_bytes(text: str) -> int:
+    """'80GiB', '80GB', '512MiB', '1.5TiB' or a plain number of bytes -> bytes."""
+    import re
+
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]i?B|B)?\s*", text or "", flags=re.IGNORECASE)
+    if not m:
+        raise ValueError(f"cannot read a memory size from {text!r}; write e.g. 80GiB, 80GB or 512MiB")
+    unit = (m.group(2) or "B").upper()
+    scale = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+             "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}[unit]
+    return int(float(m.group(1)) * scale)
+
+
+def format_plan(name: str, p: dict[str, Any]) -> str:
+    rows = [("layout", f"FSDP2 over {p['gpus']} ranks, routed experts over {p['ep']}"),
+            ("micro-batch", f"{p['micro_batch']} x {p['seq_len']} tokens, activation checkpointing "
+                            f"{'on' if p['activation_checkpointing'] else 'off'}"),
+            ("parameters (fp32 shard)", _human_bytes(p["param_bytes"])),
+            ("gradients (fp32 shard)", _human_bytes(p["grad_bytes"])),
+            ("optimizer state (shard)", _human_bytes(p["optimizer_bytes"])),
+            ("gathered layers (transient)", _human_bytes(p["gathered_layer_bytes"])),
+            ("activations", _human_bytes(p["activation_bytes"])),
+            ("total per rank", _human_bytes(p["total_bytes"]))]
+    if "gpu_mem" in p:
+        rows.append(("GPU memory", f"{_human_bytes(p['gpu_mem'])}: "
+                                   + (f"fits, {_human_bytes(p['headroom_bytes'])} headroom" if p["fits"]
+                                      else f"does NOT fit, {_human_bytes(-p['headroom_bytes'])} short")))
+    width = max(len(r[0]) for r in rows)
+    lines = [f"{name}: training memory per rank", "-" * (width + 16)]
+    return "\n".join(lines + [f"{label:<{width}}  {value}" for label, value in rows])
+
+
 # -------------------------------------------------------------------------------------------------------- CLI
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     src = parser.add_mutually_exclusive_group()
@@ -249,6 +368,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                      help="a config.json, or a model directory containing one (exaone_moe format)")
     parser.add_argument("--seq-len", type=int, default=8192, help="sequence length for FLOPs per token (default 8192)")
     parser.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    plan = parser.add_argument_group("memory plan")
+    plan.add_argument("--plan", action="store_true", help="print the training memory per rank instead")
+    plan.add_argument("--gpus", type=int, default=8, help="ranks FSDP shards over (default 8)")
+    plan.add_argument("--gpu-mem", default=None, help="memory of one GPU, e.g. 80GiB: says whether the plan fits")
+    plan.add_argument("--ep", type=int, default=1, help="ranks the routed experts are split over (default 1)")
+    plan.add_argument("--micro-batch", type=int, default=1, help="sequences per rank per micro-batch (default 1)")
+    plan.add_argument("--no-activation-checkpointing", action="store_true",
+                      help="plan without activation checkpointing")
 
 
 def _load_config(args: argparse.Namespace) -> tuple[str, KExaoneConfig]:
@@ -265,6 +392,12 @@ def run(args: argparse.Namespace) -> int:
     if args.seq_len < 1:
         raise ValueError(f"--seq-len must be >= 1, got {args.seq_len}")
     name, config = _load_config(args)
+    if getattr(args, "plan", False):
+        plan = memory_plan(config, args.gpus, parse_bytes(args.gpu_mem) if args.gpu_mem else None, ep=args.ep,
+                           micro_batch=args.micro_batch, seq_len=args.seq_len,
+                           activation_checkpointing=not args.no_activation_checkpointing)
+        print(json.dumps({"config": name, **plan}) if args.json else format_plan(name, plan))
+        return 0
     summary = summarize(config, args.seq_len)
     if args.json:
         print(json.dumps({"config": name, **summary}, sort_keys=False))

@@ -5,6 +5,9 @@ Layout of a checkpoint directory `DIR/step_{N:08d}/`:
   {key}.pt            every other top-level entry, written with torch.save (plain dicts, lists, tensors, numbers)
   manifest.json       written last: step, file names, byte sizes and sha256 of every file, the top-level entries
                       that are plain scalars (None, bool, int, finite float, str: kept exactly), user metadata
+  sharded/             (sharded layouts only) a PyTorch Distributed Checkpoint of the "model" and "optimizer"
+                      entries: every rank writes its own shards (`__{rank}_*.distcp`), rank 0 the `.metadata`;
+                      it loads into any number of ranks (DCP reshards), or into one process
 and `DIR/latest` names the newest complete checkpoint.
 
 Atomicity: a checkpoint is written into a hidden temporary directory, every file is fsynced, then the directory is
@@ -13,8 +16,12 @@ moment leaves every earlier checkpoint untouched and `latest` pointing at a comp
 directory is ignored and cleaned up by the next save. Everything reads back with torch.load(weights_only=True)
 (no pickled code); `save` refuses, before anything is renamed, state that would not.
 
-Not here: what goes into the state (the trainer decides), multi-rank coordination (rank 0 saves), sharded/DCP
-checkpoints, the Hugging Face export (kexaone.model.hf).
+A sharded save is a collective: rank 0 creates the temporary directory and tells the others its name, every rank
+writes its shards into it (DCP), then rank 0 writes the other entries and the manifest (which records the byte
+size of every shard file) and renames the directory into place, so the same atomicity holds. DCP's own save is
+synchronous here (its asynchronous variant needs a second process group and a background thread; not used).
+
+Not here: what goes into the state (the trainer decides), the Hugging Face export (kexaone.model.hf).
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import torch
 from kexaone.utils.io import atomic_write_text, fsync_dir
 
 MANIFEST = "manifest.json"
+SHARDED_DIR = "sharded"
 LATEST = "latest"
 FORMAT = "kexaone-checkpoint"
 FORMAT_VERSION = 1
@@ -156,11 +164,16 @@ class CheckpointManager:
         return check_writable(self.directory)
 
     # ---------------------------------------------------------------- save
-    def save(self, step: int, state: Mapping[str, Any], metadata: Mapping[str, Any] | None = None) -> Path:
+    def save(self, step: int, state: Mapping[str, Any], metadata: Mapping[str, Any] | None = None,
+             sharded: Mapping[str, Any] | None = None) -> Path:
         """Write `state` (a dict of entries) as checkpoint `step` and return its directory.
 
+        `sharded`: entries (DCP state dicts of DTensors / tensors) written through torch.distributed.checkpoint;
+        then this is a collective that every rank calls (only rank 0's `state` and `metadata` are written).
         Overwrites an existing checkpoint of the same step (only after the new one is complete). Raises ValueError
         for a bad step, key or an entry torch.load(weights_only=True) could not read; nothing is renamed then."""
+        if sharded is not None:
+            return self._save_sharded(step, state, metadata, sharded)
         if int(step) != step or step < 0:
             raise ValueError(f"checkpoint step must be an integer >= 0, got {step!r}")
         if not isinstance(state, Mapping) or not state:
@@ -175,6 +188,12 @@ class CheckpointManager:
         name = f"step_{int(step):08d}"
         final = self.directory / name
         tmp = Path(tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-{os.getpid()}-", dir=self.directory))
+        return self._finish(step, state, metadata, tmp, final, sharded_files=None)
+
+    def _finish(self, step: int, state: Mapping[str, Any], metadata: Any, tmp: Path, final: Path,
+                sharded_files: dict[str, int] | None) -> Path:
+        """Write the entries and the manifest into `tmp`, rename it to `final`, move `latest`, prune."""
+        name = final.name
         try:
             files: dict[str, dict[str, Any]] = {}
             values: dict[str, Any] = {}
@@ -191,6 +210,8 @@ class CheckpointManager:
                 files[key] = {"file": fname, "bytes": (tmp / fname).stat().st_size, "sha256": _sha256(tmp / fname)}
             manifest = {"format": FORMAT, "version": FORMAT_VERSION, "step": int(step), "created": time.time(),
                         "order": list(state), "files": files, "values": values, "metadata": metadata or {}}
+            if sharded_files is not None:
+                manifest["sharded"] = {"dir": SHARDED_DIR, "files": sharded_files}
             with open(tmp / MANIFEST, "w", encoding="utf-8") as f:
                 json.dump(manifest, f, indent=1)
                 f.flush()
@@ -203,6 +224,81 @@ class CheckpointManager:
         atomic_write_text(self.directory / LATEST, name + "\n")
         self._prune(protect=final)
         return final
+
+    def _save_sharded(self, step: int, state: Mapping[str, Any], metadata: Mapping[str, Any] | None,
+                      sharded: Mapping[str, Any]) -> Path:
+        import torch.distributed as dist
+        import torch.distributed.checkpoint as dcp
+
+        if int(step) != step or step < 0:
+            raise ValueError(f"checkpoint step must be an integer >= 0, got {step!r}")
+        multi = dist.is_available() and dist.is_initialized()
+        rank = dist.get_rank() if multi else 0
+        name = f"step_{int(step):08d}"
+        final = self.directory / name
+        box: list[Any] = [None]
+        if rank == 0:
+            if metadata is not None:
+                metadata = json.loads(json.dumps(dict(metadata)))
+            self.directory.mkdir(parents=True, exist_ok=True)
+            box[0] = tempfile.mkdtemp(prefix=f"{_TMP_PREFIX}{name}-{os.getpid()}-", dir=self.directory)
+        if multi:
+            dist.broadcast_object_list(box, src=0)  # every rank writes into rank 0's temporary directory
+        tmp = Path(box[0])
+        try:
+            with _single_process_dcp_quiet():
+                dcp.save(dict(sharded), checkpoint_id=str(tmp / SHARDED_DIR))
+            for f in (tmp / SHARDED_DIR).iterdir():
+                if f.name.startswith(f"__{rank}_") or (rank == 0 and f.name == ".metadata"):
+                    _fsync_file(f)
+            if multi:
+                dist.barrier()  # every shard is on disk before rank 0 seals the checkpoint
+        except BaseException:
+            if rank == 0:
+                shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if rank != 0:
+            return final
+        fsync_dir(tmp / SHARDED_DIR)
+        files = {f.name: f.stat().st_size for f in sorted((tmp / SHARDED_DIR).iterdir())}
+        return self._finish(step, state, metadata, tmp, final, sharded_files=files)
+
+    def load_sharded(self, path: str | os.PathLike, target: dict[str, Any]) -> None:
+        """Fill `target` (state dicts in this run's layout: DTensors, local or full tensors) in place from the
+        checkpoint's Distributed Checkpoint, resharding from whatever world size wrote it. Every rank calls it."""
+        import torch.distributed.checkpoint as dcp
+
+        path = Path(path)
+        if self._read_manifest(path).get("sharded") is None:
+            raise CheckpointError(f"{path} holds no sharded (Distributed Checkpoint) entries")
+        with _single_process_dcp_quiet():
+            dcp.load(target, checkpoint_id=str(path / SHARDED_DIR))
+
+    def model_tensors(self, path: str | os.PathLike | None = None) -> dict[str, torch.Tensor]:
+        """The full (single-process) model weights of a checkpoint in this process, whichever way it was written:
+        `model.safetensors`, or the "model" entry of its Distributed Checkpoint (assembled from every rank's
+        shards; no process group needed). For inspection and tests: it holds the whole model in memory."""
+        path = self.latest() if path is None else Path(path)
+        if path is None:
+            raise FileNotFoundError(f"no complete checkpoint in {self.directory}")
+        path = Path(path)
+        manifest = self._read_manifest(path)
+        if manifest.get("sharded") is None:
+            from safetensors.torch import load_file
+
+            return load_file(str(path / manifest["files"][self.model_key]["file"]))
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+        reader = dcp.FileSystemReader(str(path / SHARDED_DIR))
+        prefix = f"{self.model_key}."
+        target = {k[len(prefix):]: torch.empty(tuple(m.size), dtype=m.properties.dtype)
+                  for k, m in reader.read_metadata().state_dict_metadata.items()
+                  if k.startswith(prefix) and isinstance(m, TensorStorageMetadata)}
+        wrapped = {self.model_key: target}
+        with _single_process_dcp_quiet():
+            dcp.load(wrapped, storage_reader=reader, no_dist=True)
+        return wrapped[self.model_key]
 
     def _move_into_place(self, tmp: Path, final: Path) -> None:
         if final.exists():
@@ -272,6 +368,14 @@ class CheckpointManager:
                 return f"{f} has {size} bytes, the manifest says {info['bytes']} (truncated or overwritten)"
             if hash_files and _sha256(f) != info["sha256"]:
                 return f"{f} does not match its sha256 in the manifest (corrupted on disk)"
+        shard_info = manifest.get("sharded")
+        if shard_info is not None:  # shard files are checked by size (hashing hundreds of GB per save is too slow)
+            for fname, nbytes in shard_info["files"].items():
+                f = path / shard_info["dir"] / fname
+                if not f.is_file():
+                    return f"{path} is missing the shard {shard_info['dir']}/{fname}"
+                if f.stat().st_size != nbytes:
+                    return f"{f} has {f.stat().st_size} bytes, the manifest says {nbytes} (truncated)"
         return None
 
     # ---------------------------------------------------------------- load
@@ -326,6 +430,17 @@ class CheckpointManager:
         for p in complete[:-self.keep]:
             if p.resolve() != protect.resolve() and (pointed is None or p.resolve() != pointed.resolve()):
                 shutil.rmtree(p, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _single_process_dcp_quiet() -> Any:
+    """DCP warns on every single-process save/load ("assuming the intent is to ... in a single process"): that is
+    the intent here (a resume on one process), so that warning is silenced."""
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*assuming the intent is to (load|save) in a single process")
+        yield
 
 
 # --------------------------------------------------------------------------------------------------------- RNG

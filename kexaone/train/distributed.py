@@ -1,13 +1,14 @@
-"""torch.distributed for the trainer: set up a process group from the `torchrun` environment, wrap the model for
-data parallelism (DDP, or FSDP2 `fully_shard` per decoder layer), and small collective helpers.
+"""torch.distributed for the trainer: set up a process group from the `torchrun` environment, tear it down cleanly,
+and small collective helpers. How a model is split (DDP, FSDP2, expert parallelism) is `kexaone.train.parallelize`.
 
-Model code stays single-device; parallelism is applied here from outside. Single-process runs go through the same
+Model code stays single-device; parallelism is applied from outside. Single-process runs go through the same
 functions as a world of size 1 (every helper is then a cheap no-op). With DDP or FSDP every rank holds (a shard of)
 every expert; expert parallelism (each rank owns a slice of the experts, with DDP) is in `expert_parallel.py`.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import datetime
 import os
@@ -77,12 +78,36 @@ def init_distributed(device: str = "auto", timeout_s: float = 600.0) -> DistInfo
         torch.cuda.set_device(dev)
     dist.init_process_group(backend=backend, rank=rank, world_size=world,
                             timeout=datetime.timedelta(seconds=timeout_s))
+    # A process that leaves without destroying its group (an uncaught error, sys.exit in user code) would let
+    # interpreter finalisation race gloo's worker threads: destroy it at exit while Python is still whole.
+    atexit.register(shutdown_process_group, False)
     return DistInfo(rank, world, local_rank, dev, backend, owns_group=True)
 
 
-def destroy_distributed(info: DistInfo) -> None:
-    if info.owns_group and dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+def shutdown_process_group(clean: bool = True) -> None:
+    """Tear the process group down so that a run that did its work exits 0.
+
+    Gloo runs collectives on C++ worker threads; a rank that destroys its group (or exits) while a peer is still
+    inside a collective, or while Python objects still reference pending work, can make a worker thread hit
+    `std::terminate` ("terminate called without an active exception", SIGABRT) during teardown. So, on a clean
+    exit: one last barrier (no peer is still communicating), a garbage collection (autograd graphs and work
+    handles holding tensors are freed while the group and the interpreter are alive), then destroy the group,
+    which joins the worker threads. After an error (`clean=False`) the peers may be gone: no barrier, just destroy.
+    A no-op when no group exists."""
+    import gc
+
+    if not (dist.is_available() and dist.is_initialized()):
+        return
+    if clean:
+        dist.barrier()
+    gc.collect()
+    dist.destroy_process_group()
+
+
+def destroy_distributed(info: DistInfo, clean: bool = True) -> None:
+    """`shutdown_process_group` for a group init_distributed created (a reused group is left to its owner)."""
+    if info.owns_group:
+        shutdown_process_group(clean)
 
 
 def barrier(info: DistInfo) -> None:
@@ -113,30 +138,11 @@ def _collective_device(info: DistInfo) -> torch.device:
 
 def wrap_model(model: nn.Module, info: DistInfo, strategy: str = "ddp",
                find_unused_parameters: bool = False) -> nn.Module:
-    """The module to call in the training step. Single process: the model itself.
+    """The module to call in the training step for a materialised model: the model itself in one process, else
+    DDP or FSDP2 as applied by `kexaone.train.parallelize` (which also owns the state dicts of that layout)."""
+    from kexaone.train.parallelize import parallelize
 
-    DDP: `broadcast_buffers=False` because each rank's MoE layers count their own routed tokens in a buffer
-    (re-broadcasting rank 0's buffers every forward would erase the other ranks' counts); the expert biases stay
-    identical on all ranks because every rank applies the same update to all-reduced counts.
-    FSDP2: `fully_shard` on every decoder layer (and the MTP block), then on the root.
-    """
-    if not info.distributed:
-        return model
-    if strategy == "ddp":
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        ids = [info.device.index] if info.device.type == "cuda" else None
-        return DDP(model, device_ids=ids, broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
-    if strategy == "fsdp":
-        from torch.distributed.fsdp import fully_shard
-
-        for layer in model.model.layers:
-            fully_shard(layer)
-        if getattr(model, "mtp", None) is not None:
-            fully_shard(model.mtp)
-        fully_shard(model)
-        return model
-    raise ValueError(f"parallel strategy must be 'ddp' or 'fsdp', got {strategy!r}")
+    return parallelize(model, info, strategy=strategy, find_unused_parameters=find_unused_parameters).module
 
 
 @contextlib.contextmanager

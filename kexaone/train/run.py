@@ -221,13 +221,37 @@ def build_model_config(cfg: Any, tokenizer: Any) -> Any:
     return mc.replace(**changes)
 
 
-def build_model(cfg: Any, tokenizer: Any) -> Any:
-    """The stage's starting model: the --init-from checkpoint, or a fresh preset model (seeded by cfg.seed)."""
+def build_model(cfg: Any, tokenizer: Any, dist: Any = None) -> Any:
+    """The stage's starting model: the --init-from checkpoint, or a fresh preset model (seeded by cfg.seed).
+
+    Under torchrun (`dist.distributed`) the model is built on the meta device and holds no memory: the Trainer
+    (kexaone.train.parallelize) allocates each rank's shards and fills them, from the seed (identical to this
+    function's single-process initialisation) or streamed from --init-from."""
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.train.distributed import seed_all
 
     seed_all(cfg.seed)
-    if cfg.init_from is not None:
+    if dist is not None and dist.distributed:
+        from kexaone.config import KExaoneConfig
+
+        if cfg.init_from is not None:
+            from kexaone.model.hf import read_weight_map
+
+            mc = KExaoneConfig.from_json_file(Path(cfg.init_from) / "config.json")
+            if mc.num_nextn_predict_layers and not any(k.startswith("mtp.") for k in read_weight_map(cfg.init_from)):
+                import warnings
+
+                # as KExaoneForCausalLM.from_pretrained does: a checkpoint saved by transformers drops mtp.*
+                warnings.warn(f"{cfg.init_from} holds no mtp.* weights: loading with MTP disabled", stacklevel=2)
+                mc = mc.replace(num_nextn_predict_layers=0)
+            if tokenizer.vocab_size > mc.vocab_size:
+                raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init-from checkpoint "
+                                 f"{cfg.init_from} only {mc.vocab_size}; use the checkpoint's tokenizer")
+            mc = mc.replace(**loss_weight_overrides(cfg))
+        else:
+            mc = build_model_config(cfg, tokenizer)
+        model = KExaoneForCausalLM.from_config(mc, device="meta")
+    elif cfg.init_from is not None:
         model = KExaoneForCausalLM.from_pretrained(cfg.init_from)
         if tokenizer.vocab_size > model.config.vocab_size:
             raise ValueError(f"the tokenizer has {tokenizer.vocab_size} ids but the --init-from checkpoint "
@@ -250,38 +274,24 @@ def stage_run(cfg: Any) -> Iterator[RunContext]:
     check_run_inputs(cfg, out)
     dist = init_distributed(cfg.device)
     set_threads(cfg, dist)
+    clean = False
     try:
         preset_vocab = KExaoneConfig.preset(cfg.preset).vocab_size
         tok = load_tokenizer(cfg, out, preset_vocab, dist.is_main, lambda: barrier(dist))
-        yield RunContext(cfg=cfg, out=out, dist=dist, tokenizer=tok, model=build_model(cfg, tok))
+        yield RunContext(cfg=cfg, out=out, dist=dist, tokenizer=tok, model=build_model(cfg, tok, dist))
+        clean = True
     finally:
-        destroy_distributed(dist)
+        # A run that did its work meets its peers at a barrier before the group goes (see shutdown_process_group).
+        destroy_distributed(dist, clean=clean)
 
 
 # ---------------------------------------------------------------------------------------------- the end
 def export_model(trainer: Any, model_dir: Path, tokenizer: Any) -> Path | None:
     """Save the trained (fp32 master) weights in the HF layout plus the tokenizer to `model_dir` (rank 0; returns
-    None on the other ranks). Call on every rank: under FSDP the sharded weights are first gathered; under FP8
-    the state dict is that of plain linears (FP8 only changes how the matmuls run)."""
-    from kexaone.model.transformer import KExaoneForCausalLM
-
-    model = trainer.raw_model
-    full = None
-    if trainer.dist.distributed and trainer.cfg.parallel == "fsdp":
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_model_state_dict
-
-        full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
-    elif trainer.dist.distributed and getattr(trainer, "expert_parallel", False):
-        from kexaone.train.expert_parallel import gather_expert_state_dict
-
-        full = gather_expert_state_dict(model, model.state_dict())  # collective: all experts on every rank
-    if not trainer.dist.is_main:
+    None on the other ranks). Call on every rank: sharded weights are gathered one parameter at a time and written
+    shard by shard (kexaone.train.parallelize); under FP8 the state dict is that of plain linears."""
+    if trainer.parallel.export_hf(model_dir) is None:
         return None
-    if full is not None:
-        model = KExaoneForCausalLM.from_config(model.config, device="meta")
-        model.load_state_dict(full, assign=True)
-    model_dir.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(model_dir)
     tokenizer.save(model_dir)
     return model_dir
 

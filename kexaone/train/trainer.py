@@ -37,7 +37,7 @@ import torch
 from torch import nn
 
 from kexaone.train.config import TrainConfig
-from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrier, maybe_no_sync, wrap_model
+from kexaone.train.distributed import DistInfo, all_reduce_sum, any_true, barrier
 from kexaone.train.metrics import MetricsLogger
 from kexaone.train.evaluation import EvalSet
 from kexaone.train.objectives import Objective
@@ -108,8 +108,10 @@ def _stage_of(data: Any) -> str | None:
 class Trainer:
     """Runs `train_cfg.total_steps(world)` optimizer steps of `model` on `data`.
 
-    `model` is a single-device KExaoneForCausalLM; the trainer moves it to the device, applies FP8 when asked,
-    wraps it for data parallelism, and builds the optimizer and schedule (pass `optimizer`/`scheduler` to override).
+    `model` is a KExaoneForCausalLM, materialised or on the meta device (then it is allocated shard by shard and
+    initialised from `train_cfg.seed`, or streamed from `train_cfg.init_from`); `kexaone.train.parallelize` moves
+    it to the device and applies FP8, expert parallelism and FSDP2/DDP. The trainer builds the optimizer and
+    schedule (pass `optimizer`/`scheduler` to override).
     `callbacks` are called as `cb(trainer, step, record)` after every step on every rank.
     """
 
@@ -138,22 +140,22 @@ class Trainer:
         self.total_steps = c.total_steps(self.dist.world_size)
         self.tokens_per_step = c.tokens_per_step(self.dist.world_size)
 
-        model.to(self.device)
-        if c.precision == "fp8":
-            from kexaone.train.fp8 import apply_fp8
-
-            apply_fp8(model, mode="torchao" if self.device.type == "cuda" else "emulate", fmt=c.fp8_format)
         if c.router_frozen:
             from kexaone.train.balancing import freeze_router
 
             freeze_router(model)
-        self.raw_model = model
+        from kexaone.train.parallelize import parallelize
+
         self.expert_parallel = bool(c.expert_parallel)
-        if self.expert_parallel:
-            self._apply_expert_parallel(model)
         # An MTP block that is not trained has no gradient; DDP must then be told to expect that.
         unused_mtp = getattr(model, "mtp", None) is not None and not self.objective.uses_mtp(model)
-        self.model = wrap_model(model, self.dist, c.parallel, find_unused_parameters=unused_mtp)
+        self.parallel = parallelize(
+            model, self.dist, strategy=c.parallel, expert_parallel=self.expert_parallel,
+            fp8_format=c.fp8_format if c.precision == "fp8" else None, find_unused_parameters=unused_mtp,
+            mixed_precision=torch.bfloat16 if c.precision == "bf16" and c.parallel == "fsdp" else None)
+        self.parallel.materialize(seed=c.seed, init_from=getattr(c, "init_from", None))
+        self.raw_model = model
+        self.model = self.parallel.module
         self.optimizer = optimizer or self._build_optimizer()
         self.scheduler = scheduler or self._build_scheduler()
         self.balancer = None
@@ -180,21 +182,6 @@ class Trainer:
         self._flops_per_token: float | None = None
 
     # ------------------------------------------------------------------ construction helpers
-    def _apply_expert_parallel(self, model: nn.Module) -> None:
-        """Shard the routed experts over the ranks (kexaone.train.expert_parallel) and keep them out of DDP."""
-        if not self.dist.distributed:
-            raise ValueError("expert_parallel needs torchrun with a world size > 1 (this run has 1 process)")
-        if self.cfg.parallel != "ddp":
-            raise ValueError(f"expert_parallel works with parallel='ddp' only, got parallel={self.cfg.parallel!r}")
-        from torch.nn.parallel import DistributedDataParallel as DDP
-
-        from kexaone.train.expert_parallel import apply_expert_parallel
-
-        names = apply_expert_parallel(model)
-        # Each rank owns different experts: DDP must neither broadcast nor average them (the EP gradient hook
-        # already turns their gradient into that of the mean loss).
-        DDP._set_params_and_buffers_to_ignore_for_model(model, names)
-
     def _build_optimizer(self) -> torch.optim.Optimizer:
         from kexaone.train.optim import build_optimizer
 
@@ -230,22 +217,14 @@ class Trainer:
             data_states = gathered
         else:
             data_states = [data_state]
-        if self.cfg.parallel == "fsdp" and self.dist.distributed:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                                 get_optimizer_state_dict)
-
-            opts = StateDictOptions(full_state_dict=True, cpu_offload=True)
-            model_sd = get_model_state_dict(self.raw_model, options=opts)
-            optim_sd = get_optimizer_state_dict(self.raw_model, self.optimizer, options=opts)
-        elif self.expert_parallel:  # checkpoints hold all experts, whatever the number of ranks
-            from kexaone.train.expert_parallel import gather_expert_optimizer_state, gather_expert_state_dict
-
-            model_sd = gather_expert_state_dict(self.raw_model, self.raw_model.state_dict())
-            optim_sd = gather_expert_optimizer_state(self.raw_model, self.optimizer, self.optimizer.state_dict())
+        if self.parallel.sharded:  # DCP-ready: each rank holds its shards (see kexaone.train.parallelize)
+            model_sd = self.parallel.model_state()
+            optim_sd = self.parallel.optimizer_state(self.optimizer)
         else:
             model_sd = self.raw_model.state_dict()
             optim_sd = self.optimizer.state_dict()
         return {
+            "sharded": self.parallel.sharded,
             "step": self.step,
             "tokens_seen": self.tokens_seen,
             "bad_in_row": self.bad_in_row,
@@ -258,6 +237,7 @@ class Trainer:
             "rng": capture_rng_state(),
             "metrics_offset": self.logger.position() if self.logger is not None else 0,
             "world_size": self.dist.world_size,
+            "tokens_per_step": self.tokens_per_step,
             "torch_threads": torch.get_num_threads(),
             "train_config": self.cfg.to_dict(),
             "model_config": self.config.to_hf_dict(),
@@ -266,23 +246,24 @@ class Trainer:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         from kexaone.train.checkpoint import restore_rng_state
 
-        if state.get("world_size", 1) != self.dist.world_size:
-            raise ValueError(f"checkpoint was written by {state.get('world_size')} rank(s) but this run has "
+        saved_world = int(state.get("world_size", 1))
+        if state.get("sharded"):
+            # A Distributed Checkpoint reshards to any number of ranks; the run continues identically when the
+            # global batch (tokens per step) is the same.
+            saved_tokens = int(state.get("tokens_per_step", -1))
+            if saved_tokens not in (-1, self.tokens_per_step):
+                raise ValueError(f"checkpoint was written with {saved_tokens} tokens per step ({saved_world} "
+                                 f"rank(s)) but this run has {self.tokens_per_step} ({self.dist.world_size} "
+                                 "rank(s)); choose --batch-size so that batch size x ranks is unchanged")
+            self.parallel.load_model_state(state["model"])
+            self.parallel.load_optimizer_state(self.optimizer, state["optimizer"])
+        elif saved_world != self.dist.world_size:
+            raise ValueError(f"checkpoint was written by {saved_world} rank(s) but this run has "
                              f"{self.dist.world_size}; resume with the same number of processes")
-        if self.cfg.parallel == "fsdp" and self.dist.distributed:
-            from torch.distributed.checkpoint.state_dict import (StateDictOptions, set_model_state_dict,
-                                                                 set_optimizer_state_dict)
-
-            opts = StateDictOptions(full_state_dict=True)
-            set_model_state_dict(self.raw_model, state["model"], options=opts)
-            set_optimizer_state_dict(self.raw_model, self.optimizer, state["optimizer"], options=opts)
+        elif self.parallel.sharded:
+            raise ValueError("this checkpoint holds full (unsharded) weights but this run shards them (FSDP or "
+                             "expert parallelism); resume with the layout that wrote it")
         else:
-            if self.expert_parallel:
-                from kexaone.train.expert_parallel import slice_expert_optimizer_state, slice_expert_state_dict
-
-                state = {**state, "model": slice_expert_state_dict(self.raw_model, state["model"]),
-                         "optimizer": slice_expert_optimizer_state(self.raw_model, self.optimizer,
-                                                                   state["optimizer"])}
             try:
                 self.raw_model.load_state_dict(state["model"])
             except RuntimeError as e:  # missing/unexpected keys or shape mismatches
@@ -297,7 +278,9 @@ class Trainer:
             warnings.warn(f"using {threads} torch thread(s) as the checkpointed run did (not "
                           f"{torch.get_num_threads()}), for a bit-exact continuation", stacklevel=2)
             torch.set_num_threads(threads)
-        data_state = state["data"][self.dist.rank]
+        # Loader states are world-size independent (each holds the global position): another world size reads
+        # rank 0's.
+        data_state = state["data"][self.dist.rank if saved_world == self.dist.world_size else 0]
         if data_state is not None:
             if not hasattr(self.data, "load_state_dict"):
                 raise ValueError("checkpoint holds a data-loader position but this data source cannot restore one")
@@ -311,18 +294,38 @@ class Trainer:
         self._metrics_offset = int(state.get("metrics_offset", 0))
 
     def save_checkpoint(self) -> Path | None:
-        """Write a checkpoint of the current step (rank 0 writes; every rank takes part in gathering)."""
+        """Write a checkpoint of the current step. Full layouts: rank 0 writes. Sharded layouts (FSDP, expert
+        parallelism): every rank writes its shards through Distributed Checkpoint into the same atomic directory."""
         state = self.state_dict()
-        path = self.ckpt.save(self.step, state) if self.dist.is_main else None
+        if state["sharded"]:
+            sharded = {k: state.pop(k) for k in ("model", "optimizer")}
+            path = self.ckpt.save(self.step, state, sharded=sharded)
+        else:
+            path = self.ckpt.save(self.step, state) if self.dist.is_main else None
         barrier(self.dist)
-        return path
+        return path if self.dist.is_main else None
 
     def resume(self, path: str | Path | None = None) -> int:
         """Load the latest (or the given) checkpoint; returns the step it continues after."""
         target = Path(path) if path is not None else self.ckpt.latest()
         if target is None:
             raise FileNotFoundError(f"--resume: no checkpoint found in {self.ckpt.directory}")
-        self.load_state_dict(self.ckpt.load(target))
+        state = self.ckpt.load(target)
+        if state.get("sharded"):
+            # Fill this layout's (sharded) state dicts in place from the shards, whatever world size wrote them.
+            # Building the optimizer's target takes one zero-learning-rate step to create its state; the expert
+            # bias update must not run on it.
+            if self.balancer is not None:
+                self.balancer.remove()
+            try:
+                sharded = {"model": self.parallel.model_state(),
+                           "optimizer": self.parallel.optimizer_state(self.optimizer)}
+            finally:
+                if self.balancer is not None:
+                    self.balancer.install(self.optimizer)
+            self.ckpt.load_sharded(target, sharded)
+            state.update(sharded)
+        self.load_state_dict(state)
         return self.step
 
     # ------------------------------------------------------------------ signals
@@ -390,7 +393,7 @@ class Trainer:
         sums: dict[str, Any] = {t.name: 0.0 for t in terms}
         extra: dict[str, float] = {}
         for micro, batch in enumerate(batches):
-            with maybe_no_sync(self.model, skip_sync=micro < c.grad_accum - 1):
+            with self.parallel.no_sync(skip_sync=micro < c.grad_accum - 1):
                 with self._autocast():
                     values, metrics = self.objective.loss(self.model, batch)
                 total = None
@@ -406,16 +409,9 @@ class Trainer:
         keys = [t.name for t in terms] + sorted(extra)
         local = torch.stack([torch.as_tensor(sums[t.name], dtype=torch.float32) for t in terms]).cpu().tolist()
         local += [extra[k] for k in sorted(extra)]
-        from kexaone.train.optim import clip_grad_norm_
-
-        # Pre-clip global norm; a non-finite norm leaves the gradients untouched and the step is skipped below.
-        if self.expert_parallel:  # expert gradients are rank-local: the norm must cover all ranks' experts
-            from kexaone.train.expert_parallel import clip_grad_norm_expert_parallel_
-
-            max_norm = c.grad_clip if c.grad_clip > 0 else None
-            grad_norm = float(clip_grad_norm_expert_parallel_(self.raw_model, max_norm))
-        else:
-            grad_norm = float(clip_grad_norm_(self.raw_model, c.grad_clip if c.grad_clip > 0 else None))
+        # Pre-clip global norm (over every rank's shards); a non-finite norm leaves the gradients untouched and the
+        # step is skipped below.
+        grad_norm = self.parallel.clip_grad_norm_(c.grad_clip if c.grad_clip > 0 else None)
         bad = any_true(not all(math.isfinite(x) for x in local) or not math.isfinite(grad_norm), self.dist)
         vals = dict(zip(keys, all_reduce_sum(local, self.dist)))
         loss = terms[0].weight * vals[terms[0].name]  # 1.0 * x == x: pre-training's numbers are unchanged
@@ -463,7 +459,7 @@ class Trainer:
         from kexaone.train.evaluation import heldout_nats
 
         self.model.eval()
-        shard = not (self.dist.distributed and self.cfg.parallel == "fsdp")
+        shard = self.parallel.eval_sharded_batches
         batches = self.eval_set.batches
         mine = batches[self.dist.rank::self.dist.world_size] if shard else batches
         nats, count = heldout_nats(self.raw_model if shard else self.model, mine, self.device, self._autocast)

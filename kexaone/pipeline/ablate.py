@@ -215,9 +215,10 @@ def ablate(out: Path, budget: AblationBudget, variants: list[str], seeds: int, *
            jobs: int = 1, threads: int = 1, log=print, after_run=None) -> Path:
     """Run every missing (variant, seed), add seeds where the effect is within 3 standard errors (up to
     max_seeds), and write the report. `after_run(variant, seed)` is called after each in-process run (tests)."""
-    from kexaone.pipeline.ablate_variants import VARIANTS
+    from kexaone.pipeline.ablate_variants import VARIANTS, parse_variants
     from kexaone.report.ablation import seeds_wanted, write_report
 
+    variants = [v.name for v in parse_variants(list(variants))]  # validated, the baseline first
     out = Path(out)
     check_params(out, budget)
     prepare_shared(out, budget, log=log)

@@ -136,3 +136,21 @@ def test_smoke_end_to_end_kill_and_resume(tmp_path, cache, monkeypatch):
     b = json.loads(first.read_text())
     assert b["spec_speedup"] is not None and b["kv_cache_bytes_32k"] > 0 and set(b["niah"]) == {"256", "1024"}
     assert len(b["curves"]["loss"]) == budget.train_steps
+
+
+def test_parallel_jobs_run_as_subprocesses(tmp_path, monkeypatch):
+    """--jobs: each pending run is a `kexaone ablate --run-one` process; a finished run's process exits at once,
+    a failing one is reported with its log."""
+    monkeypatch.setenv("PYTHONPATH", str(ROOT))
+    budget = A.BUDGETS["smoke"]
+    A.check_params(tmp_path, budget)
+    for v in ("baseline", "no-mtp"):
+        d = A.run_dir(tmp_path, v, 0)
+        d.mkdir(parents=True)
+        (d / "summary.json").write_text(json.dumps({"variant": v, "seed": 0}))
+    logs = []
+    A._run_parallel(tmp_path, budget, [("baseline", 0), ("no-mtp", 0)], 2, 1, logs.append)
+    assert sum("exit 0" in m for m in logs) == 2
+    with pytest.raises(RuntimeError, match=r"runs failed .*\('not-a-variant', 0\)"):
+        A._run_parallel(tmp_path, budget, [("not-a-variant", 0)], 2, 1, lambda m: None)
+    assert "not-a-variant" in (A.run_dir(tmp_path, "not-a-variant", 0) / "log.txt").read_text()

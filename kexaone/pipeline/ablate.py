@@ -166,6 +166,10 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     if args.run_one:
+        if args.run_one[0] not in VARIANTS:
+            print(f"kexaone ablate: unknown variant {args.run_one[0]!r}; valid: {', '.join(VARIANTS)}",
+                  file=sys.stderr)
+            return 2
         run_one(out, budget, VARIANTS[args.run_one[0]], int(args.run_one[1]), threads=args.threads)
         return 0
     if args.report_only:

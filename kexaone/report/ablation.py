@@ -176,16 +176,17 @@ def _fmt(x: float | None, key: str = "") -> str:
     return f"{x:.4f}" if abs(x) < 10 else f"{x:,.1f}"
 
 
-def _mean_curve(runs: list[dict]) -> tuple[list[int], list[float]]:
+def _mean_curve(runs: list[dict], key: str = "loss") -> tuple[list[int], list[float]]:
     by_step: dict[int, list[float]] = {}
     for s in runs:
-        for step, loss in s.get("curves", {}).get("loss", []):
+        for step, loss in s.get("curves", {}).get(key, []):
             by_step.setdefault(int(step), []).append(float(loss))
     steps = sorted(by_step)
     return steps, [sum(by_step[k]) / len(by_step[k]) for k in steps]
 
 
-def plot_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 10) -> Path:
+def plot_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 10, key: str = "loss",
+                ylabel: str = "train loss") -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -193,14 +194,14 @@ def plot_curves(runs: dict[str, list[dict]], path: Path, smooth: int = 10) -> Pa
 
     fig, ax = plt.subplots(figsize=(9, 5))
     for v, rs in runs.items():
-        steps, loss = _mean_curve(rs)
+        steps, loss = _mean_curve(rs, key)
         if not steps:
             continue
         k = max(1, min(smooth, len(loss) // 5 or 1))
         sm = [sum(loss[max(0, i - k + 1):i + 1]) / len(loss[max(0, i - k + 1):i + 1]) for i in range(len(loss))]
         ax.plot(steps, sm, label=f"{v} (n={len(rs)})", lw=2.2 if v == "baseline" else 1.0)
     ax.set_xlabel("step")
-    ax.set_ylabel(f"train loss (mean over seeds, {smooth}-step moving average)")
+    ax.set_ylabel(f"{ylabel} (mean over seeds, {smooth}-step moving average)")
     ax.legend(fontsize=7, ncol=2)
     ax.grid(alpha=0.3)
     fig.tight_layout()
@@ -248,7 +249,8 @@ def build_table(runs: dict[str, list[dict]]) -> dict[str, Any]:
 
 
 def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
-    """DIR/ablations.md, ablations.json, loss_curves.png, delta_bpb.png; returns the markdown path."""
+    """DIR/ablations.md, ablations.json, loss_curves.png, maxvio_curves.png, delta_bpb.png; returns the markdown
+    path."""
     from kexaone.pipeline.ablate_variants import BASELINE, VARIANTS
     from kexaone.utils.io import atomic_write_text
 
@@ -321,7 +323,8 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
         if rows:
             plot_deltas(rows, out / "delta_bpb.png", "held-out bits/byte")
             L += ["", "![held-out bits/byte delta](delta_bpb.png)"]
-        L += ["", "![loss curves](loss_curves.png)"]
+        plot_curves(runs, out / "maxvio_curves.png", key="max_vio", ylabel="MaxVio")
+        L += ["", "![loss curves](loss_curves.png)", "", "![MaxVio over training](maxvio_curves.png)"]
     L += ["", "## Runs", ""]
     for v, rs in runs.items():
         L.append(f"- `{v}`: {VARIANTS[v].description if v in VARIANTS else ''}; seeds "

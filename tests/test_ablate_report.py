@@ -47,6 +47,12 @@ def test_one_seed_uses_pooled_variance_or_is_unknown():
     assert pooled_variance([[1.0], [2.0]]) is None
 
 
+def test_zero_seed_variance_is_not_called_significant():
+    d = compare([2.0, 2.0], [1.0, 1.0])  # e.g. KV-cache bytes: deterministic
+    assert d.delta == 1.0 and d.stderr == 0.0 and d.z is None and d.marker == "det." and d.within_3se
+    assert compare([1.0, 1.0], [1.0, 1.0]).marker == ""
+
+
 def test_metric_value_paths():
     s = {"heldout_bpb": 1.5, "tasks": {"retrieval": 0.25}, "niah": {"1024": 0.5, "256": 1.0},
          "induction": {"induction_acc": 0.75}, "tok_per_s": float("nan"), "mtp_acceptance": None}

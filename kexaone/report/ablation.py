@@ -6,7 +6,8 @@ Statistics (`stats`, `compare`): mean over seeds; standard error = sample standa
 for one seed; delta = variant mean - baseline mean; its standard error sqrt(se_v^2 + se_b^2), where a one-seed
 variant borrows the pooled seed variance of the runs that have several seeds (said in the table: "pooled");
 significant when |delta| >= 2 standard errors (about 95% under a normal model), `**` at >= 3. A delta whose noise
-cannot be estimated at all (no run has two seeds) is marked "n/a", never significant.
+cannot be estimated at all (no run has two seeds) is marked "n/a", never significant; one whose seeds never varied
+(standard error 0) is marked "det." (exact for deterministic metrics such as KV-cache bytes).
 
 Not here: running anything (kexaone.pipeline.ablate).
 """
@@ -100,6 +101,9 @@ class Delta:
 
     @property
     def marker(self) -> str:
+        if self.stderr == 0.0:
+            # No seed varied at all: exact for a deterministic metric (KV-cache bytes), unknown noise otherwise.
+            return "det." if self.delta else ""
         if self.z is None:
             return "n/a"
         a = abs(self.z)
@@ -125,8 +129,7 @@ def compare(variant: Sequence[float], baseline: Sequence[float], pooled_var: flo
         else:
             return Delta(d, None, None, False)
     se = math.sqrt(sum(parts))
-    z = d / se if se > 0 else (0.0 if d == 0 else math.copysign(math.inf, d))
-    return Delta(d, se, z, pooled)
+    return Delta(d, se, d / se if se > 0 else None, pooled)
 
 
 # ---------------------------------------------------------------------------------------------- collecting
@@ -270,7 +273,8 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
               f"{budget.get('batch_size')} x {budget.get('seq_len')} tokens, lr {budget.get('lr')}, precision "
               f"{budget.get('precision')}, vocabulary {budget.get('tokenizer_vocab_size')}.", ""]
     L += ["Each cell: mean over seeds ± standard error (n seeds); Δ = variant − baseline ± its standard error. "
-          "`*` |Δ| ≥ 2 s.e., `**` ≥ 3 s.e.; `n/a`: noise unknown (one seed and no pooled estimate); `p`: the noise "
+          "`*` |Δ| ≥ 2 s.e., `**` ≥ 3 s.e.; `n/a`: noise unknown (one seed and no pooled estimate); `det.`: no seed "
+          "varied at all (exact for deterministic metrics such as the KV cache); `p`: the noise "
           "of a one-seed side is the pooled seed variance. Bits per byte compare tokenizers fairly (SuperBPE vs "
           "BPE); per-token losses do not.", ""]
     # Main table: the primary metric and the headline ones.
@@ -289,7 +293,8 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
             txt = _fmt(c["mean"], k) + (f" ± {_fmt(c['stderr'], k)}" if c["stderr"] is not None else "")
             if v != BASELINE and c["delta"] is not None:
                 se = f" ± {_fmt(c['delta_se'], k)}" if c["delta_se"] is not None else ""
-                txt += f"<br>Δ {c['delta']:+.4g}{se} {c['marker']}{' p' if c['pooled'] else ''}"
+                tags = " ".join(x for x in (c["marker"], "p" if c["pooled"] else "") if x)
+                txt += f"<br>Δ {c['delta']:+.4g}{se} {tags}".rstrip()
             row.append(txt.strip())
         L.append("| " + " | ".join(row) + " |")
     L += ["", "## Every metric", ""]

@@ -97,8 +97,8 @@ BUDGETS: dict[str, AblationBudget] = {b.name: b for b in (
     AblationBudget("smoke", "seconds per run, for tests: the tiny preset, 6 steps", preset="tiny",
                    corpus_size="tiny", tokenizer_vocab_size=512, tokenizer_train_bytes=60_000, seq_len=64,
                    batch_size=4, train_steps=6, lr=3e-3, adamw_lr=None, adamw_variant_lr=3e-3, heldout_docs=2,
-                   task_items=2, niah_depths=(50.0,), niah_base=256, speed_new_tokens=6, checkpoint_every=3, eval_every=3,
-                   eval_batches=1),
+                   task_items=2, niah_depths=(50.0,), niah_base=256, speed_new_tokens=6, checkpoint_every=3,
+                   eval_every=3, eval_batches=1),
     AblationBudget("cpu-quick", "what fits in under an hour on 2 shared CPU cores: the tiny preset with window "
                    "128, 80 steps of 4 x 256 tokens (a few minutes a run at 1 thread); window-512/4096 equal "
                    "all-global at this length", preset="tiny", corpus_size="tiny", tokenizer_vocab_size=1024,

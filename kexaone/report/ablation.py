@@ -273,7 +273,8 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
               f"{budget.get('batch_size')} x {budget.get('seq_len')} tokens, lr {budget.get('lr')}, precision "
               f"{budget.get('precision')}, vocabulary {budget.get('tokenizer_vocab_size')}.", ""]
     L += ["Each cell: mean over seeds ± standard error (n seeds); Δ = variant − baseline ± its standard error. "
-          "`*` |Δ| ≥ 2 s.e., `**` ≥ 3 s.e.; `n/a`: noise unknown (one seed and no pooled estimate); `det.`: no seed "
+          "`*` |Δ| ≥ 2 s.e., `**` ≥ 3 s.e.; `n/a`: noise unknown (one seed and no pooled estimate); "
+          "`det.`: no seed "
           "varied at all (exact for deterministic metrics such as the KV cache); `p`: the noise "
           "of a one-seed side is the pooled seed variance. Bits per byte compare tokenizers fairly (SuperBPE vs "
           "BPE); per-token losses do not.", ""]

@@ -165,3 +165,14 @@ def test_moe_capacity_drops_pairs_and_is_dropless_when_large():
     assert 0 < small.last_dropped_fraction == pytest.approx(1 - keep.float().mean().item())
     ref = dropless.experts(xn, idx, w * keep) + dropless.shared_experts(xn)
     torch.testing.assert_close(y.reshape(-1, c.hidden_size), ref)
+
+
+@pytest.mark.parametrize("budget", list(BUDGETS))
+def test_every_variant_builds_a_valid_model_config_on_every_budget(tmp_path, budget):
+    b = BUDGETS[budget]
+    for v in VARIANTS.values():
+        cfg = train_config(tmp_path, b, v, seed=0)
+        c = KExaoneConfig.preset(b.preset).replace(**cfg.model_overrides)
+        for k, want in v.model.items():
+            assert getattr(c, k) == want
+    assert b.pipeline_budget().train_steps == b.train_steps

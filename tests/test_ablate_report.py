@@ -7,8 +7,8 @@ import statistics
 
 import pytest
 
-from kexaone.report.ablation import (PRIMARY, compare, metric_value, pooled_variance, seeds_wanted, stats,
-                                     write_report)
+from kexaone.report.ablation import (PRIMARY, compare, compare_paired, metric_value, paired_differences,
+                                     pooled_variance, seeds_wanted, stats, write_report)
 
 
 def test_stats_hand_numbers():
@@ -90,10 +90,26 @@ def test_write_report_table_and_plots(tmp_path):
         _fake(tmp_path, "no-mtp", s, v)
     md = write_report(tmp_path)
     text = md.read_text()
-    assert "| baseline | 2 | 1.0100 ± 0.0100 |" in text
+    assert "| baseline | 2 | — | 1.0100 ± 0.0100 |" in text
     assert "Δ +0.1 ± 0.0141 **" in text
+    # paired: differences 0.10 and 0.10 on seeds 0 and 1 -> stderr 0 ("det.")
+    assert "| no-mtp | 2 | +0.1000 ± 0.0000 det. (n=2) |" in text
     assert (tmp_path / "loss_curves.png").stat().st_size > 0 and (tmp_path / "delta_bpb.png").stat().st_size > 0
     assert "`window-512`" in text.split("## Not run")[1]  # variants without runs are listed
     table = json.loads((tmp_path / "ablations.json").read_text())["table"]
     assert table["no-mtp"][PRIMARY]["delta"] == pytest.approx(0.1)
     assert table["no-mtp"][PRIMARY]["marker"] == "**"
+
+
+def test_paired_differences_and_their_noise():
+    base = [{"seed": 0, "heldout_bpb": 1.8}, {"seed": 1, "heldout_bpb": 1.7}, {"seed": 2, "heldout_bpb": 1.75}]
+    var = [{"seed": 0, "heldout_bpb": 1.85}, {"seed": 1, "heldout_bpb": 1.77}]
+    diffs = paired_differences(var, base, PRIMARY)
+    assert diffs == pytest.approx([0.05, 0.07])
+    d = compare_paired(diffs)
+    assert d.delta == pytest.approx(0.06) and d.stderr == pytest.approx(statistics.stdev([0.05, 0.07]) / math.sqrt(2))
+    assert d.marker == "**"  # the seed effect (0.1 between seeds) cancels; unpaired it is not significant
+    assert compare([1.85, 1.77], [1.8, 1.7]).marker == ""
+    one = compare_paired([0.05], pooled_var=0.0004)
+    assert one.pooled and one.stderr == pytest.approx(0.02) and one.marker == "*"
+    assert compare_paired([0.05]).marker == "n/a"

@@ -132,6 +132,32 @@ def compare(variant: Sequence[float], baseline: Sequence[float], pooled_var: flo
     return Delta(d, se, d / se if se > 0 else None, pooled)
 
 
+def paired_differences(runs: list[dict], base: list[dict], key: str) -> list[float]:
+    """variant - baseline on each seed both have: the same seed means the same initialisation and data order, so
+    the seed's own effect cancels (a paired design)."""
+    bv = {s["seed"]: metric_value(s, key) for s in base}
+    out = []
+    for s in runs:
+        v, b = metric_value(s, key), bv.get(s["seed"])
+        if v is not None and b is not None:
+            out.append(v - b)
+    return out
+
+
+def compare_paired(diffs: Sequence[float], pooled_var: float | None = None) -> Delta:
+    """Mean of seed-paired differences; its standard error from their spread, or (one pair) from the pooled
+    variance of the paired differences of the variants that have several pairs."""
+    s = stats(diffs)
+    if s.mean is None:
+        return Delta(None, None, None, False)
+    if s.stderr is not None:
+        return Delta(s.mean, s.stderr, s.mean / s.stderr if s.stderr > 0 else None, False)
+    if pooled_var is None:
+        return Delta(s.mean, None, None, False)
+    se = math.sqrt(pooled_var / s.n)
+    return Delta(s.mean, se, s.mean / se if se > 0 else None, True)
+
+
 # ---------------------------------------------------------------------------------------------- collecting
 def load_summaries(out: Path) -> dict[str, list[dict]]:
     """variant -> finished runs' summaries, in seed order."""
@@ -282,10 +308,25 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
     head = ["heldout_bpb", "eval_loss", "task:retrieval", "induction:induction_acc", "max_vio_final", "tok_per_s",
             "mtp_acceptance"]
     labels = {k: lab for k, lab, _ in METRICS}
-    L += ["| variant | n | " + " | ".join(labels[k] for k in head) + " |",
-          "|---|---|" + "---|" * len(head)]
+    base_runs = runs.get(BASELINE, [])
+    pdiffs = {v: paired_differences(rs, base_runs, PRIMARY) for v, rs in runs.items() if v != BASELINE}
+    ppv = pooled_variance(list(pdiffs.values()))
+    paired = {v: compare_paired(d, ppv) for v, d in pdiffs.items()}
+    L += ["The paired column compares each variant with the baseline run of the same seed (same initialisation "
+          "and data order), which removes the seed's own effect: mean of the per-seed differences ± its standard "
+          "error (one pair: the pooled variance of the paired differences of variants with several pairs, `p`).",
+          ""]
+    L += ["| variant | n | paired Δ bits/byte | " + " | ".join(labels[k] for k in head) + " |",
+          "|---|---|---|" + "---|" * len(head)]
     for v, cells in table.items():
-        row = [v, str(len(runs[v]))]
+        pd = paired.get(v)
+        if pd is None or pd.delta is None:
+            ptxt = "—"
+        else:
+            tags = " ".join(x for x in (pd.marker, "p" if pd.pooled else "") if x)
+            se = f" ± {pd.stderr:.4f}" if pd.stderr is not None else ""
+            ptxt = f"{pd.delta:+.4f}{se} {tags} (n={len(pdiffs[v])})".replace("  ", " ")
+        row = [v, str(len(runs[v])), ptxt]
         for k in head:
             c = cells[k]
             if c["mean"] is None:
@@ -323,12 +364,10 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
             L.append(f"| {v} | " + " | ".join(cells) + " |")
     if runs:
         plot_curves(runs, out / "loss_curves.png")
-        rows = [(v, compare(values(runs[v], PRIMARY), values(runs.get(BASELINE, []), PRIMARY),
-                            pooled_variance([values(r, PRIMARY) for r in runs.values()])))
-                for v in runs if v != BASELINE]
+        rows = [(v, paired[v]) for v in runs if v != BASELINE]
         if rows:
-            plot_deltas(rows, out / "delta_bpb.png", "held-out bits/byte")
-            L += ["", "![held-out bits/byte delta](delta_bpb.png)"]
+            plot_deltas(rows, out / "delta_bpb.png", "held-out bits/byte (seed-paired)")
+            L += ["", "![held-out bits/byte delta, seed-paired](delta_bpb.png)"]
         plot_curves(runs, out / "maxvio_curves.png", key="max_vio", ylabel="MaxVio")
         L += ["", "![loss curves](loss_curves.png)", "", "![MaxVio over training](maxvio_curves.png)"]
     L += ["", "## Runs", ""]
@@ -339,6 +378,9 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
     L += [f"- `{v}`: {VARIANTS[v].description}" for v in missing] or ["- (none)"]
     md = out / "ablations.md"
     atomic_write_text(md, "\n".join(L) + "\n")
-    atomic_write_text(out / "ablations.json", json.dumps({"budget": budget, "table": table, "not_run": missing},
+    paired_json = {v: {"diffs": pdiffs[v], "delta": d.delta, "stderr": d.stderr, "z": d.z, "marker": d.marker,
+                       "pooled": d.pooled} for v, d in paired.items()}
+    atomic_write_text(out / "ablations.json", json.dumps({"budget": budget, "table": table, "paired": paired_json,
+                                                          "not_run": missing},
                                                          indent=1) + "\n")
     return md

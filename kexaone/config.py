@@ -124,6 +124,15 @@ class KExaoneConfig:
     mtp_loss_weight: float = 0.05
     """Weight of the MTP cross-entropy in the total loss."""
 
+    # --- ablation switches (K-EXAONE's values are the defaults; saved under the `kexaone` key, not HF fields) ---
+    qk_norm: bool = True
+    """RMSNorm on each query and key head before RoPE (K-EXAONE: on). Off keeps the norm weights but skips them."""
+    global_rope: bool = False
+    """RoPE on the global layers too (K-EXAONE: NoPE on global layers, RoPE on sliding ones)."""
+    moe_capacity_factor: float | None = None
+    """None: dropless routing (K-EXAONE). A float c: each expert takes at most ceil(c x pairs / experts) (token,
+    slot) pairs of a forward, in token order; the rest are dropped (their gate weight set to 0)."""
+
     def __post_init__(self) -> None:
         if self.layer_types is None:
             if self.sliding_window is None:
@@ -188,6 +197,9 @@ class KExaoneConfig:
              "num_nextn_predict_layers", "must be 0 or 1 (K-EXAONE has one MTP layer)")
         for name in ("aux_loss_coef", "bias_update_rate", "mtp_loss_weight"):
             need(getattr(self, name) >= 0, name, "must be >= 0")
+        need(self.moe_capacity_factor is None or (isinstance(self.moe_capacity_factor, (int, float))
+                                                  and self.moe_capacity_factor > 0),
+             "moe_capacity_factor", "must be None (dropless) or a number > 0")
 
     # ------------------------------------------------------------------ derived
     @property
@@ -202,8 +214,9 @@ class KExaoneConfig:
         return self.layer_types[layer_idx] == SLIDING
 
     def uses_rope(self, layer_idx: int) -> bool:
-        """RoPE on sliding layers only; with no sliding window at all, RoPE everywhere (transformers' rule)."""
-        return self.sliding_window is None or self.is_sliding(layer_idx)
+        """RoPE on sliding layers only (all layers with `global_rope`); with no sliding window at all, RoPE
+        everywhere (transformers' rule)."""
+        return self.sliding_window is None or self.global_rope or self.is_sliding(layer_idx)
 
     def is_sparse(self, layer_idx: int) -> bool:
         return self.mlp_layer_types[layer_idx] == SPARSE
@@ -274,6 +287,9 @@ class KExaoneConfig:
                 "aux_loss_coef": self.aux_loss_coef,
                 "bias_update_rate": self.bias_update_rate,
                 "mtp_loss_weight": self.mtp_loss_weight,
+                "qk_norm": self.qk_norm,
+                "global_rope": self.global_rope,
+                "moe_capacity_factor": self.moe_capacity_factor,
             },
         }
         return d

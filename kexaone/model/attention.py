@@ -175,12 +175,15 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(self.num_heads * self.head_dim, H, bias=False)
         self.q_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, config.rms_norm_eps)
+        self.qk_norm = getattr(config, "qk_norm", True)  # off only in the QK-norm ablation (weights kept, unused)
 
     def forward(self, x_BTH: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None,
                 inputs: AttentionInputs, cache=None) -> torch.Tensor:
         B, T, _ = x_BTH.shape
-        q = self.q_norm(self.q_proj(x_BTH).view(B, T, self.num_heads, self.head_dim))
-        k = self.k_norm(self.k_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim))
+        q = self.q_proj(x_BTH).view(B, T, self.num_heads, self.head_dim)
+        k = self.k_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:
+            q, k = self.q_norm(q), self.k_norm(k)
         v = self.v_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim)
         if self.use_rope:
             cos, sin = rope

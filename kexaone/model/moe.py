@@ -5,7 +5,8 @@
   Numerically identical to transformers' `ExaoneMoeTopkRouter` (which returns logits where we return scores).
 - `GroupedExperts`: all routed experts as two stacked weights; tokens are sorted by expert and every projection is
   one grouped matmul (`torch._grouped_mm` where the device has it). Dropless: every (token, slot) pair is computed,
-  whatever the imbalance; there is no capacity factor.
+  whatever the imbalance. (`config.moe_capacity_factor`, an ablation switch, off by default, drops the pairs
+  beyond an expert's capacity: `capacity_keep`.)
 - `KExaoneMoE`: router + experts + shared expert, plus the balance statistics the training recipe needs (the
   sequence-level aux loss of SPEC section 3 and the per-expert token counts for the bias update).
 
@@ -35,6 +36,19 @@ _NORM_EPS = 1e-20
 # of [M, 3I, H] weights costs more than it saves. Threshold measured on the `small` preset (see
 # benchmarks/bench_decode_step.py); the grouped kernel wins for prefill-sized inputs.
 SEGMENT_MAX_PAIRS = 16
+
+
+
+def capacity_keep(idx_NK: torch.Tensor, num_experts: int, capacity_factor: float) -> torch.Tensor:
+    """[N, K] bool: which (token, slot) pairs fit their expert's capacity ceil(factor x N x K / E). Pairs claim
+    capacity in token order (slot order within a token), as in GShard / Switch: the later tokens are dropped."""
+    import math
+
+    n, k = idx_NK.shape
+    cap = math.ceil(capacity_factor * n * k / num_experts)
+    onehot_ME = F.one_hot(idx_NK.reshape(-1), num_experts)
+    rank_M = (onehot_ME.cumsum(0) * onehot_ME).sum(-1) - 1  # 0-based position of each pair inside its expert
+    return (rank_M < cap).view(n, k)
 
 
 # ---------------------------------------------------------------------------------------------------------- router
@@ -309,6 +323,9 @@ class KExaoneMoE(nn.Module):
         self.register_buffer("tokens_per_expert", torch.zeros(self.num_experts, dtype=torch.long), persistent=False)
         self.count_tokens = True
         self.last_aux_loss: torch.Tensor | None = None
+        self.capacity_factor = getattr(config, "moe_capacity_factor", None)
+        self.last_dropped_fraction = 0.0
+        """Share of (token, slot) pairs dropped by the capacity limit in the last forward (0 when dropless)."""
 
     def forward(self, x_BTH: torch.Tensor, valid_BT: torch.Tensor | None = None) -> torch.Tensor:
         """`valid_BT` (optional, 1 = real token, 0 = padding): padding is still computed (dropless, shapes fixed)
@@ -320,6 +337,13 @@ class KExaoneMoE(nn.Module):
         scores_NE, weights_NK, idx_NK = self.gate(x_NH)
         with torch.no_grad():
             counts_E = count_per_expert(idx_NK, self.num_experts)
+        if self.capacity_factor is not None:
+            # Dropped pairs get gate weight 0 (they still run through their expert, so shapes stay static: this
+            # measures what dropping costs in quality, not the compute it would save).
+            with torch.no_grad():
+                keep_NK = capacity_keep(idx_NK, self.num_experts, self.capacity_factor)
+                self.last_dropped_fraction = 1.0 - float(keep_NK.float().mean())
+            weights_NK = weights_NK * keep_NK.to(weights_NK.dtype)
         y_NH = self.experts(x_NH, idx_NK, weights_NK, counts_E=counts_E)
         if self.shared_experts is not None:
             y_NH = y_NH + self.shared_experts(x_NH)

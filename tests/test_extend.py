@@ -140,8 +140,8 @@ def test_tiny_end_to_end_run_writes_report(checkpoint, tmp_path, monkeypatch, ca
     out = tmp_path / "ext"
     p = argparse.ArgumentParser()
     ext.add_arguments(p)
-    args = p.parse_args(["--init-from", str(checkpoint), "--out", str(out), "--stages", "512,1024",
-                         "--base-length", "256", "--rounds-per-stage", "2", "--steps-per-round", "2",
+    args = p.parse_args(["--init-from", str(checkpoint), "--out", str(out), "--stages", "320,384",
+                         "--base-length", "256", "--rounds-per-stage", "2", "--steps-per-round", "1",
                          "--batch-size", "2", "--long-docs", "4", "--niah-depths", "0,100", "--corpus", "none",
                          "--synthetic-size", "tiny", "--precision", "fp32", "--device", "cpu",
                          "--niah-threshold", "1.0"])
@@ -149,12 +149,12 @@ def test_tiny_end_to_end_run_writes_report(checkpoint, tmp_path, monkeypatch, ca
     rep = json.loads((out / "extend_report.json").read_text())
     assert rep["baseline"]["length"] == 256 and rep["baseline"]["niah_lengths"] == [256]
     assert len(rep["stages"]) == 2
-    for s, length in zip(rep["stages"], (512, 1024)):
+    for s, length in zip(rep["stages"], (320, 384)):
         assert s["length"] == length and 1 <= len(s["rounds"]) <= 2
         assert s["truncated_tokens"] == 0
         for r in s["rounds"]:
             g = r["gate"]
-            assert r["steps"] == 2 and r["tokens"] > 0
+            assert r["steps"] == 1 and r["tokens"] > 0
             assert g["bpb_limit"] == pytest.approx(rep["baseline"]["bpb"] * 1.03)
             assert g["green"] == (g["niah"] >= 1.0 and g["bpb"] <= g["bpb_limit"])
             assert set(r["niah_grid"]) == {f"L={L} depth={D}%" for L in s["niah_lengths"] for D in (0, 100)}
@@ -163,7 +163,7 @@ def test_tiny_end_to_end_run_writes_report(checkpoint, tmp_path, monkeypatch, ca
         assert len(s["rounds"]) == (s["rounds"].index(next(r for r in s["rounds"] if r["gate"]["green"])) + 1
                                     if s["green"] else 2)
     md = (out / "extend_report.md").read_text()
-    assert "## Stage 2: 1024 tokens" in md and "| round |" in md
+    assert "## Stage 2: 384 tokens" in md and "| round |" in md
     cfg = json.loads((out / "model" / "config.json").read_text())
-    assert cfg["max_position_embeddings"] == 1024
+    assert cfg["max_position_embeddings"] == 384
     assert (out / "model" / "tokenizer.json").is_file()

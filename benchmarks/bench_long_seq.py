@@ -12,7 +12,7 @@ The row is packed as the extension stage packs it: one document of half the row 
 filling the rest (global layers take the document-aligned attention path, sliding layers the blocked one).
 
 Writes benchmarks/results/long_seq.md (+ .json). Usage: nice -n 10 python benchmarks/bench_long_seq.py
-[--lengths 4096,16384,32768] [--steps 2] [--modes off,on]
+[--lengths 4096,16384,32768] [--steps 2] [--modes off,on] [--name long_seq]
 """
 
 from __future__ import annotations
@@ -77,6 +77,7 @@ def main() -> None:
     ap.add_argument("--lengths", default="4096,16384,32768")
     ap.add_argument("--steps", type=int, default=2)
     ap.add_argument("--modes", default="off,on")
+    ap.add_argument("--name", default="long_seq", help="results file stem under benchmarks/results")
     ap.add_argument("--child", nargs=2, metavar=("T", "CKPT"))
     a = ap.parse_args()
     if a.child:
@@ -92,10 +93,10 @@ def main() -> None:
             else:
                 rows.append(json.loads(r.stdout.strip().splitlines()[-1]))
             print(rows[-1], flush=True)
-            write(rows)  # after every case: a long run that is stopped keeps what it measured
+            write(rows, a.name)  # after every case: a long run that is stopped keeps what it measured
 
 
-def write(rows: list[dict]) -> None:
+def write(rows: list[dict], name: str = "long_seq") -> None:
     from kexaone.report.machine import cpu_model
 
     lines = ["# Long-sequence training step, `small` preset (bench_long_seq.py)", "",
@@ -112,8 +113,8 @@ def write(rows: list[dict]) -> None:
             lines.append(f"| {r['tokens']} | {'on' if r['checkpointing'] else 'off'} | {r['documents']} | "
                          f"{r['step_s']:.2f} | {r['peak_rss_gib']:.2f} | {r['model_rss_gib']:.2f} |")
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / "long_seq.md").write_text("\n".join(lines) + "\n")
-    (RESULTS / "long_seq.json").write_text(json.dumps(rows, indent=1) + "\n")
+    (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=1) + "\n")
 
 
 if __name__ == "__main__":

@@ -387,6 +387,8 @@ def short_context_bpb(model: Any, src: _Sources, cfg: ExtendConfig, device: Any)
 def niah_grid(model: Any, tok: Any, lengths: Sequence[int], depths: Sequence[float], out_dir: Path,
               per_cell: int = 1, seed: int = 0) -> tuple[float, dict[str, float], Path | None]:
     """(grid mean, per-cell scores, heat map) of NIAH over lengths x depths through the eval harness."""
+    import torch
+
     from kexaone.engine.engine import Engine
     from kexaone.eval.backends import LocalBackend
     from kexaone.eval.families.longctx import NIAH, make_niah_items
@@ -397,14 +399,15 @@ def niah_grid(model: Any, tok: Any, lengths: Sequence[int], depths: Sequence[flo
     was = model.training
     model.eval()
     try:
-        backend = LocalBackend(Engine(model, tok), batch_size=2, seed=seed)
-        ec = EvalConfig(niah_lengths=tuple(int(x) for x in lengths), niah_depths=tuple(depths), max_new_tokens=12,
-                        seed=seed, chunk_size=2)
-        items = make_niah_items(ec.niah_lengths, ec.niah_depths, backend.count_tokens, ec.max_new_tokens,
-                                seed=seed, per_cell=per_cell)
-        task = Task("niah", NIAH(), items, options={"lengths": list(ec.niah_lengths),
-                                                     "depths": list(ec.niah_depths), "per_cell": per_cell})
-        res = run_eval(backend, [task], ec, out_dir, progress=False)["tasks"]["niah"]
+        with torch.no_grad():  # generation only (and the backend's parameter fingerprint needs no graph)
+            backend = LocalBackend(Engine(model, tok), batch_size=2, seed=seed)
+            ec = EvalConfig(niah_lengths=tuple(int(x) for x in lengths), niah_depths=tuple(depths),
+                            max_new_tokens=12, seed=seed, chunk_size=2)
+            items = make_niah_items(ec.niah_lengths, ec.niah_depths, backend.count_tokens, ec.max_new_tokens,
+                                    seed=seed, per_cell=per_cell)
+            task = Task("niah", NIAH(), items, options={"lengths": list(ec.niah_lengths),
+                                                         "depths": list(ec.niah_depths), "per_cell": per_cell})
+            res = run_eval(backend, [task], ec, out_dir, progress=False)["tasks"]["niah"]
     finally:
         model.train(was)
     heat = out_dir / res["heatmap"] if res.get("heatmap") else None

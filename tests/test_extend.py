@@ -120,6 +120,7 @@ def test_stage_mixture_whole_documents_and_shares(checkpoint, tmp_path, monkeypa
         assert info["long_documents"] == 6 and info["long_sources"] == ["long/synthetic"]
         # documents aim at ~85% of the stage's length: long, but whole (never cut to fit)
         assert info["long_tokens_mean"] > 0.5 * length
+        assert info["long_tokens_max"] < 2 * length  # oversized sections are skipped, not cut
         data = DocumentPackedBatches([(long_shards, 1.0)], length, 2, heldout=0, truncate=False)
         seen = 0
         for _ in range(3):
@@ -167,3 +168,16 @@ def test_tiny_end_to_end_run_writes_report(checkpoint, tmp_path, monkeypatch, ca
     cfg = json.loads((out / "model" / "config.json").read_text())
     assert cfg["max_position_embeddings"] == 384
     assert (out / "model" / "tokenizer.json").is_file()
+
+
+def test_long_documents_are_whole_sections_near_the_target():
+    from kexaone.data.long_docs import OVERSHOOT, _join_until, long_documents
+
+    assert _join_until(iter(["a" * 10, "b" * 50, "c" * 10, "d" * 10]), 30) == "a" * 10 + "\n\n" + "c" * 10 + \
+        "\n\n" + "d" * 10  # the 50-char section would overshoot: skipped, never cut
+    assert _join_until(iter(["x" * 100]), 10) == "x" * 100  # nothing else to take: the section alone
+    for target in (2_000, 60_000):
+        docs = long_documents(target, 3, seed=1)
+        assert len(docs) == 3
+        for d in docs:
+            assert target <= len(d.text) <= OVERSHOOT * target + 2

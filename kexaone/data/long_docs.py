@@ -8,7 +8,7 @@ length in characters (the caller converts its token target with the tokenizer's 
 - corpus text files (`*.txt`, one paragraph per line): consecutive paragraphs of one file starting at a seeded
   line, so a novel stays in reading order;
 - corpus code (`code/`): whole source files, consecutive in sorted order (files of one project sit together).
-Sections are never cut: a document may overshoot its target by one section. The extension stage then packs these
+Sections are never cut: a document ends within OVERSHOOT x its target (longer sections are skipped). The extension stage then packs these
 documents without truncation (kexaone.data.docpacking, truncate=False).
 
 Not here: tokenizing and packing (kexaone.data.shards / docpacking), the mixture weights (kexaone.train.extend).
@@ -44,13 +44,33 @@ def check_corpus_root(root: Path) -> Path:
     return root
 
 
+OVERSHOOT = 1.25
+"""A document may end at most this factor past its target: a section that would push it further is skipped (a
+document is never cut, so an oversized section would widen the whole batch it lands in)."""
+MAX_SKIPS = 200
+
+
 def _join_until(sections: Iterator[str], target_chars: int) -> str:
-    parts, n = [], 0
+    """Whole sections, in order, until target_chars is reached; sections that would overshoot the target by more
+    than OVERSHOOT are skipped (after MAX_SKIPS skips in a row the document ends with what it has, or, when it is
+    still empty, is the next section alone; a source that runs out before anything fits gives its first section)."""
+    parts, n, skips = [], 0, 0
+    limit = OVERSHOOT * target_chars
+    first_skipped = None
     for s in sections:
+        if n + len(s) + 2 > limit and (parts or skips < MAX_SKIPS):
+            skips += 1
+            first_skipped = s if first_skipped is None else first_skipped
+            if skips >= MAX_SKIPS and parts:
+                break
+            continue
         parts.append(s)
         n += len(s) + 2
+        skips = 0
         if n >= target_chars:
             break
+    if not parts and first_skipped is not None:  # the source ran out before anything fitted
+        return first_skipped
     return "\n\n".join(parts)
 
 
@@ -61,7 +81,8 @@ def synthetic_long_documents(target_chars: int, n_docs: int, seed: int = 0, worl
     from kexaone.data.synthetic.retrieval import retrieval_documents
     from kexaone.data.synthetic.world import World
 
-    retrieval = retrieval_documents(seed + 7919, long_fraction=1.0)
+    # Long retrieval documents (hundreds of records, ~15-40K characters) where they fit, else short ones.
+    retrieval = retrieval_documents(seed + 7919, long_fraction=1.0 if target_chars >= 40_000 else 0.0)
     knowledge = knowledge_documents(World(seed, world_size), seed)
 
     def sections() -> Iterator[str]:

@@ -181,3 +181,19 @@ def test_long_documents_are_whole_sections_near_the_target():
         assert len(docs) == 3
         for d in docs:
             assert target <= len(d.text) <= OVERSHOOT * target + 2
+
+
+def test_corpus_long_documents_from_train_only(monkeypatch):
+    from kexaone.data import long_docs
+    from kexaone.pipeline.corpus import corpora_dir
+
+    if not (corpora_dir() / "train").is_dir():
+        monkeypatch.setenv("KEXAONE_CORPORA", "/work/shared/corpora")
+    root = long_docs.default_corpus_root()
+    if root is None:
+        pytest.skip("../shared/corpora/train is absent")
+    with pytest.raises(ValueError, match="evaluation corpus"):
+        long_docs.check_corpus_root(root.parent / "text")
+    docs = long_docs.long_documents(3000, 4, seed=2, corpus_root=root, corpus_share=1.0)
+    assert len(docs) == 4 and all(d.tag.startswith("long/") and d.tag != "long/synthetic" for d in docs)
+    assert all(3000 <= len(d.text) <= 1.25 * 3000 + 2 or "\n\n" not in d.text for d in docs)

@@ -28,8 +28,11 @@ FORBIDDEN_CORPORA = ("text", "code", "tasks")
 
 
 def default_corpus_root() -> Path | None:
-    """`../shared/corpora/train` relative to the repository (None when absent)."""
-    root = Path(__file__).resolve().parents[2].parent / "shared" / "corpora" / "train"
+    """`<corpora>/train` (kexaone.pipeline.corpus.corpora_dir: env KEXAONE_CORPORA, else <repo>/../shared/corpora);
+    None when absent."""
+    from kexaone.pipeline.corpus import corpora_dir
+
+    root = corpora_dir() / "train"
     return root if root.is_dir() else None
 
 

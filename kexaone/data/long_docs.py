@@ -54,21 +54,22 @@ MAX_SKIPS = 200
 
 
 def _join_until(sections: Iterator[str], target_chars: int) -> str:
-    """Whole sections, in order, until target_chars is reached; sections that would overshoot the target by more
+    """Whole sections, in order, until target_chars UTF-8 bytes are reached; sections that would overshoot the target by more
     than OVERSHOOT are skipped (after MAX_SKIPS skips in a row the document ends with what it has, or, when it is
     still empty, is the next section alone; a source that runs out before anything fits gives its first section)."""
     parts, n, skips = [], 0, 0
     limit = OVERSHOOT * target_chars
     first_skipped = None
     for s in sections:
-        if n + len(s) + 2 > limit and (parts or skips < MAX_SKIPS):
+        size = len(s.encode("utf-8"))  # bytes: what the caller's bytes-per-token estimate converts
+        if n + size + 2 > limit and (parts or skips < MAX_SKIPS):
             skips += 1
             first_skipped = s if first_skipped is None else first_skipped
             if skips >= MAX_SKIPS and parts:
                 break
             continue
         parts.append(s)
-        n += len(s) + 2
+        n += size + 2
         skips = 0
         if n >= target_chars:
             break

@@ -180,7 +180,7 @@ def test_long_documents_are_whole_sections_near_the_target():
         docs = long_documents(target, 3, seed=1)
         assert len(docs) == 3
         for d in docs:
-            assert target <= len(d.text) <= OVERSHOOT * target + 2
+            assert target <= len(d.text.encode("utf-8")) <= OVERSHOOT * target + 2
 
 
 def test_corpus_long_documents_from_train_only(monkeypatch):
@@ -196,4 +196,4 @@ def test_corpus_long_documents_from_train_only(monkeypatch):
         long_docs.check_corpus_root(root.parent / "text")
     docs = long_docs.long_documents(3000, 4, seed=2, corpus_root=root, corpus_share=1.0)
     assert len(docs) == 4 and all(d.tag.startswith("long/") and d.tag != "long/synthetic" for d in docs)
-    assert all(3000 <= len(d.text) <= 1.25 * 3000 + 2 or "\n\n" not in d.text for d in docs)
+    assert all(3000 <= len(d.text.encode("utf-8")) <= 1.25 * 3000 + 2 or "\n\n" not in d.text for d in docs)

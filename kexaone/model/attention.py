@@ -8,8 +8,14 @@ Cost model (the reason this file exists instead of one masked SDPA call):
   blocks in one batched SDPA call. Time and memory are O(T x (window + C)), in training, prefill and cached
   multi-token steps alike;
 - global layers call `scaled_dot_product_attention` (flash kernel on CPU/GPU, GQA without expanding k/v); when a
-  mask is needed (padding, packed documents, multi-token steps over a cache) it is built one query chunk at a time,
-  so its memory is bounded too.
+  mask is needed (padding, multi-token steps over a cache) it is built one query chunk at a time, so its memory is
+  bounded too;
+- global layers over packed documents (training rows with doc_ids, no cache, no padding mask) take the
+  document-aligned path `_documents_varlen` (varlen-style): each row is cut at its document boundaries, a document
+  longer than DOC_GROUP tokens is one causal (flash) SDPA call on its own slice, and runs of shorter documents are
+  grouped into spans of at most DOC_GROUP tokens, each one masked SDPA call with a [span, span] block-diagonal
+  mask. Nothing T x T is ever built (not the mask, not the scores): memory O(T x DOC_GROUP), and a 32K-token
+  document costs what an unpacked 32K row costs.
 
 It does not own the KV cache (cache.py) or decide positions (transformer.py).
 """
@@ -30,6 +36,9 @@ from kexaone.model.rope import apply_rope
 LOCAL_BLOCK = 64
 # Upper bound on mask elements materialised at once by the chunked masked path (bools, so bytes).
 MASK_BUDGET = 1 << 25
+# Longest span of short documents attended together by the document-aligned path (one masked call per span).
+# Larger spans mean fewer calls but O(span^2) scores per call; 512 keeps a span's scores ~1 MB per head.
+DOC_GROUP = 512
 
 
 @dataclass
@@ -68,6 +77,8 @@ def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, 
     if window is not None and T > 2 * window:
         return _local_blocked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
                               doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS, block=block)
+    if window is None and doc_q_BT is not None and key_valid_BS is None and T == S and doc_k_BS is not None:
+        return _documents_varlen(q_BHTD, k_BhSD, v_BhSD, doc_BT=doc_q_BT, scale=scale)
     needs_mask = window is not None or key_valid_BS is not None or doc_q_BT is not None
     if not needs_mask and T == S:
         return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, is_causal=T > 1, scale=scale, enable_gqa=gqa)
@@ -104,6 +115,50 @@ def _masked_chunked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_
             q_BHTD[:, :, t0:t1], k_BhSD, v_BhSD, attn_mask=vis[:, None], scale=scale,
             enable_gqa=q_BHTD.shape[1] != k_BhSD.shape[1]))
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
+
+
+def document_spans(doc_T: torch.Tensor, group: int = DOC_GROUP) -> list[tuple[int, int, bool]]:
+    """The spans one row's attention is computed in: (start, end, single) with `single` True when the span is one
+    document (attended with is_causal), False when it groups several short whole documents (a block-diagonal mask).
+    Spans tile [0, T) in order; a document never straddles two spans."""
+    T = int(doc_T.shape[0])
+    change = torch.nonzero(doc_T[1:] != doc_T[:-1]).flatten().add_(1).tolist()
+    bounds = [0, *change, T]
+    spans: list[tuple[int, int, bool]] = []
+    start = None  # start of the open group of short documents
+    for s, e in zip(bounds[:-1], bounds[1:]):
+        if start is not None and e - start > group:
+            spans.append((start, s, False))
+            start = None
+        if e - s > group:
+            spans.append((s, e, True))
+        elif start is None:
+            start = s
+    if start is not None:
+        spans.append((start, T, False))
+    # A group that holds one document only is causal too (no mask needed).
+    return [(s, e, single or int((doc_T[s:e] != doc_T[s]).sum()) == 0) for s, e, single in spans]
+
+
+def _documents_varlen(q_BHTD, k_BhSD, v_BhSD, *, doc_BT, scale, group: int = DOC_GROUP) -> torch.Tensor:
+    """Causal attention within each document of packed rows, never across (see the module docstring)."""
+    B, H, T, D = q_BHTD.shape
+    gqa = H != k_BhSD.shape[1]
+    rows = []
+    for b in range(B):
+        parts = []
+        for s, e, single in document_spans(doc_BT[b], group):
+            q, k, v = q_BHTD[b:b + 1, :, s:e], k_BhSD[b:b + 1, :, s:e], v_BhSD[b:b + 1, :, s:e]
+            if single:
+                parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=e - s > 1, scale=scale,
+                                                            enable_gqa=gqa))
+            else:
+                d = doc_BT[b, s:e]
+                idx = torch.arange(e - s, device=d.device)
+                vis = (d[:, None] == d[None, :]) & (idx[:, None] >= idx[None, :])  # [span, span]
+                parts.append(F.scaled_dot_product_attention(q, k, v, attn_mask=vis, scale=scale, enable_gqa=gqa))
+        rows.append(parts[0] if len(parts) == 1 else torch.cat(parts, dim=2))
+    return rows[0] if B == 1 else torch.cat(rows, dim=0)
 
 
 def _local_blocked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_q_BT, doc_k_BS,

@@ -16,19 +16,7 @@ import pytest
 import torch
 
 from serve_support import serve_subprocess
-from test_rl_train import _byte_tokenizer, _rl_config
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from kexaone import KExaoneConfig, KExaoneForCausalLM
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    tok = _byte_tokenizer()
-    KExaoneForCausalLM(KExaoneConfig.preset("tiny").replace(vocab_size=tok.vocab_size)).save_pretrained(d)
-    tok.save(d)
-    return d
+from test_rl_train import _byte_tokenizer, _rl_config, tiny_dir  # noqa: F401  (tiny_dir: a fixture used here)
 
 
 @pytest.fixture(scope="module")

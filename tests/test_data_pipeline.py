@@ -52,7 +52,7 @@ def test_jsonl_field_tags_and_errors(tmp_path):
     assert docs == [Document("alpha", "knowledge/ko"), Document("beta", "d")]
     g = tmp_path / "bad.jsonl"
     g.write_text('{"text": "ok"}\n{"text": broken\n')
-    with pytest.raises(ValueError, match=r"bad.jsonl:2: bad JSON"):
+    with pytest.raises(ValueError, match=r"bad.jsonl:2: not valid JSON"):
         list(iter_documents(str(g)))
     h = tmp_path / "nofield.jsonl"
     h.write_text('{"body": "ok"}\n')

@@ -10,16 +10,14 @@ import json
 import os
 import subprocess
 import sys
-import time
 
-import httpx
 import pytest
 import torch
 
 from kexaone.engine import Engine
 from kexaone.model.scoring import token_logprobs
+from serve_support import serve_subprocess
 from test_engine_models import byte_tokenizer, tiny_model
-from test_server_cli import _free_port
 
 pytest.importorskip("lm_eval")
 pytest.importorskip("tenacity")
@@ -80,33 +78,8 @@ def served(tmp_path_factory):
     tasks.mkdir()
     (tasks / "kx_mcq.yaml").write_text(MCQ_YAML.format(data=data, cache=root / "hf"), encoding="utf-8")
     (tasks / "kx_gen.yaml").write_text(GEN_YAML.format(data=data, cache=root / "hf"), encoding="utf-8")
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(sys.path))
-    proc = subprocess.Popen([sys.executable, "-m", "kexaone", "serve", "--model", str(root / "model"), "--port",
-                             str(port), "--served-model-name", MODEL, "--log-level", "warning"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 90
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kexaone serve exited early:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("kexaone serve did not come up within 90 s")
-            time.sleep(0.3)
+    with serve_subprocess(root / "model", "--served-model-name", MODEL, "--log-level", "warning") as url:
         yield url, root, Engine.from_pretrained(root / "model")
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 def _lm_eval(root, task: str, model: str, model_args: str, *extra: str) -> tuple[dict, list[dict], str]:

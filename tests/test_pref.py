@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from scripted_openai import ScriptedServer
-from test_rl_train import _byte_tokenizer
+from test_rl_train import tiny_dir  # noqa: F401  (a fixture used here)
 
 A = "I can't help with that. Please stay safe."
 B = "Sure, here are the steps: mix things."
@@ -115,18 +115,6 @@ def test_samples_key_changes_with_what_the_samples_depend_on(tmp_path):
     assert k != samples_key(tmp_path, rows, 3, {"temperature": 1.0}, 0)
     assert k != samples_key(tmp_path, rows, 4, {"temperature": 0.7}, 0)
     assert k != samples_key(tmp_path, [{"prompt": [{"role": "user", "content": "z"}]}], 4, {"temperature": 1.0}, 0)
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from kexaone import KExaoneConfig, KExaoneForCausalLM
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    tok = _byte_tokenizer()
-    KExaoneForCausalLM(KExaoneConfig.preset("tiny").replace(vocab_size=tok.vocab_size)).save_pretrained(d)
-    tok.save(d)
-    return d
 
 
 def test_pref_run_reuses_samples_and_keeps_the_router(tiny_dir, tmp_path):

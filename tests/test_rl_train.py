@@ -37,6 +37,8 @@ def _byte_tokenizer():
 
 @pytest.fixture(scope="module")
 def tiny_dir(tmp_path_factory):
+    """A saved tiny random model with the byte tokenizer (also imported as a fixture by the pref and endpoint
+    tests; module scope, so each importing module gets its own directory)."""
     from kexaone import KExaoneConfig, KExaoneForCausalLM
 
     torch.manual_seed(0)

@@ -9,64 +9,20 @@ with the same per-request seeds are identical here, so rewards are compared exac
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import httpx
 import pytest
 import torch
 
-from test_rl_train import _byte_tokenizer, _rl_config
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def tiny_dir(tmp_path_factory):
-    from kexaone import KExaoneConfig, KExaoneForCausalLM
-
-    torch.manual_seed(0)
-    d = tmp_path_factory.mktemp("tiny")
-    tok = _byte_tokenizer()
-    KExaoneForCausalLM(KExaoneConfig.preset("tiny").replace(vocab_size=tok.vocab_size)).save_pretrained(d)
-    tok.save(d)
-    return d
+from serve_support import serve_subprocess
+from test_rl_train import _byte_tokenizer, _rl_config, tiny_dir  # noqa: F401  (tiny_dir: a fixture used here)
 
 
 @pytest.fixture(scope="module")
 def server(tiny_dir):
-    port = _free_port()
-    env = {**os.environ, "PYTHONPATH": f"{ROOT}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "kexaone", "serve", "--model", str(tiny_dir), "--port", str(port),
-                             "--log-level", "warning", "--max-tokens", "64"], env=env, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}/v1"
-    deadline = time.monotonic() + 120
-    while True:
-        if proc.poll() is not None:
-            pytest.fail(f"kexaone serve exited early:\n{proc.stdout.read()}")
-        try:
-            if httpx.get(url + "/models", timeout=2).status_code == 200:
-                break
-        except httpx.HTTPError:
-            pass
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("kexaone serve did not come up within 120 s")
-        time.sleep(0.5)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
+    with serve_subprocess(tiny_dir, "--log-level", "warning", "--max-tokens", "64", startup_s=120) as url:
+        yield url + "/v1"
 
 
 def _train_records(out: Path) -> list[dict]:

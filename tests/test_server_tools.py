@@ -12,16 +12,12 @@ same app in-process with a biased engine.
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 import jsonschema
 import pytest
 
+from serve_support import serve_subprocess
 from test_engine_models import ServerThread, byte_tokenizer, one_thread, tiny_model
 
 openai = pytest.importorskip("openai")
@@ -40,46 +36,15 @@ ASK = [{"role": "user", "content": "What is the weather in Paris?"}]
 SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in TOOLS + [LONG]}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
     path = tmp_path_factory.mktemp("model")
     tok = byte_tokenizer()
     tiny_model(0, vocab_size=tok.vocab_size).save_pretrained(path)
     tok.save(path)
-    port = _free_port()
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=os.pathsep.join(
-        [os.getcwd()] + [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]))
-    proc = subprocess.Popen([sys.executable, "-m", "kexaone", "serve", "--model", str(path), "--port", str(port),
-                             "--served-model-name", MODEL, "--log-level", "warning", "--max-tokens", "160"],
-                            env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"kexaone serve exited early:\n{proc.stdout.read()}")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("kexaone serve did not come up within 120 s")
-            time.sleep(0.3)
+    with serve_subprocess(path, "--served-model-name", MODEL, "--log-level", "warning", "--max-tokens", "160",
+                          startup_s=120) as url:
         yield url
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
 
 @pytest.fixture(scope="module")

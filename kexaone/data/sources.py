@@ -174,8 +174,10 @@ def _read_code(path: Path) -> Iterator[Document]:
         yield Document(text, f"code/{path.suffix.lower().lstrip('.')}")
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
-    """(where, record) for every JSON object line of a JSONL file: the one JSONL reader."""
+def iter_jsonl_rows(path: str | Path) -> Iterator[tuple[int, dict]]:
+    """(line number from 1, record) for every JSON object line of a JSONL file, blank lines skipped: the one JSONL
+    reader (corpora, eval task files, safety suites, RL prompts). Lazy, so a large shard is never held whole; a bad
+    line is a ValueError naming the file and line."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
@@ -183,10 +185,21 @@ def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: bad JSON line ({e.msg} at column {e.colno})") from None
+                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(record).__name__}")
-            yield f"{path}:{lineno}", record
+            yield lineno, record
+
+
+def read_jsonl_rows(path: str | Path) -> list[tuple[int, dict]]:
+    """`iter_jsonl_rows` read whole: [(line number, record)] for files small enough to hold (task and prompt files)."""
+    return list(iter_jsonl_rows(path))
+
+
+def _jsonl_records(path: Path) -> Iterator[tuple[str, dict]]:
+    """("file:line", record) for every JSON object line of a JSONL file."""
+    for lineno, record in iter_jsonl_rows(path):
+        yield f"{path}:{lineno}", record
 
 
 def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -175,20 +174,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexaone.train import cli_fields
-    from kexaone.train.run import EXIT_DIVERGED, report
-    from kexaone.train.trainer import TrainingDiverged
+    from kexaone.train.run import run_stage_command
 
-    try:
-        cfg = cli_fields.config_from_args(RLConfig, args)
-        result = run_rl(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"kexaone rl: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"kexaone rl: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    return report(result)
+    return run_stage_command("rl", RLConfig, args, run_rl)
 
 
 # ---------------------------------------------------------------------------------------------- Python API

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from dataclasses import dataclass
 from typing import Any
 
@@ -136,20 +135,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexaone.train import cli_fields
-    from kexaone.train.run import EXIT_DIVERGED, report
-    from kexaone.train.trainer import TrainingDiverged
+    from kexaone.train.run import run_stage_command
 
-    try:
-        cfg = cli_fields.config_from_args(PrefConfig, args)
-        result = run_pref(cfg)
-    except (ValueError, FileNotFoundError) as e:
-        print(f"kexaone pref: {e}", file=sys.stderr)
-        return 2
-    except TrainingDiverged as e:
-        print(f"kexaone pref: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    return report(result)
+    return run_stage_command("pref", PrefConfig, args, run_pref)
 
 
 # ---------------------------------------------------------------------------------------------- Python API

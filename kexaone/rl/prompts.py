@@ -21,11 +21,12 @@ What this module does not do: render or tokenize prompts (kexaone.rl.rollout).
 
 from __future__ import annotations
 
-import json
 import random
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+
+from kexaone.data.sources import iter_jsonl_rows
 
 __all__ = ["IF_INSTRUCTIONS", "rl_prompts", "pref_prompts", "load_prompts", "normalize_row", "SPLITS"]
 
@@ -192,15 +193,7 @@ def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0) -> lis
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {spec!r}: no such file; give a JSONL file or one of 'default', "
                                 "'default:heldout', 'rl[:split]', 'pref[:split]'")
-    rows = []
-    for i, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            raw = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}:{i}: not valid JSON ({e.msg})") from None
-        rows.append(normalize_row(raw, f"{path}:{i}"))
+    rows = [normalize_row(raw, f"{path}:{i}") for i, raw in iter_jsonl_rows(path)]
     if not rows:
         raise ValueError(f"--prompts {path}: the file has no rows")
     return rows

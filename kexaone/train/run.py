@@ -340,3 +340,23 @@ def report(result: StageResult) -> int:
                 print(f"model: {result.model_dir}")
             print(f"metrics: {result.metrics_path}")
     return EXIT_INTERRUPTED if result.interrupted else 0
+
+
+def run_stage_command(command: str, config_cls: type, args: Any, run_stage: Callable[[Any], StageResult]) -> int:
+    """The body of a stage command's `run(args)`: its config from --config and the flags, then `run_stage(cfg)`.
+    Bad input (ValueError, FileNotFoundError) prints `kexaone <command>: <why>` and exits 2; a diverged run exits
+    EXIT_DIVERGED; otherwise `report`'s code."""
+    import sys
+
+    from kexaone.train import cli_fields
+    from kexaone.train.trainer import TrainingDiverged
+
+    try:
+        result = run_stage(cli_fields.config_from_args(config_cls, args))
+    except (ValueError, FileNotFoundError) as e:
+        print(f"kexaone {command}: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"kexaone {command}: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    return report(result)

@@ -8,11 +8,11 @@ chunking, resuming and file writing; families do not touch files except their ow
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from kexaone.data.sources import iter_jsonl_rows
 from kexaone.eval.results import mean_stderr
 
 
@@ -21,17 +21,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
     p = Path(path)
     if not p.is_file():
         raise FileNotFoundError(f"task file {p} does not exist")
-    rows = []
-    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{p}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise ValueError(f"{p}:{n}: each line must be a JSON object, got {type(row).__name__}")
-        rows.append(row)
+    rows = [row for _, row in iter_jsonl_rows(p)]
     if not rows:
         raise ValueError(f"task file {p} has no rows")
     return rows

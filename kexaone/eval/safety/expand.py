@@ -21,8 +21,9 @@ import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from kexaone.data.sources import read_jsonl_rows
 from kexaone.eval.safety.suite import (
-    KINDS, LANGS, item_from_dict, load_seeds, load_suite, make_items, read_jsonl, request_text)
+    KINDS, LANGS, item_from_dict, load_seeds, load_suite, make_items, request_text)
 from kexaone.eval.safety.taxonomy import load_taxonomy
 from kexaone.utils.io import atomic_open
 
@@ -285,7 +286,7 @@ def expand(cfg: ExpandConfig, client: ChatClient | None = None, progress: bool =
     ids: set[str] = set()
     expanded: dict[str, int] = {}  # area -> expanded requests already in the output
     if out.exists():
-        for n, row in read_jsonl(out):
+        for n, row in read_jsonl_rows(out):
             it = item_from_dict(row, f"{out}:{n}")
             req = row.get("request") or request_text(it)
             rows.append(row)

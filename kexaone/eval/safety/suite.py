@@ -34,6 +34,7 @@ import zlib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from kexaone.data.sources import read_jsonl_rows
 from kexaone.eval.safety.taxonomy import DATA_DIR, load_taxonomy
 
 LANGS: tuple[str, ...] = ("ko", "en", "es", "de", "ja", "vi")
@@ -132,28 +133,12 @@ def make_items(area_id: str, lang: str, request: str, tag: str, kinds: tuple[str
     ]
 
 
-def read_jsonl(path: Path) -> list[tuple[int, dict]]:
-    rows = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{lineno}: expected a JSON object, got {type(row).__name__}")
-            rows.append((lineno, row))
-    return rows
-
-
 @functools.lru_cache(maxsize=1)
 def load_seeds() -> tuple[dict, ...]:
     """The written seed requests: {"area", "lang", "text"} rows, checked against the taxonomy and languages."""
     tax = load_taxonomy()
     rows = []
-    for lineno, row in read_jsonl(SEEDS_PATH):
+    for lineno, row in read_jsonl_rows(SEEDS_PATH):
         tax.area(row.get("area", ""))
         if row.get("lang") not in LANGS or not str(row.get("text", "")).strip():
             raise ValueError(f"{SEEDS_PATH.name}:{lineno}: bad seed row {row!r}")
@@ -174,7 +159,7 @@ def _seed_items() -> list[SafetyItem]:
 def _benign_items() -> list[SafetyItem]:
     tax = load_taxonomy()
     items = []
-    for n, (lineno, row) in enumerate(read_jsonl(BENIGN_PATH), start=1):
+    for n, (lineno, row) in enumerate(read_jsonl_rows(BENIGN_PATH), start=1):
         area = tax.area(row.get("area", ""))
         if row.get("lang") not in LANGS or not str(row.get("text", "")).strip():
             raise ValueError(f"{BENIGN_PATH.name}:{lineno}: bad benign row {row!r}")
@@ -233,7 +218,7 @@ def load_suite_file(path: str | Path) -> list[SafetyItem]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"safety suite file {path} does not exist")
-    items = [item_from_dict(row, f"{path.stem}-{lineno}") for lineno, row in read_jsonl(path)]
+    items = [item_from_dict(row, f"{path.stem}-{lineno}") for lineno, row in read_jsonl_rows(path)]
     ids = [it.id for it in items]
     dup = sorted({i for i in ids if ids.count(i) > 1})
     if dup:

@@ -30,6 +30,9 @@ TOPICS = [
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
     ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),
     ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
+    ("induction_study.md", "benchmarks/study_induction.py --report"),
+    ("long_seq.md", "benchmarks/bench_long_seq.py"),
+    ("ablations.md", "kexaone ablate (its report)"),
 ]
 
 HEADER = """# Benchmarks

@@ -1,5 +1,6 @@
 """Shared helpers for the data tests (no tests here): a real tiny byte-level BPE tokenizer trained on the fly,
-wrapped with the attributes kexaone.data relies on (encode_batch, vocab_size, eot_id, pad_id, to_str)."""
+wrapped with the attributes kexaone.data relies on (encode_batch, encode_with_offsets, vocab_size,
+eot_id, pad_id, to_str)."""
 
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ class TinyTokenizer:
 
     def encode_batch(self, texts: list[str]) -> list[list[int]]:
         return [e.ids for e in self._tok.encode_batch(texts, add_special_tokens=False)]
+
+    def encode_with_offsets(self, text: str) -> tuple[list[int], list[tuple[int, int]]]:
+        enc = self._tok.encode(text, add_special_tokens=False)
+        return enc.ids, enc.offsets
 
     def decode(self, ids: list[int]) -> str:
         return self._tok.decode(ids, skip_special_tokens=False)

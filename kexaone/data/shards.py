@@ -10,7 +10,10 @@ tokenizer's batch encoder) and writes, into `out_dir/<content key>-<tokenizer ke
 - `doc_hash.npy`           uint64 [num_documents], a hash of each document's tokens (held-out split, dedup-safe)
 - `doc_tag.npy`            int32 [num_documents], index into meta["tags"] ("domain/lang" or source name)
 - `mask-00000.bin`, ...    optional (meta["loss_mask"] true): one uint8 per token of the matching token shard,
-                           1 = train on this token (SFT trains on answers, not prompts); no file: every token
+                           1 = train on this token (SFT trains on answers, not prompts); no file: every token.
+                           Text sources get it when a document carries answer spans (a JSONL `"answers"` field,
+                           `Document.answers`): only the tokens that overlap an answer are targets in those
+                           documents, every token in the others
 - `meta.json`              written last: a directory without it is never used
 
 The directory is built under a temporary name and renamed into place, so a crash never leaves a half cache that
@@ -40,7 +43,8 @@ from kexaone.data.sources import Document, SourceSpec, iter_tagged_documents, pa
 from kexaone.utils.io import atomic_write_text, ensure_writable_dir, fsync_dir
 
 FORMAT = "kexaone-token-shards"
-VERSION = 1
+VERSION = 2
+"""2: text documents with answer spans get a loss mask (caches of version 1 ignored them; new names)."""
 DEFAULT_SHARD_TOKENS = 1 << 28  # 1 GiB of uint32 per shard file
 _HASH_DENOM = float(2**64)
 
@@ -95,6 +99,34 @@ def _encode_batch(tokenizer: Any, texts: list[str]) -> list[list[int]]:
     if out and hasattr(out[0], "ids"):  # a raw `tokenizers.Tokenizer` returns Encoding objects
         return [e.ids for e in out]
     return out
+
+
+def answer_mask(offsets: Sequence[tuple[int, int]], answers: Sequence[tuple[int, int]]) -> np.ndarray:
+    """uint8 per token: 1 where the token's [start, end) character span overlaps an answer span."""
+    mask = np.zeros(len(offsets), dtype=np.uint8)
+    if not len(offsets):
+        return mask
+    off = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    for a, b in answers:
+        mask |= ((off[:, 0] < b) & (off[:, 1] > a)).astype(np.uint8)
+    return mask
+
+
+def _encode_docs(tokenizer: Any, docs: list[Document]) -> tuple[list[list[int]], list[np.ndarray | None]]:
+    """Token ids of each document and, for those with answer spans, their answer mask (None for the others)."""
+    ids = _encode_batch(tokenizer, [d.text for d in docs])
+    masks: list[np.ndarray | None] = [None] * len(docs)
+    for k, d in enumerate(docs):
+        if d.answers is None:
+            continue
+        if not hasattr(tokenizer, "encode_with_offsets"):
+            raise ValueError(f"documents with answer spans need a tokenizer with encode_with_offsets (a "
+                             f"KExaoneTokenizer), got {type(tokenizer).__name__}")
+        doc_ids, offsets = tokenizer.encode_with_offsets(d.text)
+        if list(doc_ids) != list(ids[k]):  # the batch and the single encoder must agree, or the mask is shifted
+            raise RuntimeError(f"encode_with_offsets and encode_batch disagree on document {k}")
+        masks[k] = answer_mask(offsets, d.answers)
+    return ids, masks
 
 
 # ----------------------------------------------------------------------------- the cache
@@ -281,7 +313,7 @@ def _as_documents(items: Iterable) -> Iterator[Document]:
         elif isinstance(d, tuple) and len(d) == 2 and isinstance(d[0], str):
             yield Document(d[0], str(d[1]))
         elif hasattr(d, "text") and isinstance(d.text, str):
-            yield Document(d.text, str(getattr(d, "tag", "") or ""))
+            yield Document(d.text, str(getattr(d, "tag", "") or ""), getattr(d, "answers", None))
         else:
             raise ValueError(f"document {i} must be a str, a Document or a (text, tag) pair, got {type(d).__name__}")
 
@@ -293,6 +325,8 @@ def _hash_documents(docs: Sequence) -> str:
             continue
         b = d.text.encode("utf-8")
         h.update(len(b).to_bytes(8, "little") + b + b"\0" + d.tag.encode() + b"\0")
+        if d.answers is not None:
+            h.update(repr(d.answers).encode() + b"\0")
     return h.hexdigest()
 
 
@@ -326,6 +360,23 @@ class _ShardWriter:
         self._in_shard = 0
         self.content = hashlib.sha256(b"kexaone-docs-v1|")
 
+    def _enable_mask(self) -> None:
+        """Start the loss-mask channel mid-way (the first document with answer spans): the tokens written so far
+        were all targets, so their masks are ones."""
+        self.with_mask = True
+        for i, sh in enumerate(self.shards):
+            last = i == len(self.shards) - 1 and self._f is not None
+            f = open(self.tmp / _mask_file(sh["file"]), "wb")
+            ones = np.ones(sh["num_tokens"], dtype=np.uint8).tobytes()
+            f.write(ones)
+            self.content.update(ones)
+            if last:
+                self._mask_f = f
+            else:
+                f.flush()
+                os.fsync(f.fileno())
+                f.close()
+
     def _open_shard(self) -> None:
         self._close_shard()
         name = f"tokens-{len(self.shards):05d}.bin"
@@ -344,11 +395,15 @@ class _ShardWriter:
         self._f = self._mask_f = None
 
     def add(self, docs: list[Document], ids_list: list[list[int]], where: str,
-            masks: list[Sequence[int]] | None = None) -> None:
+            masks: Sequence[Sequence[int] | None] | None = None) -> None:
+        """Append documents; `masks[k]` None (or no `masks`) means every token of document k is a target."""
+        if masks is not None and not self.with_mask and any(m is not None for m in masks):
+            self._enable_mask()
         for k, (d, ids) in enumerate(zip(docs, ids_list, strict=True)):
             arr = np.asarray(ids, dtype=np.int64)
             if self.with_mask:
-                mask = np.asarray(masks[k], dtype=np.int64)
+                given = masks[k] if masks is not None else None
+                mask = np.asarray(given, dtype=np.int64) if given is not None else np.ones(arr.shape, np.int64)
                 if mask.shape != arr.shape or not np.isin(mask, (0, 1)).all():
                     raise ValueError(f"{where}: the loss mask of document {len(self.doc_bytes)} must be 0/1 values, "
                                      f"one per token ({arr.size}), got shape {mask.shape}")
@@ -412,7 +467,7 @@ def _publish(tmp: Path, final: Path) -> TokenShards:
 
 
 def _cache_name(content_key: str, tok_fp: str) -> str:
-    return f"{content_key[:24]}-{hashlib.sha256(tok_fp.encode()).hexdigest()[:12]}"
+    return f"{content_key[:24]}-{hashlib.sha256(f'v{VERSION}|{tok_fp}'.encode()).hexdigest()[:12]}"
 
 
 def build_token_shards(
@@ -472,8 +527,8 @@ def build_token_shards(
         workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
         chunks = _chunks(docs_iter, chunk_docs)
         bar = _progress_bar(progress, where)
-        for docs, ids in _encode_chunks(tokenizer, chunks, max(1, workers)):
-            writer.add(docs, ids, where)
+        for docs, (ids, masks) in _encode_chunks(tokenizer, chunks, max(1, workers)):
+            writer.add(docs, ids, where, masks)
             if bar is not None:
                 bar.update(sum(len(x) for x in ids))
         if bar is not None:
@@ -544,15 +599,15 @@ def build_token_shards_from_ids(
 
 
 def _encode_chunks(tokenizer: Any, chunks: Iterator[list[Document]], workers: int):
-    """Yield (docs, ids) per chunk, in order, with up to 2 x workers chunks in flight."""
+    """Yield (docs, (ids, answer masks)) per chunk, in order, with up to 2 x workers chunks in flight."""
     if workers <= 1:
         for docs in chunks:
-            yield docs, _encode_batch(tokenizer, [d.text for d in docs])
+            yield docs, _encode_docs(tokenizer, docs)
         return
     with cf.ThreadPoolExecutor(max_workers=workers) as pool:
         pending: list[tuple[list[Document], cf.Future]] = []
         for docs in chunks:
-            pending.append((docs, pool.submit(_encode_batch, tokenizer, [d.text for d in docs])))
+            pending.append((docs, pool.submit(_encode_docs, tokenizer, docs)))
             if len(pending) >= 2 * workers:
                 d0, fut = pending.pop(0)
                 yield d0, fut.result()

@@ -51,6 +51,9 @@ class Document:
 
     text: str
     tag: str = ""
+    answers: tuple[tuple[int, int], ...] | None = None
+    """[start, end) character spans of the answers when only they are training targets (a JSONL record's
+    `"answers"`; kexaone.data.shards turns them into the loss-mask channel). None: every token is a target."""
 
 
 @dataclass(frozen=True)
@@ -212,7 +215,22 @@ def _read_jsonl(path: Path, text_field: str) -> Iterator[Document]:
             )
         text = _check_text(record[text_field], where, text_field)
         if text.strip():
-            yield Document(text, _tag_of(record, tag))
+            yield Document(text, _tag_of(record, tag), _answer_spans(record.get("answers"), len(text), where))
+
+
+def _answer_spans(value: object, n_chars: int, where: str) -> tuple[tuple[int, int], ...] | None:
+    """A record's `"answers"` field as checked [start, end) character spans within its text (None when absent)."""
+    if value is None:
+        return None
+    if not isinstance(value, list) or not all(
+            isinstance(v, (list, tuple)) and len(v) == 2 and all(isinstance(x, int) and not isinstance(x, bool)
+                                                                 for x in v) for v in value):
+        raise ValueError(f"{where}: field 'answers' must be a list of [start, end] character offsets, got "
+                         f"{str(value)[:80]}")
+    for a, b in value:
+        if not 0 <= a < b <= n_chars:
+            raise ValueError(f"{where}: answer span [{a}, {b}) is not within the text's {n_chars} characters")
+    return tuple((int(a), int(b)) for a, b in value)
 
 
 def _parquet_records(path: Path, columns: list[str] | None = None,

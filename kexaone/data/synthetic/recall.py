@@ -200,6 +200,7 @@ def answer_token_mask(tokenizer, doc: SpanDocument) -> tuple[list[int], list[boo
     """(token ids of doc.text, mask of the answer tokens): a token is an answer token when it shares a character
     with an answer span (a token that merged an answer with its neighbour still carries the answer). Needs a
     tokenizer with `encode_with_offsets` (KExaoneTokenizer)."""
+    from kexaone.data.shards import answer_mask
+
     ids, offsets = tokenizer.encode_with_offsets(doc.text)
-    mask = [any(s < b and a < e for a, b in doc.answers) for s, e in offsets]
-    return list(ids), mask
+    return list(ids), [bool(m) for m in answer_mask(offsets, doc.answers)]

@@ -35,8 +35,9 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kexaone.rl.policy_section import PolicySection
 from kexaone.train.config import (CheckpointSection, DataSection, ModelSection, ObjectiveSection, OptimSection,
-                                  ParallelSection, StageConfig, opt)
+                                  ParallelSection, StageConfig, _is_int, opt)
 
 HELP = "RL with verifiable rewards (AGAPO: truncated IS, leave-one-out advantages, router frozen, no KL)."
 
@@ -44,26 +45,22 @@ DEFAULT_REWARDS = ("math", "code", "ifeval")
 
 
 @dataclass
-class RLSection:
+class RLSection(PolicySection):
     """reinforcement learning (AGAPO)"""
 
     prompts: str = "default"
     """prompt set: default (embedded verifiable prompts, train split), default:heldout, or a JSONL file of rows
     with `prompt` and reward columns (kexaone.rl.prompts)"""
     n_prompts: int = 200
-    """prompts taken from an embedded set"""
     reward: list[str] = opt([], metavar="NAME[:WEIGHT]", append=True)
     """reward, repeatable: math, code, ifeval, ifeval_all, language, length, tool_call or package.module:function
     (TRL signature); weighted mean of those that apply (default: math, code, ifeval)"""
     judge_endpoint: str | None = opt(None, metavar="URL")
     """add an LLM-as-a-judge reward (a 1-10 rating mapped to [0, 1], with the row's `reference` column when it has
     one) from this OpenAI-compatible API base"""
-    judge_model: str = "judge"
-    """model name sent to the judge endpoint"""
     judge_weight: float = 1.0
     """weight of the judge reward"""
     group_size: int = 8
-    """responses sampled per prompt (G)"""
     is_cap: float = 2.0
     """truncation cap of the importance ratio (the report does not publish it; verl's 2.0)"""
     loss_normalize: str = opt("sequence", choices=("sequence", "token"))
@@ -76,17 +73,11 @@ class RLSection:
     """optimizer steps on each round's responses (K > 1 is the off-policy case truncated IS is for)"""
     max_resample: int = 2
     """a round whose groups all have equal rewards is sampled again up to this many times"""
-    temperature: float = 1.0
-    """sampling temperature of the rollouts"""
     top_p: float = 1.0
     """top-p of the rollouts (< 1: rollout log-probs are those of the truncated distribution)"""
-    max_new_tokens: int = 64
-    """longest response"""
     enable_thinking: bool = False
     """render prompts in reasoning mode (the reply starts with a <think> block; only the part after </think> is
     scored)"""
-    rollout_batch: int = 64
-    """responses decoded together by the in-process engine"""
     rollout_endpoint: str | None = opt(None, metavar="URL")
     """sample from this OpenAI-compatible API base (e.g. http://127.0.0.1:8000/v1) instead of in process"""
     rollout_model: str | None = None
@@ -94,14 +85,8 @@ class RLSection:
     reload_command: str | None = opt(None, metavar="CMD")
     """shell command run after each round's weights are written to <out>/policy ({model} = that path), e.g. one that
     restarts `kexaone serve` on it; the run then waits for the endpoint"""
-    eval_prompts: str | None = "default:heldout"
-    """held-out prompts scored before and after training (none: skip)"""
     eval_n: int = 40
-    """held-out prompts taken from an embedded set"""
     eval_samples: int = 4
-    """responses per held-out prompt"""
-    batch_size: int = 16
-    """responses per micro-batch"""
     out: str = "runs/rl"
     """output directory"""
     optimizer: str = opt("adamw", choices=("muon", "adamw"))
@@ -110,40 +95,19 @@ class RLSection:
     """learning rate (constant unless --decay-fraction)"""
     weight_decay: float = 0.0
     """decoupled weight decay (0: RL has no reason to shrink weights)"""
-    warmup_steps: int | None = 0
-    """warmup steps"""
-    decay_fraction: float = 0.0
-    """fraction of the run spent decaying the LR"""
     precision: str = opt("fp32", choices=("fp32", "bf16", "fp8"))
     """fp32 by default: the rollout engine runs the model in its own dtype, and bf16 autocast in the update would
     move every importance ratio away from 1"""
-    save_every: int = 0
-    """checkpoint every N steps (0: at the end)"""
-    eval_every: int = 0
-    """(no held-out loss in RL: the held-out reward is measured before and after)"""
-    eval_batches: int = 0
-    """(unused in RL)"""
 
     def _check_rl(self, need) -> None:
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        for name in ("group_size",):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 2, name, "must be an integer >= 2")
-        for name in ("rounds", "prompts_per_round", "updates_per_rollout", "max_new_tokens", "rollout_batch",
-                     "n_prompts", "eval_n", "eval_samples"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
-        need(is_int(self.max_resample) and self.max_resample >= 0, "max_resample", "must be an integer >= 0")
+        for name in ("rounds", "prompts_per_round", "updates_per_rollout"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
+        need(_is_int(self.max_resample) and self.max_resample >= 0, "max_resample", "must be an integer >= 0")
         need(isinstance(self.is_cap, (int, float)) and math.isfinite(self.is_cap) and self.is_cap > 0, "is_cap",
              "must be a finite number > 0")
-        need(isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 2, "temperature",
-             "must be in (0, 2] (RL needs a sampling distribution)")
-        need(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
         need(self.loss_normalize in ("sequence", "token"), "loss_normalize", "choose 'sequence' or 'token'")
         need(self.rollout_endpoint is None or str(self.rollout_endpoint).startswith(("http://", "https://")),
              "rollout_endpoint", "must be an http(s) URL such as http://127.0.0.1:8000/v1")
-        need(self.judge_endpoint is None or str(self.judge_endpoint).startswith(("http://", "https://")),
-             "judge_endpoint", "must be an http(s) URL such as http://127.0.0.1:8001/v1")
         need(isinstance(self.judge_weight, (int, float)) and math.isfinite(self.judge_weight)
              and self.judge_weight >= 0, "judge_weight", "must be a finite number >= 0")
         need(not (self.rollout_endpoint and self.rounds > 1 and not self.reload_command), "rounds",

@@ -25,20 +25,19 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from kexaone.rl.policy_section import PolicySection
 from kexaone.train.config import (CheckpointSection, DataSection, ModelSection, ObjectiveSection, OptimSection,
-                                  ParallelSection, StageConfig, opt)
+                                  ParallelSection, StageConfig, _is_int, opt)
 
 HELP = "Preference learning with GROUPER (group-wise SimPER) on rule and rubric-judge rewards."
 
 
 @dataclass
-class PrefSection:
+class PrefSection(PolicySection):
     """preference learning (GROUPER)"""
 
     prompts: str = "default"
     """prompt set: default (embedded preference prompts, train split), default:heldout, or a JSONL file"""
-    n_prompts: int = 64
-    """prompts taken from an embedded set"""
     reward: list[str] = opt([], metavar="NAME[:WEIGHT]", append=True)
     """rule reward, repeatable: format, language, length, refusal, tool_call, ifeval, ... or package.module:function
     (default: format, language, length, refusal, tool_call, ifeval)"""
@@ -46,12 +45,8 @@ class PrefSection:
     """rubric JSON file for the judge (default: kexaone.rl.judge's five-dimension rubric)"""
     judge_endpoint: str | None = opt(None, metavar="URL")
     """OpenAI-compatible API base of the rubric judge (none: rule rewards only)"""
-    judge_model: str = "judge"
-    """model name sent to the judge endpoint"""
     rubric_weight: float = 1.0
     """weight of the rubric reward against each rule reward"""
-    group_size: int = 4
-    """responses sampled per prompt (G)"""
     samples: str | None = opt(None, metavar="FILE")
     """cache of the sampled responses (default <out>/samples.jsonl); reused when it matches"""
     epochs: int = 2
@@ -62,56 +57,16 @@ class PrefSection:
     """sampling temperature of the initial policy"""
     top_p: float = 0.95
     """top-p of the initial policy's samples"""
-    max_new_tokens: int = 64
-    """longest response"""
-    enable_thinking: bool = False
-    """render prompts in reasoning mode"""
-    rollout_batch: int = 64
-    """responses decoded together"""
     eval_prompts: str | None = "default:heldout"
     """held-out prompts whose preference score is measured before and after (none: skip)"""
-    eval_n: int = 24
-    """held-out prompts taken from an embedded set"""
-    eval_samples: int = 2
-    """responses per held-out prompt"""
-    batch_size: int = 16
-    """responses per micro-batch"""
     out: str = "runs/pref"
     """output directory"""
-    optimizer: str = opt("adamw", choices=("muon", "adamw"))
-    """optimizer"""
-    lr: float = 1e-6
-    """learning rate"""
-    weight_decay: float = 0.0
-    """decoupled weight decay"""
-    warmup_steps: int | None = 0
-    """warmup steps"""
-    decay_fraction: float = 0.0
-    """fraction of the run spent decaying the LR"""
-    precision: str = opt("fp32", choices=("fp32", "bf16", "fp8"))
-    """precision of the update"""
-    save_every: int = 0
-    """checkpoint every N steps (0: at the end)"""
-    eval_every: int = 0
-    """(no held-out loss: the held-out preference score is measured before and after)"""
-    eval_batches: int = 0
-    """(unused)"""
 
     def _check_pref(self, need) -> None:
-        def is_int(v):
-            return isinstance(v, int) and not isinstance(v, bool)
-
-        need(is_int(self.group_size) and self.group_size >= 2, "group_size", "must be an integer >= 2")
-        for name in ("n_prompts", "epochs", "prompts_per_step", "max_new_tokens", "rollout_batch", "eval_n",
-                     "eval_samples"):
-            need(is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
-        need(isinstance(self.temperature, (int, float)) and 0 < self.temperature <= 2, "temperature",
-             "must be in (0, 2]")
-        need(isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1, "top_p", "must be in (0, 1]")
+        for name in ("epochs", "prompts_per_step"):
+            need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")
         need(isinstance(self.rubric_weight, (int, float)) and math.isfinite(self.rubric_weight)
              and self.rubric_weight >= 0, "rubric_weight", "must be a finite number >= 0")
-        need(self.judge_endpoint is None or str(self.judge_endpoint).startswith(("http://", "https://")),
-             "judge_endpoint", "must be an http(s) URL such as http://127.0.0.1:8001/v1")
         need(not (self.rubric and not self.judge_endpoint), "rubric", "needs --judge-endpoint (a judge scores it)")
         need(self.init_from is not None, "init_from", "is required: preference learning starts from a checkpoint")
 

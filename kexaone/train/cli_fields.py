@@ -25,7 +25,19 @@ from kexaone.train.config import load_config_file
 
 @cache
 def field_docs(cls: type) -> dict[str, str]:
-    """{field name: its attribute docstring} of one dataclass (the string right after the annotated line)."""
+    """{field name: its attribute docstring} of one dataclass (the string right after the annotated line), its
+    base classes' docstrings included: a subclass that redeclares a field only to change its default keeps the
+    base's help, and one that redeclares it with a docstring overrides it."""
+    docs: dict[str, str] = {}
+    for klass in reversed(cls.__mro__[1:]):
+        if dataclasses.is_dataclass(klass):
+            docs.update(field_docs(klass))
+    docs.update(_own_field_docs(cls))
+    return docs
+
+
+def _own_field_docs(cls: type) -> dict[str, str]:
+    """The attribute docstrings written in `cls`'s own class body."""
     try:
         tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
     except (OSError, TypeError):

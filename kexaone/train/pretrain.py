@@ -13,12 +13,11 @@ Exit codes of the command: 0 finished; 130 interrupted by SIGINT/SIGTERM after s
 from __future__ import annotations
 
 import argparse
-import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from kexaone.train.config import TRAIN_SECTIONS, TrainConfig
-from kexaone.train.run import EXIT_DIVERGED, StageResult, cache_root
+from kexaone.train.run import StageResult, cache_root
 
 HELP = "Pre-train a K-EXAONE model (Muon + WSD, MTP, MoE balancing, bf16/fp8, exact resume, torchrun-ready)."
 
@@ -44,16 +43,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexaone.train.run import report
-    from kexaone.train.trainer import TrainingDiverged
+    from kexaone.train.run import run_stage_command
 
-    cfg = config_from_args(args)
-    try:
-        result = run_pretraining(cfg)
-    except TrainingDiverged as e:
-        print(f"kexaone pretrain: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
-    return report(result)
+    return run_stage_command("pretrain", TrainConfig, args, run_pretraining)
 
 
 # ---------------------------------------------------------------------------------------------- Python API

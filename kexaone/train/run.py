@@ -342,21 +342,25 @@ def report(result: StageResult) -> int:
     return EXIT_INTERRUPTED if result.interrupted else 0
 
 
-def run_stage_command(command: str, config_cls: type, args: Any, run_stage: Callable[[Any], StageResult]) -> int:
+def run_stage_command(command: str, config_cls: type, args: Any, run_stage: Callable[[Any], Any],
+                      summarise: Callable[[Any, Any], StageResult] | None = None) -> int:
     """The body of a stage command's `run(args)`: its config from --config and the flags, then `run_stage(cfg)`.
-    Bad input (ValueError, FileNotFoundError) prints `kexaone <command>: <why>` and exits 2; a diverged run exits
-    EXIT_DIVERGED; otherwise `report`'s code."""
+    `summarise(cfg, returned)`, when given, prints the stage's own closing lines (rank 0) and returns the
+    StageResult inside what `run_stage` returned (e.g. SFT's result wraps one). Bad input (ValueError,
+    FileNotFoundError, NotADirectoryError, PermissionError) prints `kexaone <command>: error: <why>` and exits 2,
+    as `kexaone.cli.main` does for every command; a diverged run exits EXIT_DIVERGED; otherwise `report`'s code."""
     import sys
 
     from kexaone.train import cli_fields
     from kexaone.train.trainer import TrainingDiverged
 
     try:
-        result = run_stage(cli_fields.config_from_args(config_cls, args))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"kexaone {command}: {e}", file=sys.stderr)
+        cfg = cli_fields.config_from_args(config_cls, args)
+        returned = run_stage(cfg)
+    except (ValueError, FileNotFoundError, NotADirectoryError, PermissionError) as e:
+        print(f"kexaone {command}: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"kexaone {command}: {e}", file=sys.stderr)
         return EXIT_DIVERGED
-    return report(result)
+    return report(summarise(cfg, returned) if summarise is not None else returned)

@@ -130,15 +130,14 @@ def config_from_args(args: argparse.Namespace) -> SFTConfig:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexaone.train.run import EXIT_DIVERGED, report
-    from kexaone.train.trainer import TrainingDiverged
+    from kexaone.train.run import run_stage_command
 
-    cfg = config_from_args(args)
-    try:
-        result = run_sft(cfg)
-    except TrainingDiverged as e:
-        print(f"kexaone sft: {e}", file=sys.stderr)
-        return EXIT_DIVERGED
+    return run_stage_command("sft", SFTConfig, args, run_sft, summarise=_summarise)
+
+
+def _summarise(cfg: SFTConfig, result: SFTResult) -> Any:
+    """SFT's own closing lines (rank 0): conversations skipped as too long, MTP acceptance, the adapter; returns
+    the scaffold's StageResult for `report`."""
     if result.rank == 0:
         for s in result.sources:
             if s["skipped_too_long"]:
@@ -151,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
                   f", after {_pct(acc.get('after'))}")
         if result.adapter_dir is not None:
             print(f"adapter: {result.adapter_dir}")
-    return report(result.stage)
+    return result.stage
 
 
 def _pct(x: float | None) -> str:

@@ -56,6 +56,21 @@ class RegistryOffice:
         staff = sorted((p.id for p in self.db.people.values() if p.employer == c.id), key=_id_key)
         return {**asdict(c), "employees": staff}
 
+    def _relink(self, tool: str, row: tuple[str, str, str], attr: str, target: tuple[str, str, str],
+                already: str):
+        """The write the move/transfer tools share: point `row`'s `attr` at `target` (each `(table, kind, id)`,
+        both must exist), log it as `tool` with `<kind>_id` arguments, and return the row. `already` is the
+        error, formatted with the row's `name` and the target `id`, when the row points there already."""
+        table, kind, row_id = row
+        t_table, t_kind, t_id = target
+        r = self._by_id(table, row_id, kind)
+        self._by_id(t_table, t_id, t_kind)
+        if getattr(r, attr) == t_id:
+            raise ValueError(already.format(name=r.name, id=t_id))
+        setattr(r, attr, t_id)
+        self.writes.append((tool, {f"{kind}_id": row_id, f"{t_kind}_id": t_id}))
+        return r
+
     # ----------------------------------------------------------------------------------------------- read tools
     def find_person(self, name: str) -> dict:
         """Look up a person by full name.
@@ -114,13 +129,8 @@ class RegistryOffice:
             person_id: The person's id.
             company_id: The id of the new employer.
         """
-        p = self._by_id("people", person_id, "person")
-        self._by_id("companies", company_id, "company")
-        if p.employer == company_id:
-            raise ValueError(f"{p.name} already works for company {company_id}")
-        p.employer = company_id
-        self.writes.append(("transfer_employee", {"person_id": person_id, "company_id": company_id}))
-        return asdict(p)
+        return asdict(self._relink("transfer_employee", ("people", "person", person_id), "employer",
+                                   ("companies", "company", company_id), "{name} already works for company {id}"))
 
     def relocate_company(self, company_id: str, city_id: str) -> dict:
         """Record that a company moved its headquarters to another city.
@@ -129,13 +139,8 @@ class RegistryOffice:
             company_id: The company's id.
             city_id: The id of the new headquarters city.
         """
-        c = self._by_id("companies", company_id, "company")
-        self._by_id("cities", city_id, "city")
-        if c.hq_city == city_id:
-            raise ValueError(f"{c.name} is already headquartered in city {city_id}")
-        c.hq_city = city_id
-        self.writes.append(("relocate_company", {"company_id": company_id, "city_id": city_id}))
-        return self._company(c)
+        return self._company(self._relink("relocate_company", ("companies", "company", company_id), "hq_city",
+                                          ("cities", "city", city_id), "{name} is already headquartered in city {id}"))
 
     def move_person(self, person_id: str, city_id: str) -> dict:
         """Record that a person now lives in another city.
@@ -144,13 +149,8 @@ class RegistryOffice:
             person_id: The person's id.
             city_id: The id of the new home city.
         """
-        p = self._by_id("people", person_id, "person")
-        self._by_id("cities", city_id, "city")
-        if p.home_city == city_id:
-            raise ValueError(f"{p.name} already lives in city {city_id}")
-        p.home_city = city_id
-        self.writes.append(("move_person", {"person_id": person_id, "city_id": city_id}))
-        return asdict(p)
+        return asdict(self._relink("move_person", ("people", "person", person_id), "home_city",
+                                   ("cities", "city", city_id), "{name} already lives in city {id}"))
 
     def register_invention(self, name: str, inventor_id: str) -> dict:
         """Register a new invention; it gets the next free id.

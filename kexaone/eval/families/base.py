@@ -8,7 +8,7 @@ chunking, resuming and file writing; families do not touch files except their ow
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,19 @@ def item_id(row: dict, index: int) -> str:
         if row.get(k) is not None:
             return str(row[k])
     return str(index)
+
+
+def load_items(rows: list[dict], source: str, family: str, fields: Sequence[str],
+               make: Callable[[dict, str], dict]) -> list[dict]:
+    """The row loop of a family's `load`: each row is checked for `fields` (`require`), then `make(row, where)`
+    builds the item's own fields (raising ValueError that names `where`, e.g. "tasks.jsonl row 3", for a bad
+    value); the item's `id` (`item_id`) comes first."""
+    items = []
+    for i, row in enumerate(rows):
+        where = f"{source} row {i + 1}"
+        require(row, fields, where, family)
+        items.append({"id": item_id(row, i), **make(row, where)})
+    return items
 
 
 class Family:

@@ -9,7 +9,7 @@ it.
 
 from __future__ import annotations
 
-from kexaone.eval.families.base import Family, item_id, require, reply_text
+from kexaone.eval.families.base import Family, load_items, reply_text
 from kexaone.eval.results import mean_stderr
 
 
@@ -20,17 +20,14 @@ class IFEval(Family):
     metric = "prompt-level strict accuracy"
 
     def load(self, rows, source):
-        items = []
-        for i, row in enumerate(rows):
-            where = f"{source} row {i + 1}"
-            require(row, ("prompt", "instruction_id_list"), where, self.name)
+        def make(row, where):
             ids = list(row["instruction_id_list"])
             kwargs = row.get("kwargs") or [{} for _ in ids]
             if len(kwargs) != len(ids):
                 raise ValueError(f"{where}: kwargs has {len(kwargs)} entries for {len(ids)} instruction ids")
-            items.append({"id": item_id(row, i), "prompt": str(row["prompt"]), "instruction_id_list": ids,
-                          "kwargs": [dict(k or {}) for k in kwargs]})
-        return items
+            return {"prompt": str(row["prompt"]), "instruction_id_list": ids, "kwargs": [dict(k or {}) for k in kwargs]}
+
+        return load_items(rows, source, self.name, ("prompt", "instruction_id_list"), make)
 
     def run(self, items, ctx):
         from kexaone.rl.verifiers.ifeval import check_instructions

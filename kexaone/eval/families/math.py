@@ -7,7 +7,7 @@ reward and an evaluation never disagree on what counts as correct.
 
 from __future__ import annotations
 
-from kexaone.eval.families.base import Family, item_id, reply_text
+from kexaone.eval.families.base import Family, load_items, reply_text
 
 INSTRUCTION = "Solve the problem step by step, then give the final answer as \\boxed{ANSWER}."
 
@@ -24,17 +24,15 @@ class Math(Family):
     def load(self, rows, source):
         from kexaone.rl.verifiers.math import gsm8k_gold
 
-        items = []
-        for i, row in enumerate(rows):
-            where = f"{source} row {i + 1}"
+        def make(row, where):
             problem = row.get("problem", row.get("question"))
             if problem is None or row.get("answer") is None:
                 raise ValueError(f"{where}: math rows need \"problem\" (or \"question\") and \"answer\"; "
                                  f"got {sorted(row)}")
             ans = str(row["answer"])
-            gold = gsm8k_gold(ans) if "####" in ans else ans.strip()
-            items.append({"id": item_id(row, i), "problem": str(problem), "gold": gold})
-        return items
+            return {"problem": str(problem), "gold": gsm8k_gold(ans) if "####" in ans else ans.strip()}
+
+        return load_items(rows, source, self.name, (), make)  # either field name: checked in make
 
     def run(self, items, ctx):
         from kexaone.rl.verifiers.math import answers_equal, extract_final_answer

@@ -15,7 +15,7 @@ from __future__ import annotations
 import re
 import string
 
-from kexaone.eval.families.base import Family, item_id, reply_text, require, summarize_scores
+from kexaone.eval.families.base import Family, load_items, reply_text, summarize_scores
 
 LETTERS = string.ascii_uppercase
 
@@ -93,17 +93,15 @@ class MCQ(Family):
     default_max_tokens = 256
 
     def load(self, rows, source):
-        items = []
-        for i, row in enumerate(rows):
-            where = f"{source} row {i + 1}"
-            require(row, ("question", "choices", "answer"), where, self.name)
+        def make(row, where):
             choices = row["choices"]
             if not isinstance(choices, list) or not 2 <= len(choices) <= len(LETTERS):
                 raise ValueError(f"{where}: choices must be a list of 2..26 strings, got {choices!r}")
             choices = [str(c) for c in choices]
-            items.append({"id": item_id(row, i), "question": str(row["question"]), "choices": choices,
-                          "gold": gold_index(row["answer"], choices, where)})
-        return items
+            return {"question": str(row["question"]), "choices": choices,
+                    "gold": gold_index(row["answer"], choices, where)}
+
+        return load_items(rows, source, self.name, ("question", "choices", "answer"), make)
 
     def config_view(self, config):
         view = super().config_view(config) if config.mcq_mode == "generate" else {}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
-from kexaone.eval.families.base import Family, item_id, require, summarize_scores
+from kexaone.eval.families.base import Family, load_items, require, summarize_scores
 
 
 def _identity(text: str) -> str:
@@ -37,13 +37,9 @@ class Synthetic(Family):
         self.choice_norm = choice_norm
 
     def load(self, rows, source):
-        items = []
-        for i, row in enumerate(rows):
-            require(row, ("prompt", "answer"), f"{source} row {i + 1}", self.name)
-            ch = row.get("choices")
-            items.append({"id": item_id(row, i), "prompt": str(row["prompt"]), "answer": str(row["answer"]),
-                          "choices": [str(c) for c in ch] if ch else None})
-        return items
+        return load_items(rows, source, self.name, ("prompt", "answer"), lambda row, where: {
+            "prompt": str(row["prompt"]), "answer": str(row["answer"]),
+            "choices": [str(c) for c in row["choices"]] if row.get("choices") else None})
 
     def budget(self, config) -> int | None:
         """The task's own answer budget, capped by --max-new-tokens when that is given."""

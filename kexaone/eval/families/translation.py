@@ -8,7 +8,7 @@ built-in FLORES pairs are read from the evaluation corpora (kexaone.eval.familie
 
 from __future__ import annotations
 
-from kexaone.eval.families.base import Family, item_id, reply_text, require
+from kexaone.eval.families.base import Family, load_items, reply_text
 
 LANG_NAMES = {"ko": "Korean", "en": "English", "es": "Spanish", "de": "German", "ja": "Japanese",
               "vi": "Vietnamese", "zh": "Chinese", "fr": "French"}
@@ -39,12 +39,8 @@ class Translation(Family):
     metric = "chrF"
 
     def load(self, rows, source):
-        items = []
-        for i, row in enumerate(rows):
-            require(row, ("source", "reference", "src_lang", "tgt_lang"), f"{source} row {i + 1}", self.name)
-            items.append({"id": item_id(row, i), "source": str(row["source"]), "reference": str(row["reference"]),
-                          "src_lang": str(row["src_lang"]), "tgt_lang": str(row["tgt_lang"])})
-        return items
+        keys = ("source", "reference", "src_lang", "tgt_lang")
+        return load_items(rows, source, self.name, keys, lambda row, where: {k: str(row[k]) for k in keys})
 
     def run(self, items, ctx):
         import sacrebleu

@@ -26,6 +26,7 @@ from kexaone.engine.constrained import (
 )
 from kexaone.tokenizer.chat import arguments_text, parse_assistant
 from test_engine_models import byte_tokenizer, one_thread, tiny_model
+from tool_support import PICK, parallel_calling_engine
 
 WEATHER = {"type": "function", "function": {"name": "get_weather", "description": "Weather of a city", "parameters": {
     "type": "object",
@@ -219,27 +220,9 @@ def test_budget_exactly_the_shortest_reply_still_completes(engine):
         assert len(r.tokens) <= n
 
 
-class _Bias:
-    """Pushes the model towards a byte (here '\\n', which after a call starts another one)."""
-
-    def __init__(self, token: int, amount: float = 30.0):
-        self.token, self.amount = token, amount
-
-    def __call__(self, generated, logits_V):
-        out = logits_V.clone()
-        out[self.token] += self.amount
-        return out
-
-
-PICK = {"type": "function", "function": {"name": "pick", "parameters": {
-    "type": "object", "properties": {"x": {"enum": [1, 2]}}, "required": ["x"]}}}
-
-
 def test_parallel_calls_and_the_single_call_flag():
-    tok = byte_tokenizer()
-    nl = tok.encode("\n")[0]
     with one_thread():
-        eng = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok, logits_processors=[_Bias(nl)])
+        eng = parallel_calling_engine()
         r = eng.chat(MSGS, tools=[PICK], tool_choice="required", enable_thinking=False, max_new_tokens=120, seed=0)
         assert len(r.tool_calls) >= 2 and r.validation_errors == [] and r.errors == []
         assert all(c["name"] == "pick" and c["arguments"]["x"] in (1, 2) for c in r.tool_calls)

@@ -19,6 +19,7 @@ import pytest
 
 from serve_support import serve_subprocess
 from test_engine_models import ServerThread, byte_tokenizer, one_thread, tiny_model
+from tool_support import PICK, parallel_calling_engine
 
 openai = pytest.importorskip("openai")
 
@@ -190,32 +191,13 @@ def test_answered_calls_with_ids_are_accepted(server):
 
 
 # ------------------------------------------------------------------------------------------------ parallel calls
-class _Steer:
-    """Adds `amount` to one token's logit (here '\\n', which after a call starts another one)."""
-
-    def __init__(self, token: int, amount: float = 30.0):
-        self.token, self.amount = token, amount
-
-    def __call__(self, generated, logits_V):
-        out = logits_V.clone()
-        out[self.token] += self.amount
-        return out
-
-
-PICK = {"type": "function", "function": {"name": "pick", "parameters": {
-    "type": "object", "properties": {"x": {"enum": [1, 2]}}, "required": ["x"]}}}
-
-
 @pytest.mark.parametrize("stream", [False, True])
 def test_parallel_calls_get_distinct_ids_and_the_flag_limits_them(stream):
-    from kexaone.engine import Engine
     from kexaone.engine.app import create_app
     from kexaone.engine.server import ServerSettings
 
     with one_thread():
-        tok = byte_tokenizer()
-        engine = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok,
-                        logits_processors=[_Steer(tok.encode("\n")[0])])
+        engine = parallel_calling_engine()
         srv = ServerThread(create_app(engine, ServerSettings(model_name=MODEL, max_tokens=200, timeout=60.0))).start()
         try:
             client = openai.OpenAI(base_url=srv.url + "/v1", api_key="unused", max_retries=0, timeout=60)

@@ -62,6 +62,14 @@ def write_section(name: str, text: str) -> None:
     atomic_write_text(RESULTS, new)
 
 
+def publish(table: str, write: bool, name: str, heading: str, setup: str, threads: int = 1) -> None:
+    """Print a result table and, when `write`, record it as section `name` of engine.md: the heading, what was
+    measured (`setup`), the machine and the table."""
+    print(table)
+    if write:
+        write_section(name, f"## {heading}\n\n{setup}\n\nMachine: {machine(threads)}.\n\n{table}\n")
+
+
 # ---------------------------------------------------------------------------------------------------- model
 def bench_config(vocab: int) -> KExaoneConfig:
     """The `small` preset's shape (H 256, 8 layers LLLG, 32 experts top-2 + shared, window 128, MTP) with a

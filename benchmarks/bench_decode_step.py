@@ -93,17 +93,14 @@ def main() -> int:
         n = b * args.new_tokens
         rows.append(f"| {b} | {n / tb:.1f} | {n / tc:.1f} | {tb / tc:.2f}x | "
                     f"{'yes' if tokens[('baseline', b)] == tokens[('current', b)] else 'NO'} |")
-    table = "\n".join(rows)
-    print(table)
-    if args.write:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from bench_decode import machine, write_section  # noqa: E402
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_decode import publish  # noqa: E402
 
-        write_section("decode-fastpaths", (
-            f"## Decode fast paths (bench_decode_step.py)\n\nGreedy `Engine.generate`, {args.new_tokens} new tokens, "
-            f"prompts of ~{args.prompt_len} tokens (different lengths within a batch), `small` preset (vocabulary "
-            f"8192), random weights, fp32; baseline = `{args.baseline_ref}` vs the working tree, each run in a fresh "
-            f"process, median of {args.repeats} interleaved runs.\n\nMachine: {machine(1)}.\n\n{table}\n"))
+    publish("\n".join(rows), args.write, "decode-fastpaths", "Decode fast paths (bench_decode_step.py)",
+            f"Greedy `Engine.generate`, {args.new_tokens} new tokens, prompts of ~{args.prompt_len} tokens (different "
+            f"lengths within a batch), `small` preset (vocabulary 8192), random weights, fp32; baseline = "
+            f"`{args.baseline_ref}` vs the working tree, each run in a fresh process, median of {args.repeats} "
+            "interleaved runs.")
     return 0
 
 

@@ -62,17 +62,12 @@ def main() -> int:
                 ex, _ = gap(preset, dtype, spec, args.new_tokens, exact=True)
                 rows.append(f"| {preset} | {dtype_name} | {spec or 'plain'} | {mx:.2e} | {mean:.2e} | {ex:.1e} |")
                 print(rows[-1], file=sys.stderr)
-    table = "\n".join(rows)
-    print(table)
-    if args.write:
-        sys.path.insert(0, str(ROOT / "benchmarks"))
-        from bench_decode import machine, write_section  # noqa: E402
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from bench_decode import publish  # noqa: E402
 
-        write_section("logprob-gap", (
-            f"## Engine vs training forward log-probs (bench_logprob_gap.py)\n\n4 prompts (7-50 tokens) x "
-            f"{args.new_tokens} sampled tokens, temperature 1, top-p 0.95, random weights; difference between "
-            f"`GenerationResult.logprobs` and `token_logprobs` on the same tokens.\n\nMachine: {machine(1)}.\n\n"
-            f"{table}\n"))
+    publish("\n".join(rows), args.write, "logprob-gap", "Engine vs training forward log-probs (bench_logprob_gap.py)",
+            f"4 prompts (7-50 tokens) x {args.new_tokens} sampled tokens, temperature 1, top-p 0.95, random weights; "
+            "difference between `GenerationResult.logprobs` and `token_logprobs` on the same tokens.")
     return 0
 
 

@@ -135,10 +135,18 @@ def test_lora_adapter_loads_in_peft_on_transformers_and_merge_equals_it(workspac
     assert frozen and all(torch.equal(base[k], new[k]) for k in frozen)
 
 
-def test_lora_without_merge_writes_only_the_adapter(workspace, tmp_path):
+def test_lora_without_merge_writes_only_the_adapter(workspace, tmp_path, capsys):
+    from kexaone.train.sft import _summarise
+
     res = sft(workspace, tmp_path / "l", "--max-steps", "1", "--lora-rank", "2", "--acceptance-prompts", "0")
     assert res.model_dir is None and (tmp_path / "l" / "adapter" / "adapter_config.json").is_file()
     assert not (tmp_path / "l" / "model").exists()
+    # The command's closing lines say where the adapter is and how to get a full model.
+    capsys.readouterr()
+    _summarise(parse("--init-from", workspace / "base", "--lora-rank", "2"), res)
+    out = capsys.readouterr().out
+    assert f"adapter: {tmp_path / 'l' / 'adapter'}" in out and "without --merge" in out and "--merge" in out
+    assert str(workspace / "base") in out
 
 
 def env(cache: Path) -> dict[str, str]:

@@ -239,6 +239,35 @@ def test_nan_steps_are_skipped_then_the_run_stops(tok, shards, tmp_path):
     assert all(torch.equal(state["model"][k], snapshots[6][k]) for k in state["model"])
 
 
+def test_eval_without_byte_counts_has_a_loss_and_no_bpb(tok, shards, tmp_path, capsys):
+    """A held-out set that does not know its bytes (SFT's conversations, scored on the assistant tokens only) gives
+    a held-out loss and no bits per byte: None in the result, absent from the eval records and the closing line,
+    never NaN. The progress bar carries the run's label, not "pretrain"."""
+    import dataclasses
+
+    from kexaone.train.evaluation import EvalSet
+    from kexaone.train.run import StageResult, report
+
+    ev = eval_set_from_shards([(shards, shards.split_indices(0.05)[1])], SEQ, BATCH, max_rows=BATCH)
+    no_bytes = EvalSet(ev.batches, ev.n_tokens, 0)
+    t = Trainer(tiny_model(tok), tok, loader(shards), cfg(tmp_path, max_steps=1, progress=True), eval_set=no_bytes,
+                label="sft")
+    res = t.fit()
+    assert t.label == "sft" and math.isfinite(res.eval_loss) and res.eval_bpb is None
+    evals = [r for r in read_metrics(tmp_path / "metrics.jsonl") if r["kind"] == "eval"]
+    assert evals and "bpb" not in evals[-1] and math.isfinite(evals[-1]["loss"]) and math.isfinite(evals[-1]["ppl"])
+    bar = capsys.readouterr().err
+    assert "sft" in bar and "pretrain" not in bar
+    # The default label is the objective's name: pre-training's for the default objective.
+    assert Trainer(tiny_model(tok), tok, loader(shards), cfg(tmp_path / "p", max_steps=1)).label == "pretrain"
+    fields = {f.name: None for f in dataclasses.fields(StageResult)}
+    stage = StageResult(**{**fields, "steps": 1, "tokens": 128, "final_loss": 1.0, "eval_loss": res.eval_loss,
+                           "interrupted": False, "metrics_path": tmp_path / "metrics.jsonl", "rank": 0})
+    assert report(stage) == 0
+    line = capsys.readouterr().out
+    assert f"held-out loss {res.eval_loss:.4f}" in line and "bits/byte" not in line and "nan" not in line
+
+
 def test_token_ids_beyond_the_vocabulary_are_a_clear_error(tok, tmp_path):
     m = tiny_model(tok)
     bad = torch.full((2, SEQ), tok.vocab_size + 5, dtype=torch.long)

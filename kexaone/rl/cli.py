@@ -219,7 +219,7 @@ def run_rl(cfg: RLConfig, callbacks=()) -> Any:
                         seed=cfg.seed, max_resample=cfg.max_resample, before_round=before_round,
                         log_path=run.out / "rounds.jsonl")
         trainer = Trainer(model, tok, data, cfg, objective=objective, dist=run.dist, out_dir=run.out,
-                          callbacks=callbacks)
+                          callbacks=callbacks, label="rl")
         trainer_box["trainer"] = trainer
         result = finish_stage(run, trainer, trainer.fit(), stage="rl")
         if eval_rows and not result.interrupted:

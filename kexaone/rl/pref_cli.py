@@ -191,7 +191,7 @@ def run_pref(cfg: PrefConfig, callbacks=(), judge_transport: Any = None) -> Any:
         data = PrefBatches(groups, adv, prompts_per_step=cfg.prompts_per_step, micro_batches=cfg.grad_accum,
                            pad_id=tok.pad_id if tok.pad_id is not None else 0, seed=cfg.seed)
         trainer = Trainer(model, tok, data, cfg, objective=objective, dist=run.dist, out_dir=run.out,
-                          callbacks=callbacks)
+                          callbacks=callbacks, label="pref")
         result = finish_stage(run, trainer, trainer.fit(), stage="pref")
         if eval_rows and not result.interrupted:
             evaluation["after"] = preference_score(sampler, eval_rows, rewards, judge, cfg.eval_samples,

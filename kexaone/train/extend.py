@@ -453,7 +453,7 @@ def run_extension(cfg: ExtendConfig) -> dict[str, Any]:
                 clock["t"] = time.perf_counter()
                 rdir = stage_dir / f"round{r}"
                 tc = _train_config(cfg, rdir, seq_len=length, init_from=None)
-                trainer = Trainer(model, tok, data, tc, dist=run.dist, out_dir=rdir)
+                trainer = Trainer(model, tok, data, tc, dist=run.dist, out_dir=rdir, label="extend")
                 res = trainer.fit()
                 shutil.rmtree(rdir / "checkpoints", ignore_errors=True)  # the model lives on in memory
                 return {"steps": res.steps, "tokens": res.tokens, "loss": res.final_loss,

@@ -60,7 +60,7 @@ def run_pretraining(train_cfg: TrainConfig, callbacks: Sequence[Callable[..., An
         data, heldout = build_train_data(cfg, run.tokenizer, run.dist)
         eval_set = build_eval_data(cfg, run.tokenizer, heldout, run.dist)
         trainer = Trainer(run.model, run.tokenizer, data, cfg, eval_set=eval_set, dist=run.dist, out_dir=run.out,
-                          callbacks=callbacks)
+                          callbacks=callbacks, label="pretrain")
         return finish_stage(run, trainer, trainer.fit(), stage="pretrain")
 
 

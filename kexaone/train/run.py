@@ -76,6 +76,7 @@ class StageResult:
     final_loss: float | None
     eval_loss: float | None
     eval_bpb: float | None
+    """None when not evaluated or when the held-out set has no byte counts (SFT)."""
     interrupted: bool
     signal_name: str | None
     skipped_steps: int
@@ -334,7 +335,9 @@ def report(result: StageResult) -> int:
             if result.final_loss is not None:
                 line += f", final loss {result.final_loss:.4f}"
             if result.eval_loss is not None:
-                line += f", held-out loss {result.eval_loss:.4f} ({result.eval_bpb:.3f} bits/byte)"
+                line += f", held-out loss {result.eval_loss:.4f}"
+                if result.eval_bpb is not None:  # None where the held-out set has no byte counts (SFT)
+                    line += f" ({result.eval_bpb:.3f} bits/byte)"
             print(line)
             if result.model_dir is not None:
                 print(f"model: {result.model_dir}")

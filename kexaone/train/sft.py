@@ -59,7 +59,8 @@ class SFTSection:
     lora_targets: list[str] = opt([], cli=False)
     """LoRA target groups: attention, dense, shared, experts (default attention dense shared)"""
     merge: bool = False
-    """with --lora-rank: also write the adapter merged into the base weights to <out>/model"""
+    """with --lora-rank: also write the adapter merged into the base weights to <out>/model (without it a LoRA run
+    writes only <out>/adapter, to apply to the --init-from base)"""
     default_examples: int = 4000
     """training conversations of the embedded default set (used when --data is empty)"""
     acceptance_prompts: int = 8
@@ -150,6 +151,10 @@ def _summarise(cfg: SFTConfig, result: SFTResult) -> Any:
                   f", after {_pct(acc.get('after'))}")
         if result.adapter_dir is not None:
             print(f"adapter: {result.adapter_dir}")
+            if result.stage.model_dir is None:  # say where the weights are, as no <out>/model was written
+                print(f"(no {result.stage.out_dir / 'model'} without --merge: the adapter is in peft format on the "
+                      f"base {cfg.init_from}; load it with kexaone.model.lora.load_adapter or peft, or run with "
+                      "--merge to also get the merged model there)")
     return result.stage
 
 
@@ -362,7 +367,7 @@ def run_sft(cfg: SFTConfig, callbacks: Sequence[Callable[..., Any]] = ()) -> SFT
             from kexaone.model.lora import DEFAULT_TARGETS, apply_lora
 
             model = apply_lora(model, cfg.lora_rank, cfg.lora_alpha, tuple(cfg.lora_targets) or DEFAULT_TARGETS)
-        trainer = Trainer(model, tok, data.batches, train_cfg, objective=sft_objective(run.model, cfg),
+        trainer = Trainer(model, tok, data.batches, train_cfg, objective=sft_objective(run.model, cfg), label="sft",
                           eval_set=eval_set, dist=dist, out_dir=run.out, callbacks=callbacks)
         res = trainer.fit()
         stage_ctx = dataclasses.replace(run, cfg=train_cfg.replace(export=False) if lora else train_cfg)

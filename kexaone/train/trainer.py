@@ -5,7 +5,9 @@ fp8, clipping, the WSD schedule, MoE expert-bias balancing as an optimizer hook 
 SIGINT/SIGTERM handling.
 
     Trainer(model, tokenizer, data, train_cfg, *, objective=None, eval_set=None, dist=None, out_dir=None,
-            callbacks=(), optimizer=None, scheduler=None).fit() -> TrainResult
+            callbacks=(), optimizer=None, scheduler=None, label=None).fit() -> TrainResult
+
+`label` names the run on the progress bar (the stage: "sft", "rl", ...; default the objective's name).
 
 What it does not do: build the model, tokenizer or data (see `kexaone.train.run` and the stage modules), define a
 loss (objectives), implement the optimizer, schedule, FP8 or checkpoint files
@@ -87,6 +89,7 @@ class TrainResult:
     final_loss: float | None
     eval_loss: float | None = None
     eval_bpb: float | None = None
+    """None when not evaluated or when the held-out set has no byte counts (SFT)."""
     interrupted: bool = False
     signal_name: str | None = None
     skipped_steps: int = 0
@@ -119,7 +122,7 @@ class Trainer:
                  train_cfg: TrainConfig, *, eval_set: EvalSet | None = None, dist: DistInfo | None = None,
                  out_dir: str | Path | None = None, callbacks: Sequence[Callable[..., Any]] = (),
                  optimizer: torch.optim.Optimizer | None = None, scheduler: Any = None,
-                 objective: Objective | None = None) -> None:
+                 objective: Objective | None = None, label: str | None = None) -> None:
         self.cfg = train_cfg
         self.tokenizer = tokenizer
         self.data = data
@@ -137,6 +140,9 @@ class Trainer:
 
             objective = PretrainObjective.for_model(model, c.mtp_loss_weight, c.aux_loss_coef)
         self.objective = objective
+        # The run's name on the progress bar: the stage that runs this trainer ("sft", "rl", ...), else the
+        # objective's name ("pretrain" for the default objective).
+        self.label = label or getattr(objective, "name", None) or "train"
         self.total_steps = c.total_steps(self.dist.world_size)
         self.tokens_per_step = c.tokens_per_step(self.dist.world_size)
 
@@ -451,8 +457,10 @@ class Trainer:
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def evaluate(self) -> dict[str, float] | None:
-        """Held-out CE (nats per scored token) and bits per byte over the EvalSet, scored by
-        kexaone.model.scoring.token_logprobs (batches sharded over ranks under DDP)."""
+        """Held-out CE (nats per scored token), perplexity and bits per byte over the EvalSet, scored by
+        kexaone.model.scoring.token_logprobs (batches sharded over ranks under DDP). `bpb` is left out when the
+        set does not know its bytes (n_bytes 0, e.g. SFT's conversations scored on the assistant tokens only):
+        a record never carries a NaN for a number that was not measured."""
         if self.eval_set is None or not len(self.eval_set):
             return None
         from kexaone.model.scoring import bits_per_byte
@@ -467,8 +475,11 @@ class Trainer:
             nats, count = all_reduce_sum([nats, float(count)], self.dist)
         self.model.train()
         ce = nats / max(count, 1)
-        bpb = bits_per_byte(nats, self.eval_set.n_bytes) if self.eval_set.n_bytes else float("nan")
-        return {"loss": ce, "bpb": bpb, "ppl": math.exp(min(ce, 50.0))}
+        m = {"loss": ce}
+        if self.eval_set.n_bytes:
+            m["bpb"] = bits_per_byte(nats, self.eval_set.n_bytes)
+        m["ppl"] = math.exp(min(ce, 50.0))
+        return m
 
     # ------------------------------------------------------------------ the loop
     def _throughput(self, dt: float, steps: int) -> tuple[float, float | None]:
@@ -510,7 +521,7 @@ class Trainer:
         if c.progress and self.dist.is_main:
             from tqdm.auto import tqdm
 
-            pbar = tqdm(total=self.total_steps, initial=self.step, desc="pretrain", unit="step", dynamic_ncols=True)
+            pbar = tqdm(total=self.total_steps, initial=self.step, desc=self.label, unit="step", dynamic_ncols=True)
         old_handlers = self._install_signal_handlers()
         data_iter = iter(self.data)
         last_saved = self.step if c.resume else -1
@@ -587,6 +598,6 @@ class Trainer:
                 interrupted: bool, sig: str | None) -> TrainResult:
         return TrainResult(steps=self.step, tokens=self.tokens_seen,
                            final_loss=None if last is None else last.get("loss"),
-                           eval_loss=None if ev is None else ev["loss"], eval_bpb=None if ev is None else ev["bpb"],
+                           eval_loss=None if ev is None else ev["loss"], eval_bpb=None if ev is None else ev.get("bpb"),
                            interrupted=interrupted, signal_name=sig, skipped_steps=self.skipped_steps,
                            checkpoint=ckpt, history=list(self.history))

@@ -41,8 +41,8 @@ def test_agent_with_local_backend(tmp_path):
     with one_thread():
         engine = Engine(tiny_model(0, vocab_size=tok.vocab_size), tok, logits_processors=[proc])
         backend = LocalBackend(engine)
-        encode = backend.tokenizer.encode
-        backend.tokenizer = type("Rec", (), {"encode": lambda self, t: prompts.append(t) or encode(t)})()
+        encode = tok.encode  # the engine renders and encodes each chat request (Engine.prepare_chat): record them
+        tok.encode = lambda t: prompts.append(t) or encode(t)
         index = DocumentIndex.from_texts(["Korea\n\nSeoul is the capital of Korea.", "Japan\n\nTokyo is big."])
         res = run_agent("What is the capital of Korea?", backend, index=index,
                         config=AgentConfig(python=False, max_reply_tokens=200), trajectory_path=tmp_path / "t.json")

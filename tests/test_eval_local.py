@@ -200,3 +200,35 @@ def test_speedrun_task_specs_convert_to_harness_tasks():
                                                                                    ("1", "p2", "8", None)]
     h = heldout_task({("web", "en"): ["a", "b"], ("code", "py"): ["c"]})
     assert [(i["id"], i["docs"]) for i in h.items] == [("web/en", ["a", "b"]), ("code/py", ["c"])]
+
+
+WEATHER = {"type": "function", "function": {"name": "get_weather", "parameters": {
+    "type": "object", "properties": {"city": {"type": "string"}, "unit": {"enum": ["celsius", "fahrenheit"]}},
+    "required": ["city", "unit"]}}}
+TIME = {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object", "properties": {}}}}
+
+
+def test_tool_choice_reaches_the_engine_as_a_server_gets_it(local):
+    """A named tool_choice constrains every row of a batch to one call of that function with schema-valid
+    arguments (the random model would not call it on its own), the call Engine.chat makes for the same row;
+    "none" hides the tools; a choice naming an undeclared function is a clear error, as a server's 400."""
+    import jsonschema
+
+    msgs = [[{"role": "user", "content": "What time is it?"}], [{"role": "user", "content": "Weather in Paris?"}]]
+    choice = {"type": "function", "function": {"name": "get_weather"}}
+    got = local.chat_batch(msgs, tools=[TIME, WEATHER], tool_choice=choice, max_tokens=96, enable_thinking=False)
+    for m, rep in zip(msgs, got):
+        assert rep.finish_reason == "tool_calls" and rep.errors == [], rep
+        assert [c["name"] for c in rep.tool_calls] == ["get_weather"]
+        jsonschema.validate(rep.tool_calls[0]["arguments"], WEATHER["function"]["parameters"])
+        ref = local.engine.chat(m, tools=[TIME, WEATHER], tool_choice=choice, enable_thinking=False,
+                                max_new_tokens=96, temperature=0.0)
+        assert [(c["name"], c["arguments"]) for c in ref.tool_calls] == \
+            [(c["name"], c["arguments"]) for c in rep.tool_calls]
+    free = local.chat_batch(msgs[:1], tools=[TIME, WEATHER], tool_choice="auto", max_tokens=12, enable_thinking=False)
+    assert free[0].tool_calls == []  # unconstrained, the random model writes bytes, not a call
+    hidden = local.chat_batch(msgs[:1], tools=[TIME, WEATHER], tool_choice="none", max_tokens=6, enable_thinking=False)
+    plain = local.chat_batch(msgs[:1], max_tokens=6, enable_thinking=False)
+    assert hidden[0].content == plain[0].content  # the prompt carries no tools
+    with pytest.raises(ValueError, match="not among the declared tools"):
+        local.chat_batch(msgs[:1], tools=[TIME], tool_choice=choice)

@@ -116,6 +116,20 @@ def _as_list(x) -> list:
     return list(x)
 
 
+@dataclass
+class PreparedChat:
+    """One chat request made ready to decode (Engine.prepare_chat)."""
+
+    ids: list[int]
+    """the rendered prompt's token ids"""
+    opened: str
+    """what the template put after the prompt to open the assistant turn (parse_reply reads it with the reply)"""
+    tools: Sequence[dict] | None
+    """the tools shown to the model (None under tool_choice "none")"""
+    processor: Any
+    """the logits processor of the tool_choice (kexaone.engine.constrained), or None when decoding is free"""
+
+
 class Engine:
     """Generation with a `KExaoneForCausalLM` (and optionally a `KExaoneTokenizer`)."""
 
@@ -257,7 +271,23 @@ class Engine:
         the allowed functions with schema-guided JSON arguments, see kexaone.engine.constrained);
         `parallel_tool_calls=False` allows at most one call. Calls are checked against the declared schemas:
         failures are in `result.validation_errors`, never raised."""
-        from kexaone.engine.chat_io import ChatResult, chat_prompt, parse_reply, tool_schemas
+        from kexaone.engine.chat_io import ChatResult, parse_reply
+
+        p = self.prepare_chat(messages, tools, enable_thinking, tool_choice, parallel_tool_calls,
+                              gen.get("max_new_tokens", 256))
+        if p.processor is not None:
+            gen["logits_processor"] = p.processor
+        res = self.generate(p.ids, on_text=on_text, **gen)
+        return ChatResult.from_generation(res, parse_reply(p.opened + (res.text or "")), p.opened, tools=p.tools)
+
+    def prepare_chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, enable_thinking: bool = True,
+                     tool_choice: str | dict | None = None, parallel_tool_calls: bool = True,
+                     max_new_tokens: int = 256) -> PreparedChat:
+        """The prompt ids, opened assistant text, shown tools and tool_choice logits processor of one chat request,
+        as `chat` decodes it; for callers that decode many requests in one `generate_batch` (give row i
+        `make_params(..., logits_processor=prepared[i].processor)`), e.g. kexaone.eval.backends.LocalBackend.
+        Raises ValueError for malformed tools or a tool_choice they do not allow (kexaone.engine.constrained)."""
+        from kexaone.engine.chat_io import chat_prompt, tool_schemas
         from kexaone.engine.constrained import resolve_tool_choice, tool_call_processor
 
         if self.tokenizer is None:
@@ -269,12 +299,8 @@ class Engine:
         ids = self.tokenizer.encode(prompt_text)
         proc = tool_call_processor(self.tokenizer, shown, tool_choice, parallel_tool_calls,
                                    reasoning=opened.rstrip().endswith("<think>"),
-                                   max_new_tokens=min(gen.get("max_new_tokens", 256),
-                                                      self.config.max_position_embeddings - len(ids)))
-        if proc is not None:
-            gen["logits_processor"] = proc
-        res = self.generate(ids, on_text=on_text, **gen)
-        return ChatResult.from_generation(res, parse_reply(opened + (res.text or "")), opened, tools=shown)
+                                   max_new_tokens=min(max_new_tokens, self.config.max_position_embeddings - len(ids)))
+        return PreparedChat(ids=ids, opened=opened, tools=shown, processor=proc)
 
     # ------------------------------------------------------------------ step-wise API
     @contextlib.contextmanager

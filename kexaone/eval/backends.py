@@ -125,14 +125,20 @@ class LocalBackend:
         return len(self.tokenizer.encode(text))
 
     def _generate(self, prompts: list[list[int]], temperature: float, top_p: float, max_tokens: int,
-                  stop: list[str], seed: int | None):
+                  stop: list[str], seed: int | None, processors: Sequence[Any] | None = None):
+        """`processors[i]`: row i's logits processor (a tool_choice's constrained decoding) or None."""
         out = []
         base = self.seed if seed is None else seed
         for b in range(0, len(prompts), self.batch_size):
             chunk = prompts[b:b + self.batch_size]
-            params = [self.engine.make_params(max_new_tokens=max_tokens, temperature=float(temperature),
-                                              top_p=float(top_p), seed=base + b + i, stop=stop or None)
-                      for i in range(len(chunk))]
+            params = []
+            for i in range(len(chunk)):
+                extra = {}
+                if processors is not None and processors[b + i] is not None:
+                    extra["logits_processor"] = processors[b + i]
+                params.append(self.engine.make_params(max_new_tokens=max_tokens, temperature=float(temperature),
+                                                      top_p=float(top_p), seed=base + b + i, stop=stop or None,
+                                                      **extra))
             out.extend(self.engine.generate_batch(chunk, params=params))
         return out
 
@@ -143,20 +149,21 @@ class LocalBackend:
                    tool_choice: Any = None, temperature: float = 0.0, top_p: float = 1.0, max_tokens: int = 256,
                    enable_thinking: bool | None = None, stop: str | Sequence[str] | None = None,
                    seed: int | None = None) -> list[ChatReply]:
-        """`tool_choice="none"` hides the tools from the model; any other choice leaves the decision to the model
-        (a local model cannot be forced to call a particular tool)."""
-        from kexaone.engine.chat_io import chat_prompt, parse_reply
+        """`tools` and `tool_choice` mean what they mean to Engine.chat and to an OpenAI server: "none" hides the
+        tools, "auto" (the default with tools) lets the model decide, "required" or `{"type": "function",
+        "function": {"name": N}}` constrain decoding to calls (of N) with schema-valid arguments. The batch is
+        decoded together; each row is prepared as Engine.chat would (Engine.prepare_chat)."""
+        from kexaone.engine.chat_io import parse_reply
 
         _check_sampling(temperature, top_p, max_tokens)
-        if tool_choice == "none":
-            tools = None
-        rendered = [chat_prompt(list(m), tools=tools, enable_thinking=True if enable_thinking is None
-                                else bool(enable_thinking)) for m in batch]
-        ids = [self.tokenizer.encode(text) for text, _ in rendered]
-        results = self._generate(ids, temperature, top_p, max_tokens, _stop_list(stop), seed)
+        thinking = True if enable_thinking is None else bool(enable_thinking)
+        prepared = [self.engine.prepare_chat(list(m), tools=tools, enable_thinking=thinking, tool_choice=tool_choice,
+                                             max_new_tokens=max_tokens) for m in batch]
+        results = self._generate([p.ids for p in prepared], temperature, top_p, max_tokens, _stop_list(stop), seed,
+                                 processors=[p.processor for p in prepared])
         replies = []
-        for (_, opened), res in zip(rendered, results):
-            parsed = parse_reply(opened + (res.text or ""))
+        for p, res in zip(prepared, results):
+            parsed = parse_reply(p.opened + (res.text or ""))
             calls = [{"id": f"call_{i}", "name": c["name"], "arguments": dict(c["arguments"])}
                      for i, c in enumerate(parsed.tool_calls)]
             finish = "tool_calls" if calls and res.finish_reason == "stop" else res.finish_reason

@@ -1,9 +1,9 @@
 """Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
 
-`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
-2-core CPU; README says which capabilities its last run lifted above their baselines),
-`large` a longer run of a wider model for machines with more cores or a GPU. A budget only holds numbers;
-kexaone.pipeline.recipe turns them into stages.
+`tiny` is a smoke test of every stage (about three minutes on a 2-core CPU), `default` the real CPU run (README
+says how long its last run took and which capabilities it lifted above their baselines), `large` a longer run of a
+wider model for machines with more cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them
+into stages.
 
 Every stage's spend is here: the pre-training fields of `Budget` itself, and one nested budget per later stage
 (`extend`, `sft`, `rl`, `pref`) plus `stage_eval`, what the evaluate stage spends on each post-training model. A
@@ -93,7 +93,7 @@ class StageEvalBudget:
     tool_tasks: int = 12
     """Registry-office tool tasks per model (one greedy episode each; pass rate = pass^1)."""
     tool_max_steps: int = 6
-    """Agent turns per tool episode (the longest gold solution of a template takes 4 calls)."""
+    """Agent turns per tool episode (the longest gold solution, a bulk transfer, takes up to 5 calls)."""
     tool_reply_tokens: int = 160
     """Tokens per agent turn in a tool episode."""
 
@@ -196,7 +196,7 @@ def _from_dict(cls: type, d: dict[str, Any]) -> Any:
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget(
-        name="tiny", description="smoke test: every stage on the `tiny` preset, about 2 minutes on 2 CPU cores",
+        name="tiny", description="smoke test: every stage on the `tiny` preset, about 3 minutes on 2 CPU cores",
         preset="tiny", corpus_size="tiny", tokenizer_vocab_size=1024, tokenizer_train_bytes=300_000,
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,

@@ -12,8 +12,10 @@ File formats read (written by kexaone.pipeline.recipe):
   "seconds", "baseline_seconds", "rows": [{"group", "bytes", "superbpe_tokens", "bpe_tokens"}]}
 - the pre-training directory: `metrics.jsonl` (records of kind "config" / "train" / "eval" / "stage", see
   kexaone.train.metrics), `expert_load/step_*.npy` ([L, E] load matrices) and `model/config.json`
-- `evaluate/eval.json`: {"heldout": [HeldoutResult], "heldout_untrained": [...], "tasks": [TaskResult]}
+- `evaluate/eval.json`: {"heldout": [HeldoutResult], "heldout_untrained": [...], "tasks": [TaskResult],
+  "models": [per-model record, kexaone.pipeline.evaluate_stage]}
 - `generate/generation.json`: {"samples": [Sample], "speed": SpeedResult, "speed_by_draft_tokens": [...]}
+- the post-training stages' outputs and plots: see kexaone.report.stage_table (the stage-by-stage table).
 """
 
 from __future__ import annotations
@@ -24,6 +26,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from kexaone.pipeline.chain import LABELS
+from kexaone.report.stage_table import COLUMNS, StageRow, StagesData, changes, collect_stages
 
 Series = tuple[list[float], list[float]]  # (x, y)
 
@@ -207,6 +212,7 @@ class ReportData:
     pretrain: PretrainData | Missing
     eval: EvalData | Missing
     generation: GenerationData | Missing
+    stages: StagesData
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -424,7 +430,7 @@ def collect(run_dir: str | os.PathLike, machine: dict[str, Any]) -> ReportData:
         stage_seconds={n: _stage_wall(r) for n, r in timed.items()},
         stage_cpu_seconds={n: r["cpu_seconds"] for n, r in run.stages.items() if r.get("cpu_seconds") is not None},
         model=_model(run), tokenizer=_tokenizer(run), pretrain=_pretrain(run), eval=_eval(run),
-        generation=_generation(run))
+        generation=_generation(run), stages=collect_stages(run))
 
 
 def speedup(run: dict[str, Any]) -> float | None:
@@ -457,6 +463,13 @@ def headline(data: ReportData) -> dict[str, Any]:
         if e.tasks:
             s["tasks"] = [{"task": t.task, "accuracy": t.accuracy, "baseline": t.baseline, "chance": t.chance,
                            "untrained": t.untrained} for t in e.tasks]
+    st = data.stages
+    if st.rows:
+        s["stages"] = {"models": st.ran, "rows": [
+            {"name": r.name, "values": {k: r.values[k] for k in st.ran if k in r.values},
+             "change": changes(r, st.ran) if r.kind != "seconds" else {}} for r in st.rows]}
+    if st.final_model is not None:
+        s["final_model"] = st.final_model
     g = data.generation
     if isinstance(g, GenerationData) and g.speed:
         s["mtp_speedup"] = speedup(g.speed)

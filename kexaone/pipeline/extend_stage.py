@@ -6,7 +6,8 @@ NIAH gate is green or the round budget is spent).
 Reports, as the stage's outputs: the NIAH grid mean and short-context bits per byte of the pre-trained model at the
 base length (before extension), then per round the gate's numbers (NIAH mean over the 4x grid, bpb, its limit,
 green or not). A model trained for minutes on a CPU is not expected to turn green; the numbers say how far each
-round got. It starts from the newest earlier model (kexaone.pipeline.chain: the pre-trained one). Re-running an interrupted stage starts it over (the extension has no mid-run checkpoint).
+round got. It starts from the newest earlier model (kexaone.pipeline.chain: the pre-trained one). Re-running an
+interrupted stage starts it over (the extension has no mid-run checkpoint).
 """
 
 from __future__ import annotations

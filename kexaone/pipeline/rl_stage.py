@@ -5,8 +5,8 @@ Each starts from the newest earlier model (kexaone.pipeline.chain: rl from sft, 
 from rl first). Sizes are the run budget's `rl` / `pref` (kexaone.pipeline.budgets.RLBudget / PrefBudget),
 overridable per run with `ctx.params["rl"]` / `ctx.params["pref"]` dicts of the same field names. Each stage
 records the held-out numbers before and after (pass rate and reward for RL; preference score per rule for GROUPER)
-in its outputs. A stage that was interrupted is run again from scratch (its directory wiped): RL rounds are not resumable mid-run.
-What this module does not do: decide the stage order (kexaone.pipeline.recipe).
+in its outputs. A stage that was interrupted is run again from scratch (its directory wiped): RL rounds are not
+resumable mid-run. What this module does not do: decide the stage order (kexaone.pipeline.recipe).
 """
 
 from __future__ import annotations

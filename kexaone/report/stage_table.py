@@ -132,9 +132,9 @@ def _stage_rows(run: Any) -> list[StageRow]:
             start = _init(run, "extend", ext)
             after = ext["stages"][-1].get("niah_lengths") or [ext["target_length"]]
             before = ext.get("baseline_niah_lengths") or [ext["base_length"]]
-            rows.append(StageRow(f"NIAH mean (extend stage: before at {', '.join(map(str, before))} tokens, after at "
-                                 f"{', '.join(map(str, after))})", {start: ext["baseline_niah"], "extend": last["niah"]},
-                                 kind="percent"))
+            name = (f"NIAH mean (extend stage: before at {', '.join(map(str, before))} tokens, after at "
+                    f"{', '.join(map(str, after))})")
+            rows.append(StageRow(name, {start: ext["baseline_niah"], "extend": last["niah"]}, kind="percent"))
             rows.append(StageRow("short-context bits per byte (extend stage's gate)",
                                  {start: ext["baseline_bpb"], "extend": last["bpb"]}, better="lower"))
     sft = _done(run, "sft")

@@ -39,6 +39,7 @@ def _pretrain_stage(ctx):
                  "max_vio": 1.0 / step, "max_vio_layers": [1.0 / step, 2.0 / step]})
         if step % 10 == 0:
             log.log({"kind": "eval", "step": step, "loss": 5.0 - 0.1 * step, "bpb": 2.0})
+            log.log({"kind": "probe", "step": step, "induction_acc": step / 30, "recall_acc": 0.05})
             log.save_expert_load(step, np.full((2, 4), 0.25, dtype=np.float32))
     log.close()
     return {"metrics": ctx.rel(ctx.stage_dir / "metrics.jsonl"), "out_dir": ctx.rel(ctx.stage_dir), "seconds": 12.0}
@@ -95,7 +96,9 @@ def test_report_numbers_come_from_the_run_files(run_dir):
     assert set(summary["stage_seconds"]) == {"tokenizer", "pretrain", "evaluate", "generate"}
     assert all(v > 0 for v in summary["stage_seconds"].values())
     figures = [b.name for b in doc.blocks if isinstance(b, Figure)]
-    assert {"tokenizer", "loss_curves", "mtp_loss", "max_vio", "expert_load", "tasks"} <= set(figures)
+    assert {"tokenizer", "loss_curves", "mtp_loss", "max_vio", "expert_load", "tasks", "probes"} <= set(figures)
+    probe_text = next(b.text for b in doc.blocks if isinstance(b, Para) and "probes scored during" in b.text)
+    assert "induction at step 20" in probe_text and "recall not yet" in probe_text
 
 
 def test_write_report_files_are_self_contained_and_parse(run_dir):

@@ -226,6 +226,13 @@ def _section_pretrain(p: D.PretrainData | D.Missing, plots: Any) -> list:
                         f"end of training its loss is {m.mtp_end:.3f} nats against {m.ce_end:.3f} for the main "
                         "next-token prediction (it sees one token less of the future it predicts)."),
                    Figure(plots.mtp_curve(m.steps, m.ce, m.mtp), "mtp_loss", "main next-token CE and MTP (t+2) loss")]
+    if p.probes:
+        onsets = ", ".join(f"{k} {'at step ' + str(v) if v is not None else 'not yet'}"
+                           for k, v in p.probe_onsets.items())
+        blocks += [Heading("In-context copying probes", 3),
+                   Para(f"Accuracy of the induction and key-value recall probes scored during training (onset: "
+                        f"{onsets}; dashed lines mark it)."),
+                   Figure(plots.probe_curves(p.probes), "probes", "induction / recall probe accuracy per step")]
     return blocks + _section_balance(p, plots)
 
 

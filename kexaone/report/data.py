@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -146,6 +146,9 @@ class PretrainData:
     mtp: MtpData | None
     max_vio: MaxVioData | Missing
     expert_load: ExpertLoadData | Missing | None  # None: the stage recorded no output directory
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    """Records of kind "probe" (induction / key-value recall accuracy during training, kexaone.eval.induction)."""
+    probe_onsets: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -376,6 +379,9 @@ def _pretrain(run: _Run) -> PretrainData | Missing:
                                 int(rs[-1].get("tokens", 0) - rs[0].get("tokens", 0) + per_step),
                                 _mean(r["loss"] for r in rs[:max(1, len(rs) // 10)]),
                                 _mean(r["loss"] for r in _last_tenth(rs)), _mean(tps) if tps else None))
+    from kexaone.eval.induction import probe_onsets
+
+    probes = [r for r in recs if r.get("kind") == "probe"]
     mtp_recs = [r for r in train if _is_number(r.get("mtp")) and _is_number(r.get("ce"))]
     mtp = None
     if mtp_recs:
@@ -384,7 +390,8 @@ def _pretrain(run: _Run) -> PretrainData | Missing:
                       ce_end=_mean(r["ce"] for r in last), mtp_end=_mean(r["mtp"] for r in last))
     return PretrainData(last_step=train[-1]["step"], tokens=train[-1].get("tokens"), seconds=out.get("seconds"),
                         final_train_loss=float(_mean(r["loss"] for r in train[-10:])), stages=stages, curves=curves,
-                        mtp=mtp, max_vio=_max_vio(run, out, train), expert_load=_expert_load(run, out))
+                        mtp=mtp, max_vio=_max_vio(run, out, train), expert_load=_expert_load(run, out),
+                        probes=probes, probe_onsets=probe_onsets(probes) if probes else {})
 
 
 def _byte_weighted_bpb(rows: Iterable[dict[str, Any]]) -> float | None:

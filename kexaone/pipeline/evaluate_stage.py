@@ -124,6 +124,11 @@ class _Evaluator:
         if self.tools:
             rec["tools"] = self._tools(model, tok, out)
         rec["seconds"] = time.perf_counter() - t0
+        rec["model_dir"] = self.ctx.outputs[stage]["model_dir"] if stage in self.ctx.outputs else None
+        self.ctx.log(f"[evaluate] {rec['label']} ({rec['seconds']:.1f} s): held-out {rec['heldout_bpb']:.3f} "
+                     "bits/byte, " + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in rec["tasks"].items())
+                     + (f", safe rate {rec['safety']['safe_rate']}" if "safety" in rec else "")
+                     + (f", tool pass rate {rec['tools']['pass_rate']:.3f}" if "tools" in rec else ""))
         return rec, samples
 
     def _tools(self, model, tok, out: Path) -> dict[str, Any]:
@@ -174,22 +179,15 @@ def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
     ev = _Evaluator(ctx, b, tok)
     torch.manual_seed(ctx.params["seed"])
     untrained = KExaoneForCausalLM(model.config).eval()  # the initial model: same config, same seed, no training
-    records = []
-    rec_u, samples_u = ev.measure("untrained", untrained, tok, None)
+    rec_u = ev.measure("untrained", untrained, tok, None)[0]
     rec_b, samples_b = ev.measure("pretrain", model, tok, None)
-    records += [rec_u, rec_b]
+    records = [rec_u, rec_b]
     del untrained, model
     for stage in models_run(ctx.outputs)[1:]:  # the post-training models, oldest first
         model, stage_tok = _load(ctx, stage)
         records.append(ev.measure(stage, model, stage_tok, b.stage_eval.task_items)[0])
         del model
         gc.collect()
-    for rec in records:
-        rec["model_dir"] = ctx.outputs[rec["stage"]]["model_dir"] if rec["stage"] in ctx.outputs else None
-        ctx.log(f"[evaluate] {rec['label']}: held-out {rec['heldout_bpb']:.3f} bits/byte, "
-                + ", ".join(f"{k} {v['accuracy']:.3f}" for k, v in rec["tasks"].items())
-                + (f", safe {rec['safety']['safe_rate']}" if "safety" in rec else "")
-                + (f", tools {rec['tools']['pass_rate']:.3f}" if "tools" in rec else ""))
     tasks = _task_rows(ev.specs, rec_b, rec_u, samples_b)
     out = {"heldout": rec_b["heldout"], "heldout_untrained": rec_u["heldout"], "tasks": tasks, "models": records,
            "harness": {r["stage"]: ctx.rel(ctx.stage_dir / "harness" / r["stage"] / "results.md") for r in records}}

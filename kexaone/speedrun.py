@@ -1,8 +1,9 @@
 """`kexaone speedrun`: the whole K-EXAONE recipe end to end on this machine, as resumable stages, with a report card.
 
-Stages (kexaone.pipeline.recipe): tokenizer -> pretrain -> evaluate -> generate -> report. A finished stage is
-skipped when the command is run again; an interrupted pre-training continues from its last checkpoint; `--from`
-redoes a stage and everything after it. This module only parses flags and hands over to the pipeline.
+Stages (kexaone.pipeline.recipe): tokenizer -> pretrain -> extend -> sft -> rl -> pref -> evaluate -> generate ->
+report. A finished stage is skipped when the command is run again; an interrupted pre-training (or SFT) continues
+from its last checkpoint; `--from` redoes a stage and everything after it. This module only parses flags and hands
+over to the pipeline.
 """
 
 from __future__ import annotations
@@ -10,16 +11,20 @@ from __future__ import annotations
 import argparse
 import sys
 
-HELP = "Run the whole recipe (tokenizer, pre-training, evaluation, generation, report) as resumable stages."
+# The stage list lives in the recipe (which imports nothing heavy at module level, so `--help` stays fast).
+from kexaone.pipeline.recipe import STAGE_NAMES
 
-STAGES = ("tokenizer", "pretrain", "evaluate", "generate", "report")
+HELP = ("Run the whole recipe (tokenizer, pre-training, context extension, SFT, RL, preference, evaluation of every "
+        "stage, generation, report) as resumable stages.")
+
+STAGES = STAGE_NAMES
 BUDGET_NAMES = ("tiny", "default", "large")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default runs/speedrun-BUDGET)")
     parser.add_argument("--budget", choices=BUDGET_NAMES, default="default",
-                        help="tiny: ~2 min smoke test; default: < 30 min on 2 CPU cores; large: bigger machines")
+                        help="tiny: ~3 min smoke test; default: < 30 min on 2 CPU cores; large: bigger machines")
     parser.add_argument("--data", action="append", default=[], metavar="PATH[@WEIGHT]",
                         help="extra text (txt/jsonl/parquet/HF datasets dir/glob) for the tokenizer and "
                              "pre-training, repeatable; default: only the embedded synthetic corpus")
@@ -73,7 +78,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {t['task']}: accuracy {t['accuracy']:.3f} (baseline {t['baseline']:.3f})")
         if summary.get("mtp_speedup") is not None:
             print(f"  MTP speculative decoding: {summary['mtp_speedup']:.2f}x plain")
-    if "pretrain" in outputs:
+    final = outputs.get("generate") or {}
+    if final.get("model_dir"):
+        model_dir = out / final["model_dir"]
+        print(f"final model ({final['model_stage']}): {model_dir}  (try: kexaone chat --model {model_dir})")
+    elif "pretrain" in outputs:
         model_dir = out / outputs["pretrain"]["model_dir"]
         print(f"model: {model_dir}  (try: kexaone chat --model {model_dir})")
     return 0

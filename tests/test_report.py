@@ -39,6 +39,7 @@ def _pretrain_stage(ctx):
                  "max_vio": 1.0 / step, "max_vio_layers": [1.0 / step, 2.0 / step]})
         if step % 10 == 0:
             log.log({"kind": "eval", "step": step, "loss": 5.0 - 0.1 * step, "bpb": 2.0})
+            log.log({"kind": "probe", "step": step, "induction_acc": step / 30, "recall_acc": 0.05})
             log.save_expert_load(step, np.full((2, 4), 0.25, dtype=np.float32))
     log.close()
     return {"metrics": ctx.rel(ctx.stage_dir / "metrics.jsonl"), "out_dir": ctx.rel(ctx.stage_dir), "seconds": 12.0}
@@ -95,7 +96,9 @@ def test_report_numbers_come_from_the_run_files(run_dir):
     assert set(summary["stage_seconds"]) == {"tokenizer", "pretrain", "evaluate", "generate"}
     assert all(v > 0 for v in summary["stage_seconds"].values())
     figures = [b.name for b in doc.blocks if isinstance(b, Figure)]
-    assert {"tokenizer", "loss_curves", "mtp_loss", "max_vio", "expert_load", "tasks"} <= set(figures)
+    assert {"tokenizer", "loss_curves", "mtp_loss", "max_vio", "expert_load", "tasks", "probes"} <= set(figures)
+    probe_text = next(b.text for b in doc.blocks if isinstance(b, Para) and "probes scored during" in b.text)
+    assert "induction at step 20" in probe_text and "recall not yet" in probe_text
 
 
 def test_write_report_files_are_self_contained_and_parse(run_dir):
@@ -220,3 +223,61 @@ def test_missing_expert_loads_are_a_named_condition(run_dir):
     assert any(isinstance(b, Para) and b.text == "no expert-load matrices were saved." for b in doc.blocks)
     assert "expert_load" not in [b.name for b in doc.blocks if isinstance(b, Figure)]
     assert summary["max_vio_first"] == pytest.approx(1.5)
+
+
+# ---------------------------------------------------------------------------------------------- stage by stage
+def _model_stage(name):
+    def fn(ctx):
+        (ctx.stage_dir / "run" / "model").mkdir(parents=True)
+        (ctx.stage_dir / "run" / "loss_curve.png").write_bytes(b"\x89PNG\r\n\x1a\n" + name.encode())
+        out = {"model_dir": ctx.rel(ctx.stage_dir / "run" / "model"), "seconds": 2.0}
+        if name == "sft":
+            ev = {"base": {"score": 0.1, "well_formed": 0.2}, "sft": {"score": 0.4, "well_formed": 0.9}}
+            (ctx.stage_dir / "sft_eval.json").write_text(json.dumps(ev))
+            out.update(eval=ctx.rel(ctx.stage_dir / "sft_eval.json"), init="pretrain")
+        if name == "rl":
+            out.update(heldout_before={"pass_rate": 0.25}, heldout_after={"pass_rate": 0.5}, init="sft")
+        return out
+    return Stage(name, fn)
+
+
+def _stages_evaluate(ctx):
+    ev = _evaluate_stage(ctx)
+    data = json.loads((ctx.stage_dir / "eval.json").read_text())
+
+    def model(stage, bpb, acc, safe):
+        return {"stage": stage, "heldout_bpb": bpb, "tasks": {"arithmetic": {"accuracy": acc}},
+                "heldout": [{"domain": "facts", "language": "en", "bytes": 300, "bits_per_byte": bpb}],
+                "safety": {"safe_rate": safe, "over_refusal_rate": 0.5}, "tools": {"pass_rate": 0.0}}
+
+    data["models"] = [model("untrained", 3.0, 0.05, 0.0), model("pretrain", 0.9, 0.6, 0.25),
+                      model("sft", 0.8, 0.7, 0.75), model("rl", 0.85, 0.75, 0.75)]
+    (ctx.stage_dir / "eval.json").write_text(json.dumps(data))
+    return ev
+
+
+def test_stage_table_has_one_column_per_stage_and_dashes_for_stages_not_run(tmp_path):
+    stages = [Stage("tokenizer", _tokenizer_stage), Stage("pretrain", _pretrain_stage), _model_stage("sft"),
+              _model_stage("rl"), Stage("evaluate", _stages_evaluate),
+              Stage("generate", lambda ctx: {**_generate_stage(ctx), "model_stage": "rl"})]
+    StageRunner(tmp_path, stages, {"budget": {"name": "tiny"}, "seed": 0}, log=lambda s: None).run()
+    doc, summary = build_report(tmp_path, machine=MACHINE)
+    st = summary["stages"]
+    assert st["models"] == ["untrained", "pretrain", "sft", "rl"] and summary["final_model"] == "rl"
+    rows = {r["name"]: r for r in st["rows"]}
+    bpb = rows["held-out bits per byte (all groups)"]
+    assert bpb["values"] == {"untrained": 3.0, "pretrain": 0.9, "sft": 0.8, "rl": 0.85}
+    assert bpb["change"] == pytest.approx({"pretrain": -2.1, "sft": -0.1, "rl": 0.05})
+    assert rows["sft-chat score (SFT stage)"]["values"] == {"pretrain": 0.1, "sft": 0.4}
+    assert rows["RL held-out pass rate (RL stage)"]["change"] == {"rl": 0.25}
+    assert rows["safety: safe rate on harmful items"]["change"] == {"pretrain": 0.25, "sft": 0.5, "rl": 0.0}
+    table = next(b for b in doc.blocks if isinstance(b, Table) and b.headers[0] == "measurement")
+    assert table.headers == ["measurement", "untrained", "base", "extended", "SFT", "RL", "preference"]
+    row = next(r for r in table.rows if r[0].startswith("held-out bits per byte (all groups)"))
+    assert row[1:] == ["3.000", "0.900 (-2.100)", "-", "0.800 (-0.100)", "0.850 (+0.050)", "-"]
+    row = next(r for r in table.rows if r[0].startswith("safety: safe rate"))
+    assert row[3:6] == ["-", "75.0% (+50.0 pts)", "75.0% (+0.0 pts)"]
+    row = next(r for r in table.rows if r[0].startswith("sft-chat score"))
+    assert row[1:] == ["", "10.0%", "-", "40.0% (+30.0 pts)", "", "-"]
+    figures = {b.name for b in doc.blocks if isinstance(b, Figure)}
+    assert "sft_loss" in figures and "rl_reward" not in figures  # rl wrote no reward curve here: left out

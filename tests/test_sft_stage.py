@@ -9,7 +9,7 @@ import torch
 
 from kexaone import KExaoneConfig, KExaoneForCausalLM
 from kexaone.pipeline import sft_stage
-from kexaone.pipeline.budgets import get_budget
+from kexaone.pipeline.budgets import SFTBudget, get_budget
 from kexaone.pipeline.stages import StageContext
 from kexaone.tokenizer import KExaoneTokenizer
 from kexaone.tokenizer.specials import SPECIAL_TOKENS
@@ -27,8 +27,6 @@ def test_compare_reports_modes_and_improved_categories():
 
 def test_stage_sft_trains_and_evaluates_base_and_sft(tmp_path, monkeypatch):
     monkeypatch.setenv("KEXAONE_CACHE", str(tmp_path / "cache"))
-    monkeypatch.setitem(sft_stage.SFT_BUDGETS, "tiny", sft_stage.SFTBudget(
-        steps=2, seq_len=512, batch_size=2, examples=24, eval_limit=4, max_new_tokens=6))
     tok = KExaoneTokenizer.from_merges([b""] * len(SPECIAL_TOKENS) + [bytes([i]) for i in range(256)], [])
     torch.manual_seed(0)
     cfg = KExaoneConfig.preset("tiny").replace(vocab_size=tok.vocab_size, pad_token_id=tok.pad_id,
@@ -38,14 +36,17 @@ def test_stage_sft_trains_and_evaluates_base_and_sft(tmp_path, monkeypatch):
     tok.save(model_dir)
     stage_dir = tmp_path / "run" / "sft"
     stage_dir.mkdir(parents=True)
+    budget = get_budget("tiny").replace(sft=SFTBudget(steps=2, seq_len=512, batch_size=2, examples=24, eval_limit=4,
+                                                      max_new_tokens=6))
     ctx = StageContext(out_dir=tmp_path / "run", stage_dir=stage_dir,
-                       params={"budget": get_budget("tiny").to_dict(), "seed": 0, "data": []},
+                       params={"budget": budget.to_dict(), "seed": 0, "data": []},
                        outputs={"pretrain": {"model_dir": "pretrain/model"}}, log=lambda m: None)
     torch_threads = torch.get_num_threads()
     try:
         out = sft_stage.stage_sft(ctx, threads=1)
     finally:
         torch.set_num_threads(torch_threads)
+    assert out["init"] == "pretrain"
     assert out["steps"] == 2 and (tmp_path / "run" / out["model_dir"] / "config.json").is_file()
     ev = json.loads((tmp_path / "run" / out["eval"]).read_text())
     for side in ("base", "sft"):

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from kexaone.pipeline.budgets import BUDGETS, get_budget
+from kexaone.pipeline.budgets import BUDGETS, Budget, get_budget
+from kexaone.pipeline.recipe import STAGE_NAMES
 from kexaone.pipeline.stages import STATE_FILE, Stage, StageRunner, read_state
 
 REPO = Path(__file__).resolve().parents[1]
@@ -155,6 +156,13 @@ def test_budgets_are_consistent():
     assert BUDGETS["tiny"].train_tokens < BUDGETS["default"].train_tokens < BUDGETS["large"].train_tokens
     with pytest.raises(ValueError, match="unknown budget 'huge'"):
         get_budget("huge")
+    # every stage's spend is in the budget and survives the JSON round trip of stages.json
+    for b in BUDGETS.values():
+        assert Budget.from_dict(json.loads(json.dumps(b.to_dict()))) == b
+        assert b.sft.steps >= 1 and b.rl.rounds >= 1 and b.pref.epochs >= 1 and b.extend.factor > 1
+    assert BUDGETS["tiny"].sft.steps < BUDGETS["default"].sft.steps
+    with pytest.raises(ValueError, match=r"SFTBudget has no field\(s\) \['stepz'\]"):
+        Budget.from_dict({**BUDGETS["tiny"].to_dict(), "sft": {"stepz": 3}})
 
 
 # ---------------------------------------------------------------------------------------------- end to end
@@ -235,8 +243,10 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     state = read_state(out)
     assert state["stages"]["tokenizer"] == tok_record
     assert (out / "tokenizer" / "tokenizer" / "tokenizer.json").stat().st_mtime_ns == tok_mtime
-    assert all(state["stages"][s]["status"] == "done" for s in ("tokenizer", "pretrain", "evaluate", "generate",
-                                                                  "report"))
+    assert [n for n in STAGE_NAMES if state["stages"][n]["status"] == "done"] == list(STAGE_NAMES)
+    # the chain: each post-training stage started from the model of the one before it
+    assert [state["stages"][n]["outputs"]["init"] for n in ("sft", "rl", "pref")] == ["extend", "sft", "rl"]
+    assert state["stages"]["generate"]["outputs"]["model_stage"] == "pref"
     # pre-training continued from its checkpoint: a second attempt, and every step logged exactly once
     pre = state["stages"]["pretrain"]
     assert pre["attempts"] == 2 and pre["outputs"]["resumed"] is True
@@ -256,8 +266,10 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     assert summary["mtp_speedup"] > 0 and summary["plain_tokens_per_s"] > 0
     assert all(v > 0 for v in summary["stage_seconds"].values())
     # time table in the markdown: every finished stage has a positive time
-    rows = [line for line in md.splitlines() if re.match(r"\| (tokenizer|pretrain|evaluate|generate) \| done", line)]
-    assert len(rows) == 4 and all(_numbers(r.split("|")[3])[0] > 0 for r in rows)
+    timed = "|".join(n for n in STAGE_NAMES if n != "report")
+    rows = [line for line in md.splitlines() if re.match(rf"\| ({timed}) \| done", line)]
+    assert len(rows) == len(STAGE_NAMES) - 1 and all(_numbers(r.split("|")[3])[0] > 0 for r in rows)
+    _check_stage_table(md, summary)
     # evaluation table: accuracies are percentages in [0, 100]
     for line in md.splitlines():
         if line.startswith("| ") and ("above" in line) and "%" in line:
@@ -271,7 +283,50 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
 
     # 4. a third run does nothing
     res = _speedrun(out, tmp_path, "--status")
-    assert res.returncode == 0 and res.stdout.count("done") == 5
+    assert res.returncode == 0 and res.stdout.count("done") == len(STAGE_NAMES)
+
+    # 5. --from sft redoes sft and every later stage, keeping the earlier ones
+    before = read_state(out)["stages"]
+    res = _speedrun(out, tmp_path, "--from", "sft")
+    assert res.returncode == 0, res.stderr[-4000:]
+    after = read_state(out)["stages"]
+    redone = STAGE_NAMES[STAGE_NAMES.index("sft"):]
+    for name in STAGE_NAMES:
+        if name in redone:
+            assert f"[{name}] redoing" in res.stderr and after[name]["started_at"] >= before["report"]["started_at"]
+            assert after[name]["status"] == "done" and after[name]["attempts"] == 1
+        else:
+            assert after[name] == before[name] and f"[{name}] already done" in res.stderr
+    _check_stage_table((out / "report.md").read_text(), json.loads((out / "report.json").read_text()))
+
+
+def _check_stage_table(md: str, summary: dict) -> None:
+    """The card's stage-by-stage table: one column per stage, every stage's model measured with real numbers."""
+    header = next(line for line in md.splitlines() if line.startswith("| measurement |"))
+    assert [c.strip() for c in header.strip("|").split("|")] == [
+        "measurement", "untrained", "base", "extended", "SFT", "RL", "preference"]
+    stages = summary["stages"]
+    assert stages["models"] == ["untrained", "pretrain", "extend", "sft", "rl", "pref"]
+    rows = {r["name"]: r for r in stages["rows"]}
+    bpb = rows["held-out bits per byte (all groups)"]["values"]
+    assert set(bpb) == set(stages["models"]) and all(0 < v < 20 for v in bpb.values())
+    per_model = [n for n in rows if n.startswith("task ") or n.startswith("safety:") or n.startswith("tool calls")]
+    assert len(per_model) >= 7  # four synthetic tasks, safe rate, over-refusal, tool pass rate
+    for name in per_model:
+        assert set(rows[name]["values"]) == set(stages["models"]), name
+        assert all(0.0 <= v <= 1.0 for v in rows[name]["values"].values()), name
+    # what the stages measured themselves sits in the columns before and after each stage
+    own = {"NIAH": ("pretrain", "extend"), "sft-chat score": ("extend", "sft"), "RL held-out": ("sft", "rl"),
+           "preference score": ("rl", "pref")}
+    for prefix, cols in own.items():
+        row = next(r for n, r in rows.items() if n.startswith(prefix))
+        assert tuple(row["values"]) == cols and all(math.isfinite(v) for v in row["values"].values())
+        assert set(row["change"]) == {cols[1]}
+    assert all(v > 0 for v in rows["time of the stage (wall seconds)"]["values"].values())
+    # the markdown shows those numbers (a change in brackets after the first column), no placeholder
+    line = next(x for x in md.splitlines() if x.startswith("| held-out bits per byte (all groups)"))
+    cells = [c.strip() for c in line.strip("|").split("|")][1:]
+    assert all(_numbers(c) for c in cells) and all("(" in c for c in cells[1:])
 
 
 def test_auto_threads_counts_cores_busy_now():

@@ -1,9 +1,13 @@
 """Speedrun budgets: how big a model, how many tokens and how much evaluation each `--budget` buys.
 
-`tiny` is a smoke test (about two minutes on a 2-core CPU), `default` the real CPU run (under 30 minutes on a
-2-core CPU; README says which capabilities its last run lifted above their baselines),
-`large` a longer run of a wider model for machines with more cores or a GPU. A budget only holds numbers;
-kexaone.pipeline.recipe turns them into stages.
+`tiny` is a smoke test of every stage (about three minutes on a 2-core CPU), `default` the real CPU run (README
+says how long its last run took and which capabilities it lifted above their baselines), `large` a longer run of a
+wider model for machines with more cores or a GPU. A budget only holds numbers; kexaone.pipeline.recipe turns them
+into stages.
+
+Every stage's spend is here: the pre-training fields of `Budget` itself, and one nested budget per later stage
+(`extend`, `sft`, `rl`, `pref`) plus `stage_eval`, what the evaluate stage spends on each post-training model. A
+run stores its budget as a plain dict in stages.json; `Budget.from_dict` reads it back.
 """
 
 from __future__ import annotations
@@ -11,6 +15,91 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
+
+
+@dataclass(frozen=True)
+class ExtendBudget:
+    """The context-extension stage (kexaone.train.extend, the `preset_budget` preset; None fields: the preset's)."""
+
+    factor: int = 4
+    """Target context = factor x the pre-training seq_len (one extension stage)."""
+    preset_budget: str = "cpu-small"
+    rounds_per_stage: int | None = None
+    steps_per_round: int | None = None
+    long_docs: int | None = None
+
+
+@dataclass(frozen=True)
+class SFTBudget:
+    """The SFT stage (kexaone.train.sft on the embedded default set)."""
+
+    steps: int = 150
+    """Optimizer steps of SFT."""
+    seq_len: int = 512
+    """512 tokens hold the tool-use conversations (at 256 a small-vocabulary tokenizer skips most of them)."""
+    batch_size: int = 8
+    examples: int = 4000
+    """Training conversations of the default set."""
+    lr_scale: float = 0.5
+    """SFT peak learning rates as a fraction of pre-training's (both the Muon and the AdamW groups)."""
+    eval_limit: int | None = None
+    """sft-chat items evaluated per model (the first ones, each prompt once per mode); None: all 160."""
+    max_new_tokens: int | None = None
+    """Reply length cap in the evaluation (None: the chat family's default, 160)."""
+
+
+@dataclass(frozen=True)
+class RLBudget:
+    """The RL stage (AGAPO with verifiable rewards, kexaone.rl.cli)."""
+
+    rounds: int = 12
+    prompts_per_round: int = 8
+    group_size: int = 8
+    updates_per_rollout: int = 2
+    max_new_tokens: int = 48
+    n_prompts: int = 200
+    eval_n: int = 40
+    eval_samples: int = 4
+    lr: float = 1e-5
+    rewards: tuple[str, ...] = ("math", "code", "ifeval")
+
+
+@dataclass(frozen=True)
+class PrefBudget:
+    """The preference stage (GROUPER, kexaone.rl.pref_cli)."""
+
+    n_prompts: int = 64
+    group_size: int = 4
+    epochs: int = 2
+    prompts_per_step: int = 8
+    max_new_tokens: int = 48
+    eval_n: int = 24
+    eval_samples: int = 2
+    lr: float = 1e-6
+    rewards: tuple[str, ...] = ("format", "language", "length", "refusal", "tool_call", "ifeval")
+
+
+@dataclass(frozen=True)
+class StageEvalBudget:
+    """What the evaluate stage spends per model beyond the base model's held-out text and tasks."""
+
+    task_items: int | None = None
+    """Items per synthetic task for the post-training models (extended, SFT, RL, preference); None: the budget's
+    task_items, as for the base model. Held-out bits per byte uses the same documents for every model."""
+    safety_items: int = 40
+    """KGC-Safety items per model (an even spread, about a quarter benign look-alikes), judged by the refusal rule."""
+    safety_max_tokens: int = 96
+    """Reply length cap of a safety answer (the refusal rule reads the opening of the reply)."""
+    tool_tasks: int = 12
+    """Registry-office tool tasks per model (one greedy episode each; pass rate = pass^1)."""
+    tool_max_steps: int = 6
+    """Agent turns per tool episode (the longest gold solution, a bulk transfer, takes up to 5 calls)."""
+    tool_reply_tokens: int = 160
+    """Tokens per agent turn in a tool episode."""
+
+
+_NESTED = {"extend": ExtendBudget, "sft": SFTBudget, "rl": RLBudget, "pref": PrefBudget,
+           "stage_eval": StageEvalBudget}
 
 
 @dataclass(frozen=True)
@@ -65,6 +154,11 @@ class Budget:
     curves show when in-context copying forms; 0 turns them off."""
     probe_rows: int = 32
     """Rows of each probe set (a probe costs about two forward passes over rows x ~70 tokens)."""
+    extend: ExtendBudget = field(default_factory=ExtendBudget)
+    sft: SFTBudget = field(default_factory=SFTBudget)
+    rl: RLBudget = field(default_factory=RLBudget)
+    pref: PrefBudget = field(default_factory=PrefBudget)
+    stage_eval: StageEvalBudget = field(default_factory=StageEvalBudget)
 
     @property
     def train_steps(self) -> int:
@@ -76,15 +170,46 @@ class Budget:
     def replace(self, **changes: Any) -> "Budget":
         return dataclasses.replace(self, **changes)
 
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "Budget":
+        """A Budget from `to_dict()` output after a JSON round trip (nested stage budgets are dicts there and
+        tuples came back as lists). Unknown fields are an error that names them."""
+        return _from_dict(cls, d)
+
+
+def _from_dict(cls: type, d: dict[str, Any]) -> Any:
+    if not isinstance(d, dict):
+        raise ValueError(f"{cls.__name__} must be given as a dict, got {type(d).__name__}")
+    names = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(d) - set(names))
+    if unknown:
+        raise ValueError(f"{cls.__name__} has no field(s) {unknown}; valid: {sorted(names)}")
+    kw = {}
+    for k, v in d.items():
+        if cls is Budget and k in _NESTED and not isinstance(v, _NESTED[k]):
+            v = _from_dict(_NESTED[k], v)
+        elif isinstance(v, list):  # tuples (draft counts, reward names) come back from JSON as lists
+            v = tuple(v)
+        kw[k] = v
+    return cls(**kw)
+
 
 BUDGETS: dict[str, Budget] = {
     "tiny": Budget(
-        name="tiny", description="smoke test: every stage on the `tiny` preset, about 2 minutes on 2 CPU cores",
+        name="tiny", description="smoke test: every stage on the `tiny` preset, about 3 minutes on 2 CPU cores",
         preset="tiny", corpus_size="tiny", tokenizer_vocab_size=1024, tokenizer_train_bytes=300_000,
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,
         answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
         speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10, probe_every=10, probe_rows=8,
+        extend=ExtendBudget(rounds_per_stage=2, steps_per_round=4, long_docs=8),
+        sft=SFTBudget(steps=8, seq_len=512, batch_size=2, examples=200, eval_limit=16, max_new_tokens=48),
+        rl=RLBudget(rounds=2, prompts_per_round=2, group_size=2, updates_per_rollout=1, max_new_tokens=16,
+                    n_prompts=8, eval_n=4, eval_samples=1),
+        pref=PrefBudget(n_prompts=8, group_size=2, epochs=1, prompts_per_step=4, max_new_tokens=16, eval_n=4,
+                        eval_samples=1),
+        stage_eval=StageEvalBudget(task_items=4, safety_items=8, safety_max_tokens=24, tool_tasks=2,
+                                   tool_max_steps=3, tool_reply_tokens=32),
     ),
     "default": Budget(
         name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
@@ -97,6 +222,10 @@ BUDGETS: dict[str, Budget] = {
         heldout_docs=8,
         task_items=100, generation_prompts=3, generation_max_new_tokens=96, speed_new_tokens=128, speed_repeats=3,
         checkpoint_every=100,
+        # The post-training stages as they were first wired in (the lead tunes them after measuring).
+        extend=ExtendBudget(), sft=SFTBudget(steps=150, seq_len=512, batch_size=8, examples=4000),
+        rl=RLBudget(), pref=PrefBudget(),
+        stage_eval=StageEvalBudget(task_items=50, safety_items=40, tool_tasks=12),
     ),
     "large": Budget(
         name="large", description="a wider model (H 512, 12 layers) on 200M tokens, for many cores or a GPU",
@@ -107,6 +236,10 @@ BUDGETS: dict[str, Budget] = {
                           "head_dim": 64},
         heldout_docs=100, task_items=300, generation_prompts=5, generation_max_new_tokens=160,
         speed_new_tokens=256, speed_repeats=5, checkpoint_every=500,
+        extend=ExtendBudget(), sft=SFTBudget(steps=1000, seq_len=1024, batch_size=32, examples=20000),
+        rl=RLBudget(), pref=PrefBudget(),
+        stage_eval=StageEvalBudget(task_items=None, safety_items=200, safety_max_tokens=256, tool_tasks=50,
+                                   tool_max_steps=10, tool_reply_tokens=512),
     ),
 }
 

@@ -1,12 +1,13 @@
 """The speedrun's `extend` stage: the pre-trained model's context from its training length (the budget's seq_len)
-to 4x, through `kexaone.train.extend.run_extension` with the `cpu-small` budgets (one stage, rounds until the NIAH
-gate is green or the round budget is spent).
+to `factor` x (4), through `kexaone.train.extend.run_extension` with the run budget's `extend` settings
+(kexaone.pipeline.budgets.ExtendBudget: the `cpu-small` preset unless it says otherwise; one stage, rounds until the
+NIAH gate is green or the round budget is spent).
 
 Reports, as the stage's outputs: the NIAH grid mean and short-context bits per byte of the pre-trained model at the
 base length (before extension), then per round the gate's numbers (NIAH mean over the 4x grid, bpb, its limit,
 green or not). A model trained for minutes on a CPU is not expected to turn green; the numbers say how far each
-round got. The lead adds `Stage("extend", stage_extend)` after `pretrain` in the recipe (this module does not edit
-it). Re-running an interrupted stage starts it over (the extension has no mid-run checkpoint).
+round got. It starts from the newest earlier model (kexaone.pipeline.chain: the pre-trained one). Re-running an
+interrupted stage starts it over (the extension has no mid-run checkpoint).
 """
 
 from __future__ import annotations
@@ -15,24 +16,21 @@ import shutil
 import time
 from typing import Any
 
+from kexaone.pipeline.chain import newest_model
 from kexaone.pipeline.stages import StageContext
-
-FACTOR = 4
-"""Target context = FACTOR x the pre-training sequence length."""
-
 
 def extend_config(ctx: StageContext, threads: int = 0) -> Any:
     """The ExtendConfig of the speedrun (what `kexaone extend` flags would say)."""
     from kexaone.pipeline.budgets import Budget
     from kexaone.train.extend import ExtendConfig
 
-    b = Budget(**ctx.params["budget"])
-    small = b.preset == "tiny"  # the smoke-test budget: a few steps, to exercise every part quickly
+    b = Budget.from_dict(ctx.params["budget"])
+    e = b.extend
     return ExtendConfig(
-        init_from=str(ctx.path(ctx.outputs["pretrain"]["model_dir"])), out=str(ctx.stage_dir / "run"),
-        preset_budget="cpu-small", stages=(FACTOR * b.seq_len,), base_length=b.seq_len,
-        rounds_per_stage=2 if small else None, steps_per_round=4 if small else None,
-        long_docs=8 if small else None, synthetic_size=b.corpus_size, seed=ctx.params["seed"], threads=threads,
+        init_from=newest_model(ctx, "extend")[1], out=str(ctx.stage_dir / "run"),
+        preset_budget=e.preset_budget, stages=(e.factor * b.seq_len,), base_length=b.seq_len,
+        rounds_per_stage=e.rounds_per_stage, steps_per_round=e.steps_per_round,
+        long_docs=e.long_docs, synthetic_size=b.corpus_size, seed=ctx.params["seed"], threads=threads,
         device="cpu" if b.precision == "fp32" else "auto")
 
 

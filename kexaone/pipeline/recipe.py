@@ -1,4 +1,4 @@
-"""The speedrun's stages: tokenizer -> pretrain -> evaluate -> generate -> report.
+"""The speedrun's stages: tokenizer -> pretrain -> extend -> sft -> rl -> pref -> evaluate -> generate -> report.
 
 Each stage function reads the run parameters (`budget`, `data`, `seed`) and the outputs of earlier stages from its
 StageContext, writes into its own directory, and returns the paths (relative to the run directory) and headline
@@ -9,10 +9,15 @@ What each stage does:
    BPE baseline (the same trainer with no superword stage); measures both on held-out text.
 2. pretrain: `run_pretraining` on the embedded three-stage curriculum (plus --data) with MTP and MoE balancing;
    killed mid-way, it resumes from the trainer's last checkpoint. The model is exported in the HF layout.
-3. evaluate: held-out loss and bits per byte per (domain, language), and accuracy on the held-out synthetic tasks,
-   for the trained model and for the untrained initial model (same config and seed).
-4. generate: sampled answers in reasoning and non-reasoning mode; decode speed plain vs MTP speculative.
-5. report: report.md, report.html, report.json in the run directory.
+3. extend (kexaone.pipeline.extend_stage): context 4x the pre-training length; NIAH before and per round.
+4. sft (kexaone.pipeline.sft_stage): SFT of the extended model on the default chat set; sft-chat before and after.
+5. rl, 6. pref (kexaone.pipeline.rl_stage): AGAPO with verifiable rewards, then GROUPER preference optimisation;
+   held-out pass rate / preference score before and after. Each stage starts from the newest earlier model
+   (kexaone.pipeline.chain); what each spends is the budget's (kexaone.pipeline.budgets).
+7. evaluate (kexaone.pipeline.evaluate_stage): every stage's model and the untrained initial model (same config and
+   seed) on held-out bits per byte, the held-out synthetic tasks, safety and tool calls, through the harness.
+8. generate: the final model's sampled answers in reasoning and non-reasoning mode; decode speed plain vs MTP.
+9. report: report.md, report.html, report.json in the run directory.
 
 The data these stages read (synthetic corpus, held-out documents and tasks) comes from kexaone.pipeline.corpus.
 """
@@ -28,11 +33,11 @@ from kexaone.pipeline.budgets import Budget
 from kexaone.pipeline.stages import Stage, StageContext
 from kexaone.utils.io import atomic_write_text
 
-STAGE_NAMES = ("tokenizer", "pretrain", "evaluate", "generate", "report")
+STAGE_NAMES = ("tokenizer", "pretrain", "extend", "sft", "rl", "pref", "evaluate", "generate", "report")
 
 
 def _budget(ctx: StageContext) -> Budget:
-    return Budget(**ctx.params["budget"])
+    return Budget.from_dict(ctx.params["budget"])
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -146,100 +151,22 @@ def stage_pretrain(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
             "eval_bpb": res.eval_bpb, "seconds": time.perf_counter() - t0, "resumed": resume}
 
 
-# ---------------------------------------------------------------------------------------------- 3. evaluate
-def _load_trained(ctx: StageContext):
-    from kexaone.model.transformer import KExaoneForCausalLM
-    from kexaone.tokenizer import KExaoneTokenizer
-
-    model_dir = ctx.path(ctx.outputs["pretrain"]["model_dir"])
-    model = KExaoneForCausalLM.from_pretrained(model_dir).eval()
-    tok = KExaoneTokenizer.from_dir(model_dir)
-    return model, tok
-
-
-def _harness(model, tok, tasks, config, out_dir: Path, label: str) -> tuple[dict, dict[str, list[dict]]]:
-    """Run `tasks` through the evaluation harness (kexaone eval's code path) on a local model: the results dict and
-    each task's per-sample records."""
-    import json
-
-    from kexaone.engine.engine import Engine
-    from kexaone.eval.backends import LocalBackend
-    from kexaone.eval.harness import run_eval
-    from kexaone.eval.results import SampleStore
-
-    res = run_eval(LocalBackend(Engine(model, tok), batch_size=64), tasks, config, out_dir, model=label,
-                   progress=False)
-    samples = {t.name: sorted(SampleStore(out_dir, t.name).records.values(), key=lambda r: int(r["id"])
-                              if str(r["id"]).isdigit() else 0) for t in tasks}
-    json.dumps(res)  # results must stay JSON (they are copied into eval.json)
-    return res, samples
-
-
-def _heldout_rows(records: list[dict]) -> list[dict]:
-    """The harness's held-out records as kexaone.eval.heldout.HeldoutResult dicts (what the report reads)."""
-    rows = []
-    for r in records:
-        domain, _, lang = str(r["id"]).partition("/")
-        rows.append({"domain": domain, "language": lang, "documents": r.get("documents"), "tokens": r["tokens"], "bytes": r["bytes"],
-                     "loss": r["loss"], "bits_per_byte": r["score"],
-                     "bytes_per_token": r["bytes"] / max(1, r["tokens"])})
-    return rows
-
-
-def stage_evaluate(ctx: StageContext) -> dict[str, Any]:
-    """Held-out bits per byte and the synthetic tasks, trained vs untrained, through the evaluation harness; the
-    harness's own files (results.json / results.md / samples) are kept under `harness/{trained,untrained}`."""
-    import torch
-
-    from kexaone.eval.families.synthetic import heldout_task, task_from_spec
-    from kexaone.eval.harness import EvalConfig
-    from kexaone.model.transformer import KExaoneForCausalLM
-    from kexaone.pipeline import corpus
-
-    b = _budget(ctx)
-    model, tok = _load_trained(ctx)
-    torch.manual_seed(ctx.params["seed"])
-    untrained = KExaoneForCausalLM(model.config).eval()  # the initial model: same config, same seed, no training
-
-    groups = corpus.heldout_groups(tok, b, ctx.params.get("data", []), seed=ctx.params["seed"])
-    specs = corpus.task_specs(b, tok, seed=ctx.params["seed"])
-    tasks = [heldout_task(groups)] + [task_from_spec(s) for s in specs]
-    config = EvalConfig(heldout_seq_len=b.seq_len)
-    ctx.log(f"[evaluate] harness: held-out bits per byte on {len(groups)} groups and {len(specs)} tasks")
-    t0 = time.perf_counter()
-    res, samples = _harness(model, tok, tasks, config, ctx.stage_dir / "harness" / "trained", "trained")
-    res_u, samples_u = _harness(untrained, tok, tasks, config, ctx.stage_dir / "harness" / "untrained", "untrained")
-    out_tasks = []
-    for spec in specs:
-        r, u = res["tasks"][spec.name], res_u["tasks"][spec.name]
-        examples = [{"prompt": x["prompt"][-300:], "output": str(x.get("response") or "")[:300],
-                     "answer": x.get("gold"), "correct": bool(x["score"])} for x in samples[spec.name][:3]]
-        out_tasks.append({"task": spec.name, "items": r["n"], "accuracy": r["score"], "stderr": r["stderr"],
-                          "chance": spec.chance, "untrained_accuracy": u["score"],
-                          "baseline": max(spec.chance, u["score"]),
-                          "scoring": "mean log-likelihood of each choice" if spec.items and spec.items[0].choices
-                          else "greedy decoding, exact answer", "examples": examples})
-        ctx.log(f"[evaluate] {spec.name}: {r['score']:.3f} (chance {spec.chance:.3f}, untrained {u['score']:.3f})")
-    ctx.log(f"[evaluate] done in {time.perf_counter() - t0:.1f} s")
-    ev = {"heldout": _heldout_rows(samples["heldout"]), "heldout_untrained": _heldout_rows(samples_u["heldout"]),
-          "tasks": out_tasks,
-          "harness": {"trained": ctx.rel(ctx.stage_dir / "harness" / "trained" / "results.md"),
-                      "untrained": ctx.rel(ctx.stage_dir / "harness" / "untrained" / "results.md")}}
-    _write_json(ctx.stage_dir / "eval.json", ev)
-    return {"eval": ctx.rel(ctx.stage_dir / "eval.json"),
-            "accuracy": {t["task"]: t["accuracy"] for t in out_tasks},
-            "baseline": {t["task"]: t["baseline"] for t in out_tasks}}
-
-
-# ---------------------------------------------------------------------------------------------- 4. generate
+# ---------------------------------------------------------------------------------------------- generate
 def stage_generate(ctx: StageContext) -> dict[str, Any]:
+    """Samples and decode speed of the final model: the newest of the model stages that ran."""
     from kexaone.engine.engine import Engine
     from kexaone.eval.generation import sample_answers
     from kexaone.eval.speed import measure_decode_speed
+    from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.pipeline import corpus
+    from kexaone.pipeline.chain import newest_model
+    from kexaone.tokenizer import KExaoneTokenizer
 
     b = _budget(ctx)
-    model, tok = _load_trained(ctx)
+    stage, model_dir = newest_model(ctx)
+    ctx.log(f"[generate] the final model: {stage} ({ctx.rel(model_dir)})")
+    model = KExaoneForCausalLM.from_pretrained(model_dir).eval()
+    tok = KExaoneTokenizer.from_dir(model_dir)
     engine = Engine(model, tok)
     questions = corpus.chat_questions(b, seed=ctx.params["seed"])
     samples = sample_answers(engine, tok, questions, b.generation_max_new_tokens, seed=ctx.params["seed"])
@@ -251,14 +178,14 @@ def stage_generate(ctx: StageContext) -> dict[str, Any]:
     speeds = [measure_decode_speed(engine, prompts, new_tokens=b.speed_new_tokens, repeats=b.speed_repeats,
                                    draft_tokens=k) for k in b.speed_draft_counts]
     speed = max(speeds, key=lambda r: r.speedup)
-    gen = {"samples": [s.to_dict() for s in samples], "speed": speed.to_dict(),
-           "speed_by_draft_tokens": [r.to_dict() for r in speeds]}
+    gen = {"model_stage": stage, "model_dir": ctx.rel(model_dir), "samples": [s.to_dict() for s in samples],
+           "speed": speed.to_dict(), "speed_by_draft_tokens": [r.to_dict() for r in speeds]}
     _write_json(ctx.stage_dir / "generation.json", gen)
-    return {"generation": ctx.rel(ctx.stage_dir / "generation.json"), "speedup": speed.speedup,
-            "acceptance_rate": speed.acceptance_rate}
+    return {"generation": ctx.rel(ctx.stage_dir / "generation.json"), "model_stage": stage,
+            "model_dir": ctx.rel(model_dir), "speedup": speed.speedup, "acceptance_rate": speed.acceptance_rate}
 
 
-# ---------------------------------------------------------------------------------------------- 5. report
+# ---------------------------------------------------------------------------------------------- report
 def stage_report(ctx: StageContext) -> dict[str, Any]:
     from kexaone.report.card import write_report
 
@@ -266,14 +193,29 @@ def stage_report(ctx: StageContext) -> dict[str, Any]:
 
 
 def speedrun_stages(threads: int = 0) -> list[Stage]:
-    """The five stages; `threads` (0 = torch's default) is handed to the trainer, which sets torch's CPU threads."""
+    """The stages of STAGE_NAMES, in order; `threads` (0 = torch's default) is handed to every training stage,
+    which sets torch's CPU threads."""
     import functools
 
-    return [
+    from kexaone.pipeline.evaluate_stage import stage_evaluate
+    from kexaone.pipeline.extend_stage import stage_extend
+    from kexaone.pipeline.rl_stage import stage_pref, stage_rl
+    from kexaone.pipeline.sft_stage import stage_sft
+
+    stages = [
         Stage("tokenizer", stage_tokenizer, "train the SuperBPE tokenizer and a plain-BPE baseline"),
         Stage("pretrain", functools.partial(stage_pretrain, threads=threads),
               "pre-train through the three-stage curriculum (MTP, MoE balancing)"),
-        Stage("evaluate", stage_evaluate, "held-out bits/byte and task accuracy vs baselines"),
+        Stage("extend", functools.partial(stage_extend, threads=threads),
+              "extend the context 4x (rounds until the NIAH / bits-per-byte gate is green)"),
+        Stage("sft", functools.partial(stage_sft, threads=threads),
+              "SFT on the default chat set; before vs after on held-out chat tasks"),
+        Stage("rl", functools.partial(stage_rl, threads=threads), "RL with verifiable rewards (AGAPO)"),
+        Stage("pref", functools.partial(stage_pref, threads=threads), "preference optimisation (GROUPER)"),
+        Stage("evaluate", stage_evaluate,
+              "every stage's model: held-out bits/byte, tasks, safety, tool calls vs baselines"),
         Stage("generate", stage_generate, "sample answers; decode speed plain vs MTP speculative"),
         Stage("report", stage_report, "write report.md / report.html"),
     ]
+    assert tuple(s.name for s in stages) == STAGE_NAMES
+    return stages

@@ -1,73 +1,42 @@
-"""The speedrun's post-training stages `rl` (AGAPO, `kexaone rl`) and `pref` (GROUPER, `kexaone pref`), ready for
-the recipe to list after `sft`:
+"""The speedrun's post-training stages `rl` (AGAPO, `kexaone rl`) and `pref` (GROUPER, `kexaone pref`), which the
+recipe runs after `sft`.
 
-    Stage("rl", stage_rl, "RL with verifiable rewards (AGAPO)"), Stage("pref", stage_pref, "preference (GROUPER)")
-
-`stage_rl` starts from the newest model among the outputs `sft`, then `pretrain` (`model_dir`); `stage_pref` from
-`rl`, `sft`, then `pretrain`. Sizes come from `RLStageBudget` / `PrefStageBudget` (small enough for a CPU
-speedrun), overridable per run with `ctx.params["rl"]` / `ctx.params["pref"]` dicts of the same field names (the
-budgets module is the recipe's; these stay separate until the lead folds them in). Each stage records the held-out
-numbers before and after (pass rate and reward for RL; preference score per rule for GROUPER) in its outputs.
-A stage that was interrupted is run again from scratch (its directory wiped): RL rounds are not resumable mid-run.
-What this module does not do: decide the stage order (kexaone.pipeline.recipe).
+Each starts from the newest earlier model (kexaone.pipeline.chain: rl from sft, else extend, else pretrain; pref
+from rl first). Sizes are the run budget's `rl` / `pref` (kexaone.pipeline.budgets.RLBudget / PrefBudget),
+overridable per run with `ctx.params["rl"]` / `ctx.params["pref"]` dicts of the same field names. Each stage
+records the held-out numbers before and after (pass rate and reward for RL; preference score per rule for GROUPER)
+in its outputs. A stage that was interrupted is run again from scratch (its directory wiped): RL rounds are not
+resumable mid-run. What this module does not do: decide the stage order (kexaone.pipeline.recipe).
 """
 
 from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, fields, replace
 from typing import Any
 
+from kexaone.pipeline.chain import newest_model
 from kexaone.pipeline.stages import StageContext
 
-__all__ = ["RLStageBudget", "PrefStageBudget", "stage_rl", "stage_pref"]
+__all__ = ["stage_rl", "stage_pref"]
 
 
-@dataclass(frozen=True)
-class RLStageBudget:
-    rounds: int = 12
-    prompts_per_round: int = 8
-    group_size: int = 8
-    updates_per_rollout: int = 2
-    max_new_tokens: int = 48
-    n_prompts: int = 200
-    eval_n: int = 40
-    eval_samples: int = 4
-    lr: float = 1e-5
-    rewards: tuple[str, ...] = ("math", "code", "ifeval")
+def _budget(ctx: StageContext, key: str):
+    """The run budget's `key` stage budget, with the fields of `ctx.params[key]` (a dict, optional) replaced."""
+    from kexaone.pipeline.budgets import Budget
 
-
-@dataclass(frozen=True)
-class PrefStageBudget:
-    n_prompts: int = 64
-    group_size: int = 4
-    epochs: int = 2
-    prompts_per_step: int = 8
-    max_new_tokens: int = 48
-    eval_n: int = 24
-    eval_samples: int = 2
-    lr: float = 1e-6
-    rewards: tuple[str, ...] = ("format", "language", "length", "refusal", "tool_call", "ifeval")
-
-
-def _budget(cls, ctx: StageContext, key: str):
     given = dict(ctx.params.get(key) or {})
-    names = {f.name for f in fields(cls)}
+    if "budget" not in ctx.params:
+        raise ValueError("the run parameters have no 'budget' (kexaone.pipeline.budgets.Budget.to_dict())")
+    base = getattr(Budget.from_dict(ctx.params["budget"]), key)
+    names = {f.name for f in fields(base)}
     unknown = sorted(set(given) - names)
     if unknown:
         raise ValueError(f"params[{key!r}] has unknown field(s) {unknown}; valid: {sorted(names)}")
     if "rewards" in given:
         given["rewards"] = tuple(given["rewards"])
-    return cls(**given)
-
-
-def _start_model(ctx: StageContext, order: tuple[str, ...]) -> str:
-    for name in order:
-        out = ctx.outputs.get(name) or {}
-        if out.get("model_dir"):
-            return str(ctx.path(out["model_dir"]))
-    raise ValueError(f"no model to start from: none of the stages {list(order)} has run")
+    return replace(base, **given)
 
 
 def _fresh(ctx: StageContext) -> None:
@@ -79,9 +48,11 @@ def _fresh(ctx: StageContext) -> None:
 def stage_rl(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     from kexaone.rl.cli import RLConfig, run_rl
 
-    b = _budget(RLStageBudget, ctx, "rl")
+    b = _budget(ctx, "rl")
     _fresh(ctx)
-    cfg = RLConfig(init_from=_start_model(ctx, ("sft", "pretrain")), out=str(ctx.stage_dir / "run"),
+    start, init = newest_model(ctx, "rl")
+    ctx.log(f"[rl] from the {start} model")
+    cfg = RLConfig(init_from=init, out=str(ctx.stage_dir / "run"),
                    reward=list(b.rewards), rounds=b.rounds, prompts_per_round=b.prompts_per_round,
                    group_size=b.group_size, updates_per_rollout=b.updates_per_rollout,
                    max_new_tokens=b.max_new_tokens, n_prompts=b.n_prompts, eval_n=b.eval_n,
@@ -93,16 +64,18 @@ def stage_rl(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     ctx.log(f"[rl] held-out pass rate {held['before']['pass_rate']:.3f} -> {held['after']['pass_rate']:.3f}")
     return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path),
             "reward_curve": ctx.rel(ctx.stage_dir / "run" / "reward_curve.png"), "steps": res.steps,
-            "heldout_before": held["before"], "heldout_after": held["after"], "budget": asdict(b),
+            "heldout_before": held["before"], "heldout_after": held["after"], "budget": asdict(b), "init": start,
             "seconds": time.perf_counter() - t0}
 
 
 def stage_pref(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     from kexaone.rl.pref_cli import PrefConfig, run_pref
 
-    b = _budget(PrefStageBudget, ctx, "pref")
+    b = _budget(ctx, "pref")
     _fresh(ctx)
-    cfg = PrefConfig(init_from=_start_model(ctx, ("rl", "sft", "pretrain")), out=str(ctx.stage_dir / "run"),
+    start, init = newest_model(ctx, "pref")
+    ctx.log(f"[pref] from the {start} model")
+    cfg = PrefConfig(init_from=init, out=str(ctx.stage_dir / "run"),
                      reward=list(b.rewards), n_prompts=b.n_prompts, group_size=b.group_size, epochs=b.epochs,
                      prompts_per_step=b.prompts_per_step, max_new_tokens=b.max_new_tokens, eval_n=b.eval_n,
                      eval_samples=b.eval_samples, lr=b.lr, seed=int(ctx.params.get("seed", 0)), threads=threads,
@@ -113,5 +86,5 @@ def stage_pref(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     ctx.log(f"[pref] held-out preference score {held['before']['reward_mean']:.3f} -> "
             f"{held['after']['reward_mean']:.3f}")
     return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path), "steps": res.steps,
-            "heldout_before": held["before"], "heldout_after": held["after"], "budget": asdict(b),
+            "heldout_before": held["before"], "heldout_after": held["after"], "budget": asdict(b), "init": start,
             "seconds": time.perf_counter() - t0}

@@ -1,10 +1,9 @@
-"""The speedrun's `sft` stage: supervised fine-tuning of the pre-trained model on the embedded default SFT set, then
-the base and the SFT model side by side on the set's held-out chat tasks (`sft-chat`, both reasoning modes).
+"""The speedrun's `sft` stage: supervised fine-tuning on the embedded default SFT set, then the starting model and
+the SFT model side by side on the set's held-out chat tasks (`sft-chat`, both reasoning modes).
 
-    Stage("sft", stage_sft, "SFT on the default chat set; base vs SFT on held-out chat tasks")
-
-placed after `pretrain` (it reads `ctx.outputs["pretrain"]["model_dir"]`). The number of steps and the evaluation
-size follow the run's budget (`sft_budget`); a killed stage resumes from the trainer's last checkpoint, as the
+It starts from the newest earlier model (kexaone.pipeline.chain: the extended model, else the pre-trained one);
+"base" in its outputs is that starting model. The number of steps and the evaluation size are the run budget's
+`sft` (kexaone.pipeline.budgets.SFTBudget); a killed stage resumes from the trainer's last checkpoint, as the
 pre-training stage does. Outputs: the SFT model directory, `sft_eval.json` (both models' sft-chat summaries: score
 and well-formed rate overall, per mode and per category; the MTP acceptance before and after) and the headline
 numbers for the report.
@@ -17,45 +16,12 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
+from kexaone.pipeline.chain import newest_model
 from kexaone.pipeline.stages import StageContext
 from kexaone.utils.io import atomic_write_text
-
-
-@dataclass(frozen=True)
-class SFTBudget:
-    """What the SFT stage spends for one speedrun budget."""
-
-    steps: int
-    """Optimizer steps of SFT."""
-    seq_len: int
-    batch_size: int
-    examples: int
-    """Training conversations of the default set."""
-    lr_scale: float = 0.5
-    """SFT peak learning rates as a fraction of pre-training's (both the Muon and the AdamW groups)."""
-    eval_limit: int | None = None
-    """sft-chat items evaluated per model (the first ones, each prompt once per mode); None: all 160."""
-    max_new_tokens: int | None = None
-    """Reply length cap in the evaluation (None: the chat family's default, 160)."""
-
-
-SFT_BUDGETS = {
-    # 512 tokens hold the tool-use conversations (at 256 the 2k-vocab tokenizer skips most of them).
-    "tiny": SFTBudget(steps=8, seq_len=512, batch_size=2, examples=200, eval_limit=16, max_new_tokens=48),
-    "default": SFTBudget(steps=150, seq_len=512, batch_size=8, examples=4000, eval_limit=None),
-    "large": SFTBudget(steps=1000, seq_len=1024, batch_size=32, examples=20000, eval_limit=None),
-}
-
-
-def sft_budget(budget: Any) -> SFTBudget:
-    """The SFT share of a speedrun Budget (by its name; an unknown name gets a quarter of its pre-training steps)."""
-    if budget.name in SFT_BUDGETS:
-        return SFT_BUDGETS[budget.name]
-    return SFTBudget(steps=max(8, budget.train_steps // 4), seq_len=max(256, budget.seq_len),
-                     batch_size=budget.batch_size, examples=4000)
 
 
 def sft_config(ctx: StageContext, resume: bool, threads: int = 0):
@@ -63,10 +29,10 @@ def sft_config(ctx: StageContext, resume: bool, threads: int = 0):
     from kexaone.pipeline.budgets import Budget
     from kexaone.train.sft import SFTConfig
 
-    b = Budget(**ctx.params["budget"])
-    s = sft_budget(b)
+    b = Budget.from_dict(ctx.params["budget"])
+    s = b.sft
     return SFTConfig(
-        init_from=str(ctx.path(ctx.outputs["pretrain"]["model_dir"])), out=str(ctx.stage_dir / "run"),
+        init_from=newest_model(ctx, "sft")[1], out=str(ctx.stage_dir / "run"),
         max_steps=s.steps, seq_len=s.seq_len, batch_size=s.batch_size, default_examples=s.examples,
         lr=b.lr * s.lr_scale, adamw_lr=(b.adamw_lr or b.lr) * s.lr_scale, warmup_steps=max(1, s.steps // 20),
         precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
@@ -108,8 +74,8 @@ def stage_sft(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     from kexaone.train.checkpoint import CheckpointManager
     from kexaone.train.sft import run_sft
 
-    b = Budget(**ctx.params["budget"])
-    s = sft_budget(b)
+    s = Budget.from_dict(ctx.params["budget"]).sft
+    start, base_dir = newest_model(ctx, "sft")
     ckpt = ctx.stage_dir / "run" / "checkpoints"
     resume = ckpt.is_dir() and CheckpointManager(ckpt).latest() is not None
     if resume:
@@ -117,15 +83,15 @@ def stage_sft(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     elif ckpt.is_dir():
         shutil.rmtree(ckpt)  # killed while writing its first checkpoint: start over
     t0 = time.perf_counter()
-    ctx.log(f"[sft] {s.steps} steps of {s.batch_size} x {s.seq_len} tokens on {s.examples} default conversations")
+    ctx.log(f"[sft] from the {start} model: {s.steps} steps of {s.batch_size} x {s.seq_len} tokens on {s.examples} "
+            "default conversations")
     res = run_sft(sft_config(ctx, resume, threads))
     if res.stage.interrupted:
         raise KeyboardInterrupt(f"SFT interrupted ({res.stage.signal_name}) at step {res.stage.steps}")
     if res.model_dir is None:
         raise RuntimeError("SFT finished without exporting a model directory")
     seconds = time.perf_counter() - t0
-    base_dir = ctx.path(ctx.outputs["pretrain"]["model_dir"])
-    ctx.log(f"[sft] evaluating base and SFT models on sft-chat (limit {s.eval_limit})")
+    ctx.log(f"[sft] evaluating the {start} and SFT models on sft-chat (limit {s.eval_limit})")
     base = evaluate_chat(base_dir, ctx.stage_dir / "eval_base", s.eval_limit, s.max_new_tokens, ctx.params["seed"])
     tuned = evaluate_chat(res.model_dir, ctx.stage_dir / "eval_sft", s.eval_limit, s.max_new_tokens,
                           ctx.params["seed"])
@@ -135,7 +101,7 @@ def stage_sft(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     atomic_write_text(ctx.stage_dir / "sft_eval.json", json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
     ctx.log(f"[sft] sft-chat score {base['score']:.3f} -> {tuned['score']:.3f}, well-formed "
             f"{base['well_formed']:.3f} -> {tuned['well_formed']:.3f}")
-    return {"model_dir": ctx.rel(res.model_dir), "eval": ctx.rel(ctx.stage_dir / "sft_eval.json"),
+    return {"model_dir": ctx.rel(res.model_dir), "eval": ctx.rel(ctx.stage_dir / "sft_eval.json"), "init": start,
             "steps": res.stage.steps, "score": {"base": base["score"], "sft": tuned["score"]},
             "well_formed": {"base": summary["base"]["by_mode"], "sft": summary["sft"]["by_mode"]},
             "mtp_acceptance": res.mtp_acceptance, "seconds": seconds}

@@ -70,6 +70,8 @@ def _section_summary(s: dict[str, Any]) -> list:
                      f"({f'{drafts} draft tokens, ' if drafts else ''}acceptance {_pct(s.get('acceptance_rate'))})"])
     if s.get("tokenizer_gain") is not None:
         rows.append(["SuperBPE bytes/token vs plain BPE", f"{s['tokenizer_gain']:.3f}x"])
+    if s.get("final_model"):
+        rows.append(["final model (generation, chat)", D.LABELS.get(s["final_model"], s["final_model"])])
     if not rows:
         return [Para("No stage has finished yet.")]
     return [Heading("Summary"), Table(["what", "value"], rows)]
@@ -112,6 +114,54 @@ def _section_times(times: list[D.StageTime]) -> list:
                  "and its workers). On a shared machine the wall time depends on the load; the CPU time is about "
                  "what the stage costs on one otherwise idle core."),
             Table(["stage", "status", "wall seconds", "CPU seconds", "attempts"], rows)]
+
+
+def _stage_cell(row: D.StageRow, key: str, ran: list[str], delta: dict[str, float]) -> str:
+    if key not in ran:
+        return "-"
+    if key not in row.values:
+        return ""  # this model was not measured on this row (e.g. NIAH only before and after extension)
+    v = row.values[key]
+    if row.kind == "percent":
+        text = _pct(v) + (f" ({100 * delta[key]:+.1f} pts)" if key in delta else "")
+    elif row.kind == "seconds":
+        text = f"{v:.1f}"
+    else:
+        text = _f(v) + (f" ({delta[key]:+.3f})" if key in delta else "")
+    return text
+
+
+def _section_stages(st: D.StagesData) -> list:
+    if not st.rows:
+        return []
+    labels = [label for _, label in D.COLUMNS]
+
+    def table_rows(rows: list[D.StageRow]) -> list[list[str]]:
+        out = []
+        for r in rows:
+            delta = D.changes(r, st.ran) if r.kind != "seconds" else {}
+            name = r.name + (" (lower is better)" if r.better == "lower" else "")
+            out.append([name] + [_stage_cell(r, k, st.ran, delta) for k, _ in D.COLUMNS])
+        return out
+
+    final = f" Generation (samples, MTP speed) used the {D.LABELS.get(st.final_model, st.final_model)} model." \
+        if st.final_model else ""
+    blocks: list = [
+        Heading("Stage by stage"),
+        Para("One column per model: the untrained initial model, then the model each stage wrote. In brackets: the "
+             "change over the previous stage that has the number (percentage points for rates). '-': the stage did "
+             "not run; empty: not measured for that model. Held-out text, tasks, safety (refusal rule) and tool "
+             "calls were measured by the evaluate stage through the harness (later stages may use fewer task items "
+             "than the base model, see budget.stage_eval); NIAH, sft-chat, the RL pass rate and the preference "
+             "score were measured by their own stage before and after training." + final),
+        Table(["measurement"] + labels, table_rows([r for r in st.rows if not r.detail]))]
+    detail = [r for r in st.rows if r.detail]
+    if detail:
+        blocks += [Heading("Held-out bits per byte per group, every model", 3),
+                   Table(["group"] + labels, table_rows(detail))]
+    for f in st.figures:
+        blocks.append(Figure(f.png, f.name, f"{D.LABELS.get(f.stage, f.stage)}: {f.caption}"))
+    return blocks
 
 
 def _section_model(model: D.ModelData | D.Missing) -> list:
@@ -176,6 +226,13 @@ def _section_pretrain(p: D.PretrainData | D.Missing, plots: Any) -> list:
                         f"end of training its loss is {m.mtp_end:.3f} nats against {m.ce_end:.3f} for the main "
                         "next-token prediction (it sees one token less of the future it predicts)."),
                    Figure(plots.mtp_curve(m.steps, m.ce, m.mtp), "mtp_loss", "main next-token CE and MTP (t+2) loss")]
+    if p.probes:
+        onsets = ", ".join(f"{k} {'at step ' + str(v) if v is not None else 'not yet'}"
+                           for k, v in p.probe_onsets.items())
+        blocks += [Heading("In-context copying probes", 3),
+                   Para(f"Accuracy of the induction and key-value recall probes scored during training (onset: "
+                        f"{onsets}; dashed lines mark it)."),
+                   Figure(plots.probe_curves(p.probes), "probes", "induction / recall probe accuracy per step")]
     return blocks + _section_balance(p, plots)
 
 
@@ -203,9 +260,9 @@ def _section_eval(e: D.EvalData | D.Missing, plots: Any) -> list:
     if isinstance(e, D.Missing):
         return _not_available(title, e)
     blocks: list = [Heading(title),
-                    Para("Measured through the evaluation harness (`kexaone eval`'s code path on the local model); its "
-                         "own files are in evaluate/harness/{trained,untrained} (results.json, results.md, "
-                         "per-sample JSONL).")]
+                    Para("The pre-trained (base) model in detail, measured through the evaluation harness (`kexaone "
+                         "eval`'s code path on the local model); its own files are in evaluate/harness/<stage> "
+                         "(results.json, results.md, per-sample JSONL) for every model.")]
     if e.heldout:
         rows = [[r.domain, r.language, _f(r.documents), _f(r.tokens), _f(r.loss), _f(r.bits_per_byte),
                  _f(r.untrained_bits_per_byte)] for r in e.heldout]
@@ -269,8 +326,8 @@ def render(data: D.ReportData, plots: Any = None) -> tuple[Document, dict[str, A
 
     plots = plots or default_plots
     summary = D.headline(data)
-    body = (_section_machine(data.machine) + _section_params(data.params) + _section_times(data.times)
-            + _section_model(data.model) + _section_tokenizer(data.tokenizer, plots)
+    body = (_section_stages(data.stages) + _section_machine(data.machine) + _section_params(data.params)
+            + _section_times(data.times) + _section_model(data.model) + _section_tokenizer(data.tokenizer, plots)
             + _section_pretrain(data.pretrain, plots) + _section_eval(data.eval, plots)
             + _section_generation(data.generation))
     title = f"kexaone speedrun report ({data.budget or 'unknown'} budget)"

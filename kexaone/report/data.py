@@ -12,8 +12,10 @@ File formats read (written by kexaone.pipeline.recipe):
   "seconds", "baseline_seconds", "rows": [{"group", "bytes", "superbpe_tokens", "bpe_tokens"}]}
 - the pre-training directory: `metrics.jsonl` (records of kind "config" / "train" / "eval" / "stage", see
   kexaone.train.metrics), `expert_load/step_*.npy` ([L, E] load matrices) and `model/config.json`
-- `evaluate/eval.json`: {"heldout": [HeldoutResult], "heldout_untrained": [...], "tasks": [TaskResult]}
+- `evaluate/eval.json`: {"heldout": [HeldoutResult], "heldout_untrained": [...], "tasks": [TaskResult],
+  "models": [per-model record, kexaone.pipeline.evaluate_stage]}
 - `generate/generation.json`: {"samples": [Sample], "speed": SpeedResult, "speed_by_draft_tokens": [...]}
+- the post-training stages' outputs and plots: see kexaone.report.stage_table (the stage-by-stage table).
 """
 
 from __future__ import annotations
@@ -21,9 +23,12 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from kexaone.pipeline.chain import LABELS
+from kexaone.report.stage_table import COLUMNS, StageRow, StagesData, changes, collect_stages
 
 Series = tuple[list[float], list[float]]  # (x, y)
 
@@ -141,6 +146,9 @@ class PretrainData:
     mtp: MtpData | None
     max_vio: MaxVioData | Missing
     expert_load: ExpertLoadData | Missing | None  # None: the stage recorded no output directory
+    probes: list[dict[str, Any]] = field(default_factory=list)
+    """Records of kind "probe" (induction / key-value recall accuracy during training, kexaone.eval.induction)."""
+    probe_onsets: dict[str, int | None] = field(default_factory=dict)
 
 
 @dataclass
@@ -207,6 +215,7 @@ class ReportData:
     pretrain: PretrainData | Missing
     eval: EvalData | Missing
     generation: GenerationData | Missing
+    stages: StagesData
 
 
 # ---------------------------------------------------------------------------------------------- reading
@@ -370,6 +379,9 @@ def _pretrain(run: _Run) -> PretrainData | Missing:
                                 int(rs[-1].get("tokens", 0) - rs[0].get("tokens", 0) + per_step),
                                 _mean(r["loss"] for r in rs[:max(1, len(rs) // 10)]),
                                 _mean(r["loss"] for r in _last_tenth(rs)), _mean(tps) if tps else None))
+    from kexaone.eval.induction import probe_onsets
+
+    probes = [r for r in recs if r.get("kind") == "probe"]
     mtp_recs = [r for r in train if _is_number(r.get("mtp")) and _is_number(r.get("ce"))]
     mtp = None
     if mtp_recs:
@@ -378,7 +390,8 @@ def _pretrain(run: _Run) -> PretrainData | Missing:
                       ce_end=_mean(r["ce"] for r in last), mtp_end=_mean(r["mtp"] for r in last))
     return PretrainData(last_step=train[-1]["step"], tokens=train[-1].get("tokens"), seconds=out.get("seconds"),
                         final_train_loss=float(_mean(r["loss"] for r in train[-10:])), stages=stages, curves=curves,
-                        mtp=mtp, max_vio=_max_vio(run, out, train), expert_load=_expert_load(run, out))
+                        mtp=mtp, max_vio=_max_vio(run, out, train), expert_load=_expert_load(run, out),
+                        probes=probes, probe_onsets=probe_onsets(probes) if probes else {})
 
 
 def _byte_weighted_bpb(rows: Iterable[dict[str, Any]]) -> float | None:
@@ -424,7 +437,7 @@ def collect(run_dir: str | os.PathLike, machine: dict[str, Any]) -> ReportData:
         stage_seconds={n: _stage_wall(r) for n, r in timed.items()},
         stage_cpu_seconds={n: r["cpu_seconds"] for n, r in run.stages.items() if r.get("cpu_seconds") is not None},
         model=_model(run), tokenizer=_tokenizer(run), pretrain=_pretrain(run), eval=_eval(run),
-        generation=_generation(run))
+        generation=_generation(run), stages=collect_stages(run))
 
 
 def speedup(run: dict[str, Any]) -> float | None:
@@ -457,6 +470,13 @@ def headline(data: ReportData) -> dict[str, Any]:
         if e.tasks:
             s["tasks"] = [{"task": t.task, "accuracy": t.accuracy, "baseline": t.baseline, "chance": t.chance,
                            "untrained": t.untrained} for t in e.tasks]
+    st = data.stages
+    if st.rows:
+        s["stages"] = {"models": st.ran, "rows": [
+            {"name": r.name, "values": {k: r.values[k] for k in st.ran if k in r.values},
+             "change": changes(r, st.ran) if r.kind != "seconds" else {}} for r in st.rows]}
+    if st.final_model is not None:
+        s["final_model"] = st.final_model
     g = data.generation
     if isinstance(g, GenerationData) and g.speed:
         s["mtp_speedup"] = speedup(g.speed)

@@ -134,3 +134,15 @@ def bytes_per_token_bars(groups: Sequence[str], superbpe: Sequence[float], bpe: 
     ax.grid(axis="y", alpha=0.3)
     ax.legend()
     return _png(fig)
+
+
+def probe_curves(records: Sequence[dict]) -> bytes:
+    """The induction / key-value recall probe accuracy over pre-training steps, onsets dashed: the figure of
+    kexaone.eval.induction.plot_probe_curves (one drawing of it), read back as PNG bytes."""
+    import tempfile
+    from pathlib import Path
+
+    from kexaone.eval.induction import plot_probe_curves
+
+    with tempfile.TemporaryDirectory() as d:
+        return plot_probe_curves(records, Path(d) / "probes.png", title="in-context copying probes").read_bytes()

@@ -1,0 +1,214 @@
+"""The report card's stage-by-stage data: one column per model (untrained, base, extended, SFT, RL, preference), one
+row per measurement, and the figures the post-training stages drew. Plain data; card.py renders it.
+
+Where the numbers come from (nothing is measured here):
+- `evaluate/eval.json` "models" (kexaone.pipeline.evaluate_stage): held-out bits per byte overall and per group,
+  each synthetic task, safety safe rate and over-refusal, tool-call pass rate. An eval.json from before the stage
+  columns existed (no "models") gives the untrained and base columns from its base rows.
+- the stages' own outputs in stages.json: NIAH and short-context bits per byte before / after extension (extend),
+  sft-chat score and well-formed rate of the starting and SFT models (sft, its sft_eval.json), the held-out pass
+  rate before / after RL (rl) and the preference score before / after GROUPER (pref); a "before" number goes in
+  the column of the model the stage started from (its `init` output, else the newest earlier model);
+- the stage times (wall seconds of all attempts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from kexaone.pipeline.chain import LABELS, MODEL_STAGES
+
+COLUMNS: tuple[tuple[str, str], ...] = (("untrained", "untrained"),) + tuple((s, LABELS[s]) for s in MODEL_STAGES)
+"""(key, label) of each column, in stage order."""
+
+
+@dataclass
+class StageRow:
+    name: str
+    values: dict[str, float]
+    """Column key -> value; a key that is absent was not measured for that model."""
+    kind: str = "number"
+    """How to show a value: "percent" (a rate in [0, 1]), "number" or "seconds" (no change is stated)."""
+    better: str = "higher"
+    """"higher", "lower" or "" (neither): what the change over the previous stage should do."""
+    detail: bool = False
+    """A breakdown row (held-out bits per byte of one group): the card lists these in a table of their own."""
+
+
+@dataclass
+class StageFigure:
+    stage: str
+    name: str
+    png: bytes
+    caption: str
+
+
+@dataclass
+class StagesData:
+    ran: list[str]
+    """Column keys of the models that exist in the run (a stage not in this list shows "-")."""
+    rows: list[StageRow]
+    figures: list[StageFigure] = field(default_factory=list)
+    final_model: str | None = None
+    """The stage whose model the generate stage used."""
+
+
+def changes(row: StageRow, ran: list[str]) -> dict[str, float]:
+    """Each measured column's change over the previous column (in stage order) where the row has a value."""
+    out, prev = {}, None
+    for key, _ in COLUMNS:
+        if key not in ran or key not in row.values:
+            continue
+        if prev is not None:
+            out[key] = row.values[key] - row.values[prev]
+        prev = key
+    return out
+
+
+def _done(run: Any, stage: str) -> dict[str, Any] | None:
+    rec = run.stages.get(stage)
+    return (rec.get("outputs") or {}) if rec and rec.get("status") == "done" else None
+
+
+def _init(run: Any, stage: str, out: dict[str, Any]) -> str:
+    """The model column a stage started from: its recorded `init`, else the newest earlier model stage that ran."""
+    if out.get("init"):
+        return out["init"]
+    earlier = [s for s in MODEL_STAGES[:MODEL_STAGES.index(stage)] if (_done(run, s) or {}).get("model_dir")]
+    return earlier[-1] if earlier else "pretrain"
+
+
+def _byte_weighted(rows: list[dict[str, Any]]) -> float | None:
+    n = sum(r["bytes"] for r in rows)
+    return sum(r["bits_per_byte"] * r["bytes"] for r in rows) / n if n else None
+
+
+def _models(ev: dict[str, Any]) -> list[dict[str, Any]]:
+    """eval.json's per-model records; an older file's base rows as the untrained and base records."""
+    if ev.get("models"):
+        return ev["models"]
+    old = []
+    for stage, key, acc in (("untrained", "heldout_untrained", "untrained_accuracy"),
+                            ("pretrain", "heldout", "accuracy")):
+        rows = ev.get(key) or []
+        old.append({"stage": stage, "heldout": rows, "heldout_bpb": _byte_weighted(rows) if rows else None,
+                    "tasks": {t["task"]: {"accuracy": t[acc]} for t in ev.get("tasks", []) if t.get(acc) is not None}})
+    return old
+
+
+def _eval_rows(ev: dict[str, Any], models: list[dict[str, Any]]) -> list[StageRow]:
+    rows = [StageRow("held-out bits per byte (all groups)",
+                     {m["stage"]: m["heldout_bpb"] for m in models if m.get("heldout_bpb") is not None},
+                     better="lower")]
+    groups = [(r["domain"], r["language"]) for r in ev.get("heldout", [])]
+    for d, lang in groups:
+        rows.append(StageRow(f"held-out bits per byte, {d}/{lang}", {
+            m["stage"]: r["bits_per_byte"] for m in models for r in m.get("heldout", [])
+            if (r["domain"], r["language"]) == (d, lang)}, better="lower", detail=True))
+    for t in ev.get("tasks", []):
+        base = t.get("baseline", t.get("chance"))
+        rows.append(StageRow(f"task {t['task']}: accuracy (baseline {100 * base:.1f}%)" if base is not None
+                             else f"task {t['task']}: accuracy",
+                             {m["stage"]: m["tasks"][t["task"]]["accuracy"] for m in models
+                              if t["task"] in m.get("tasks", {})}, kind="percent"))
+    for key, name, better in (("safe_rate", "safety: safe rate on harmful items", "higher"),
+                              ("over_refusal_rate", "safety: over-refusal rate on benign items", "lower")):
+        vals = {m["stage"]: m["safety"][key] for m in models if (m.get("safety") or {}).get(key) is not None}
+        if vals:
+            rows.append(StageRow(name, vals, kind="percent", better=better))
+    vals = {m["stage"]: m["tools"]["pass_rate"] for m in models if m.get("tools")}
+    if vals:
+        rows.append(StageRow("tool calls: pass rate (greedy, one episode per task)", vals, kind="percent"))
+    return rows
+
+
+def _stage_rows(run: Any) -> list[StageRow]:
+    rows = []
+    ext = _done(run, "extend")
+    if ext and ext.get("stages"):
+        last = ext["stages"][-1]["rounds"][-1] if ext["stages"][-1].get("rounds") else None
+        if last is not None:
+            start = _init(run, "extend", ext)
+            after = ext["stages"][-1].get("niah_lengths") or [ext["target_length"]]
+            before = ext.get("baseline_niah_lengths") or [ext["base_length"]]
+            name = (f"NIAH mean (extend stage: before at {', '.join(map(str, before))} tokens, after at "
+                    f"{', '.join(map(str, after))})")
+            rows.append(StageRow(name, {start: ext["baseline_niah"], "extend": last["niah"]}, kind="percent"))
+            rows.append(StageRow("short-context bits per byte (extend stage's gate)",
+                                 {start: ext["baseline_bpb"], "extend": last["bpb"]}, better="lower"))
+    sft = _done(run, "sft")
+    if sft and sft.get("eval"):
+        ev = run.json(sft["eval"])
+        start = _init(run, "sft", sft)
+        rows.append(StageRow("sft-chat score (SFT stage)", {start: ev["base"]["score"], "sft": ev["sft"]["score"]},
+                             kind="percent"))
+        rows.append(StageRow("sft-chat well-formed replies (SFT stage)",
+                             {start: ev["base"]["well_formed"], "sft": ev["sft"]["well_formed"]}, kind="percent"))
+    for stage, key, name in (("rl", "pass_rate", "RL held-out pass rate (RL stage)"),
+                             ("pref", "reward_mean", "preference score, held-out (preference stage)")):
+        out = _done(run, stage)
+        if out and out.get("heldout_before") and out.get("heldout_after"):
+            rows.append(StageRow(name, {_init(run, stage, out): out["heldout_before"][key],
+                                        stage: out["heldout_after"][key]},
+                                 kind="percent" if key == "pass_rate" else "number"))
+    secs = {s: (run.stages[s].get("seconds") or 0.0) + (run.stages[s].get("prior_seconds") or 0.0)
+            for s in MODEL_STAGES if _done(run, s) is not None}
+    if secs:
+        rows.append(StageRow("time of the stage (wall seconds)", secs, kind="seconds", better=""))
+    return rows
+
+
+def _png(run: Any, rel: str | None) -> bytes | None:
+    if not rel:
+        return None
+    p = run.path(rel)
+    return p.read_bytes() if p.is_file() else None
+
+
+def _figures(run: Any) -> list[StageFigure]:
+    """The plots the post-training stages wrote (a plot a stage did not write is left out)."""
+    figs: list[tuple[str, str, str | None, str]] = []
+    ext = _done(run, "extend")
+    if ext:
+        figs.append(("extend", "extend_niah_before", ext.get("baseline_heatmap"),
+                     "NIAH before extension (at "
+                     f"{', '.join(map(str, ext.get('baseline_niah_lengths') or [ext.get('base_length')]))} tokens): "
+                     "share found per length x depth"))
+        if ext.get("report_json") and run.path(ext["report_json"]).is_file():
+            rep = run.json(ext["report_json"])
+            rounds = rep["stages"][-1]["rounds"] if rep.get("stages") else []
+            if rounds and rounds[-1].get("heatmap"):
+                base = run.path(ext["report_json"]).parent
+                figs.append(("extend", "extend_niah_after", str(base / rounds[-1]["heatmap"]),
+                             f"NIAH after extension round {rounds[-1]['round']} (up to {ext.get('target_length')} "
+                             "tokens)"))
+    for stage, name, file, caption in (("sft", "sft_loss", "loss_curve.png", "SFT loss"),
+                                       ("rl", "rl_reward", "reward_curve.png", "RL reward per round"),
+                                       ("pref", "pref_loss", "loss_curve.png", "preference (GROUPER) loss")):
+        out = _done(run, stage)
+        if out and out.get("model_dir"):
+            # the trainers of these stages draw their curves in their run directory, beside the exported model
+            figs.append((stage, name, str(run.path(out["model_dir"]).parent / file), caption))
+    out = []
+    for stage, name, rel, caption in figs:
+        png = _png(run, rel)
+        if png is not None:
+            out.append(StageFigure(stage, name, png, caption))
+    return out
+
+
+def collect_stages(run: Any) -> StagesData:
+    """The stage-by-stage data of a run (a kexaone.report.data._Run)."""
+    ran = {s for s in MODEL_STAGES if (_done(run, s) or {}).get("model_dir")}
+    rows: list[StageRow] = []
+    ev_out = _done(run, "evaluate")
+    if ev_out and ev_out.get("eval"):
+        ev = run.json(ev_out["eval"])
+        models = _models(ev)
+        rows += _eval_rows(ev, models)
+        ran |= {m["stage"] for m in models}
+    rows += _stage_rows(run)
+    gen = _done(run, "generate") or {}
+    return StagesData(ran=[k for k, _ in COLUMNS if k in ran], rows=[r for r in rows if r.values],
+                      figures=_figures(run), final_model=gen.get("model_stage"))

@@ -24,7 +24,7 @@ BUDGET_NAMES = ("tiny", "default", "large")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="run directory (default runs/speedrun-BUDGET)")
     parser.add_argument("--budget", choices=BUDGET_NAMES, default="default",
-                        help="tiny: ~3 min smoke test; default: < 30 min on 2 CPU cores; large: bigger machines")
+                        help="tiny: ~1-3 min smoke test; default: every stage within 60 min on 2 CPU cores; large: bigger machines")
     parser.add_argument("--data", action="append", default=[], metavar="PATH[@WEIGHT]",
                         help="extra text (txt/jsonl/parquet/HF datasets dir/glob) for the tokenizer and "
                              "pre-training, repeatable; default: only the embedded synthetic corpus")

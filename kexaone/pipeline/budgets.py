@@ -212,7 +212,8 @@ BUDGETS: dict[str, Budget] = {
                                    tool_max_steps=3, tool_reply_tokens=32),
     ),
     "default": Budget(
-        name="default", description="the CPU speedrun: the `small` preset, under 30 minutes on 2 CPU cores",
+        name="default",
+        description="the CPU speedrun: the `small` preset, every stage within 60 minutes on 2 CPU cores",
         preset="small", corpus_size="default", tokenizer_vocab_size=8192, tokenizer_train_bytes=2_000_000,
         # 640 steps (measured: 24 min of pre-training here). The induction study (benchmarks/results/
         # induction_study.md) saw copying form only with loss on answer tokens alone, within 475-850 steps on a

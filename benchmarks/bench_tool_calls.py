@@ -9,10 +9,12 @@ heldout=True)`), asks `Engine.chat(prompt, tools=declared, tool_choice=...)` and
     nice -n 10 python benchmarks/bench_tool_calls.py [--model DIR] [--n 160] [--max-tokens 256] [--thinking]
     nice -n 10 python benchmarks/bench_tool_calls.py --base-url http://127.0.0.1:8000/v1 [...]
 
-Without --model it uses the newest runs/speedrun*/{sft,pretrain}/model; with none there it says so and exits 0.
-With --base-url it asks a running `kexaone serve` (or any OpenAI-compatible server) through the official openai
-client instead: a call counts as well-formed when its arguments parse and the reply carries no
-`tool_call_errors`. Prints one markdown row per choice. It measures what the model does, not speed.
+Without --model it uses the newest speedrun SFT model (runs/*/sft/run/model, else runs/*/pretrain/model); with none
+there it says so and exits 0. With --base-url it asks a running `kexaone serve` (or any OpenAI-compatible server)
+through the official openai client instead: a call counts as well-formed when its arguments parse and the reply
+carries no `tool_call_errors`; it then also streams the first prompt that got a call (the streamed deltas must
+reassemble to the same call) and sends the tool-role follow-up (the tool's result) for it. Prints one markdown row
+per choice. It measures what the model does, not speed.
 """
 
 from __future__ import annotations
@@ -26,8 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def find_model() -> Path | None:
-    for stage in ("sft", "pretrain"):
-        found = sorted(ROOT.glob(f"runs/speedrun*/{stage}/model"), key=lambda p: p.stat().st_mtime)
+    """The newest speedrun SFT model (runs/*/sft/run/model), else the newest pre-trained one."""
+    for pattern in ("runs/*/sft/run/model", "runs/*/pretrain/model"):
+        found = sorted(ROOT.glob(pattern), key=lambda p: p.stat().st_mtime)
         if found:
             return found[-1]
     return None
@@ -79,6 +82,41 @@ class _OpenAIChat:
                                tokens=[0] * r.usage.completion_tokens)
 
 
+def stream_and_follow_up(chat: "_OpenAIChat", examples, thinking: bool, max_tokens: int) -> str:
+    """For the first example the endpoint answers with a tool call: the same request streamed (deltas merged by
+    index must give the same name and arguments) and the conversation continued with a tool-role message."""
+    import json
+
+    client, model = chat.client, chat.model
+    kw = {"model": model, "max_tokens": max_tokens, "temperature": 0.0,
+          "extra_body": {"chat_template_kwargs": {"enable_thinking": thinking}}}
+    for ex in examples:
+        messages = ex.prompt_messages()
+        r = client.chat.completions.create(messages=messages, tools=ex.tools, tool_choice="required", **kw)
+        calls = r.choices[0].message.tool_calls or []
+        if not calls:
+            continue
+        merged: dict[int, dict] = {}
+        for chunk in client.chat.completions.create(messages=messages, tools=ex.tools, tool_choice="required",
+                                                    stream=True, **kw):
+            for d in (chunk.choices[0].delta.tool_calls or []) if chunk.choices else []:
+                m = merged.setdefault(d.index, {"name": "", "arguments": ""})
+                m["name"] += (d.function.name or "") if d.function else ""
+                m["arguments"] += (d.function.arguments or "") if d.function else ""
+        same = [(m["name"], m["arguments"]) for _, m in sorted(merged.items())] == [
+            (c.function.name, c.function.arguments) for c in calls]
+        # the tool's result as the set's conversation has it (what the tool returned for the reference call)
+        result = next((m["content"] for m in ex.messages if m["role"] == "tool"), json.dumps({"ok": True}))
+        follow = messages + [{"role": "assistant", "content": r.choices[0].message.content or "",
+                              "tool_calls": [c.model_dump() for c in calls]},
+                             {"role": "tool", "tool_call_id": calls[0].id, "content": result}]
+        r2 = client.chat.completions.create(messages=follow, tools=ex.tools, **kw)
+        reply = r2.choices[0].message
+        return (f"streamed call equals the non-streamed one: {same}; tool-role follow-up answered with finish_reason "
+                f"{r2.choices[0].finish_reason!r}: {(reply.content or '')[:120]!r}")
+    return "no prompt got a tool call: streaming and the follow-up were not checked"
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", type=Path, default=None)
@@ -110,6 +148,8 @@ def main(argv=None) -> int:
         m = measure(engine, examples, choice, args.max_tokens, args.thinking)
         print(f"| {choice} | {m['well_formed']:.3f} | {m['right_function']:.3f} | {m['exact']:.3f} | "
               f"{m['tokens_per_reply']:.1f} | {m['seconds']:.1f} |", flush=True)
+    if args.base_url:
+        print(stream_and_follow_up(engine, examples, args.thinking, args.max_tokens))
     return 0
 
 

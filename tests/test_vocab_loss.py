@@ -105,3 +105,15 @@ def test_fused_and_checkpointed_paths_match_autograd(wrap, bias):
     assert torch.allclose(got, ref, atol=1e-6)
     for a, b in zip([h.grad] + [p.grad for p in lin.parameters()], want):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_no_target_still_runs_the_head():
+    # Under FSDP every rank must run the head's collectives; a batch with no target (a window of an answers-only
+    # document) gives loss 0 and a zero gradient through the head, not a skipped head.
+    head = torch.nn.Linear(8, 11, bias=False)
+    h = torch.randn(2, 3, 8, requires_grad=True)
+    calls = []
+    head.register_forward_hook(lambda *_: calls.append(1))
+    loss = linear_cross_entropy(h, head, torch.full((2, 3), -100), 11)
+    loss.backward()
+    assert float(loss) == 0.0 and calls and head.weight.grad is not None and not head.weight.grad.any()

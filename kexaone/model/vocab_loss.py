@@ -104,7 +104,9 @@ def linear_cross_entropy(hidden_BTH: torch.Tensor, head, targets_BT: torch.Tenso
     keep = (flat_t != IGNORE_INDEX).nonzero().squeeze(1)
     n = keep.numel()
     if n == 0:
-        return flat_h.sum() * 0.0
+        # Still through the head: under FSDP every rank must run the same forward/backward collectives, and a rank
+        # whose batch has no target (a window of an answers-only document) would otherwise skip the head's.
+        return head(flat_h[:1]).float().sum() * 0.0
     h, t = flat_h.index_select(0, keep), flat_t.index_select(0, keep)
     if rows_per_chunk is None:
         rows_per_chunk = max(1, CHUNK_ELEMENTS // vocab_size)

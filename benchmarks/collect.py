@@ -28,6 +28,7 @@ TOPICS = [
     ("engine.md", "benchmarks/bench_decode.py, bench_server.py, bench_decode_dtype.py, bench_logprob_gap.py"),
     ("decode_step.md", "benchmarks/bench_decode_step.py"),
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
+    ("tool_calls.md", "benchmarks/bench_tool_calls.py --base-url (against kexaone serve)"),
     ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),
     ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
     ("induction_study.md", "benchmarks/study_induction.py --report"),

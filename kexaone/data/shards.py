@@ -113,9 +113,15 @@ def answer_mask(offsets: Sequence[tuple[int, int]], answers: Sequence[tuple[int,
 
 
 def _encode_docs(tokenizer: Any, docs: list[Document]) -> tuple[list[list[int]], list[np.ndarray | None]]:
-    """Token ids of each document and, for those with answer spans, their answer mask (None for the others)."""
-    ids = _encode_batch(tokenizer, [d.text for d in docs])
+    """Token ids of each document and, for those with answer spans, their answer mask (None for the others).
+    A document with answer spans is encoded once, with offsets, so its mask comes from the very encoding its ids
+    do; the others are encoded together in one batch."""
+    ids: list[list[int] | None] = [None] * len(docs)
     masks: list[np.ndarray | None] = [None] * len(docs)
+    plain = [k for k, d in enumerate(docs) if d.answers is None]
+    if plain:
+        for k, doc_ids in zip(plain, _encode_batch(tokenizer, [docs[k].text for k in plain]), strict=True):
+            ids[k] = doc_ids
     for k, d in enumerate(docs):
         if d.answers is None:
             continue
@@ -123,8 +129,7 @@ def _encode_docs(tokenizer: Any, docs: list[Document]) -> tuple[list[list[int]],
             raise ValueError(f"documents with answer spans need a tokenizer with encode_with_offsets (a "
                              f"KExaoneTokenizer), got {type(tokenizer).__name__}")
         doc_ids, offsets = tokenizer.encode_with_offsets(d.text)
-        if list(doc_ids) != list(ids[k]):  # the batch and the single encoder must agree, or the mask is shifted
-            raise RuntimeError(f"encode_with_offsets and encode_batch disagree on document {k}")
+        ids[k] = list(doc_ids)
         masks[k] = answer_mask(offsets, d.answers)
     return ids, masks
 

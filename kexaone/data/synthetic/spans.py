@@ -2,15 +2,13 @@
 
 Synthetic generators whose answers are identifiable (kexaone.data.synthetic.recall, .retrieval) build their text
 with `SpanBuilder`, so a loss on the answer tokens only is possible once a tokenizer maps the spans to tokens
-(kexaone.data.synthetic.recall.answer_token_mask). A SpanDocument has `text` and `tag` like a
-kexaone.data.sources.Document, so the corpus pipeline takes it as one.
+(kexaone.data.synthetic.recall.answer_token_mask). A SpanDocument has `text`, `tag` and `answers` like a
+kexaone.data.sources.Document, so the corpus pipeline takes it as one, answers included.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-
-from kexaone.data.sources import Document
 
 
 @dataclass(frozen=True)
@@ -23,9 +21,6 @@ class SpanDocument:
 
     def answer_texts(self) -> list[str]:
         return [self.text[a:b] for a, b in self.answers]
-
-    def document(self) -> Document:
-        return Document(self.text, self.tag)
 
 
 class SpanBuilder:

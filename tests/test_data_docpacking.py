@@ -161,3 +161,24 @@ def test_packed_rows_score_like_documents_run_alone(tmp_path):
                 assert packed[r, sel[0]] == 0  # a document's first token is never scored from another's context
                 checked += 1
     assert checked >= 4 and (batch["doc_ids"][:, 1:] != batch["doc_ids"][:, :-1]).any()
+
+
+def test_heldout_per_source(tmp_path):
+    """A held-out split per source: a source with 0 trains on all its documents, the other skips its held-out ones;
+    the list survives the resume state, and a wrong length is refused."""
+    rng = np.random.default_rng(1)
+    a = build_token_shards_from_ids([rng.integers(2, V, 6).tolist() for _ in range(30)], tmp_path / "a", V, EOT)
+    b = build_token_shards_from_ids([rng.integers(2, V, 6).tolist() for _ in range(30)], tmp_path / "b", V, EOT)
+    held_b = {tuple(b.document(int(d))) for d in b.split_indices(0.3)[1]}
+    assert held_b
+    for packer in (PackedBatches, DocumentPackedBatches):
+        data = packer([(a, 1.0), (b, 1.0)], 8, 4, heldout=[0, 0.3])
+        assert len(data.streams[0].doc_indices) == 30 and len(data.streams[1].doc_indices) == 30 - len(held_b)
+        state = data.state_dict()
+        assert state["heldout"] == [0, 0.3]
+        again = packer([(a, 1.0), (b, 1.0)], 8, 4, heldout=(0, 0.3))
+        again.load_state_dict(state)
+        with pytest.raises(ValueError, match="heldout"):
+            packer([(a, 1.0), (b, 1.0)], 8, 4, heldout=0.3).load_state_dict(state)
+        with pytest.raises(ValueError, match="2 values for 1 sources|1 values for 2 sources"):
+            packer([(a, 1.0), (b, 1.0)], 8, 4, heldout=[0.3])

@@ -290,9 +290,17 @@ def test_default_prompt_sets_are_six_languages_and_disjoint():
     ptrain, pheld = pref_prompts("train", 40), pref_prompts("heldout", 20)
     assert {r["category"] for r in ptrain} == {"chat", "safety", "instruction", "tools"}
     assert not {r["key"] for r in ptrain} & {r["key"] for r in pheld}
-    # every verifiable row carries what its reward needs
+    # every verifiable row carries what its reward needs, and one of the default rewards applies to it
+    from kexaone.rl.cli import DEFAULT_REWARDS
+    from kexaone.rl.rewards import REWARDS
+
     for r in train:
-        assert {"answer", "tests", "instruction_id_list"} & set(r), r
+        assert {"answer", "tests", "instruction_id_list", "refuse"} & set(r), r
+    safety = [r for r in train if r["category"] == "safety"]
+    assert {r["refuse"] for r in safety} == {True, False}  # harmful requests and benign look-alikes
+    refusal = REWARDS["refusal"]
+    assert "refusal" in DEFAULT_REWARDS
+    assert refusal([None] * 2, ["I can't help with that.", "Sure: here it is."], refuse=[True, True]) == [1.0, 0.0]
 
 
 def test_speedrun_stage_rl_runs_from_the_sft_output(tiny_dir, tmp_path):

@@ -241,3 +241,68 @@ def test_encode_conversations_counts_the_separator(tok):
     n = len(encode_conversation(tok, conv)[0])
     assert len(encode_conversations([conv], tok, n + 1)[0]) == 1
     assert encode_conversations([conv], tok, n)[3]["skipped"] == 1
+
+
+def _text_docs(path, n):
+    """Plain pre-training text, one JSONL document each, all distinct (so each has its own content hash)."""
+    return _write_jsonl(path, [{"text": f"plain document {i} " + "abc" * (i % 5 + 1)} for i in range(n)])
+
+
+def test_rehearsal_mixes_pretraining_rows_with_full_loss_and_never_its_heldout_documents(tok, tmp_path,
+                                                                                         monkeypatch):
+    from kexaone.train.distributed import DistInfo
+    from kexaone.train.sft import SFTConfig, build_sft_data
+
+    monkeypatch.setenv("KEXAONE_CACHE", str(tmp_path / "cache"))
+    conv = _write_jsonl(tmp_path / "conv.jsonl", _rows(40))
+    text = _text_docs(tmp_path / "text.jsonl", 200)
+    cfg = SFTConfig(data=[str(conv)], rehearsal=[str(text)], rehearsal_share=0.4, rehearsal_heldout=0.1,
+                    seq_len=64, batch_size=8, acceptance_prompts=0)
+    data = build_sft_data(cfg, tok, DistInfo())
+    (reh,) = data.rehearsal
+    assert reh["documents"] == 200 and 0 < reh["training_documents"] < 200 and reh["row_share"] == pytest.approx(0.4)
+    text_shards = data.batches.sources[1]
+    heldout = {tuple(text_shards.document(int(d))) for d in text_shards.split_indices(0.1)[1]}
+    trained_text = {tuple(text_shards.document(int(d))) for d in text_shards.split_indices(0.1)[0]}
+    assert heldout and not heldout & trained_text
+    convs = [encode(tok, r) for r in _rows(40)]
+    rows = {"text": 0, "conversation": 0}
+    for _ in range(30):
+        batch = next(data.batches)
+        for ids_row, mask_row, doc_row in zip(batch["input_ids"], batch["loss_mask"], batch["doc_ids"]):
+            pieces = [(ids_row[doc_row == k].tolist(), mask_row[doc_row == k].tolist()) for k in doc_row.unique()]
+            real = [(i, m) for i, m in pieces if any(m)]
+            kinds = set()
+            for ids_k, mask_k in real:
+                body = tuple(ids_k[:-1])
+                if body in trained_text:  # rehearsal: every token trained, the eot too
+                    kinds.add("text")
+                    assert all(mask_k)
+                else:
+                    assert body not in heldout
+                    i, m = next((i, m) for i, m in convs if ids_k[:len(i)] == i)
+                    assert mask_k == m + [0]
+                    kinds.add("conversation")
+            assert len(kinds) == 1  # a row comes from one source
+            rows[kinds.pop()] += 1
+    share = rows["text"] / (rows["text"] + rows["conversation"])
+    assert 0.3 < share < 0.5, rows  # 240 rows drawn at 0.4
+
+
+def test_rehearsal_config_errors(tok, tmp_path, monkeypatch):
+    from kexaone.train.distributed import DistInfo
+    from kexaone.train.sft import SFTConfig, build_sft_data
+
+    with pytest.raises(ValueError, match="rehearsal_share"):
+        SFTConfig(rehearsal_share=1.0)
+    with pytest.raises(ValueError, match="rehearsal_heldout"):
+        SFTConfig(rehearsal_heldout=2.5)
+    assert SFTConfig(rehearsal_heldout=40).rehearsal_split() == 40
+    assert isinstance(SFTConfig(rehearsal_heldout=40.0).rehearsal_split(), int)
+    monkeypatch.setenv("KEXAONE_CACHE", str(tmp_path / "cache"))
+    conv = _write_jsonl(tmp_path / "conv.jsonl", _rows(4))
+    one = _text_docs(tmp_path / "one.jsonl", 1)
+    cfg = SFTConfig(data=[str(conv)], rehearsal=[str(one)], rehearsal_heldout=0.999, seq_len=64, batch_size=2,
+                    acceptance_prompts=0)
+    with pytest.raises(ValueError, match="every document is held out"):
+        build_sft_data(cfg, tok, DistInfo())

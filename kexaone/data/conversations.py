@@ -22,7 +22,6 @@ Not here: packing (kexaone.data.docpacking), the training loop, the default SFT 
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -168,7 +167,8 @@ def build_conversation_shards(spec: str, tokenizer: Any, cache_dir: str | os.Pat
     """Read, check, render and encode one source's conversations into token shards under `cache_dir` (cached by
     content: the same conversations with the same tokenizer reuse the directory). ValueError when no conversation
     fits in max_seq_len."""
-    from kexaone.data.shards import build_token_shards_from_ids, tokenizer_fingerprint, tokenizer_special_ids
+    from kexaone.data.shards import (build_token_shards_from_ids, tokenizer_fingerprint, tokenizer_special_ids,
+                                     tokenizer_vocab_size)
     from kexaone.data.sources import parse_spec
 
     ids_list, masks, kept, skipped = encode_conversations(iter_conversations(spec, thinking), tokenizer, max_seq_len)
@@ -177,11 +177,11 @@ def build_conversation_shards(spec: str, tokenizer: Any, cache_dir: str | os.Pat
                          f"--max-seq-len {max_seq_len} (the longest needs {skipped['longest_skipped']} tokens "
                          "with the separator); raise --max-seq-len")
     eot, pad = tokenizer_special_ids(tokenizer)
-    # The source id joins the tokenizer to the cache key (ids alone could coincide across tokenizers).
-    tok_key = hashlib.sha256(tokenizer_fingerprint(tokenizer).encode()).hexdigest()[:16]
-    shards = build_token_shards_from_ids(ids_list, Path(cache_dir), int(tokenizer.vocab_size), eot, pad,
+    # The tokenizer's fingerprint joins the cache key (ids alone could coincide across tokenizers) and lets these
+    # shards mix with text shards of the same tokenizer (SFT's rehearsal).
+    shards = build_token_shards_from_ids(ids_list, Path(cache_dir), tokenizer_vocab_size(tokenizer), eot, pad,
                                          tags=[_tag(c) for c in kept], loss_masks=masks,
-                                         source_id=f"sft-conversations|{tok_key}")
+                                         source_id="sft-conversations", tokenizer_id=tokenizer_fingerprint(tokenizer))
     return ConversationShards(shards=shards, weight=parse_spec(spec).weight, spec=spec, conversations=len(kept),
                               tokens=sum(map(len, ids_list)), trained_tokens=sum(map(sum, masks)),
                               skipped=skipped["skipped"], skipped_ids=skipped["skipped_ids"],

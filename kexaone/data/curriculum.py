@@ -33,6 +33,10 @@ DEFAULT_STAGE_FRACTIONS = (0.5, 0.3, 0.2)
 # Code, the hardest to model, and retrieval, whose question-answer pairs teach copying from context, get large
 # shares throughout; tool dialogues, which a model learns within a few hundred steps, a small one until the
 # reasoning stage.
+SYNTHETIC_HELDOUT_DOCS = 40
+"""Documents per (domain, language) tag the default data holds out of pre-training for evaluation; later stages
+that rehearse the same sources (SFT, context extension) hold out the same ones."""
+
 DEFAULT_STAGE_WEIGHTS = (
     ("foundational-knowledge", {"knowledge": 0.30, "code": 0.25, "arithmetic": 0.15, "retrieval": 0.25,
                                 "tools": 0.05}),
@@ -252,14 +256,15 @@ def synthetic_training_data(
     rank: int = 0,
     world_size: int = 1,
     size: str = "default",
-    heldout: float | int = 40,
+    heldout: float | int = SYNTHETIC_HELDOUT_DOCS,
     extra: Sequence[str] = (),
     num_workers: int | None = None,
     corpus_seed: int = 0,
 ) -> tuple[CurriculumLoader, list[tuple[TokenShards, np.ndarray]]]:
     """Everything a trainer needs for the default data: write (or reuse) the synthetic corpus of `size` in
     `corpus_dir`, tokenize it into `cache_dir`, and return (the default-curriculum loader, held-out documents).
-    heldout=40 keeps 40 documents per (domain, language) tag out of training for evaluation. `corpus_seed` picks the
+    heldout (SYNTHETIC_HELDOUT_DOCS) keeps that many documents per (domain, language) tag out of training for
+    evaluation. `corpus_seed` picks the
     generated world (build the held-out tasks with the same one); `seed` only orders the data."""
     from kexaone.data.synthetic.corpus import write_corpus
 

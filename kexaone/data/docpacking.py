@@ -114,7 +114,8 @@ class DocumentPackedBatches(PackedBatches):
     [B_rank, T] int64 with T = seq_len (or the longest untruncated document of that global batch)."""
 
     def __init__(self, sources_with_weights: Sequence[tuple[TokenShards, float]], seq_len: int, batch_size: int,
-                 seed: int = 0, rank: int = 0, world_size: int = 1, heldout: float | int = 0.01, *,
+                 seed: int = 0, rank: int = 0, world_size: int = 1,
+                 heldout: float | int | Sequence[float | int] = 0.01, *,
                  truncate: bool = True, chunk_docs: int = 256) -> None:
         super().__init__(sources_with_weights, seq_len, batch_size, seed, rank, world_size, heldout)
         if chunk_docs < 1:

@@ -123,8 +123,8 @@ class PackedBatches:
     sources_with_weights: a list of (TokenShards, weight) pairs (weights need not sum to 1).
     seq_len: tokens per row. batch_size: rows of the GLOBAL batch per step (summed over ranks); each rank yields
     batch_size // world_size rows (rows rank, rank + world_size, ... of the global batch), so batch_size must be a
-    multiple of world_size. heldout: documents kept out of training (see TokenShards.heldout_mask); use the same
-    value when evaluating on the held-out split.
+    multiple of world_size. heldout: documents kept out of training (see TokenShards.heldout_mask), one value for
+    every source or a list with one per source; use the same value when evaluating on the held-out split.
 
     Each item is a dict of int64 tensors [B_rank, T]: `input_ids`, `labels` (= input_ids, the model shifts; no
     padding occurs in packed rows, so no -100) and `doc_ids`, plus `loss_mask` when a source stores one (see
@@ -139,7 +139,7 @@ class PackedBatches:
         seed: int = 0,
         rank: int = 0,
         world_size: int = 1,
-        heldout: float | int = 0.01,
+        heldout: float | int | Sequence[float | int] = 0.01,
     ):
         if not sources_with_weights:
             raise ValueError("PackedBatches needs at least one (TokenShards, weight) source")
@@ -165,11 +165,17 @@ class PackedBatches:
         self.weights = weights / weights.sum()
         self.seq_len, self.batch_size = seq_len, batch_size
         self.seed, self.rank, self.world_size = seed, rank, world_size
+        if isinstance(heldout, (list, tuple)):
+            if len(heldout) != len(self.sources):
+                raise ValueError(f"heldout has {len(heldout)} values for {len(self.sources)} sources")
+            heldout = list(heldout)  # a list survives the state's JSON / torch.save round trip unchanged
         self.heldout = heldout
+        per_source = heldout if isinstance(heldout, list) else [heldout] * len(self.sources)
         self.eot_id = first.eot_id
         self.pad_id = first.pad_id
         self.streams = [
-            SourceStream(s, s.split_indices(heldout)[0], seed, salt=i) for i, s in enumerate(self.sources)
+            SourceStream(s, s.split_indices(h)[0], seed, salt=i)
+            for i, (s, h) in enumerate(zip(self.sources, per_source))
         ]
         self.step = 0
         self.cursors = np.zeros(len(self.sources), dtype=np.int64)  # windows consumed per source

@@ -563,12 +563,14 @@ def build_token_shards_from_ids(
     *,
     loss_masks: Iterable[Sequence[int]] | None = None,
     source_id: str = "token-ids",
+    tokenizer_id: str | None = None,
     shard_tokens: int = DEFAULT_SHARD_TOKENS,
 ) -> TokenShards:
     """A TokenShards from already tokenized documents (lists of ids), e.g. data tokenized elsewhere. Cached by the
     ids themselves (and masks); `doc_bytes` is 0 (no text is known, so bits per byte are unavailable for such
     sources). `loss_masks`: one 0/1 sequence per document, as long as its ids (1 = a training target), stored as
-    the cache's loss-mask channel."""
+    the cache's loss-mask channel. `tokenizer_id`: the fingerprint of the tokenizer that made the ids
+    (tokenizer_fingerprint), so these shards mix with text shards of that tokenizer; default `source_id`."""
     if vocab_size < 1 or not 0 <= eot_id < vocab_size or not 0 <= pad_id < vocab_size:
         raise ValueError(f"need 0 <= eot_id, pad_id < vocab_size, got {eot_id}, {pad_id}, {vocab_size}")
     out_dir = Path(out_dir)
@@ -591,8 +593,8 @@ def build_token_shards_from_ids(
         if not writer.doc_bytes:
             raise ValueError(f"{source_id}: no document given")
         content_key = writer.content.hexdigest()
-        tok_fp = f"{source_id}|v{vocab_size}|eot{eot_id}|pad{pad_id}"
-        final = out_dir / _cache_name(content_key, tok_fp)
+        tok_fp = f"{tokenizer_id or source_id}|v{vocab_size}|eot{eot_id}|pad{pad_id}"
+        final = out_dir / _cache_name(content_key, f"{source_id}|{tok_fp}")
         writer.finish({
             "format": FORMAT, "version": VERSION, "content_key": content_key, "tokenizer_fingerprint": tok_fp,
             "vocab_size": vocab_size, "eot_id": eot_id, "pad_id": pad_id, "source": source_id,

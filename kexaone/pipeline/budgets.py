@@ -42,6 +42,9 @@ class SFTBudget:
     """Training conversations of the default set."""
     lr_scale: float = 0.5
     """SFT peak learning rates as a fraction of pre-training's (both the Muon and the AdamW groups)."""
+    rehearsal_share: float = 0.25
+    """Rows of pre-training text (the mixture pre-training ended on, its held-out documents excluded) mixed into
+    SFT so it keeps the base model's language modelling; 0 turns rehearsal off."""
     eval_limit: int | None = None
     """sft-chat items evaluated per model (the first ones, each prompt once per mode); None: all 160."""
     max_new_tokens: int | None = None
@@ -61,7 +64,7 @@ class RLBudget:
     eval_n: int = 40
     eval_samples: int = 4
     lr: float = 1e-5
-    rewards: tuple[str, ...] = ("math", "code", "ifeval")
+    rewards: tuple[str, ...] = ("math", "code", "ifeval", "refusal")
 
 
 @dataclass(frozen=True)

@@ -115,6 +115,19 @@ def heldout_groups(tokenizer: Any, budget: Budget, data_specs: Sequence[str], se
     return {k: v for k, v in sorted(groups.items()) if v}
 
 
+def rehearsal_specs(budget: Budget, data_specs: Sequence[str]) -> list[str]:
+    """The mixture pre-training ended on (its curriculum's last stage, the user's --data included) as `path@weight`
+    specs: what the SFT stage rehearses. Its held-out documents are SYNTHETIC_HELDOUT_DOCS per tag, as in
+    pre-training."""
+    from kexaone.data.curriculum import default_curriculum
+    from kexaone.data.synthetic import write_corpus
+    from kexaone.train.run import cache_root
+
+    paths = write_corpus(cache_root() / "synthetic" / budget.corpus_size, budget.corpus_size, seed=0)
+    curriculum = default_curriculum({d: str(p) for d, p in paths.items()}, total_tokens=3, extra=tuple(data_specs))
+    return list(curriculum.stages[-1].mixture)
+
+
 # ---------------------------------------------------------------------------------------------- tasks
 @dataclass
 class TaskSpec:

@@ -26,14 +26,18 @@ from kexaone.utils.io import atomic_write_text
 
 def sft_config(ctx: StageContext, resume: bool, threads: int = 0):
     """The SFTConfig of the stage (what `kexaone sft` flags would say)."""
+    from kexaone.data.curriculum import SYNTHETIC_HELDOUT_DOCS
     from kexaone.pipeline.budgets import Budget
+    from kexaone.pipeline.corpus import rehearsal_specs
     from kexaone.train.sft import SFTConfig
 
     b = Budget.from_dict(ctx.params["budget"])
     s = b.sft
+    rehearsal = rehearsal_specs(b, ctx.params.get("data", [])) if s.rehearsal_share > 0 else []
     return SFTConfig(
         init_from=newest_model(ctx, "sft")[1], out=str(ctx.stage_dir / "run"),
         max_steps=s.steps, seq_len=s.seq_len, batch_size=s.batch_size, default_examples=s.examples,
+        rehearsal=rehearsal, rehearsal_share=s.rehearsal_share, rehearsal_heldout=SYNTHETIC_HELDOUT_DOCS,
         lr=b.lr * s.lr_scale, adamw_lr=(b.adamw_lr or b.lr) * s.lr_scale, warmup_steps=max(1, s.steps // 20),
         precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
         save_every=b.checkpoint_every, eval_every=max(1, s.steps // 2), eval_batches=2, resume=resume,
@@ -84,7 +88,7 @@ def stage_sft(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
         shutil.rmtree(ckpt)  # killed while writing its first checkpoint: start over
     t0 = time.perf_counter()
     ctx.log(f"[sft] from the {start} model: {s.steps} steps of {s.batch_size} x {s.seq_len} tokens on {s.examples} "
-            "default conversations")
+            f"default conversations, {s.rehearsal_share:.0%} of the rows pre-training text")
     res = run_sft(sft_config(ctx, resume, threads))
     if res.stage.interrupted:
         raise KeyboardInterrupt(f"SFT interrupted ({res.stage.signal_name}) at step {res.stage.steps}")

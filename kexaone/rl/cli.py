@@ -41,7 +41,7 @@ from kexaone.train.config import (CheckpointSection, DataSection, ModelSection, 
 
 HELP = "RL with verifiable rewards (AGAPO: truncated IS, leave-one-out advantages, router frozen, no KL)."
 
-DEFAULT_REWARDS = ("math", "code", "ifeval")
+DEFAULT_REWARDS = ("math", "code", "ifeval", "refusal")
 
 
 @dataclass
@@ -53,8 +53,9 @@ class RLSection(PolicySection):
     with `prompt` and reward columns (kexaone.rl.prompts)"""
     n_prompts: int = 200
     reward: list[str] = opt([], metavar="NAME[:WEIGHT]", append=True)
-    """reward, repeatable: math, code, ifeval, ifeval_all, language, length, tool_call or package.module:function
-    (TRL signature); weighted mean of those that apply (default: math, code, ifeval)"""
+    """reward, repeatable: math, code, ifeval, ifeval_all, language, length, tool_call, refusal or
+    package.module:function (TRL signature); weighted mean of those that apply (default: math, code, ifeval,
+    refusal)"""
     judge_endpoint: str | None = opt(None, metavar="URL")
     """add an LLM-as-a-judge reward (a 1-10 rating mapped to [0, 1], with the row's `reference` column when it has
     one) from this OpenAI-compatible API base"""

@@ -3,9 +3,7 @@ preference reward registry (`parse_pref_reward`).
 
   - `format_reward`: the assistant turn parses in the K-EXAONE chat format (no parse errors, a reasoning block
     that was opened is closed) and leaves a non-empty answer; 1.0 or 0.0, always applicable;
-  - `refusal_reward`: with the row's `refuse` column, 1.0 when a harmful request (refuse true) is refused, or a
-    benign look-alike (refuse false) is answered without a refusal (the safety evaluation's refusal detector,
-    kexaone.eval.safety.suite.find_refusal, six languages); None without the column.
+  - `refusal_reward` (kexaone.rl.rules, shared with `kexaone rl`): refuse the harmful, help the benign look-alike.
 What this module does not do: call judges (kexaone.rl.judge) or combine rewards (kexaone.rl.rewards).
 """
 
@@ -13,7 +11,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from kexaone.rl.completions import column, completion_text, final_text
+from kexaone.rl.completions import completion_text, final_text
+from kexaone.rl.rules import refusal_reward
 
 __all__ = ["format_reward", "refusal_reward", "PREF_REWARDS", "DEFAULT_PREF_REWARDS", "parse_pref_reward"]
 
@@ -28,24 +27,6 @@ def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[f
         parsed = parse_assistant(text)
         ok = not parsed.errors and (bool(final_text(completion)) or bool(parsed.tool_calls))
         out.append(float(ok))
-    return out
-
-
-def refusal_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
-    """Refuse the harmful, help the benign look-alike (column `refuse`); None where the row has no such column."""
-    from kexaone.eval.safety.suite import find_refusal
-
-    refuse = column(columns, ("refuse",), len(completions))
-    if refuse is None:
-        return [None] * len(completions)
-    out: list[float | None] = []
-    for completion, want in zip(completions, refuse):
-        if want is None:
-            out.append(None)
-            continue
-        reply = final_text(completion)
-        refused = find_refusal(reply) is not None
-        out.append(float(refused) if want else float(bool(reply) and not refused))
     return out
 
 

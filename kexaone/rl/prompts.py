@@ -10,7 +10,8 @@ Defaults, built from the SFT set's generators (kexaone.data.synthetic.chat_set),
 held out everywhere:
 - `rl` (verifiable): arithmetic word problems (`answer`), cross-lingual recall and copy/upper-case tasks
   (`answer`), code with unit tests (`tests`), instruction-following prompts (IFEval ids: all lowercase, no
-  commas, quotation marks, capital letters);
+  commas, quotation marks, capital letters), and safety (harmful requests and benign look-alikes, `refuse`), so
+  that RL keeps what SFT taught about refusing;
 - `pref` (preference): chat, safety (harmful requests and benign look-alikes, `refuse`), instruction following
   (`max_words`, IFEval ids) and tool use (`tools`, `tool_call_expected`); every row has its `language`.
 
@@ -125,6 +126,8 @@ def _rl_rows(split: str, seed: int) -> Iterator[dict]:
         elif ex.category == "code":
             asserts = "\n".join(f"assert {t['call']} == {t['expected']}" for t in ex.reference["tests"])
             yield {**base, "category": "code", "prompt": prompt, "tests": asserts}
+        elif ex.category == "safety":
+            yield {**base, "category": "safety", "prompt": prompt, "refuse": bool(ex.reference["refuse"])}
 
 
 def _pref_rows(split: str, seed: int) -> Iterator[dict]:
@@ -148,7 +151,7 @@ def _pref_rows(split: str, seed: int) -> Iterator[dict]:
                        "instruction_id_list": [iid], "kwargs": [dict(kwargs)]}
 
 
-RL_CATEGORIES = ("arithmetic", "recall", "copy", "instruction", "code")
+RL_CATEGORIES = ("arithmetic", "recall", "copy", "instruction", "code", "safety")
 PREF_CATEGORIES = ("chat", "safety", "instruction", "tools")
 
 

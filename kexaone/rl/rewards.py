@@ -8,7 +8,7 @@ in reasoning mode only what follows the last `</think>` is scored.
 
 Built in here: `math_reward` (final-answer equivalence), `code_reward` (tests run in the sandbox), `ifeval_reward`
 / `ifeval_all_reward` (IFEval instructions). LLM judges (one rating, or a rubric) are in kexaone.rl.judge.
-Rule rewards for preference learning (language, length, tool calls) are in kexaone.rl.rules. `combine_rewards`
+Rule rewards (language, length, tool calls, refusals) are in kexaone.rl.rules. `combine_rewards`
 weighs several rewards; `parse_reward_spec` reads the CLI's `NAME[:weight]`.
 What this module does not do: sample completions or compute advantages (see kexaone.rl.objectives).
 """
@@ -25,7 +25,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Literal
 
 from kexaone.rl.completions import column, final_text, prompt_text
-from kexaone.rl.rules import language_match_reward, length_reward, tool_call_reward
+from kexaone.rl.rules import language_match_reward, length_reward, refusal_reward, tool_call_reward
 from kexaone.rl.sandbox import run_tests
 from kexaone.rl.verifiers.ifeval import check_instructions
 from kexaone.rl.verifiers.math import answers_equal, extract_final_answer, gsm8k_gold
@@ -268,13 +268,14 @@ REWARDS: dict[str, RewardFunc] = {
     "language": language_match_reward,
     "length": length_reward,
     "tool_call": tool_call_reward,
+    "refusal": refusal_reward,
 }
 
 
 def parse_reward_spec(spec: str) -> tuple[str, RewardFunc, float]:
     """Read a CLI reward spec `NAME[:weight]` into (name, func, weight).
 
-    NAME is a built-in (`math`, `code`, `ifeval`, `ifeval_all`, `language`, `length`, `tool_call`) or an
+    NAME is a built-in (`math`, `code`, `ifeval`, `ifeval_all`, `language`, `length`, `tool_call`, `refusal`) or an
     importable `package.module:function` with TRL's signature; the weight defaults to 1.0. (LLM judges need an
     endpoint, so they are built with kexaone.rl.judge, not named here.)
     """

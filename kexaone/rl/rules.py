@@ -1,4 +1,5 @@
-"""Rule-based rewards for preference learning (GROUPER): reply language, length limits and tool-call validity.
+"""Rule-based rewards (preference learning, and RL's safety prompts): reply language, length limits, tool-call
+validity and refusing only what should be refused.
 
 TRL-signature rewards (see kexaone.rl.rewards) driven by optional dataset columns; a row without the column a rule
 needs gets None (not applicable):
@@ -7,8 +8,11 @@ needs gets None (not applicable):
   - `length_reward`: the reply keeps the row's `max_words` / `min_words` / `max_chars` limits;
   - `tool_call_reward`: every tool call in the reply parses, names a tool of the row's `tools` (OpenAI format) and
     passes that tool's JSON-schema parameters (required keys, no unknown keys when additionalProperties is false,
-    basic types and enums); with a `tool_call_expected` column, calling (or not) must match it.
-What this module does not do: judge refusals (the safety evaluation's refusal matcher does) or style.
+    basic types and enums); with a `tool_call_expected` column, calling (or not) must match it;
+  - `refusal_reward`: with the row's `refuse` column, 1.0 when a harmful request (refuse true) is refused, or a
+    benign look-alike (refuse false) is answered without a refusal (the safety evaluation's refusal detector,
+    kexaone.eval.safety.suite.find_refusal, six languages); None without the column.
+What this module does not do: judge style or helpfulness (kexaone.rl.judge).
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ from kexaone.rl.completions import column, completion_text, final_text, prompt_t
 from kexaone.rl.verifiers.ifeval import count_words, detect_language
 from kexaone.tokenizer.chat import parse_assistant
 
-__all__ = ["language_match_reward", "length_reward", "tool_call_reward", "tool_call_errors"]
+__all__ = ["language_match_reward", "length_reward", "tool_call_reward", "tool_call_errors", "refusal_reward"]
 
 
 def _base_language(code: str | None) -> str | None:
@@ -163,4 +167,22 @@ def tool_call_reward(prompts: Sequence, completions: Sequence, **columns) -> lis
         expected = expected_col[i] if expected_col is not None else None
         wrong_presence = expected is not None and bool(expected) != (count > 0)
         out.append(0.0 if errors or wrong_presence else 1.0)
+    return out
+
+
+def refusal_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
+    """Refuse the harmful, help the benign look-alike (column `refuse`); None where the row has no such column."""
+    from kexaone.eval.safety.suite import find_refusal
+
+    refuse = column(columns, ("refuse",), len(completions))
+    if refuse is None:
+        return [None] * len(completions)
+    out: list[float | None] = []
+    for completion, want in zip(completions, refuse):
+        if want is None:
+            out.append(None)
+            continue
+        reply = final_text(completion)
+        refused = find_refusal(reply) is not None
+        out.append(float(refused) if want else float(bool(reply) and not refused))
     return out

@@ -307,10 +307,19 @@ class _Sources:
     rehearsal: list[tuple[Any, float]]
     reasoning: Any
     heldout: list[tuple[Any, Any]]
+    split: float | int
+    """The rehearsal sources' held-out split: pre-training's, so its held-out documents stay unseen."""
+
+    def packer_heldout(self) -> list[float | int]:
+        """Held-out split per source of a stage mixture (rehearsal..., reasoning, long documents)."""
+        from kexaone.data.curriculum import SYNTHETIC_HELDOUT_DOCS
+
+        return [self.split] * len(self.rehearsal) + [SYNTHETIC_HELDOUT_DOCS, 0]
 
 
 def _sources(cfg: ExtendConfig, tok: Any) -> _Sources:
     """Token shards of the rehearsal sources (weights within rehearsal) and the reasoning source."""
+    from kexaone.data.curriculum import SYNTHETIC_HELDOUT_DOCS
     from kexaone.data.shards import build_token_shards
     from kexaone.data.sources import parse_spec
     from kexaone.data.synthetic import write_corpus
@@ -319,13 +328,15 @@ def _sources(cfg: ExtendConfig, tok: Any) -> _Sources:
 
     cache = cache_root() / "tokens"
     paths = write_corpus(cache_root() / "synthetic" / cfg.synthetic_size, cfg.synthetic_size, seed=0)
-    if cfg.data:
+    if cfg.data:  # held out as `kexaone pretrain --data` holds out
         rehearsal = [(build_token_shards(parse_spec(s).path, tok, cache), parse_spec(s).weight) for s in cfg.data]
-    else:
+        split: float | int = HELDOUT_FRACTION
+    else:  # the synthetic corpus: the pre-training curriculum's held-out documents
         rehearsal = [(build_token_shards(str(p), tok, cache), 1.0) for d, p in paths.items() if d != "arithmetic"]
+        split = SYNTHETIC_HELDOUT_DOCS
     reasoning = build_token_shards(str(paths["arithmetic"]), tok, cache)
-    heldout = [(s, s.split_indices(HELDOUT_FRACTION)[1]) for s, _ in rehearsal]
-    return _Sources(rehearsal, reasoning, heldout)
+    heldout = [(s, s.split_indices(split)[1]) for s, _ in rehearsal]
+    return _Sources(rehearsal, reasoning, heldout, split)
 
 
 def _corpus_root(cfg: ExtendConfig) -> Path | None:
@@ -440,7 +451,8 @@ def run_extension(cfg: ExtendConfig) -> dict[str, Any]:
         for i, length in enumerate(cfg.stages):
             stage_dir = out / f"stage{i + 1}_{length}"
             mixture, info = stage_mixture(cfg, i, length, tok, src, out)
-            data = DocumentPackedBatches(mixture, length, cfg.batch_size, seed=cfg.seed + i, truncate=False)
+            data = DocumentPackedBatches(mixture, length, cfg.batch_size, seed=cfg.seed + i, truncate=False,
+                                         heldout=src.packer_heldout())
             lengths = cfg.niah_lengths(length)
             model.config = model.config.replace(max_position_embeddings=max(length,
                                                                              model.config.max_position_embeddings))

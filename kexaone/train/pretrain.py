@@ -69,7 +69,7 @@ HELDOUT_FRACTION = 0.01
 """Documents of the training sources held out for evaluation (by content hash; the same split every run)."""
 
 
-def _tokenize_sources(specs: Sequence[str], tok: Any, workers: int, is_main: bool,
+def tokenize_sources(specs: Sequence[str], tok: Any, workers: int, is_main: bool,
                       barrier: Callable[[], None]) -> list[tuple[Any, float]]:
     """(TokenShards, weight) per `path[@weight]` spec, cached under cache_root()/tokens. Rank 0 tokenizes first;
     the other ranks then hit the cache."""
@@ -96,7 +96,7 @@ def build_train_data(cfg: TrainConfig, tok: Any, dist: Any) -> tuple[Any, list[t
 
     global_rows = cfg.batch_size * dist.world_size
     if cfg.data and not cfg.mix_synthetic:
-        sources = _tokenize_sources(cfg.data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
+        sources = tokenize_sources(cfg.data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
         _check_vocab([s for s, _ in sources], tok)
         packer, extra = PackedBatches, {}
         if cfg.packing == "document":
@@ -116,7 +116,7 @@ def build_eval_data(cfg: TrainConfig, tok: Any, heldout: list[tuple[Any, Any]], 
     from kexaone.train.evaluation import eval_set_from_shards
 
     if cfg.eval_data:
-        sources = _tokenize_sources(cfg.eval_data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
+        sources = tokenize_sources(cfg.eval_data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
         _check_vocab([s for s, _ in sources], tok)
         import numpy as np
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from kexaone.train.config import (CheckpointSection, DataSection, ModelSection, ObjectiveSection, OptimSection,
-                                  ParallelSection, StageConfig, opt)
+                                  ParallelSection, StageConfig, _is_num, opt)
 
 HELP = ("Supervised fine-tuning on chat conversations (reasoning / non-reasoning, tool use); full or LoRA (peft), "
         "same trainer as pre-training.")
@@ -65,6 +65,15 @@ class SFTSection:
     """training conversations of the embedded default set (used when --data is empty)"""
     acceptance_prompts: int = 8
     """held-out prompts on which the MTP acceptance rate is measured before and after SFT (0 = skip)"""
+    rehearsal: list[str] = opt([], metavar="PATH[@WEIGHT]", append=True)
+    """pre-training text source mixed into the SFT rows (whole documents, loss on every token), repeatable: keeps
+    the language modelling that SFT alone washes out"""
+    rehearsal_share: float = 0.25
+    """fraction of the packed rows drawn from the --rehearsal sources (when there are any)"""
+    rehearsal_heldout: float = 0.01
+    """documents of each rehearsal source never trained on, so the pre-training held-out split stays held out: a
+    fraction < 1 by content hash (what `kexaone pretrain --data` holds out), a whole number n >= 1 the n documents
+    per tag (the speedrun's curriculum holds out 40)"""
 
     def _check_sft(self, need: Any) -> None:
         need(self.epochs is None or (isinstance(self.epochs, (int, float)) and not isinstance(self.epochs, bool)
@@ -84,6 +93,18 @@ class SFTSection:
              "must be an integer >= 1")
         need(isinstance(self.acceptance_prompts, int) and self.acceptance_prompts >= 0, "acceptance_prompts",
              "must be an integer >= 0")
+        need(isinstance(self.rehearsal, list) and all(isinstance(r, str) and r for r in self.rehearsal),
+             "rehearsal", "must be a list of 'path[@weight]' strings")
+        need(_is_num(self.rehearsal_share) and 0.0 <= self.rehearsal_share < 1.0, "rehearsal_share",
+             "must be a number in [0, 1)")
+        need(_is_num(self.rehearsal_heldout) and self.rehearsal_heldout >= 0
+             and (self.rehearsal_heldout < 1 or float(self.rehearsal_heldout).is_integer()), "rehearsal_heldout",
+             "must be a fraction in [0, 1) or a whole number of documents per tag")
+
+    def rehearsal_split(self) -> float | int:
+        """--rehearsal-heldout as TokenShards.heldout_mask takes it (a fraction, or an int count per tag)."""
+        h = self.rehearsal_heldout
+        return int(h) if h >= 1 else float(h)
 
 
 @dataclass
@@ -182,6 +203,8 @@ class SFTData:
     """kexaone.data.docpacking.DocumentPackedBatches over the training conversations."""
     sources: list[Any]
     """ConversationShards per training source."""
+    rehearsal: list[dict[str, Any]]
+    """Per --rehearsal source: spec, documents, training documents, tokens, row share."""
     eval_sources: list[Any]
     """ConversationShards of the evaluation conversations (may be empty)."""
     prompts: list[tuple[list[dict], list[dict] | None, bool]]
@@ -242,10 +265,10 @@ def build_sft_data(cfg: SFTConfig, tok: Any, dist: Any) -> SFTData:
     barrier(dist)
     if not dist.is_main:
         sources, evals = build(train_specs), build(eval_specs)
+    mixture, heldout, rehearsal = rehearsal_mixture(cfg, tok, [(s.shards, s.weight) for s in sources], dist)
     global_rows = cfg.batch_size * dist.world_size
-    batches = DocumentPackedBatches([(s.shards, s.weight) for s in sources], cfg.seq_len, global_rows, seed=cfg.seed,
-                                    rank=dist.rank, world_size=dist.world_size, heldout=0, truncate=True,
-                                    chunk_docs=CHUNK_DOCS)
+    batches = DocumentPackedBatches(mixture, cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank,
+                                    world_size=dist.world_size, heldout=heldout, truncate=True, chunk_docs=CHUNK_DOCS)
     prompts = []
     # Held-out prompts for the MTP acceptance rate: the evaluation conversations, else the training data's.
     for spec in eval_specs or train_specs:
@@ -255,7 +278,44 @@ def build_sft_data(cfg: SFTConfig, tok: Any, dist: Any) -> SFTData:
             first = next(i for i, m in enumerate(conv.messages) if m.get("role") == "assistant")
             if first > 0:
                 prompts.append((conv.messages[:first], conv.tools, conv.enable_thinking))
-    return SFTData(batches, sources, evals, prompts, rows_per_epoch(sources, cfg.seq_len, CHUNK_DOCS))
+    # An epoch is one pass over the conversations; rehearsal rows come on top of theirs.
+    conv_share = 1.0 - (cfg.rehearsal_share if rehearsal else 0.0)
+    epoch_rows = math.ceil(rows_per_epoch(sources, cfg.seq_len, CHUNK_DOCS) / conv_share)
+    return SFTData(batches, sources, rehearsal, evals, prompts, epoch_rows)
+
+
+def rehearsal_mixture(cfg: SFTConfig, tok: Any, conversations: list[tuple[Any, float]], dist: Any
+                      ) -> tuple[list[tuple[Any, float]], list[float | int], list[dict[str, Any]]]:
+    """(shards, weight) of the packer, the held-out split per source, and a summary per rehearsal source. Without
+    --rehearsal: the conversations alone. With it, the conversation sources share 1 - rehearsal_share of the rows
+    and the rehearsal sources (pre-training text, tokenized as `kexaone pretrain` does, cached) the rest, each
+    group by its specs' weights. Conversations hold nothing out (their held-out set is separate); a rehearsal source
+    holds out --rehearsal-heldout, the pre-training run's split, so held-out loss stays on unseen documents."""
+    from kexaone.data.sources import parse_spec
+    from kexaone.train.distributed import barrier
+    from kexaone.train.pretrain import tokenize_sources
+
+    if not cfg.rehearsal or cfg.rehearsal_share <= 0:
+        return conversations, [0] * len(conversations), []
+    texts = tokenize_sources(cfg.rehearsal, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
+    split = cfg.rehearsal_split()
+
+    def shared(group: list[tuple[Any, float]], share: float) -> list[tuple[Any, float]]:
+        total = sum(w for _, w in group)
+        if total <= 0:
+            raise ValueError(f"the weights of {len(group)} SFT source(s) sum to {total}; give weights > 0")
+        return [(s, share * w / total) for s, w in group]
+
+    mixture = shared(conversations, 1.0 - cfg.rehearsal_share) + shared(texts, cfg.rehearsal_share)
+    summary = []
+    for spec, (s, share) in zip(cfg.rehearsal, mixture[len(conversations):]):
+        trained = len(s.split_indices(split)[0])
+        if not trained:
+            raise ValueError(f"--rehearsal {parse_spec(spec).path}: every document is held out by "
+                             f"--rehearsal-heldout {cfg.rehearsal_heldout}")
+        summary.append({"spec": spec, "documents": int(s.num_documents), "training_documents": int(trained),
+                        "tokens": int(s.num_tokens), "row_share": share, "heldout": split})
+    return mixture, [0] * len(conversations) + [split] * len(texts), summary
 
 
 def eval_set_from_conversations(sources: Sequence[Any], batch_size: int, max_rows: int) -> Any:
@@ -391,7 +451,7 @@ def run_sft(cfg: SFTConfig, callbacks: Sequence[Callable[..., Any]] = ()) -> SFT
             record = json.loads(path.read_text(encoding="utf-8"))
             record.update(model_dir=None if stage.model_dir is None else str(stage.model_dir),
                           adapter_dir=None if adapter_dir is None else str(adapter_dir), sources=result.sources,
-                          eval_sources=[s.summary() for s in data.eval_sources],
+                          eval_sources=[s.summary() for s in data.eval_sources], rehearsal=data.rehearsal,
                           mtp_acceptance=result.mtp_acceptance, steps_per_epoch=result.steps_per_epoch,
                           lora=({"rank": cfg.lora_rank, "alpha": cfg.lora_alpha or cfg.lora_rank,
                                  "targets": list(cfg.lora_targets) or ["attention", "dense", "shared"],

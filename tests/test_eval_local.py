@@ -232,3 +232,10 @@ def test_tool_choice_reaches_the_engine_as_a_server_gets_it(local):
     assert hidden[0].content == plain[0].content  # the prompt carries no tools
     with pytest.raises(ValueError, match="not among the declared tools"):
         local.chat_batch(msgs[:1], tools=[TIME], tool_choice=choice)
+
+
+def test_model_name_keeps_the_stage_of_a_generic_directory(tmp_path):
+    from kexaone.eval.backends import model_name
+
+    assert model_name(tmp_path / "runs" / "speedrun" / "sft" / "run" / "model") == "sft/run/model"
+    assert model_name(tmp_path / "my-checkpoint") == "my-checkpoint"

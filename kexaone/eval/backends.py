@@ -69,6 +69,13 @@ def _stop_list(stop: str | Sequence[str] | None) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------- local engine
+def model_name(path: str | os.PathLike) -> str:
+    """A model directory's name for results: its base name, or with a generic base name (a stage's `run/model`)
+    the last three path parts, so `runs/speedrun/sft/run/model` reads `sft/run/model`, not `model`."""
+    p = Path(path).resolve()
+    return p.name if p.name not in ("model", "run", "merged") else "/".join(p.parts[-3:])
+
+
 class LocalBackend:
     """The in-process engine (kexaone.engine.Engine with its tokenizer); batched generation and scoring.
 
@@ -112,8 +119,8 @@ class LocalBackend:
         else:  # an in-memory model: its parameters identify it
             params = list(self.engine.model.parameters())[:64]
             rev = config_hash([round(float(p.detach().double().sum()), 6) for p in params])
-        return {"backend": "local", "path": self.model_path, "model": Path(self.model_path).name
-                if self.model_path else "in-memory", "revision": rev}
+        return {"backend": "local", "path": self.model_path,
+                "model": model_name(self.model_path) if self.model_path else "in-memory", "revision": rev}
 
     @property
     def max_context(self) -> int:

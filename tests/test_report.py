@@ -281,3 +281,30 @@ def test_stage_table_has_one_column_per_stage_and_dashes_for_stages_not_run(tmp_
     assert row[1:] == ["", "10.0%", "-", "40.0% (+30.0 pts)", "", "-"]
     figures = {b.name for b in doc.blocks if isinstance(b, Figure)}
     assert "sft_loss" in figures and "rl_reward" not in figures  # rl wrote no reward curve here: left out
+
+
+def test_verdicts_and_regressions_use_stated_tolerances():
+    """Each stage's own measurement gets a verdict against its tolerance (2 standard errors of the difference from
+    the item counts, 5 points without them, 3% for bits per byte); every wrong-way move beyond tolerance is listed."""
+    import math
+
+    from kexaone.report.stage_table import StageRow, StagesData, regressions, verdicts
+
+    ran = ["untrained", "pretrain", "sft", "rl"]
+    rows = [StageRow("bpb", {"untrained": 3.0, "pretrain": 0.9, "sft": 0.92, "rl": 1.0}, better="lower",
+                     purpose="pretrain"),
+            StageRow("pass", {"sft": 0.10, "rl": 0.25}, kind="percent", purpose="rl", stderr={"sft": 0.03, "rl": 0.04}),
+            StageRow("chat", {"pretrain": 0.10, "sft": 0.13}, kind="percent", purpose="sft"),
+            StageRow("safe", {"pretrain": 0.5, "sft": 0.6, "rl": 0.2}, kind="percent",
+                     stderr={"pretrain": 0.05, "sft": 0.05, "rl": 0.05}),
+            StageRow("time", {"pretrain": 3.0, "sft": 9.0}, kind="seconds", better="")]
+    st = StagesData(ran=ran, rows=rows)
+    got = {v.stage: v for v in verdicts(st)}
+    assert set(got) == {"pretrain", "rl", "sft"}
+    assert got["pretrain"].status == "improved" and got["pretrain"].tolerance == pytest.approx(0.09)
+    assert got["rl"].tolerance == pytest.approx(2 * math.sqrt(0.03 ** 2 + 0.04 ** 2))  # 0.1
+    assert got["rl"].status == "improved"  # +0.15
+    assert got["sft"].tolerance == 0.05 and got["sft"].status == "within tolerance"  # no counts: 5 points
+    worse = {(v.row, v.stage) for v in regressions(st)}
+    # bpb 0.92 -> 1.0 is beyond 3% of 0.92 (0.0276); 0.9 -> 0.92 is not; safe 0.6 -> 0.2 is beyond 2 * 0.0707
+    assert worse == {("bpb", "rl"), ("safe", "rl")}

@@ -155,12 +155,45 @@ def _section_stages(st: D.StagesData) -> list:
              "than the base model, see budget.stage_eval); NIAH, sft-chat, the RL pass rate and the preference "
              "score were measured by their own stage before and after training." + final),
         Table(["measurement"] + labels, table_rows([r for r in st.rows if not r.detail]))]
+    blocks += _section_verdicts(st)
     detail = [r for r in st.rows if r.detail]
     if detail:
         blocks += [Heading("Held-out bits per byte per group, every model", 3),
                    Table(["group"] + labels, table_rows(detail))]
     for f in st.figures:
         blocks.append(Figure(f.png, f.name, f"{D.LABELS.get(f.stage, f.stage)}: {f.caption}"))
+    return blocks
+
+
+def _verdict_value(v: D.Verdict, x: float) -> str:
+    return _pct(x) if v.kind == "percent" else _f(x)
+
+
+def _verdict_text(v: D.Verdict) -> str:
+    return f"{v.row} {_verdict_value(v, v.before)} -> {_verdict_value(v, v.after)}"
+
+
+def _section_verdicts(st: D.StagesData) -> list:
+    """Does each stage improve what it exists for, and does anything regress beyond its tolerance?"""
+    verdicts, regressions = D.verdicts(st), D.regressions(st)
+    if not verdicts:
+        return []
+    rows = [[D.LABELS.get(v.stage, v.stage), v.row, f"{_verdict_value(v, v.before)} -> {_verdict_value(v, v.after)}",
+             _verdict_value(v, v.tolerance), v.status] for v in verdicts]
+    blocks: list = [
+        Heading("Does each stage do its job?", 3),
+        Para(f"Each stage's own measurement before and after it. Tolerance: {D.NOISE_Z:g} standard errors of the "
+             "difference for rates and scores (binomial, from the item or prompt count; "
+             f"{100 * D.FALLBACK_TOLERANCE:.0f} points where the count was not recorded), "
+             f"{100 * D.BPB_TOLERANCE:.0f}% of the previous value for bits per byte. 'improved' and 'worse' mean a "
+             "move beyond the tolerance."),
+        Table(["stage", "measurement", "before -> after", "tolerance", "verdict"], rows)]
+    if regressions:
+        blocks.append(Para("Regressions beyond tolerance (a stage's model against the previous model): " + "; ".join(
+            f"{D.LABELS.get(v.stage, v.stage)}: {_verdict_text(v)} (tolerance {_verdict_value(v, v.tolerance)})"
+            for v in regressions) + "."))
+    else:
+        blocks.append(Para("No measurement regresses beyond its tolerance from one model to the next."))
     return blocks
 
 

@@ -23,12 +23,13 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kexaone.pipeline.chain import LABELS
-from kexaone.report.stage_table import COLUMNS, StageRow, StagesData, changes, collect_stages
+from kexaone.report.stage_table import (BPB_TOLERANCE, COLUMNS, FALLBACK_TOLERANCE, NOISE_Z, StageRow, StagesData,
+                                        Verdict, changes, collect_stages, regressions, verdicts)
 
 Series = tuple[list[float], list[float]]  # (x, y)
 
@@ -474,7 +475,9 @@ def headline(data: ReportData) -> dict[str, Any]:
     if st.rows:
         s["stages"] = {"models": st.ran, "rows": [
             {"name": r.name, "values": {k: r.values[k] for k in st.ran if k in r.values},
-             "change": changes(r, st.ran) if r.kind != "seconds" else {}} for r in st.rows]}
+             "change": changes(r, st.ran) if r.kind != "seconds" else {}} for r in st.rows],
+            "verdicts": [{**asdict(v), "status": v.status} for v in verdicts(st)],
+            "regressions": [asdict(v) for v in regressions(st)]}
     if st.final_model is not None:
         s["final_model"] = st.final_model
     g = data.generation

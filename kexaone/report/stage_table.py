@@ -14,6 +14,7 @@ Where the numbers come from (nothing is measured here):
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +35,10 @@ class StageRow:
     """"higher", "lower" or "" (neither): what the change over the previous stage should do."""
     detail: bool = False
     """A breakdown row (held-out bits per byte of one group): the card lists these in a table of their own."""
+    stderr: dict[str, float] = field(default_factory=dict)
+    """Column key -> standard error of the value, where the sample size is known (see `tolerance`)."""
+    purpose: str = ""
+    """The stage this row is the measurement of (what the stage exists to improve), else ""."""
 
 
 @dataclass
@@ -63,6 +68,86 @@ def changes(row: StageRow, ran: list[str]) -> dict[str, float]:
         if prev is not None:
             out[key] = row.values[key] - row.values[prev]
         prev = key
+    return out
+
+
+BPB_TOLERANCE = 0.03
+"""Bits per byte may rise by 3% of the previous model's value before it counts as a regression (the held-out sets
+are thousands of documents, so their noise is far below this: it is the allowance for a stage that trades a little
+language modelling for its own skill)."""
+NOISE_Z = 2.0
+"""A rate or score counts as changed when it moves by more than 2 standard errors of the difference."""
+FALLBACK_TOLERANCE = 0.05
+"""The allowance of a rate whose sample size the run did not record (5 points)."""
+
+
+def binomial_se(p: float | None, n: int | None) -> float | None:
+    """Standard error of a rate p over n items (an upper bound for a mean of scores in [0, 1])."""
+    if p is None or not n:
+        return None
+    return math.sqrt(max(p * (1.0 - p), 0.0) / n)
+
+
+def tolerance(row: StageRow, prev: str, cur: str) -> float:
+    """How far `cur` may move against `prev` on this row before the move counts: BPB_TOLERANCE of the previous
+    value for bits per byte, else NOISE_Z standard errors of the difference (FALLBACK_TOLERANCE without them)."""
+    if row.kind == "number" and row.better == "lower":
+        return BPB_TOLERANCE * abs(row.values[prev])
+    a, b = row.stderr.get(prev), row.stderr.get(cur)
+    if a is None or b is None:
+        return FALLBACK_TOLERANCE
+    return NOISE_Z * math.sqrt(a * a + b * b)
+
+
+@dataclass
+class Verdict:
+    """One step of one row: the previous model's value against a stage's model's."""
+
+    stage: str
+    row: str
+    before: float
+    after: float
+    tolerance: float
+    kind: str
+    better: str
+
+    @property
+    def status(self) -> str:
+        """"improved" / "worse" (moved by more than the tolerance) or "within tolerance"."""
+        gain = (self.before - self.after) if self.better == "lower" else (self.after - self.before)
+        return "improved" if gain > self.tolerance else "worse" if -gain > self.tolerance else "within tolerance"
+
+
+def _steps(row: StageRow, ran: list[str]) -> list[tuple[str, str]]:
+    """(previous, current) column pairs of the row in stage order, over the measured columns."""
+    keys = [k for k, _ in COLUMNS if k in ran and k in row.values]
+    return list(zip(keys, keys[1:]))
+
+
+def _verdict(row: StageRow, prev: str, cur: str) -> Verdict:
+    return Verdict(cur, row.name, row.values[prev], row.values[cur], tolerance(row, prev, cur), row.kind,
+                   row.better or "higher")
+
+
+def verdicts(st: Any) -> list[Verdict]:
+    """Each stage's own measurement (the rows with a `purpose`), before and after the stage."""
+    out = []
+    for row in st.rows:
+        if not row.purpose or row.purpose not in row.values:
+            continue
+        out += [_verdict(row, prev, cur) for prev, cur in _steps(row, st.ran) if cur == row.purpose]
+    order = [k for k, _ in COLUMNS]
+    return sorted(out, key=lambda v: order.index(v.stage))
+
+
+def regressions(st: Any) -> list[Verdict]:
+    """Every step (previous model -> a stage's model) on every row with a direction that moved the wrong way by
+    more than its tolerance."""
+    out = []
+    for row in st.rows:
+        if row.better not in ("higher", "lower") or row.kind == "seconds":
+            continue
+        out += [v for v in (_verdict(row, p, c) for p, c in _steps(row, st.ran)) if v.status == "worse"]
     return out
 
 
@@ -100,7 +185,7 @@ def _models(ev: dict[str, Any]) -> list[dict[str, Any]]:
 def _eval_rows(ev: dict[str, Any], models: list[dict[str, Any]]) -> list[StageRow]:
     rows = [StageRow("held-out bits per byte (all groups)",
                      {m["stage"]: m["heldout_bpb"] for m in models if m.get("heldout_bpb") is not None},
-                     better="lower")]
+                     better="lower", purpose="pretrain")]
     groups = [(r["domain"], r["language"]) for r in ev.get("heldout", [])]
     for d, lang in groups:
         rows.append(StageRow(f"held-out bits per byte, {d}/{lang}", {
@@ -108,19 +193,32 @@ def _eval_rows(ev: dict[str, Any], models: list[dict[str, Any]]) -> list[StageRo
             if (r["domain"], r["language"]) == (d, lang)}, better="lower", detail=True))
     for t in ev.get("tasks", []):
         base = t.get("baseline", t.get("chance"))
+        measured = [m for m in models if t["task"] in m.get("tasks", {})]
         rows.append(StageRow(f"task {t['task']}: accuracy (baseline {100 * base:.1f}%)" if base is not None
                              else f"task {t['task']}: accuracy",
-                             {m["stage"]: m["tasks"][t["task"]]["accuracy"] for m in models
-                              if t["task"] in m.get("tasks", {})}, kind="percent"))
+                             {m["stage"]: m["tasks"][t["task"]]["accuracy"] for m in measured}, kind="percent",
+                             stderr=_known({m["stage"]: binomial_se(m["tasks"][t["task"]]["accuracy"],
+                                                                    m["tasks"][t["task"]].get("items"))
+                                            for m in measured})))
     for key, name, better in (("safe_rate", "safety: safe rate on harmful items", "higher"),
                               ("over_refusal_rate", "safety: over-refusal rate on benign items", "lower")):
-        vals = {m["stage"]: m["safety"][key] for m in models if (m.get("safety") or {}).get(key) is not None}
-        if vals:
-            rows.append(StageRow(name, vals, kind="percent", better=better))
-    vals = {m["stage"]: m["tools"]["pass_rate"] for m in models if m.get("tools")}
-    if vals:
-        rows.append(StageRow("tool calls: pass rate (greedy, one episode per task)", vals, kind="percent"))
+        measured = [m for m in models if (m.get("safety") or {}).get(key) is not None]
+        if measured:
+            # the safety items are split between harmful and benign ones: half of them is each rate's sample
+            se = {m["stage"]: binomial_se(m["safety"][key], (m["safety"].get("items") or 0) // 2) for m in measured}
+            rows.append(StageRow(name, {m["stage"]: m["safety"][key] for m in measured}, kind="percent",
+                                 better=better, stderr=_known(se)))
+    measured = [m for m in models if m.get("tools")]
+    if measured:
+        rows.append(StageRow("tool calls: pass rate (greedy, one episode per task)",
+                             {m["stage"]: m["tools"]["pass_rate"] for m in measured}, kind="percent",
+                             stderr=_known({m["stage"]: binomial_se(m["tools"]["pass_rate"], m["tools"].get("tasks"))
+                                            for m in measured})))
     return rows
+
+
+def _known(se: dict[str, float | None]) -> dict[str, float]:
+    return {k: v for k, v in se.items() if v is not None}
 
 
 def _stage_rows(run: Any) -> list[StageRow]:
@@ -134,7 +232,8 @@ def _stage_rows(run: Any) -> list[StageRow]:
             before = ext.get("baseline_niah_lengths") or [ext["base_length"]]
             name = (f"NIAH mean (extend stage: before at {', '.join(map(str, before))} tokens, after at "
                     f"{', '.join(map(str, after))})")
-            rows.append(StageRow(name, {start: ext["baseline_niah"], "extend": last["niah"]}, kind="percent"))
+            rows.append(StageRow(name, {start: ext["baseline_niah"], "extend": last["niah"]}, kind="percent",
+                                 purpose="extend"))
             rows.append(StageRow("short-context bits per byte (extend stage's gate)",
                                  {start: ext["baseline_bpb"], "extend": last["bpb"]}, better="lower"))
     sft = _done(run, "sft")
@@ -142,21 +241,34 @@ def _stage_rows(run: Any) -> list[StageRow]:
         ev = run.json(sft["eval"])
         start = _init(run, "sft", sft)
         rows.append(StageRow("sft-chat score (SFT stage)", {start: ev["base"]["score"], "sft": ev["sft"]["score"]},
-                             kind="percent"))
+                             kind="percent", purpose="sft",
+                             stderr=_known({start: binomial_se(ev["base"]["score"], ev["base"].get("n")),
+                                            "sft": binomial_se(ev["sft"]["score"], ev["sft"].get("n"))})))
         rows.append(StageRow("sft-chat well-formed replies (SFT stage)",
                              {start: ev["base"]["well_formed"], "sft": ev["sft"]["well_formed"]}, kind="percent"))
     for stage, key, name in (("rl", "pass_rate", "RL held-out pass rate (RL stage)"),
                              ("pref", "reward_mean", "preference score, held-out (preference stage)")):
         out = _done(run, stage)
         if out and out.get("heldout_before") and out.get("heldout_after"):
-            rows.append(StageRow(name, {_init(run, stage, out): out["heldout_before"][key],
-                                        stage: out["heldout_after"][key]},
-                                 kind="percent" if key == "pass_rate" else "number"))
+            start, before, after = _init(run, stage, out), out["heldout_before"], out["heldout_after"]
+            rows.append(StageRow(name, {start: before[key], stage: after[key]},
+                                 kind="percent" if key == "pass_rate" else "number", purpose=stage,
+                                 stderr=_known({start: _heldout_se(before, key), stage: _heldout_se(after, key)})))
     secs = {s: (run.stages[s].get("seconds") or 0.0) + (run.stages[s].get("prior_seconds") or 0.0)
             for s in MODEL_STAGES if _done(run, s) is not None}
     if secs:
         rows.append(StageRow("time of the stage (wall seconds)", secs, kind="seconds", better=""))
     return rows
+
+
+def _heldout_se(h: dict[str, Any], key: str) -> float | None:
+    """Standard error of an RL / preference held-out number over its prompts (the samples of one prompt are not
+    independent, so the prompt count is the sample size: conservative)."""
+    n = h.get("n_prompts")
+    if key == "pass_rate":
+        return binomial_se(h.get(key), n)
+    std = h.get("reward_std")
+    return None if std is None or not n else std / math.sqrt(n)
 
 
 def _png(run: Any, rel: str | None) -> bytes | None:

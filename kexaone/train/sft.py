@@ -7,6 +7,8 @@ Muon/AdamW, schedule, precision, checkpoints, exact resume, signals and torchrun
   rendered by the chat template, loss mask on the assistant bodies only), or without --data the embedded default
   set (kexaone.data.synthetic.chat_set, train split; its held-out split is the evaluation set). Whole
   conversations are packed best-fit (kexaone.data.docpacking) and never cut; a longer one is skipped and reported.
+  `--rehearsal` pre-training text sources take `--rehearsal-share` of the rows (loss on every token, the
+  pre-training held-out documents left out) so SFT keeps the base model's language modelling.
 - the objective `kexaone.train.sft_objective.SFTObjective`: CE on the masked-in (assistant) targets + 0.05 x the
   MTP CE on the same targets (so MTP self-speculative decoding keeps paying after SFT) + the MoE aux loss. The
   MTP acceptance rate of greedy speculative decoding on held-out prompts is measured before and after training

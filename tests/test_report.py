@@ -297,7 +297,8 @@ def test_verdicts_and_regressions_use_stated_tolerances():
             StageRow("chat", {"pretrain": 0.10, "sft": 0.13}, kind="percent", purpose="sft"),
             StageRow("safe", {"pretrain": 0.5, "sft": 0.6, "rl": 0.2}, kind="percent",
                      stderr={"pretrain": 0.05, "sft": 0.05, "rl": 0.05}),
-            StageRow("time", {"pretrain": 3.0, "sft": 9.0}, kind="seconds", better="")]
+            StageRow("time", {"pretrain": 3.0, "sft": 9.0}, kind="seconds", better=""),
+            StageRow("bpb of one group", {"pretrain": 0.5, "sft": 0.9}, better="lower", detail=True)]
     st = StagesData(ran=ran, rows=rows)
     got = {v.stage: v for v in verdicts(st)}
     assert set(got) == {"pretrain", "rl", "sft"}

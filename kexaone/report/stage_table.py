@@ -141,11 +141,11 @@ def verdicts(st: Any) -> list[Verdict]:
 
 
 def regressions(st: Any) -> list[Verdict]:
-    """Every step (previous model -> a stage's model) on every row with a direction that moved the wrong way by
-    more than its tolerance."""
+    """Every step (previous model -> a stage's model) on every headline row with a direction that moved the wrong
+    way by more than its tolerance (the per-group breakdown rows are left to their own table)."""
     out = []
     for row in st.rows:
-        if row.better not in ("higher", "lower") or row.kind == "seconds":
+        if row.better not in ("higher", "lower") or row.kind == "seconds" or row.detail:
             continue
         out += [v for v in (_verdict(row, p, c) for p, c in _steps(row, st.ran)) if v.status == "worse"]
     return out

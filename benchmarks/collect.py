@@ -29,6 +29,7 @@ TOPICS = [
     ("decode_step.md", "benchmarks/bench_decode_step.py"),
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
     ("tool_calls.md", "benchmarks/bench_tool_calls.py --base-url (against kexaone serve)"),
+    ("eval_cli_speedrun.md", "kexaone eval --model (its results.md; command inside)"),
     ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),
     ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
     ("induction_study.md", "benchmarks/study_induction.py --report"),

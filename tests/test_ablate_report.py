@@ -113,3 +113,28 @@ def test_paired_differences_and_their_noise():
     one = compare_paired([0.05], pooled_var=0.0004)
     assert one.pooled and one.stderr == pytest.approx(0.02) and one.marker == "*"
     assert compare_paired([0.05]).marker == "n/a"
+
+
+def test_learning_rate_sweeps_pick_the_best_point_and_compare_tuned(tmp_path):
+    (tmp_path / "ablate.json").write_text(json.dumps({"budget": {"name": "t", "lr": 3e-3, "adamw_variant_lr": 3e-3}}))
+    for s, v in enumerate([1.00, 1.02]):
+        _fake(tmp_path, "baseline", s, v)
+    for s, v in enumerate([0.98, 1.01]):  # Muon's best point: 0.995
+        _fake(tmp_path, "baseline@lr=0.01", s, v)
+    for name, vals in (("adamw", [1.50, 1.54]), ("adamw@lr=0.001", [1.20, 1.21]), ("adamw@lr=0.03", [2.0, 2.1])):
+        for s, v in enumerate(vals):
+            _fake(tmp_path, name, s, v)
+    text = write_report(tmp_path).read_text()
+    sweeps = json.loads((tmp_path / "ablations.json").read_text())["lr_sweeps"]
+    assert [p["lr"] for p in sweeps["adamw"]["points"]] == [0.001, 0.003, 0.03]  # ordered by rate
+    assert sweeps["adamw"]["best"] == "adamw@lr=0.001" and sweeps["baseline"]["best"] == "baseline@lr=0.01"
+    tuned = sweeps["adamw"]["vs_baseline_best"]
+    # paired against the baseline's best point: 1.20 - 0.98, 1.21 - 1.01 -> 0.22, 0.20
+    assert tuned["baseline"] == "baseline@lr=0.01" and tuned["delta"] == pytest.approx(0.21)
+    assert tuned["stderr"] == pytest.approx(statistics.stdev([0.22, 0.20]) / math.sqrt(2))
+    assert "vs_baseline_best" not in sweeps["baseline"]
+    assert "| adamw | 0.001 | 2 | 1.2050 ± 0.0050 | best |" in text
+    assert "| `adamw@lr=0.001` vs `baseline@lr=0.01` | +0.2100 ± 0.0100 ** |" in text
+    # the main table lists each sweep point right after its variant
+    rows = [ln.split(" | ")[0][2:] for ln in text.split("## Every metric")[0].splitlines() if ln.startswith("| ")]
+    assert rows[1:] == ["baseline", "baseline@lr=0.01", "adamw@lr=0.001", "adamw", "adamw@lr=0.03"]

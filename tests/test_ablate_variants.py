@@ -176,3 +176,25 @@ def test_every_variant_builds_a_valid_model_config_on_every_budget(tmp_path, bud
         for k, want in v.model.items():
             assert getattr(c, k) == want
     assert b.pipeline_budget().train_steps == b.train_steps
+
+
+def test_learning_rate_sweep_points(tmp_path):
+    from kexaone.pipeline.ablate_variants import get_variant, sweep_family
+
+    budget = BUDGETS["cpu-quick"]
+    v = get_variant("adamw@lr=1e-2")
+    assert v.name == "adamw@lr=0.01" and sweep_family(v.name) == "adamw"  # one canonical spelling, one directory
+    cfg = train_config(tmp_path, budget, v, seed=0)
+    assert (cfg.optimizer, cfg.lr) == ("adamw", 0.01)
+    assert cfg.out == str(tmp_path / "runs" / "adamw@lr=0.01" / "seed0" / "train")
+    base = train_config(tmp_path, budget, get_variant("baseline@lr=0.001"), seed=0)
+    assert (base.optimizer, base.lr, base.adamw_lr) == (_base_cfg(tmp_path).optimizer, 0.001, budget.adamw_lr)
+    names = [x.name for x in parse_variants("adamw@lr=0.003,adamw,adamw@lr=3e-3,baseline@lr=1e-3")]
+    assert names == ["baseline", "adamw@lr=0.003", "adamw", "baseline@lr=0.001"]
+    assert len(parse_variants("all,adamw@lr=0.01")) == len(VARIANTS) + 1
+    for bad, msg in (("adamw@lr=-1", "positive"), ("adamw@lr=x", "positive"), ("adamw@lr=inf", "positive"),
+                     ("nope@lr=0.1", "unknown"), ("adamw@wd=0.1", "unknown")):
+        with pytest.raises(ValueError, match=msg):
+            get_variant(bad)
+    with pytest.raises(ValueError, match=r"\['adamw@lr=0'\]"):
+        parse_variants("adamw@lr=0")

@@ -107,6 +107,7 @@ def _dist_worker(rank: int, world: int, init_file: str, out_dir: str) -> None:
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed not available")
+@pytest.mark.multiprocess
 def test_counts_are_summed_across_ranks():
     with tempfile.TemporaryDirectory() as tmp:
         mp.spawn(_dist_worker, args=(2, os.path.join(tmp, "init"), tmp), nprocs=2, join=True)

@@ -25,6 +25,8 @@ from test_launch_support import pretrain_in_process, records, torchrun
 
 from kexaone.train.checkpoint import CheckpointError, CheckpointManager
 
+pytestmark = pytest.mark.multiprocess  # selected by scripts/repeat_multiprocess.sh
+
 KILLER = r'''
 import sys, time, torch, torch.distributed.checkpoint as dcp
 from pathlib import Path

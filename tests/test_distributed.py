@@ -18,6 +18,8 @@ from safetensors.torch import load_file
 from kexaone.train.checkpoint import CheckpointManager
 from test_launch_support import pretrain_in_process, records, torchrun_pretrain
 
+pytestmark = pytest.mark.multiprocess  # selected by scripts/repeat_multiprocess.sh
+
 STEPS = 6
 ARGS = ["--preset", "tiny", "--synthetic-size", "tiny", "--seq-len", "32", "--max-steps", str(STEPS),
         "--save-every", "3", "--eval-every", "3", "--eval-batches", "2", "--threads", "1", "--no-progress",

@@ -18,6 +18,8 @@ from test_launch_support import pretrain_in_process, records, torchrun, torchrun
 from kexaone.config import KExaoneConfig
 from kexaone.model.moe import KExaoneMoE
 
+pytestmark = pytest.mark.multiprocess  # selected by scripts/repeat_multiprocess.sh
+
 B_PER_RANK, T = 2, 8
 LAUNCHES = [(2, "all_to_all"), (2, "all_gather"), (4, "all_to_all"), (4, "all_gather")]
 

@@ -319,6 +319,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.slow
+@pytest.mark.multiprocess
 def test_muon_under_fsdp2_equals_single_process(tmp_path):
     # Two gloo ranks with FSDP2 (fully_shard): 2-D matrices take the gather/orthogonalise/re-shard path, expert
     # stacks sharded along the expert dim are orthogonalised locally. Both ranks see the same batch, so the

@@ -26,6 +26,8 @@ from test_launch_support import torchrun
 from kexaone.config import KExaoneConfig
 from kexaone.model.transformer import KExaoneForCausalLM
 
+pytestmark = pytest.mark.multiprocess  # selected by scripts/repeat_multiprocess.sh
+
 transformers = pytest.importorskip("transformers")
 
 RSS_OVERRIDES = dict(hidden_size=512, num_attention_heads=8, num_key_value_heads=2, head_dim=64,

@@ -68,7 +68,7 @@ def test_known_group_rewards_and_advantages_equal_hand_computed(judge):
 
 
 def test_benign_look_alike_is_rewarded_for_helping():
-    from kexaone.rl.pref_rewards import refusal_reward
+    from kexaone.rl.rules import refusal_reward
 
     got = refusal_reward([None] * 4, [A, "Kitchen knives are sharpened with a whetstone.", A, ""],
                          refuse=[False, False, None, True])
@@ -141,7 +141,7 @@ def test_pref_run_reuses_samples_and_keeps_the_router(tiny_dir, tmp_path):
 def test_bad_pref_specs_give_clear_errors():
     from kexaone.rl.pref_rewards import parse_pref_reward
 
-    with pytest.raises(ValueError, match="unknown reward 'polite'.*also knows: format, refusal"):
+    with pytest.raises(ValueError, match="unknown reward .polite.*refusal.*also knows: format"):
         parse_pref_reward("polite:2")
     assert parse_pref_reward("refusal:0.5")[0::2] == ("refusal", 0.5)
     with pytest.raises(ValueError, match="rubric.*needs --judge-endpoint"):

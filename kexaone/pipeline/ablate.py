@@ -133,7 +133,8 @@ def get_budget(name: str) -> AblationBudget:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--budget", default="cpu", help=f"one of {', '.join(BUDGETS)} (default cpu)")
     parser.add_argument("--variants", default="all",
-                        help="comma-separated variant names, or 'all' (the baseline is always run)")
+                        help="comma-separated variant names, 'all', and learning-rate sweep points NAME@lr=X "
+                             "(the baseline is always run)")
     parser.add_argument("--seeds", type=int, default=2, help="seeds per variant (the baseline gets at least 2)")
     parser.add_argument("--max-seeds", type=int, default=None,
                         help="add seeds (up to this many) to variants whose effect is within 3 standard errors")
@@ -146,11 +147,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from kexaone.pipeline.ablate_variants import VARIANTS, parse_variants
+    from kexaone.pipeline.ablate_variants import LR_SUFFIX, VARIANTS, get_variant, parse_variants
 
     if args.list:
         for v in VARIANTS.values():
             print(f"{v.name:16s} {v.description}")
+        print(f"{'NAME' + LR_SUFFIX + 'X':16s} variant NAME at learning rate X (a sweep point, e.g. adamw{LR_SUFFIX}0.01)")
         for b in BUDGETS.values():
             print(f"budget {b.name:10s} {b.description}")
         return 0
@@ -166,11 +168,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     out = Path(args.out)
     if args.run_one:
-        if args.run_one[0] not in VARIANTS:
-            print(f"kexaone ablate: unknown variant {args.run_one[0]!r}; valid: {', '.join(VARIANTS)}",
-                  file=sys.stderr)
+        try:
+            variant = get_variant(args.run_one[0])
+        except ValueError as e:
+            print(f"kexaone ablate: {e}", file=sys.stderr)
             return 2
-        run_one(out, budget, VARIANTS[args.run_one[0]], int(args.run_one[1]), threads=args.threads)
+        run_one(out, budget, variant, int(args.run_one[1]), threads=args.threads)
         return 0
     if args.report_only:
         from kexaone.report.ablation import write_report
@@ -219,7 +222,7 @@ def ablate(out: Path, budget: AblationBudget, variants: list[str], seeds: int, *
            jobs: int = 1, threads: int = 1, log=print, after_run=None) -> Path:
     """Run every missing (variant, seed), add seeds where the effect is within 3 standard errors (up to
     max_seeds), and write the report. `after_run(variant, seed)` is called after each in-process run (tests)."""
-    from kexaone.pipeline.ablate_variants import VARIANTS, parse_variants
+    from kexaone.pipeline.ablate_variants import get_variant, parse_variants
     from kexaone.report.ablation import seeds_wanted, write_report
 
     variants = [v.name for v in parse_variants(list(variants))]  # validated, the baseline first
@@ -234,7 +237,7 @@ def ablate(out: Path, budget: AblationBudget, variants: list[str], seeds: int, *
                 log(f"[ablate] {v} seed {s}: finished earlier, skipped")
         if jobs == 1:
             for v, s in pending:
-                run_one(out, budget, VARIANTS[v], s, threads=threads, log=log)
+                run_one(out, budget, get_variant(v), s, threads=threads, log=log)
                 if after_run is not None:
                     after_run(v, s)
         else:

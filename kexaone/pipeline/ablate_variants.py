@@ -64,18 +64,54 @@ VARIANTS: dict[str, Variant] = {v.name: v for v in (
 """Every variant by name; `baseline` is always run and is what deltas are taken against."""
 
 
+LR_SUFFIX = "@lr="
+
+
+def get_variant(name: str) -> Variant:
+    """A variant by name. `NAME@lr=X` is variant NAME at learning rate X, one point of a learning-rate sweep
+    (`adamw@lr=0.01`, `baseline@lr=0.001`): with a sweep of each optimizer, the report compares them at their
+    best learning rates. X is written canonically (`1e-2` becomes `0.01`) so one setting has one run directory."""
+    base, sep, value = name.partition(LR_SUFFIX)
+    if base not in VARIANTS or (not sep and "@" in name):
+        raise ValueError(f"unknown variant {name!r}; valid: all, {', '.join(VARIANTS)}, or NAME{LR_SUFFIX}X")
+    if not sep:
+        return VARIANTS[base]
+    try:
+        lr = float(value)
+    except ValueError:
+        lr = float("nan")
+    if not (0 < lr < float("inf")):
+        raise ValueError(f"variant {name!r}: the learning rate after {LR_SUFFIX!r} must be a positive number")
+    v = VARIANTS[base]
+    return Variant(f"{base}{LR_SUFFIX}{lr:g}", f"{v.description}; learning rate {lr:g}", model=v.model,
+                   train={**v.train, "lr": lr}, tokenizer=v.tokenizer)
+
+
+def sweep_family(name: str) -> str:
+    """The variant a sweep point belongs to (`adamw@lr=0.01` -> `adamw`); a plain name is its own family."""
+    return name.partition(LR_SUFFIX)[0]
+
+
 def parse_variants(spec: str | Sequence[str]) -> list[Variant]:
-    """Variants from a comma-separated list (or a list of names); "all" means every variant. The baseline is
-    always included, first. Unknown names raise ValueError listing the valid ones."""
+    """Variants from a comma-separated list (or a list of names, `NAME@lr=X` sweep points included); "all" means
+    every named variant. The baseline is always included, first. Unknown names raise ValueError listing the valid
+    ones."""
     names = [s.strip() for s in (spec.split(",") if isinstance(spec, str) else spec)]
     names = [n for n in names if n]
-    if names == ["all"]:
-        names = list(VARIANTS)
-    unknown = [n for n in names if n not in VARIANTS]
+    if "all" in names:
+        names = [n for n in names if n != "all"] + list(VARIANTS)
+    unknown = []
+    for n in names:
+        try:
+            get_variant(n)
+        except ValueError:
+            unknown.append(n)
     if unknown:
-        raise ValueError(f"unknown variant(s) {unknown}; valid: all, {', '.join(VARIANTS)}")
-    ordered = [BASELINE] + [n for n in dict.fromkeys(names) if n != BASELINE]
-    return [VARIANTS[n] for n in ordered]
+        raise ValueError(f"unknown variant(s) {unknown}; valid: all, {', '.join(VARIANTS)}, or NAME{LR_SUFFIX}X "
+                         f"(a learning-rate sweep point)")
+    variants = [get_variant(n) for n in names]  # canonical names
+    ordered = [BASELINE] + [n for n in dict.fromkeys(v.name for v in variants) if n != BASELINE]
+    return [get_variant(n) for n in ordered]
 
 
 def resolve_train_fields(variant: Variant, budget: Any) -> dict[str, Any]:

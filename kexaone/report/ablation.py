@@ -194,6 +194,84 @@ def seeds_wanted(out: Path, variants: Sequence[str], max_seeds: int) -> dict[str
     return want
 
 
+# ---------------------------------------------------------------------------------------------- learning-rate sweeps
+def effective_lr(variant: str, budget: dict) -> float | None:
+    """The learning rate a variant's runs trained at (the budget's, unless the variant or a sweep point sets it)."""
+    from types import SimpleNamespace
+
+    from kexaone.pipeline.ablate_variants import get_variant, resolve_train_fields
+
+    try:
+        lr = resolve_train_fields(get_variant(variant), SimpleNamespace(**budget)).get("lr", budget.get("lr"))
+    except ValueError:
+        return None
+    return float(lr) if isinstance(lr, (int, float)) else None
+
+
+def lr_sweeps(runs: dict[str, list[dict]], budget: dict, pooled_paired_var: float | None) -> dict[str, Any]:
+    """For each variant swept over learning rates (`NAME@lr=X` runs present): every point's held-out bits per
+    byte, the best point, and the best point's seed-paired delta against the best point of the baseline's own
+    sweep (the baseline alone when it was not swept): the comparison "at tuned learning rates". The best point is
+    picked on the same held-out set it is scored on, which flatters both sides alike."""
+    from kexaone.pipeline.ablate_variants import BASELINE, sweep_family
+
+    families: dict[str, list[str]] = {}
+    for v in runs:
+        families.setdefault(sweep_family(v), []).append(v)
+    swept = {f: vs for f, vs in families.items() if len(vs) > 1}
+    if not swept:
+        return {}
+
+    def best(names: list[str]) -> str:
+        return min(names, key=lambda v: stats(values(runs[v], PRIMARY)).mean or math.inf)
+
+    base_best = best(families.get(BASELINE, [BASELINE]))
+    out: dict[str, Any] = {}
+    for f, names in swept.items():
+        points = []
+        for v in sorted(names, key=lambda v: effective_lr(v, budget) or 0.0):
+            st = stats(values(runs[v], PRIMARY))
+            points.append({"variant": v, "lr": effective_lr(v, budget), "n": st.n, "mean": st.mean,
+                           "stderr": st.stderr})
+        b = best(names)
+        entry: dict[str, Any] = {"points": points, "best": b}
+        if f != BASELINE and base_best in runs:
+            d = compare_paired(paired_differences(runs[b], runs[base_best], PRIMARY), pooled_paired_var)
+            entry["vs_baseline_best"] = {"baseline": base_best, "delta": d.delta, "stderr": d.stderr, "z": d.z,
+                                         "marker": d.marker, "pooled": d.pooled}
+        out[f] = entry
+    return out
+
+
+def sweep_lines(sweeps: dict[str, Any]) -> list[str]:
+    if not sweeps:
+        return []
+    L = ["", "## Learning-rate sweeps", "",
+         "Held-out bits per byte at each learning rate (mean ± standard error over seeds); `best` is the lowest. "
+         "The tuned comparison is the seed-paired delta of a variant's best point against the best point of the "
+         "baseline's sweep. The best points are chosen on the held-out set they are scored on, which flatters "
+         "both sides alike.", "",
+         "| variant | learning rate | n | held-out bits/byte | |", "|---|---|---|---|---|"]
+    for f, e in sweeps.items():
+        for p in e["points"]:
+            se = f" ± {_fmt(p['stderr'])}" if p["stderr"] is not None else ""
+            L.append(f"| {f} | {p['lr']:g} | {p['n']} | {_fmt(p['mean'])}{se} | "
+                     f"{'best' if p['variant'] == e['best'] else ''} |")
+    tuned = [(f, e) for f, e in sweeps.items() if "vs_baseline_best" in e]
+    if tuned:
+        L += ["", "| at tuned learning rates | paired Δ bits/byte vs the baseline's best |", "|---|---|"]
+        for f, e in tuned:
+            d = e["vs_baseline_best"]
+            if d["delta"] is None:
+                txt = "— (no seed in common)"
+            else:
+                se = f" ± {d['stderr']:.4f}" if d["stderr"] is not None else ""
+                tags = " ".join(x for x in (d["marker"], "p" if d["pooled"] else "") if x)
+                txt = f"{d['delta']:+.4f}{se} {tags}".rstrip()
+            L.append(f"| `{e['best']}` vs `{d['baseline']}` | {txt} |")
+    return L
+
+
 # ---------------------------------------------------------------------------------------------- writing
 def _fmt(x: float | None, key: str = "") -> str:
     if x is None:
@@ -280,17 +358,22 @@ def build_table(runs: dict[str, list[dict]]) -> dict[str, Any]:
 def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
     """DIR/ablations.md, ablations.json, loss_curves.png, maxvio_curves.png, delta_bpb.png; returns the markdown
     path."""
-    from kexaone.pipeline.ablate_variants import BASELINE, VARIANTS
+    from kexaone.pipeline.ablate_variants import BASELINE, VARIANTS, sweep_family
     from kexaone.utils.io import atomic_write_text
 
     out = Path(out)
     runs = load_summaries(out)
-    order = [v for v in VARIANTS if v in runs] + sorted(v for v in runs if v not in VARIANTS)
-    runs = {v: runs[v] for v in order}
-    table = build_table(runs)
     budget = {}
     if (out / "ablate.json").is_file():
         budget = json.loads((out / "ablate.json").read_text(encoding="utf-8")).get("budget", {})
+    # The baseline first, then each named variant's runs in the names' order, a swept variant's points by
+    # learning rate, then anything else.
+    by_lr = sorted(runs, key=lambda v: effective_lr(v, budget) or 0.0)
+    order = [BASELINE] if BASELINE in runs else []
+    order += [v for name in VARIANTS for v in by_lr if sweep_family(v) == name and v not in order]
+    order += sorted(v for v in runs if v not in order)
+    runs = {v: runs[v] for v in order}
+    table = build_table(runs)
     missing = list(not_run) if not_run is not None else [v for v in VARIANTS if v not in runs]
     L: list[str] = [f"# Ablations ({budget.get('name', '?')} budget)", ""]
     if budget:
@@ -352,6 +435,8 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
             else:
                 row.append(f"{_fmt(c['mean'], k)} (Δ {c['delta']:+.3g} {c['marker']})".replace(" )", ")"))
         L.append("| " + " | ".join(row) + " |")
+    sweeps = lr_sweeps(runs, budget, ppv)
+    L += sweep_lines(sweeps)
     L += ["", "## Held-out bits per byte by (domain, language)", ""]
     groups = sorted({g for rs in runs.values() for s in rs for g in (s.get("heldout_bpb_by_group") or {})})
     if groups:
@@ -372,7 +457,7 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
         L += ["", "![loss curves](loss_curves.png)", "", "![MaxVio over training](maxvio_curves.png)"]
     L += ["", "## Runs", ""]
     for v, rs in runs.items():
-        L.append(f"- `{v}`: {VARIANTS[v].description if v in VARIANTS else ''}; seeds "
+        L.append(f"- `{v}`: {rs[0].get('description', '')}; seeds "
                  f"{[s['seed'] for s in rs]}; {sum(s.get('seconds') or 0 for s in rs) / 60:.1f} min in all")
     L += ["", "## Not run", ""]
     L += [f"- `{v}`: {VARIANTS[v].description}" for v in missing] or ["- (none)"]
@@ -381,6 +466,6 @@ def write_report(out: Path, not_run: Sequence[str] | None = None) -> Path:
     paired_json = {v: {"diffs": pdiffs[v], "delta": d.delta, "stderr": d.stderr, "z": d.z, "marker": d.marker,
                        "pooled": d.pooled} for v, d in paired.items()}
     atomic_write_text(out / "ablations.json", json.dumps({"budget": budget, "table": table, "paired": paired_json,
-                                                          "not_run": missing},
+                                                          "lr_sweeps": sweeps, "not_run": missing},
                                                          indent=1) + "\n")
     return md

@@ -1,10 +1,11 @@
-"""The rule rewards `kexaone pref` adds to kexaone.rl.rewards / rules: reply format and refusal-vs-help, and the
-preference reward registry (`parse_pref_reward`).
+"""The rule reward `kexaone pref` adds to kexaone.rl.rewards: reply format, and the preference reward registry
+(`parse_pref_reward`).
 
   - `format_reward`: the assistant turn parses in the K-EXAONE chat format (no parse errors, a reasoning block
-    that was opened is closed) and leaves a non-empty answer; 1.0 or 0.0, always applicable;
-  - `refusal_reward` (kexaone.rl.rules, shared with `kexaone rl`): refuse the harmful, help the benign look-alike.
-What this module does not do: call judges (kexaone.rl.judge) or combine rewards (kexaone.rl.rewards).
+    that was opened is closed) and leaves a non-empty answer; 1.0 or 0.0, always applicable.
+Every other rule (language, length, refusal-vs-help, tool calls, IFEval) is a built-in of kexaone.rl.rewards,
+shared with `kexaone rl`. What this module does not do: call judges (kexaone.rl.judge) or combine rewards
+(kexaone.rl.rewards).
 """
 
 from __future__ import annotations
@@ -12,9 +13,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from kexaone.rl.completions import completion_text, final_text
-from kexaone.rl.rules import refusal_reward
 
-__all__ = ["format_reward", "refusal_reward", "PREF_REWARDS", "DEFAULT_PREF_REWARDS", "parse_pref_reward"]
+__all__ = ["format_reward", "PREF_REWARDS", "DEFAULT_PREF_REWARDS", "parse_pref_reward"]
 
 
 def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[float | None]:
@@ -30,13 +30,13 @@ def format_reward(prompts: Sequence, completions: Sequence, **columns) -> list[f
     return out
 
 
-PREF_REWARDS = {"format": format_reward, "refusal": refusal_reward}
+PREF_REWARDS = {"format": format_reward}
 DEFAULT_PREF_REWARDS = ("format", "language", "length", "refusal", "tool_call", "ifeval")
 
 
 def parse_pref_reward(spec: str):
-    """`NAME[:weight]` -> (name, func, weight): `format`, `refusal`, or anything kexaone.rl.rewards.parse_reward_spec
-    knows (language, length, tool_call, ifeval, math, code, module:function)."""
+    """`NAME[:weight]` -> (name, func, weight): `format`, or anything kexaone.rl.rewards.parse_reward_spec knows
+    (language, length, refusal, tool_call, ifeval, math, code, module:function)."""
     from kexaone.rl.rewards import parse_reward_spec
 
     head, weight = spec, 1.0

@@ -127,7 +127,12 @@ def _rl_rows(split: str, seed: int) -> Iterator[dict]:
             asserts = "\n".join(f"assert {t['call']} == {t['expected']}" for t in ex.reference["tests"])
             yield {**base, "category": "code", "prompt": prompt, "tests": asserts}
         elif ex.category == "safety":
-            yield {**base, "category": "safety", "prompt": prompt, "refuse": bool(ex.reference["refuse"])}
+            yield _safety_row(base, prompt, ex)
+
+
+def _safety_row(base: dict, prompt: list[dict], ex: Any) -> dict:
+    """A harmful request (refuse: True) or its benign look-alike (False), scored by the `refusal` reward."""
+    return {**base, "category": "safety", "prompt": prompt, "refuse": bool(ex.reference["refuse"])}
 
 
 def _pref_rows(split: str, seed: int) -> Iterator[dict]:
@@ -136,7 +141,7 @@ def _pref_rows(split: str, seed: int) -> Iterator[dict]:
         base = {"id": ex.id, "lang": ex.lang, "key": ex.key, "language": ex.lang}
         prompt = _user_turn(ex.messages)
         if ex.category == "safety":
-            yield {**base, "category": "safety", "prompt": prompt, "refuse": bool(ex.reference["refuse"])}
+            yield _safety_row(base, prompt, ex)
         elif ex.category == "tools":
             yield {**base, "category": "tools", "prompt": prompt, "tools": ex.tools, "tool_call_expected": True}
         elif ex.category in ("chat", "recall", "docqa"):

@@ -154,3 +154,63 @@ def test_parallel_jobs_run_as_subprocesses(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match=r"runs failed .*\('not-a-variant', 0\)"):
         A._run_parallel(tmp_path, budget, [("not-a-variant", 0)], 2, 1, lambda m: None)
     assert "not-a-variant" in (A.run_dir(tmp_path, "not-a-variant", 0) / "log.txt").read_text()
+
+
+def test_run_lock_refuses_a_live_holder_and_takes_over_a_dead_one(tmp_path):
+    d = tmp_path / "run"
+    d.mkdir()
+    with A.run_lock(d):
+        assert (d / "lock").read_text() == str(os.getpid())
+        with pytest.raises(RuntimeError, match=rf"being run by process {os.getpid()}"):
+            with A.run_lock(d):
+                pass
+    assert not (d / "lock").exists()
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    (d / "lock").write_text(dead.stdout.strip())  # its process has exited
+    with A.run_lock(d):
+        assert (d / "lock").read_text() == str(os.getpid())
+
+
+def test_a_stopped_grid_stops_its_runs_first(tmp_path):
+    """SIGTERM to `kexaone ablate --jobs 2` reaches each running run (which saves a checkpoint and exits) before the
+    grid exits; no run process is left training on its own."""
+    import signal
+    import time
+
+    script = f"""
+import sys
+sys.path.insert(0, {str(ROOT)!r})
+from pathlib import Path
+from kexaone.pipeline import ablate as A
+child = '''
+import signal, sys, time
+from pathlib import Path
+d = Path(sys.argv[1])
+def stop(*_):
+    (d / "stopped").write_text("SIGTERM")
+    sys.exit(130)
+signal.signal(signal.SIGTERM, stop)
+(d / "started").write_text("")
+time.sleep(60)
+'''
+A.run_one_command = lambda out, budget, v, s, threads: [sys.executable, "-c", child, str(A.run_dir(out, v, s))]
+A._sigterm_stops_the_grid()
+try:
+    A._run_parallel(Path({str(tmp_path)!r}), A.BUDGETS["smoke"], [("baseline", 0), ("no-mtp", 0)], 2, 1, print)
+except KeyboardInterrupt as e:
+    print("grid stopped by", e)
+    sys.exit(130)
+"""
+    grid = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+    runs = [A.run_dir(tmp_path, v, 0) for v in ("baseline", "no-mtp")]
+    deadline = time.monotonic() + 60
+    while not all((d / "started").exists() for d in runs):
+        assert time.monotonic() < deadline and grid.poll() is None, grid.stdout.read() if grid.poll() else ""
+        time.sleep(0.1)
+    grid.send_signal(signal.SIGTERM)
+    out, _ = grid.communicate(timeout=60)
+    assert grid.returncode == 130 and "grid stopped by SIGTERM" in out, out
+    assert out.count("stopping (SIGTERM to pid") == 2
+    # each run got the signal and exited before the grid did
+    assert all((d / "stopped").read_text() == "SIGTERM" for d in runs)

@@ -10,7 +10,12 @@ Layout of DIR:
 - `runs/<variant>/seed<k>/`: one run: `train/` (the `kexaone pretrain` run: checkpoints, metrics.jsonl, model),
   `eval/` (the harness's results.json and samples), `summary.json` (written last: the run is finished).
 A finished run (summary.json present) is skipped; an unfinished one resumes: training from its last checkpoint,
-the harness from its stored samples. `--jobs N` runs N (variant, seed) runs at once as separate processes.
+the harness from its stored samples. `--jobs N` runs N (variant, seed) runs at once as separate processes; stopping
+the grid (Ctrl-C or SIGTERM) stops them first, each saving a checkpoint. A run's `lock` file names the process
+running it, so two grids on one directory never train the same run at once.
+
+Learning rates: `NAME@lr=X` is variant NAME at learning rate X. Sweeping the baseline (Muon) and `adamw` over a few
+rates (`--variants adamw,adamw@lr=0.001,baseline@lr=0.01`) gives the report's comparison at tuned learning rates.
 
 Seeds: the baseline always gets at least 2. `--max-seeds M` (> --seeds) adds seeds automatically: after each
 round, every variant whose held-out bits-per-byte delta is within 3 standard errors of zero (noise: the pooled
@@ -26,6 +31,7 @@ Not here: the variants (ablate_variants), the statistics and report (kexaone.rep
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import math
@@ -180,9 +186,21 @@ def run(args: argparse.Namespace) -> int:
 
         print(write_report(out))
         return 0
+    _sigterm_stops_the_grid()
     ablate(out, budget, [v.name for v in variants], args.seeds, max_seeds=args.max_seeds, jobs=args.jobs,
            threads=args.threads)
     return 0
+
+
+def _sigterm_stops_the_grid() -> None:
+    """SIGTERM to the grid process stops it as Ctrl-C does (its running runs are stopped first), instead of
+    leaving them to train on unattended."""
+    import signal
+
+    def handler(signum, frame):
+        raise KeyboardInterrupt(signal.Signals(signum).name)
+
+    signal.signal(signal.SIGTERM, handler)
 
 
 # ---------------------------------------------------------------------------------------------- the grid
@@ -253,34 +271,67 @@ def ablate(out: Path, budget: AblationBudget, variants: list[str], seeds: int, *
     return path
 
 
+def run_one_command(out: Path, budget: AblationBudget, variant: str, seed: int, threads: int) -> list[str]:
+    """The command line of one (variant, seed) run in its own process."""
+    return [sys.executable, "-m", "kexaone", "ablate", "--budget", budget.name, "--out", str(out),
+            "--threads", str(threads), "--run-one", variant, str(seed)]
+
+
+STOP_GRACE_S = 300.0
+"""How long a stopped grid waits for its runs to save a checkpoint and exit before it kills them."""
+
+
 def _run_parallel(out: Path, budget: AblationBudget, pending: list[tuple[str, int]], jobs: int, threads: int,
                   log) -> None:
-    """Each run in its own process (`kexaone ablate --run-one`), at most `jobs` at once; logs in the run dir."""
+    """Each run in its own process (`kexaone ablate --run-one`), at most `jobs` at once; logs in the run dir.
+    When the grid is stopped (Ctrl-C, or SIGTERM through the CLI), the runs get SIGTERM, save a checkpoint and
+    exit before the grid does, so no run keeps training unattended and a re-run resumes each of them."""
     queue = list(pending)
     running: list[tuple[subprocess.Popen, str, int, Any]] = []
     failed = []
-    while queue or running:
-        while queue and len(running) < jobs:
-            v, s = queue.pop(0)
-            d = run_dir(out, v, s)
-            d.mkdir(parents=True, exist_ok=True)
-            logf = open(d / "log.txt", "a", encoding="utf-8")
-            cmd = [sys.executable, "-m", "kexaone", "ablate", "--budget", budget.name, "--out", str(out),
-                   "--threads", str(threads), "--run-one", v, str(s)]
-            running.append((subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, env=os.environ.copy()),
-                            v, s, logf))
-            log(f"[ablate] {v} seed {s}: started (pid {running[-1][0].pid})")
-        time.sleep(1.0)
-        for item in list(running):
-            p, v, s, logf = item
-            if p.poll() is not None:
-                logf.close()
-                running.remove(item)
-                log(f"[ablate] {v} seed {s}: exit {p.returncode}")
-                if p.returncode != 0:
-                    failed.append((v, s))
+    try:
+        while queue or running:
+            while queue and len(running) < jobs:
+                v, s = queue.pop(0)
+                d = run_dir(out, v, s)
+                d.mkdir(parents=True, exist_ok=True)
+                logf = open(d / "log.txt", "a", encoding="utf-8")
+                proc = subprocess.Popen(run_one_command(out, budget, v, s, threads), stdout=logf,
+                                        stderr=subprocess.STDOUT, env=os.environ.copy())
+                running.append((proc, v, s, logf))
+                log(f"[ablate] {v} seed {s}: started (pid {proc.pid})")
+            time.sleep(1.0)
+            for item in list(running):
+                p, v, s, logf = item
+                if p.poll() is not None:
+                    logf.close()
+                    running.remove(item)
+                    log(f"[ablate] {v} seed {s}: exit {p.returncode}")
+                    if p.returncode != 0:
+                        failed.append((v, s))
+    except BaseException:
+        _stop_runs(running, log)
+        raise
     if failed:
         raise RuntimeError(f"runs failed (see their log.txt): {failed}")
+
+
+def _stop_runs(running: list[tuple[subprocess.Popen, str, int, Any]], log) -> None:
+    import signal
+
+    for p, v, s, _ in running:
+        if p.poll() is None:
+            log(f"[ablate] {v} seed {s}: stopping (SIGTERM to pid {p.pid}; it saves a checkpoint)")
+            p.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + STOP_GRACE_S
+    for p, v, s, logf in running:
+        try:
+            p.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            log(f"[ablate] {v} seed {s}: no exit after {STOP_GRACE_S:.0f} s, killed")
+            p.kill()
+            p.wait()
+        logf.close()
 
 
 # ---------------------------------------------------------------------------------------------- shared inputs
@@ -456,6 +507,56 @@ def run_one(out: Path, budget: AblationBudget, variant: Any, seed: int, threads:
     if (d / "summary.json").is_file():
         return json.loads((d / "summary.json").read_text(encoding="utf-8"))
     d.mkdir(parents=True, exist_ok=True)
+    with run_lock(d):
+        return _run_locked(out, budget, variant, seed, threads, log)
+
+
+@contextlib.contextmanager
+def run_lock(d: Path):
+    """DIR/lock holds the pid of the one process running this (variant, seed): a second grid started on the same
+    directory meanwhile fails this run with a clear error instead of training it twice into the same files. A lock
+    left by a process that died is taken over."""
+    path = d / "lock"
+    while True:
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            holder = _lock_holder(path)
+            if holder is not None:
+                raise RuntimeError(f"{d} is being run by process {holder}; wait for it to finish or stop it")
+            path.unlink(missing_ok=True)  # its process is gone
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(str(os.getpid()))
+        break
+    try:
+        yield
+    finally:
+        path.unlink(missing_ok=True)
+
+
+def _lock_holder(path: Path) -> int | str | None:
+    """The live process holding a lock file, or None when it is gone."""
+    try:
+        text = path.read_text().strip()
+        age = time.time() - path.stat().st_mtime
+    except FileNotFoundError:
+        return None
+    if not text.isdigit():
+        return "(starting)" if age < 10 else None  # created, pid not written yet; or left half-written
+    try:
+        os.kill(int(text), 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return int(text)
+
+
+def _run_locked(out: Path, budget: AblationBudget, variant: Any, seed: int, threads: int, log) -> dict:
+    d = run_dir(out, variant.name, seed)
+    if (d / "summary.json").is_file():  # finished by another process between the check and the lock
+        return json.loads((d / "summary.json").read_text(encoding="utf-8"))
     t0 = time.perf_counter()
     tr = _train(out, budget, variant, seed, threads, log)
     curves = training_curves(d / "train" / "metrics.jsonl")

@@ -105,6 +105,8 @@ def test_expert_loads_and_plot(tmp_path):
     log.close()
     steps, loads = read_expert_loads(tmp_path)
     assert steps == [1, 2] and loads.shape == (2, 3, 4) and loads[1, 0, 0] == 2.0
+    # one file for the whole run, not one per step
+    assert sorted(p.name for p in tmp_path.iterdir() if "expert_load" in p.name) == ["expert_load.jsonl"]
     png = plot_loss_curve(tmp_path / "metrics.jsonl", tmp_path / "loss.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(FileNotFoundError):
@@ -165,3 +167,22 @@ def test_thread_count_choice(monkeypatch):
         assert set_threads(TrainConfig(), DistInfo()) == 2
     finally:
         torch.set_num_threads(old)
+
+
+def test_expert_loads_resumed_torn_and_legacy(tmp_path):
+    """A resumed run repeats steps (the last record wins), a crash can tear the last line (skipped), and runs
+    written before expert_load.jsonl kept one .npy per step (still read)."""
+    legacy = tmp_path / "expert_load"
+    legacy.mkdir()
+    np.save(legacy / "step_00000001.npy", np.full((2, 2), 1.0, dtype=np.float32))
+    log = MetricsLogger(tmp_path)
+    log.save_expert_load(2, np.full((2, 2), 2.0))
+    log.save_expert_load(3, np.full((2, 2), 3.0))
+    log.close()
+    resumed = MetricsLogger(tmp_path, resume_offset=0)
+    resumed.save_expert_load(3, np.full((2, 2), 30.0))
+    resumed.close()
+    with open(tmp_path / "expert_load.jsonl", "a") as f:
+        f.write('{"step": 4, "load": [[4.0, 4')
+    steps, loads = read_expert_loads(tmp_path)
+    assert steps == [1, 2, 3] and loads[:, 0, 0].tolist() == [1.0, 2.0, 30.0]

@@ -11,7 +11,7 @@ File formats read (written by kexaone.pipeline.recipe):
 - `tokenizer/tokenizer_eval.json`: {"vocab_size", "baseline_vocab_size", "train_bytes", "superword_share",
   "seconds", "baseline_seconds", "rows": [{"group", "bytes", "superbpe_tokens", "bpe_tokens"}]}
 - the pre-training directory: `metrics.jsonl` (records of kind "config" / "train" / "eval" / "stage", see
-  kexaone.train.metrics), `expert_load/step_*.npy` ([L, E] load matrices) and `model/config.json`
+  kexaone.train.metrics), `expert_load.jsonl` ([L, E] load matrices per logged step) and `model/config.json`
 - `evaluate/eval.json`: {"heldout": [HeldoutResult], "heldout_untrained": [...], "tasks": [TaskResult],
   "models": [per-model record, kexaone.pipeline.evaluate_stage]}
 - `generate/generation.json`: {"samples": [Sample], "speed": SpeedResult, "speed_by_draft_tokens": [...]}
@@ -354,7 +354,7 @@ def _expert_load(run: _Run, out: dict[str, Any]) -> ExpertLoadData | Missing | N
 
     try:
         steps, loads = read_expert_loads(run.path(out["out_dir"]))
-    except FileNotFoundError:  # raised only when the directory holds no step_*.npy
+    except FileNotFoundError:  # raised only when the run saved no expert-load matrix
         return Missing("no expert-load matrices were saved.")
     return ExpertLoadData(steps[-1], loads[-1], _moe_layer_names(run, out, loads.shape[1]))
 

@@ -211,7 +211,7 @@ class CheckpointSection:
     """output, checkpoints, evaluation"""
 
     out: str = "runs/pretrain"
-    """output directory: checkpoints/, metrics.jsonl, loss_curve.png, expert_load/, tokenizer/, model/, result.json"""
+    """output directory: checkpoints/, metrics.jsonl, loss_curve.png, expert_load.jsonl, tokenizer/, model/, result.json"""
     resume: bool = False
     """continue from the latest checkpoint in <out>/checkpoints (an error if there is none)"""
     save_every: int = 100

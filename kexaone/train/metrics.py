@@ -1,5 +1,5 @@
 """Training metrics: a JSONL log (one JSON object per line), optional TensorBoard mirroring, per-step expert-load
-matrices for heat maps, and the loss-curve plot.
+matrices for heat maps (one append-only `expert_load.jsonl` per run, not one file per step), and the loss-curve plot.
 
 The JSONL file is append-only; its byte length is stored in every checkpoint so that a resumed run truncates the
 lines written after that checkpoint and the file reads as one uninterrupted run. Only rank 0 writes (the caller
@@ -18,9 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from kexaone.utils.io import atomic_open, atomic_write_bytes
+from kexaone.utils.io import atomic_open
 
-LOAD_DIR = "expert_load"
+LOAD_FILE = "expert_load.jsonl"
+LEGACY_LOAD_DIR = "expert_load"
+"""Where runs before expert_load.jsonl wrote one step_XXXXXXXX.npy per step; still read."""
 
 
 def _jsonable(v: Any) -> Any:
@@ -49,6 +51,7 @@ class MetricsLogger:
         self.out_dir = Path(out_dir)
         self.path = self.out_dir / filename
         self._file = None
+        self._load_file = None
         self._tb = None
         if not enabled:
             return
@@ -90,26 +93,26 @@ class MetricsLogger:
                     self._tb.add_scalar(f"{kind}/{k}", v, record["step"])
 
     def save_expert_load(self, step: int, load_LE: Any) -> Path | None:
-        """Write the [L, E] expert-load matrix (routed token-slot counts per MoE layer and expert) of one step to
-        `<dir>/expert_load/step_XXXXXXXX.npy` for heat maps."""
+        """Append the [L, E] expert-load matrix (routed token-slot counts per MoE layer and expert) of one step to
+        `<dir>/expert_load.jsonl` as `{"step": s, "load": [[...], ...]}`. Flushed, not fsynced: a line torn by a
+        crash is skipped when read, and a resumed run's repeated steps are resolved by the last line."""
         if not self.enabled:
             return None
         arr = np.asarray(load_LE.detach().cpu().double().numpy() if hasattr(load_LE, "detach") else load_LE,
                          dtype=np.float32)
-        d = self.out_dir / LOAD_DIR
-        d.mkdir(parents=True, exist_ok=True)
-        path = d / f"step_{step:08d}.npy"
-        import io
-
-        buf = io.BytesIO()
-        np.save(buf, arr)
-        atomic_write_bytes(path, buf.getvalue())
-        return path
+        if self._load_file is None:
+            self._load_file = open(self.out_dir / LOAD_FILE, "a", encoding="utf-8")
+        self._load_file.write(json.dumps({"step": int(step), "load": arr.tolist()}) + "\n")
+        self._load_file.flush()
+        return self.out_dir / LOAD_FILE
 
     def close(self) -> None:
         if self._file is not None:
             self._file.close()
             self._file = None
+        if self._load_file is not None:
+            self._load_file.close()
+            self._load_file = None
         if self._tb is not None:
             self._tb.close()
             self._tb = None
@@ -130,13 +133,24 @@ def read_metrics(path: str | os.PathLike, kind: str | None = None) -> list[dict[
 
 
 def read_expert_loads(out_dir: str | os.PathLike) -> tuple[list[int], np.ndarray]:
-    """(steps, loads [S, L, E]) from `<out_dir>/expert_load/` in step order (for the speedrun's heat map)."""
-    d = Path(out_dir) / LOAD_DIR
-    files = sorted(d.glob("step_*.npy")) if d.is_dir() else []
-    if not files:
-        raise FileNotFoundError(f"no expert-load matrices under {d}")
-    steps = [int(f.stem.split("_")[1]) for f in files]
-    return steps, np.stack([np.load(f) for f in files])
+    """(steps, loads [S, L, E]) in step order from `<out_dir>/expert_load.jsonl` (and the per-step .npy files of
+    older runs); the last record of a step wins. FileNotFoundError when there is none."""
+    out_dir = Path(out_dir)
+    by_step: dict[int, np.ndarray] = {}
+    legacy = out_dir / LEGACY_LOAD_DIR
+    for f in sorted(legacy.glob("step_*.npy")) if legacy.is_dir() else []:
+        by_step[int(f.stem.split("_")[1])] = np.load(f)
+    if (out_dir / LOAD_FILE).is_file():
+        for line in (out_dir / LOAD_FILE).read_text(encoding="utf-8").splitlines():
+            try:
+                rec = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # torn by a crash
+            by_step[int(rec["step"])] = np.asarray(rec["load"], dtype=np.float32)
+    if not by_step:
+        raise FileNotFoundError(f"no expert-load matrices in {out_dir / LOAD_FILE}")
+    steps = sorted(by_step)
+    return steps, np.stack([by_step[s] for s in steps])
 
 
 def plot_loss_curve(metrics_path: str | os.PathLike, out_png: str | os.PathLike,

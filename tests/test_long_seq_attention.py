@@ -63,7 +63,7 @@ def test_model_logits_equal_masked_path_on_packed_rows(monkeypatch):
     ids = torch.randint(1, cfg.vocab_size, doc.shape)
     with torch.no_grad():
         fast = model(ids, doc_ids=doc).logits
-        monkeypatch.setattr(attn, "_documents_varlen", lambda q, k, v, *, doc_BT, scale: attn._masked_chunked(
+        monkeypatch.setattr(attn, "_documents_varlen", lambda q, k, v, *, doc_BT, scale, spans=None: attn._masked_chunked(
             q, k, v, scale=scale, window=None, key_valid_BS=None, doc_q_BT=doc_BT, doc_k_BS=doc_BT))
         slow = model(ids, doc_ids=doc).logits
     assert torch.allclose(fast, slow, atol=1e-5), (fast - slow).abs().max()
@@ -91,3 +91,36 @@ def test_no_t_by_t_allocation(monkeypatch):
         else:
             assert kw.get("is_causal")  # one whole document: flash/causal, no mask at all
     assert max(m[-1] for _, _, m, _ in seen if m is not None) <= group
+
+
+def test_rows_document_spans_equal_a_per_row_reference():
+    """The batched spans (one host read of all boundaries) equal spans found row by row from the ids alone."""
+    g = torch.Generator().manual_seed(0)
+
+    def reference(doc_T, group):  # independent: walk the ids, close a group when the next document overflows it
+        ids = doc_T.tolist()
+        docs, s = [], 0
+        for t in range(1, len(ids) + 1):
+            if t == len(ids) or ids[t] != ids[t - 1]:
+                docs.append((s, t))
+                s = t
+        out, cur = [], []
+        for s, e in docs:
+            if cur and e - cur[0][0] > group:
+                out.append((cur[0][0], cur[-1][1], len(cur) == 1))
+                cur = []
+            if e - s > group:
+                out.append((s, e, True))
+            else:
+                cur.append((s, e))
+        if cur:
+            out.append((cur[0][0], cur[-1][1], len(cur) == 1))
+        return out
+
+    for _ in range(20):
+        lengths = [[int(x) for x in torch.randint(1, 40, (6,), generator=g)] for _ in range(3)]
+        T = max(sum(row) for row in lengths)
+        rows = [_packed_doc_ids([row + ([T - sum(row)] if sum(row) < T else [])])[0] for row in lengths]
+        doc = torch.stack(rows)
+        for group in (8, 32, 64):
+            assert attn.rows_document_spans(doc, group) == [reference(r, group) for r in doc]

@@ -22,7 +22,8 @@ It does not own the KV cache (cache.py) or decide positions (transformer.py).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -49,6 +50,14 @@ class AttentionInputs:
     """Without a cache: False where a key is padding (attention_mask == 0). None: all valid."""
     doc_ids_BT: torch.Tensor | None = None
     """Packed-document ids: attention never crosses a change of id. None: one document per row."""
+    _spans: list[list[tuple[int, int, bool]]] | None = field(default=None, repr=False)
+
+    def document_spans(self, b: int) -> list[tuple[int, int, bool]]:
+        """Row b's `document_spans`, computed for every row by the first global layer that needs them and reused by
+        the others: the boundaries are read on the host once per forward, not once per row and layer."""
+        if self._spans is None:
+            self._spans = rows_document_spans(self.doc_ids_BT)
+        return self._spans[b]
 
 
 def _band(q_idx: torch.Tensor, k_idx: torch.Tensor, window: int | None) -> torch.Tensor:
@@ -63,11 +72,12 @@ def _band(q_idx: torch.Tensor, k_idx: torch.Tensor, window: int | None) -> torch
 def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, scale: float,
            window: int | None, key_valid_BS: torch.Tensor | None = None,
            doc_q_BT: torch.Tensor | None = None, doc_k_BS: torch.Tensor | None = None,
-           block: int | None = None) -> torch.Tensor:
+           block: int | None = None, doc_spans: Callable[[int], list] | None = None) -> torch.Tensor:
     """Causal (optionally windowed) GQA attention where the T queries are the last T of the S keys.
 
     key_valid_BS masks keys (left padding); doc_q/doc_k forbid crossing documents. A query always sees itself, so a
-    padded query gets a finite (ignored) output instead of NaN. Returns [B, H, T, D].
+    padded query gets a finite (ignored) output instead of NaN. doc_spans(b): row b's `document_spans` of doc_q
+    when the caller has them (AttentionInputs.document_spans), else they are computed here. Returns [B, H, T, D].
     """
     T, S = q_BHTD.shape[2], k_BhSD.shape[2]
     assert S >= T, "queries must be the last T of the keys"
@@ -78,7 +88,7 @@ def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, 
         return _local_blocked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
                               doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS, block=block)
     if window is None and doc_q_BT is not None and key_valid_BS is None and T == S and doc_k_BS is not None:
-        return _documents_varlen(q_BHTD, k_BhSD, v_BhSD, doc_BT=doc_q_BT, scale=scale)
+        return _documents_varlen(q_BHTD, k_BhSD, v_BhSD, doc_BT=doc_q_BT, scale=scale, spans=doc_spans)
     needs_mask = window is not None or key_valid_BS is not None or doc_q_BT is not None
     if not needs_mask and T == S:
         return F.scaled_dot_product_attention(q_BHTD, k_BhSD, v_BhSD, is_causal=T > 1, scale=scale, enable_gqa=gqa)
@@ -121,33 +131,47 @@ def document_spans(doc_T: torch.Tensor, group: int = DOC_GROUP) -> list[tuple[in
     """The spans one row's attention is computed in: (start, end, single) with `single` True when the span is one
     document (attended with is_causal), False when it groups several short whole documents (a block-diagonal mask).
     Spans tile [0, T) in order; a document never straddles two spans."""
-    T = int(doc_T.shape[0])
-    change = torch.nonzero(doc_T[1:] != doc_T[:-1]).flatten().add_(1).tolist()
-    bounds = [0, *change, T]
+    return rows_document_spans(doc_T[None], group)[0]
+
+
+def rows_document_spans(doc_BT: torch.Tensor, group: int = DOC_GROUP) -> list[list[tuple[int, int, bool]]]:
+    """`document_spans` of every row, from one host read of the document boundaries of the whole batch."""
+    B, T = doc_BT.shape
+    changes: list[list[int]] = [[] for _ in range(B)]
+    for b, t in torch.nonzero(doc_BT[:, 1:] != doc_BT[:, :-1]).tolist():
+        changes[b].append(t + 1)
+    return [_spans_from_bounds([0, *c, T], group) for c in changes]
+
+
+def _spans_from_bounds(bounds: list[int], group: int) -> list[tuple[int, int, bool]]:
+    """Long documents (> group tokens) alone; runs of short ones grouped up to `group` tokens. Adjacent documents
+    differ in id, so a group is one document exactly when one document went into it."""
     spans: list[tuple[int, int, bool]] = []
-    start = None  # start of the open group of short documents
+    start, n_docs = None, 0  # the open group of short documents
     for s, e in zip(bounds[:-1], bounds[1:]):
         if start is not None and e - start > group:
-            spans.append((start, s, False))
+            spans.append((start, s, n_docs == 1))
             start = None
         if e - s > group:
             spans.append((s, e, True))
         elif start is None:
-            start = s
+            start, n_docs = s, 1
+        else:
+            n_docs += 1
     if start is not None:
-        spans.append((start, T, False))
-    # A group that holds one document only is causal too (no mask needed).
-    return [(s, e, single or int((doc_T[s:e] != doc_T[s]).sum()) == 0) for s, e, single in spans]
+        spans.append((start, bounds[-1], n_docs == 1))
+    return spans
 
 
-def _documents_varlen(q_BHTD, k_BhSD, v_BhSD, *, doc_BT, scale, group: int = DOC_GROUP) -> torch.Tensor:
+def _documents_varlen(q_BHTD, k_BhSD, v_BhSD, *, doc_BT, scale, group: int = DOC_GROUP,
+                      spans: Callable[[int], list] | None = None) -> torch.Tensor:
     """Causal attention within each document of packed rows, never across (see the module docstring)."""
     B, H, T, D = q_BHTD.shape
     gqa = H != k_BhSD.shape[1]
     rows = []
     for b in range(B):
         parts = []
-        for s, e, single in document_spans(doc_BT[b], group):
+        for s, e, single in (spans(b) if spans is not None else document_spans(doc_BT[b], group)):
             q, k, v = q_BHTD[b:b + 1, :, s:e], k_BhSD[b:b + 1, :, s:e], v_BhSD[b:b + 1, :, s:e]
             if single:
                 parts.append(F.scaled_dot_product_attention(q, k, v, is_causal=e - s > 1, scale=scale,
@@ -252,5 +276,6 @@ class Attention(nn.Module):
             valid = cache.key_valid(self.layer_idx, key_start, k.shape[2])
             doc_k = None
         o = attend(q, k, v, scale=self.scale, window=self.window, key_valid_BS=valid,
-                   doc_q_BT=inputs.doc_ids_BT, doc_k_BS=doc_k)
+                   doc_q_BT=inputs.doc_ids_BT, doc_k_BS=doc_k,
+                   doc_spans=inputs.document_spans if inputs.doc_ids_BT is not None else None)
         return self.o_proj(o.transpose(1, 2).reshape(B, T, self.num_heads * self.head_dim))

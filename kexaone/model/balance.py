@@ -72,15 +72,19 @@ def update_expert_biases(model: nn.Module, rate: float,
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(counts_LE, op=dist.ReduceOp.SUM, group=process_group)
     load_LE = counts_LE.double()
-    max_vio: list[float] = []
-    for layer, load_E in zip(layers, load_LE):
-        max_vio.append(max_violation(load_E))
-        if rate > 0 and float(load_E.sum()) > 0:
-            bias = layer.gate.e_score_correction_bias
-            step_E = torch.sign(load_E.mean() - load_E) * rate
-            step_E -= step_E.mean()
-            bias += step_E.to(bias.dtype)
+    # Every layer at once, and one host read (the MaxVio list) for the whole update instead of two per layer.
+    mean_L1 = load_LE.mean(dim=1, keepdim=True)
+    busy_L1 = mean_L1 > 0  # a layer that routed nothing keeps its bias and has MaxVio 0
+    vio_L = torch.where(busy_L1, (load_LE.amax(dim=1, keepdim=True) - mean_L1) / mean_L1.clamp_min(1e-300), 0.0)
+    if rate > 0:
+        step_LE = torch.sign(mean_L1 - load_LE) * rate
+        step_LE -= step_LE.mean(dim=1, keepdim=True)
+        step_LE *= busy_L1
+        for layer, step_E in zip(layers, step_LE):
+            layer.gate.e_score_correction_bias += step_E.to(layer.gate.e_score_correction_bias.dtype)
+    for layer in layers:
         layer.tokens_per_expert.zero_()
+    max_vio = vio_L.squeeze(1).tolist()
     return BalanceStats(load=load_LE.cpu(), max_vio=max_vio)
 
 

@@ -203,9 +203,9 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise RuntimeError("Muon does not support sparse gradients")
             state = self.state[p]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                state["step"] = 0.0
                 state["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
+            state["step"] = float(state["step"]) + 1.0  # a Python number, as in the AdamW groups
             buf = state["momentum_buffer"]
             buf.mul_(mu).add_(g)
             update = g.add(buf, alpha=mu) if group["nesterov"] else buf
@@ -226,11 +226,12 @@ class MuonAdamW(torch.optim.Optimizer):
                 raise RuntimeError("AdamW does not support sparse gradients")
             state = self.state[p]
             if not state:
-                state["step"] = torch.tensor(0.0)
+                state["step"] = 0.0
                 state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            state["step"] += 1
-            step = state["step"].item()
+            # The step count is a Python number, not a tensor read back every step (one host read per parameter);
+            # float() also takes the tensor older checkpoints stored, once.
+            step = state["step"] = float(state["step"]) + 1.0
             exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
             # Same operation order as torch.optim.AdamW's single-tensor path, so results match it to the bit.
             p.mul_(1.0 - lr * wd)

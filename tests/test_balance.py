@@ -60,6 +60,21 @@ def test_update_rule_sign_and_zero_mean():
         update_expert_biases(model, rate=-1.0)
 
 
+def test_all_layers_at_once_equal_the_one_layer_definition():
+    """The update runs on every layer at once; its MaxVio per layer equals `max_violation` of that layer's load, and
+    a layer that routed nothing keeps its bias (MaxVio 0)."""
+    g = torch.Generator().manual_seed(0)
+    model = TwoMoE(small_cfg(num_experts=8))
+    loads = torch.randint(0, 50, (8,), generator=g)
+    model.a.tokens_per_expert.copy_(loads)
+    model.inner[1].gate.e_score_correction_bias.fill_(0.25)
+    stats = update_expert_biases(model, rate=1e-3)
+    assert stats.max_vio == pytest.approx([max_violation(loads), 0.0], rel=1e-12)
+    assert torch.equal(model.inner[1].gate.e_score_correction_bias, torch.full((8,), 0.25))
+    step = torch.sign(loads.double().mean() - loads.double()) * 1e-3
+    torch.testing.assert_close(model.a.gate.e_score_correction_bias, (step - step.mean()).float(), rtol=0, atol=0)
+
+
 def test_counts_accumulate_over_micro_batches_until_update():
     torch.manual_seed(0)
     cfg = small_cfg()

@@ -37,6 +37,7 @@ TOPICS = [
     ("long_seq_16k.md", "benchmarks/bench_long_seq.py --lengths 8192,16384 --steps 1 --modes on --name long_seq_16k"),
     ("long_seq_32k.md", "benchmarks/bench_long_seq.py --lengths 32768 --steps 1 --modes on,off --name long_seq_32k"),
     ("ablations.md", "kexaone ablate (its report)"),
+    ("ablations_cpu.md", "kexaone ablate --budget cpu (its report; commands inside)"),
 ]
 
 HEADER = """# Benchmarks

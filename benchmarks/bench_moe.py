@@ -6,9 +6,13 @@ training step (forward + backward) and forward only, tokens/s. transformers' own
 measured too, for reference. Runs are interleaved (A, B, C, A, B, C, ...) and the median is kept, because this
 machine is shared and noisy; ratios are what to read.
 
-    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 5] [--threads N]
+A second table sweeps `CPU_LOWP_ROW_BUCKET` (each expert's rows rounded up to a multiple of it in bf16 on CPU, so
+oneDNN reuses its per-shape kernels) on a bf16 training step with fresh tokens, so fresh routing, every step, as in
+training: the first table reuses one batch, whose shapes are cached after the warm-up.
 
-Prints a markdown table and writes it, with a machine description, to benchmarks/results/moe.md.
+    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 5] [--threads N] [--buckets 1,16,64]
+
+Prints markdown tables and writes them, with a machine description, to benchmarks/results/moe.md.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from pathlib import Path
 import torch
 
 from kexaone.config import KExaoneConfig
+from kexaone.model.moe import CPU_LOWP_ROW_BUCKET as _DEFAULT_BUCKET
 from kexaone.model.moe import KExaoneMoE
 from kexaone.report.machine import cpu_model
 from kexaone.utils.io import atomic_write_text
@@ -79,6 +84,28 @@ def measure(layers: dict, x: torch.Tensor, fn, repeats: int, autocast: bool) -> 
             for name, ts in times.items()}
 
 
+def bucket_sweep(cfg: KExaoneConfig, b: int, t: int, buckets: list[int], repeats: int) -> list[tuple[int, float, float]]:
+    """(bucket, median wall s, median CPU s) of one bf16-autocast forward + backward of kexaone's layer, fresh
+    tokens every step (new routing, new per-expert row counts); buckets interleaved, 3 warm-up steps each."""
+    import kexaone.model.moe as moe_mod
+
+    layer = build(cfg)["kexaone grouped"]
+    gen = torch.Generator().manual_seed(1)
+    times: dict[int, list[tuple[float, float]]] = {k: [] for k in buckets}
+    for step in range(repeats + 3):
+        for bucket in buckets:
+            moe_mod.CPU_LOWP_ROW_BUCKET = bucket
+            x = torch.randn(b, t, cfg.hidden_size, generator=gen, requires_grad=True)
+            layer.zero_grad(set_to_none=True)
+            w0, c0 = time.perf_counter(), time.process_time()
+            with torch.autocast("cpu", dtype=torch.bfloat16):
+                train_step(layer, x)
+            if step >= 3:
+                times[bucket].append((time.perf_counter() - w0, time.process_time() - c0))
+    moe_mod.CPU_LOWP_ROW_BUCKET = _DEFAULT_BUCKET
+    return [(k, statistics.median(w for w, _ in ts), statistics.median(c for _, c in ts)) for k, ts in times.items()]
+
+
 def check_same_output(layers: dict, x: torch.Tensor) -> float:
     with torch.no_grad():
         outs = [layer(x) for layer in layers.values()]
@@ -90,6 +117,8 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch (batch 4 x tokens/4)")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--buckets", default="1,16,32,64,128",
+                    help="CPU bf16 expert row buckets to sweep (comma-separated; empty: no sweep)")
     ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/moe.md")
     args = ap.parse_args()
     if args.threads > 0:
@@ -119,6 +148,13 @@ def main() -> int:
             print(f"{label:40s} {mode:28s} "
                   + "  ".join(f"{n}: {b * t / w:,.0f} tok/s" for n, (w, _) in med.items()), flush=True)
 
+    sweep = []
+    for label, cfg in setups:
+        if args.buckets:
+            for bucket, wall, cpu in bucket_sweep(cfg, b, t, [int(v) for v in args.buckets.split(",")], args.repeats):
+                sweep.append((label, bucket, b * t / wall, b * t / cpu))
+                print(f"{label:40s} bucket {bucket:4d}: {b * t / wall:,.0f} tok/s", flush=True)
+
     header = ["setup", "mode", "implementation", "tokens/s (wall)", "speed-up vs transformers eager (wall)",
               "speed-up (CPU time)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -129,6 +165,20 @@ def main() -> int:
                f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
                f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
     table = "\n".join(lines)
+    sweep_lines = ["| setup | row bucket | tokens/s (wall) | tokens/s (CPU time) | vs bucket 1 (CPU time) |",
+                   "|---|---|---|---|---|"]
+    unpadded = {label: tps_cpu for label, bucket, _, tps_cpu in sweep if bucket == 1}
+    for label, bucket, tps, tps_cpu in sweep:
+        base = unpadded.get(label, float("nan"))
+        sweep_lines.append(f"| {label} | {bucket}{' (default)' if bucket == _DEFAULT_BUCKET else ''} | {tps:,.0f} | "
+                           f"{tps_cpu:,.0f} | {tps_cpu / base:.2f}x |")
+    sweep_text = ("" if not sweep else
+                  "\n## Row bucket of the CPU bf16 expert matmuls\n\n"
+                  "bf16-autocast forward + backward of kexaone's layer with fresh tokens every step (so fresh "
+                  "routing and new per-expert row counts, as in training), each expert's rows rounded up to a "
+                  "multiple of the bucket (1 = unpadded). oneDNN builds a kernel for every new matmul shape; the "
+                  f"bucket bounds the shapes. Median of {args.repeats} steps after 3 warm-up steps, interleaved.\n\n"
+                  + "\n".join(sweep_lines) + "\n")
     text = (
         "# MoE layer: kexaone grouped vs transformers exaone_moe\n\n"
         f"One sparse layer at `small` width (H {small.hidden_size}, expert SwiGLU {small.moe_intermediate_size}, "
@@ -137,9 +187,11 @@ def main() -> int:
         f"Machine: {machine}. Shared machine: read the ratios, not the absolute numbers.\n\n"
         f"Command: `nice -n 10 python benchmarks/bench_moe.py --tokens {args.tokens} --repeats {args.repeats}`\n\n"
         f"{table}\n"
+        f"{sweep_text}"
     )
     print()
     print(table)
+    print(sweep_text)
     if not args.no_write:
         RESULTS.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_text(RESULTS, text)

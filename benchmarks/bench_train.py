@@ -3,11 +3,13 @@
 1. throughput: training tokens/s and MFU of the `small` preset, kexaone's Trainer step (bf16 and fp32, Muon and
    AdamW) vs a plain `transformers` ExaoneMoeForCausalLM + torch.optim.AdamW loop on the same config and batches.
    Systems are interleaved round by round; the median step time of each is reported.
-2. optimizers: held-out loss after a fixed token budget, Muon vs AdamW, each at its best LR of a small sweep.
-3. balance: MaxVio over training with the aux-loss-free bias update off, at the recipe's rate (1e-4), and faster.
+2. precision: kexaone's step in bf16 autocast vs fp32 at the `small` preset and at twice its width, MFU of each
+   against the matmul peak measured in its dtype.
+3. optimizers: held-out loss after a fixed token budget, Muon vs AdamW, each at its best LR of a small sweep.
+4. balance: MaxVio over training with the aux-loss-free bias update off, at the recipe's rate (1e-4), and faster.
 
 Writes benchmarks/results/train.md (markdown tables + machine description) and PNG plots next to it.
-Usage: nice -n 10 python benchmarks/bench_train.py [--parts throughput,optim,balance] [--quick]
+Usage: nice -n 10 python benchmarks/bench_train.py [--parts throughput,precision,optim,balance] [--quick]
 """
 
 from __future__ import annotations
@@ -45,40 +47,59 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- 1. throughput
+def random_batches(vocab_size: int, B: int, T: int):
+    """An endless feed of fresh random batches (one document per row): fresh tokens every step, so fresh routing and
+    new per-expert row counts every step, as in training (a repeated batch would repeat the matmul shapes)."""
+    gen = torch.Generator().manual_seed(0)
+    while True:
+        ids = torch.randint(0, vocab_size, (B, T), generator=gen)
+        yield {"input_ids": ids, "labels": ids.clone(), "doc_ids": torch.zeros_like(ids)}
+
+
+def kexaone_step(cfg, B: int, T: int, precision: str, optimizer: str, out: Path, mtp: bool = True):
+    """One `Trainer.train_step` of a fresh model on random batches, as a zero-argument callable."""
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.config import TrainConfig
+    from kexaone.train.trainer import Trainer
+
+    torch.manual_seed(0)
+    model = KExaoneForCausalLM(cfg)
+    tc = TrainConfig(max_steps=10**6, seq_len=T, batch_size=B, precision=precision, optimizer=optimizer,
+                     out=str(out / f"{precision}-{optimizer}-{mtp}"), progress=False, tensorboard=False,
+                     peak_flops=1.0, warmup_steps=1, mtp_loss_weight=None if mtp else 0.0)
+    trainer = Trainer(model, None, random_batches(cfg.vocab_size, B, T), tc)
+    it = iter(trainer.data)
+    return lambda: trainer.train_step(it)
+
+
+def interleaved_medians(systems: dict, rounds: int, steps: int, warmup: int = 1) -> dict[str, list[float]]:
+    """Step times of every system, run round by round (A, B, C, A, B, C, ...) after `warmup` steps each."""
+    for fn in systems.values():  # allocations, lazy inits, kernels built for each new shape
+        for _ in range(warmup):
+            fn()
+    times: dict[str, list[float]] = {k: [] for k in systems}
+    for r in range(rounds):
+        for name, fn in systems.items():
+            for _ in range(steps):
+                t0 = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - t0)
+            print(f"  round {r + 1}/{rounds} {name}: {times[name][-1]:.2f} s/step", file=sys.stderr)
+    return times
+
+
 def bench_throughput(quick: bool) -> str:
     from transformers import ExaoneMoeConfig, ExaoneMoeForCausalLM
 
     from kexaone.config import KExaoneConfig
     from kexaone.model.info import flops_per_token
-    from kexaone.model.transformer import KExaoneForCausalLM
-    from kexaone.train.config import TrainConfig
-    from kexaone.train.trainer import Trainer, measure_peak_flops
+    from kexaone.train.trainer import measure_peak_flops
 
     cfg = KExaoneConfig.preset("small")
     B, T = (4, 256) if quick else (8, 256)
     rounds, steps = (2, 1) if quick else (3, 2)
-    gen = torch.Generator().manual_seed(0)
-    batches = [torch.randint(0, cfg.vocab_size, (B, T), generator=gen) for _ in range(4)]
-
-    def feed():
-        i = 0
-        while True:
-            ids = batches[i % len(batches)]
-            i += 1
-            yield {"input_ids": ids, "labels": ids.clone(), "doc_ids": torch.zeros_like(ids)}
-
     tmp = Path(tempfile.mkdtemp(prefix="bench-train-"))
     systems = {}
-
-    def kexaone_step(precision: str, optimizer: str, mtp: bool = True):
-        torch.manual_seed(0)
-        model = KExaoneForCausalLM(cfg)
-        tc = TrainConfig(max_steps=10**6, seq_len=T, batch_size=B, precision=precision, optimizer=optimizer,
-                         out=str(tmp / f"{precision}-{optimizer}-{mtp}"), progress=False, tensorboard=False,
-                         peak_flops=1.0, warmup_steps=1, mtp_loss_weight=None if mtp else 0.0)
-        trainer = Trainer(model, None, feed(), tc)
-        it = iter(trainer.data)
-        return lambda: trainer.train_step(it)
 
     def hf_step(precision: str):
         d = cfg.to_hf_dict()
@@ -87,7 +108,7 @@ def bench_throughput(quick: bool) -> str:
         torch.manual_seed(0)
         model = ExaoneMoeForCausalLM(ExaoneMoeConfig(**d)).train()
         opt = torch.optim.AdamW(model.parameters(), lr=3e-4, betas=(0.9, 0.95), weight_decay=0.1)
-        it = feed()
+        it = random_batches(cfg.vocab_size, B, T)
 
         def step():
             batch = next(it)
@@ -100,24 +121,14 @@ def bench_throughput(quick: bool) -> str:
 
         return step
 
-    systems["kexaone bf16, Muon"] = kexaone_step("bf16", "muon")
-    systems["kexaone fp32, Muon"] = kexaone_step("fp32", "muon")
-    systems["kexaone bf16, AdamW"] = kexaone_step("bf16", "adamw")
-    systems["kexaone fp32, AdamW"] = kexaone_step("fp32", "adamw")
-    systems["kexaone bf16, AdamW, no MTP"] = kexaone_step("bf16", "adamw", mtp=False)
-    systems["kexaone fp32, AdamW, no MTP"] = kexaone_step("fp32", "adamw", mtp=False)
+    for opt in ("Muon", "AdamW"):
+        for prec in ("bf16", "fp32"):
+            systems[f"kexaone {prec}, {opt}"] = kexaone_step(cfg, B, T, prec, opt.lower(), tmp)
+    for prec in ("bf16", "fp32"):
+        systems[f"kexaone {prec}, AdamW, no MTP"] = kexaone_step(cfg, B, T, prec, "adamw", tmp, mtp=False)
     systems["transformers fp32, AdamW"] = hf_step("fp32")
     systems["transformers bf16, AdamW"] = hf_step("bf16")
-    for fn in systems.values():  # warm-up (allocations, lazy inits)
-        fn()
-    times: dict[str, list[float]] = {k: [] for k in systems}
-    for r in range(rounds):
-        for name, fn in systems.items():
-            for _ in range(steps):
-                t0 = time.perf_counter()
-                fn()
-                times[name].append(time.perf_counter() - t0)
-            print(f"  round {r + 1}/{rounds} {name}: {times[name][-1]:.2f} s/step", file=sys.stderr)
+    times = interleaved_medians(systems, rounds, steps, warmup=1 if quick else 4)
     peak = {"fp32": measure_peak_flops(torch.device("cpu"), torch.float32),
             "bf16": measure_peak_flops(torch.device("cpu"), torch.bfloat16)}
     base = statistics.median(times["transformers fp32, AdamW"])
@@ -140,6 +151,41 @@ def bench_throughput(quick: bool) -> str:
           table(["system", "s/step", "tokens/s", "MFU %", "speed-up vs transformers fp32",
                  "speed-up vs transformers bf16"], rows), "", verdict(times)]
     return "\n".join(md)
+
+
+def bench_precision(quick: bool) -> str:
+    """bf16 autocast vs fp32 training step of kexaone, at the `small` preset and at twice its width, with MFU
+    against the matmul peak measured in each dtype (issue 20's target: bf16 >= 1.5x fp32 tokens/s)."""
+    from kexaone.config import KExaoneConfig
+    from kexaone.train.trainer import measure_peak_flops, training_flops_per_token
+
+    small = KExaoneConfig.preset("small")
+    wide = small.replace(hidden_size=512, num_attention_heads=16, num_key_value_heads=4, intermediate_size=1536,
+                         moe_intermediate_size=256)
+    B, T = (4, 256) if quick else (8, 256)
+    rounds, steps = (2, 1) if quick else (3, 2)
+    tmp = Path(tempfile.mkdtemp(prefix="bench-precision-"))
+    peak = {"fp32": measure_peak_flops(torch.device("cpu"), torch.float32),
+            "bf16": measure_peak_flops(torch.device("cpu"), torch.bfloat16)}
+    rows = []
+    for label, cfg in (("small", small), ("small, 2x width (H 512)", wide)):
+        for opt, mtp in (("adamw", False), ("muon", True)):
+            systems = {prec: kexaone_step(cfg, B, T, prec, opt, tmp / label.split(",")[0] / opt, mtp=mtp)
+                       for prec in ("bf16", "fp32")}
+            med = {k: statistics.median(v) for k, v in
+                   interleaved_medians(systems, rounds, steps, warmup=1 if quick else 4).items()}
+            fpt = training_flops_per_token(cfg, T, include_mtp=mtp)
+            for prec in ("bf16", "fp32"):
+                tok_s = B * T / med[prec]
+                rows.append([label, f"{'Muon, MTP' if mtp else 'AdamW, no MTP'}", prec, med[prec], tok_s,
+                             100.0 * tok_s * fpt / peak[prec], med["fp32"] / med[prec]])
+    return "\n".join([
+        f"kexaone `Trainer.train_step`, batch {B} x {T}, fresh random tokens every step, median of {rounds * steps} "
+        "timed steps after 4 warm-up steps, bf16 and fp32 interleaved. MFU = model FLOPs (3 x forward) / the matmul "
+        f"peak measured in that dtype (fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s: the "
+        f"bf16 peak is {peak['bf16'] / peak['fp32']:.2f}x).", "",
+        table(["model", "recipe", "precision", "s/step", "tokens/s", "MFU %", "bf16 speed-up (fp32 s / this s)"],
+              rows)])
 
 
 def verdict(times: dict[str, list[float]]) -> str:
@@ -242,14 +288,17 @@ def plot(path: Path, series: dict, title: str, ylabel: str, xlabel: str = "optim
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--parts", default="throughput,optim,balance")
+    ap.add_argument("--parts", default="throughput,precision,optim,balance")
     ap.add_argument("--quick", action="store_true", help="fewer steps (smoke run)")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a loaded machine)")
     ap.add_argument("--out", default=str(RESULTS / "train.md"))
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
+    from kexaone.utils.cpu import keep_freed_memory
+
+    kept = keep_freed_memory()  # as `kexaone pretrain` does (KEXAONE_KEEP_FREED_MEMORY=0 measures without)
     parts = args.parts.split(",")
-    desc = machine()
+    desc = machine() + f", glibc keeps freed memory: {'yes' if kept else 'no'}"
     sections = [f"# Pre-training benchmarks\n\nMachine: {desc}\n\nCommand: `python benchmarks/bench_train.py "
                 f"--parts {args.parts}{' --quick' if args.quick else ''} --threads {args.threads}`\n"]
     os.environ.setdefault("KEXAONE_CACHE", str(Path(tempfile.gettempdir()) / "kexaone-bench-cache"))
@@ -259,6 +308,9 @@ def main() -> int:
     if "throughput" in parts:
         print("throughput ...", file=sys.stderr)
         sections.append("## Training throughput (`small`), kexaone vs transformers\n\n" + bench_throughput(args.quick))
+    if "precision" in parts:
+        print("precision ...", file=sys.stderr)
+        sections.append("## bf16 autocast vs fp32 training step\n\n" + bench_precision(args.quick))
     best_opt, best_lr = "muon", 1e-2
     if "optim" in parts:
         print("optimizers ...", file=sys.stderr)

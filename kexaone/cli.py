@@ -10,6 +10,8 @@ import argparse
 import importlib
 import sys
 
+from kexaone.utils.cpu import keep_freed_memory
+
 # command name -> module implementing it
 COMMANDS: dict[str, str] = {
     "info": "kexaone.model.info",
@@ -58,6 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "command", None):
         parser.print_help()
         return 2
+    keep_freed_memory()  # every command trains or runs a model: reuse large CPU buffers (kexaone.utils.cpu)
     try:
         return int(args._run(args) or 0)
     except KeyboardInterrupt:

@@ -162,3 +162,29 @@ def test_rope_matches_transformers():
 def test_rope_rejects_unknown_type():
     with pytest.raises(ValueError, match="rope_type"):
         RotaryEmbedding(16, {"rope_type": "yarn", "rope_theta": 1e4})
+
+
+def test_cpu_low_precision_training_attention_runs_in_fp32():
+    """Under CPU bf16 autocast with gradients, attention is computed by the fp32 kernel (its backward is ~3x faster
+    on CPUs than the bf16 one) and returned in bf16, exactly as an explicit fp32 call cast down would be; without
+    gradients (inference) the bf16 kernel still runs."""
+    from kexaone.model.attention import _sdpa
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 40, 16, requires_grad=True)
+    k, v = torch.randn(2, 2, 40, 16), torch.randn(2, 2, 40, 16)
+    kw = dict(is_causal=True, scale=0.25, enable_gqa=True)
+    ref = torch.nn.functional.scaled_dot_product_attention(q, k, v, **kw).to(torch.bfloat16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = _sdpa(q, k, v, **kw)
+        with torch.no_grad():
+            inference = _sdpa(q, k, v, **kw)
+    assert out.dtype == torch.bfloat16 and torch.equal(out, ref)
+    assert out.requires_grad
+    lowp = torch.nn.functional.scaled_dot_product_attention(q.bfloat16(), k.bfloat16(), v.bfloat16(), **kw)
+    assert torch.equal(inference, lowp)
+    # bf16 inputs without autocast take the same fp32 path
+    qb = q.detach().bfloat16().requires_grad_(True)
+    assert torch.equal(_sdpa(qb, k.bfloat16(), v.bfloat16(), **kw),
+                       torch.nn.functional.scaled_dot_product_attention(qb.float(), k.bfloat16().float(),
+                                                                        v.bfloat16().float(), **kw).bfloat16())

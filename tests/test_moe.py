@@ -327,3 +327,41 @@ def test_grouped_mm_gradients_equal_the_per_expert_reference():
         torch.testing.assert_close(dx, dx_ref, rtol=1e-5, atol=1e-5)
         torch.testing.assert_close(dw, dw_ref, rtol=1e-5, atol=1e-5)
     assert not grads[1][1][1].any()  # the expert that got no row gets no gradient
+
+
+def test_cpu_bf16_experts_pad_groups_to_reused_shapes_with_the_same_result(monkeypatch):
+    """bf16 on CPU rounds every expert's rows up to CPU_LOWP_ROW_BUCKET (so oneDNN reuses its kernels): outputs and
+    every gradient equal the unpadded computation, and every group the matmul sees is a multiple of the bucket."""
+    import kexaone.model.moe as moe_mod
+
+    torch.manual_seed(3)
+    cfg = small_cfg(hidden_size=64, moe_intermediate_size=32)
+    experts = GroupedExperts(cfg).bfloat16()
+    n, k = 50, cfg.num_experts_per_tok
+    x0 = torch.randn(n, cfg.hidden_size).bfloat16()
+    idx = torch.randint(0, cfg.num_experts, (n, k))
+    w0 = torch.rand(n, k)
+    seen_groups = []
+    real = moe_mod.grouped_mm
+
+    def spy(x_MK, w_EKN, offs_E):
+        seen_groups.append(torch.diff(offs_E.long(), prepend=offs_E.new_zeros(1).long()))
+        return real(x_MK, w_EKN, offs_E)
+
+    monkeypatch.setattr(moe_mod, "grouped_mm", spy)
+
+    def run(bucket):
+        monkeypatch.setattr(moe_mod, "CPU_LOWP_ROW_BUCKET", bucket)
+        experts.zero_grad()
+        x, w = x0.clone().requires_grad_(True), w0.clone().requires_grad_(True)
+        y = experts(x, idx, w)
+        (y.float() * torch.linspace(-1, 1, y.numel()).view_as(y)).sum().backward()
+        return [y, x.grad, w.grad, experts.gate_up_proj.grad, experts.down_proj.grad]
+
+    plain = run(1)
+    seen_groups.clear()
+    padded = run(16)
+    for a, b in zip(plain, padded):
+        torch.testing.assert_close(b, a, rtol=0, atol=0)
+    assert seen_groups and all(bool((g % 16 == 0).all()) for g in seen_groups)
+    assert sum(int(g.sum()) for g in seen_groups[:1]) > n * k  # the padding really happened

@@ -37,6 +37,15 @@ _NORM_EPS = 1e-20
 # benchmarks/bench_decode_step.py); the grouped kernel wins for prefill-sized inputs.
 SEGMENT_MAX_PAIRS = 16
 
+# On CPUs, bf16/fp16 matmuls run through oneDNN, which builds (JIT-compiles) a kernel for every new shape: about
+# 1 ms, more than the multiply itself at these sizes. Each expert's row count changes every step, so without care
+# nearly every per-expert matmul of a reduced-precision training step builds a new kernel (measured on this
+# machine's AMX CPU: 5x slower than a cached shape, and bf16 training slower than fp32). Rounding every expert's
+# rows up to a multiple of this bucket (zero rows, dropped afterwards) keeps the set of shapes small, so kernels
+# are reused. The bucket trades padding work for kernel reuse; the sweep in benchmarks/bench_moe.py
+# (results/moe.md) picks it. fp32 goes through a BLAS without per-shape kernels and is left unpadded.
+CPU_LOWP_ROW_BUCKET = 64
+
 
 
 def capacity_keep(idx_NK: torch.Tensor, num_experts: int, capacity_factor: float) -> torch.Tensor:
@@ -185,6 +194,23 @@ def count_per_expert(topk_idx_NK: torch.Tensor, num_experts: int, keep_NK: torch
     return counts.scatter_add_(0, topk_idx_NK.reshape(-1), ones.reshape(-1))
 
 
+def _pad_rows_per_expert(token_M: torch.Tensor, w_M: torch.Tensor, counts_E: torch.Tensor, pad_token: int,
+                         bucket: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows sorted by expert -> the same rows with every expert's group rounded up to a multiple of `bucket`.
+
+    Returns (token_P, w_P, offs_E): the padding slots hold `pad_token` and gate weight 0; `offs_E` (int32) are the
+    padded groups' cumulative sizes. Reads the padded total on the host (CPU only, where that is free)."""
+    padded_E = (counts_E + bucket - 1) // bucket * bucket
+    offs_E = padded_E.cumsum(0)
+    total = int(offs_E[-1])
+    # sorted pair j of expert e moves from j to j - start_e + padded_start_e
+    shift_E = (offs_E - padded_E) - (counts_E.cumsum(0) - counts_E)
+    dest_M = torch.arange(token_M.numel()) + shift_E.repeat_interleave(counts_E, output_size=token_M.numel())
+    token_P = token_M.new_full((total,), pad_token).index_copy(0, dest_M, token_M)
+    w_P = w_M.new_zeros(total).index_copy(0, dest_M, w_M)
+    return token_P, w_P, offs_E.to(torch.int32)
+
+
 # ---------------------------------------------------------------------------------------------------------- experts
 class GroupedExperts(nn.Module):
     """All routed experts of one layer, executed dropless with grouped matmuls.
@@ -241,6 +267,13 @@ class GroupedExperts(nn.Module):
             offs_E = counts_E.cumsum(0).to(torch.int32)
             order_M = torch.argsort(flat_e_M, stable=True)  # stable: tokens keep their order inside an expert
             token_M = order_M // k
+        w_M = topk_weights_NK.reshape(-1).index_select(0, order_M)
+        if (x_NH.device.type == "cpu" and x_NH.dtype in (torch.bfloat16, torch.float16)
+                and n * k > SEGMENT_MAX_PAIRS and self.fp8_recipe is None and not torch.compiler.is_compiling()):
+            # pad every expert's rows to the bucket with a zero token (row n) whose gate weight is 0 and whose
+            # output goes to a dropped row n: mathematically the same result, kernels reused (see the constant)
+            token_M, w_M, offs_E = _pad_rows_per_expert(token_M, w_M, counts_E, n, CPU_LOWP_ROW_BUCKET)
+            x_NH = torch.cat([x_NH, x_NH.new_zeros(1, x_NH.shape[1])])
         x_MH = x_NH.index_select(0, token_M)
         mm = self._mm
         if (x_NH.device.type == "cpu" and n * k <= SEGMENT_MAX_PAIRS and self.fp8_recipe is None
@@ -250,10 +283,10 @@ class GroupedExperts(nn.Module):
         h_MJ = mm(x_MH, gate_up_EHJ, offs_E)
         gate_MI, up_MI = h_MJ.split(self.intermediate_size, dim=-1)
         # The gate weight is applied before down_proj (which is linear): scaling [M, I] is cheaper than [M, H].
-        w_M = topk_weights_NK.reshape(-1).index_select(0, order_M)
         a_MI = (F.silu(gate_MI) * up_MI * w_M.unsqueeze(-1)).to(h_MJ.dtype)
         y_MH = mm(a_MI, down_EIH, offs_E)
-        return y_MH.new_zeros(n, self.hidden_size).index_add_(0, token_M, y_MH)
+        rows = x_NH.shape[0]  # n, or n + 1 with the padding token, whose row is dropped
+        return y_MH.new_zeros(rows, self.hidden_size).index_add_(0, token_M, y_MH)[:n]
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}"

@@ -119,8 +119,7 @@ def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, 
         # as in _masked_chunked); built directly as [B, 1, 1, S] instead of through the band machinery.
         vis_BS = key_valid_BS.clone()
         vis_BS[:, -1] = True
-        return _sdpa(q_BHTD, k_BhSD, v_BhSD, attn_mask=vis_BS[:, None, None, :],
-                                              scale=scale, enable_gqa=gqa)
+        return _sdpa(q_BHTD, k_BhSD, v_BhSD, attn_mask=vis_BS[:, None, None, :], scale=scale, enable_gqa=gqa)
     return _masked_chunked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
                            doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS)
 
@@ -194,8 +193,7 @@ def _documents_varlen(q_BHTD, k_BhSD, v_BhSD, *, doc_BT, scale, group: int = DOC
         for s, e, single in (spans(b) if spans is not None else document_spans(doc_BT[b], group)):
             q, k, v = q_BHTD[b:b + 1, :, s:e], k_BhSD[b:b + 1, :, s:e], v_BhSD[b:b + 1, :, s:e]
             if single:
-                parts.append(_sdpa(q, k, v, is_causal=e - s > 1, scale=scale,
-                                                            enable_gqa=gqa))
+                parts.append(_sdpa(q, k, v, is_causal=e - s > 1, scale=scale, enable_gqa=gqa))
             else:
                 d = doc_BT[b, s:e]
                 idx = torch.arange(e - s, device=d.device)

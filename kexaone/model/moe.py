@@ -5,7 +5,8 @@
   Numerically identical to transformers' `ExaoneMoeTopkRouter` (which returns logits where we return scores).
 - `GroupedExperts`: all routed experts as two stacked weights; tokens are sorted by expert and every projection is
   one grouped matmul (`torch._grouped_mm` where the device has it). Dropless: every (token, slot) pair is computed,
-  whatever the imbalance. (`config.moe_capacity_factor`, an ablation switch, off by default, drops the pairs
+  whatever the imbalance. In bf16/fp16 on CPU each expert's rows are padded to a bucket (`CPU_LOWP_ROW_BUCKET`)
+  so the matmul library reuses its per-shape kernels. (`config.moe_capacity_factor`, an ablation switch, off by default, drops the pairs
   beyond an expert's capacity: `capacity_keep`.)
 - `KExaoneMoE`: router + experts + shared expert, plus the balance statistics the training recipe needs (the
   sequence-level aux loss of SPEC section 3 and the per-expert token counts for the bias update).
@@ -45,7 +46,6 @@ SEGMENT_MAX_PAIRS = 16
 # are reused. The bucket trades padding work for kernel reuse; the sweep in benchmarks/bench_moe.py
 # (results/moe.md) picks it. fp32 goes through a BLAS without per-shape kernels and is left unpadded.
 CPU_LOWP_ROW_BUCKET = 64
-
 
 
 def capacity_keep(idx_NK: torch.Tensor, num_experts: int, capacity_factor: float) -> torch.Tensor:

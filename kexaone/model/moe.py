@@ -6,8 +6,8 @@
 - `GroupedExperts`: all routed experts as two stacked weights; tokens are sorted by expert and every projection is
   one grouped matmul (`torch._grouped_mm` where the device has it). Dropless: every (token, slot) pair is computed,
   whatever the imbalance. In bf16/fp16 on CPU each expert's rows are padded to a bucket (`CPU_LOWP_ROW_BUCKET`)
-  so the matmul library reuses its per-shape kernels. (`config.moe_capacity_factor`, an ablation switch, off by default, drops the pairs
-  beyond an expert's capacity: `capacity_keep`.)
+  so the matmul library reuses its per-shape kernels. (`config.moe_capacity_factor`, an ablation switch, off by
+  default, drops the pairs beyond an expert's capacity: `capacity_keep`.)
 - `KExaoneMoE`: router + experts + shared expert, plus the balance statistics the training recipe needs (the
   sequence-level aux loss of SPEC section 3 and the per-expert token counts for the bias update).
 

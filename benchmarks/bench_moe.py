@@ -6,13 +6,15 @@ training step (forward + backward) and forward only, tokens/s. transformers' own
 measured too, for reference. Runs are interleaved (A, B, C, A, B, C, ...) and the median is kept, because this
 machine is shared and noisy; ratios are what to read.
 
-A second table sweeps `CPU_LOWP_ROW_BUCKET` (each expert's rows rounded up to a multiple of it in bf16 on CPU, so
-oneDNN reuses its per-shape kernels) on a bf16 training step with fresh tokens, so fresh routing, every step, as in
-training: the first table reuses one batch, whose shapes are cached after the warm-up.
+A second part (`--parts bucket`, results/moe_bucket.md) sweeps `CPU_LOWP_ROW_BUCKET` (each expert's rows rounded
+up to a multiple of it in bf16 on CPU, so oneDNN reuses its per-shape kernels) on a bf16 training step with fresh
+tokens, so fresh routing, every step, as in training: the first part reuses one batch, whose shapes are cached
+after the warm-up.
 
-    nice -n 10 python benchmarks/bench_moe.py [--tokens 4096] [--repeats 5] [--threads N] [--buckets 1,16,64]
+    nice -n 10 python benchmarks/bench_moe.py [--parts compare,bucket] [--tokens 4096] [--repeats 5] [--threads N]
+        [--buckets 1,16,32,64,128]
 
-Prints markdown tables and writes them, with a machine description, to benchmarks/results/moe.md.
+Prints markdown tables and writes them, with a machine description, to benchmarks/results/moe.md and moe_bucket.md.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ from kexaone.report.machine import cpu_model
 from kexaone.utils.io import atomic_write_text
 
 RESULTS = Path(__file__).resolve().parent / "results" / "moe.md"
+RESULTS_BUCKET = RESULTS.with_name("moe_bucket.md")
 
 
 
@@ -84,7 +87,8 @@ def measure(layers: dict, x: torch.Tensor, fn, repeats: int, autocast: bool) -> 
             for name, ts in times.items()}
 
 
-def bucket_sweep(cfg: KExaoneConfig, b: int, t: int, buckets: list[int], repeats: int) -> list[tuple[int, float, float]]:
+def bucket_sweep(cfg: KExaoneConfig, b: int, t: int, buckets: list[int],
+                 repeats: int) -> list[tuple[int, float, float]]:
     """(bucket, median wall s, median CPU s) of one bf16-autocast forward + backward of kexaone's layer, fresh
     tokens every step (new routing, new per-expert row counts); buckets interleaved, 3 warm-up steps each."""
     import kexaone.model.moe as moe_mod
@@ -112,23 +116,13 @@ def check_same_output(layers: dict, x: torch.Tensor) -> float:
     return max(float((o - outs[0]).abs().max()) for o in outs[1:])
 
 
-def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch (batch 4 x tokens/4)")
-    ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
-    ap.add_argument("--buckets", default="1,16,32,64,128",
-                    help="CPU bf16 expert row buckets to sweep (comma-separated; empty: no sweep)")
-    ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/moe.md")
-    args = ap.parse_args()
-    if args.threads > 0:
-        torch.set_num_threads(args.threads)
+def machine_line() -> str:
+    return (f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
+            f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
+            f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
 
-    small = KExaoneConfig.preset("small")
-    setups = [("32 experts, top-2 (small preset)", small),
-              ("128 experts, top-8 (K-EXAONE routing)", small.replace(num_experts=128, num_experts_per_tok=8))]
-    b = 4
-    t = args.tokens // b
+
+def compare_part(setups, b: int, t: int, args) -> str:
     rows = []
     for label, cfg in setups:
         layers = build(cfg)
@@ -147,55 +141,72 @@ def main() -> int:
                 rows.append((label, mode, name, b * t / wall, base_wall / wall, base_cpu / cpu, err))
             print(f"{label:40s} {mode:28s} "
                   + "  ".join(f"{n}: {b * t / w:,.0f} tok/s" for n, (w, _) in med.items()), flush=True)
-
-    sweep = []
-    for label, cfg in setups:
-        if args.buckets:
-            for bucket, wall, cpu in bucket_sweep(cfg, b, t, [int(v) for v in args.buckets.split(",")], args.repeats):
-                sweep.append((label, bucket, b * t / wall, b * t / cpu))
-                print(f"{label:40s} bucket {bucket:4d}: {b * t / wall:,.0f} tok/s", flush=True)
-
     header = ["setup", "mode", "implementation", "tokens/s (wall)", "speed-up vs transformers eager (wall)",
               "speed-up (CPU time)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for label, mode, name, tps, ratio_wall, ratio_cpu, _ in rows:
         lines.append(f"| {label} | {mode} | {name} | {tps:,.0f} | {ratio_wall:.2f}x | {ratio_cpu:.2f}x |")
     max_err = max((r[6] for r in rows), default=float("nan"))
-    machine = (f"{cpu_model()}, {os.cpu_count()} logical cores, torch {torch.__version__} "
-               f"({torch.get_num_threads()} threads), Python {platform.python_version()}, "
-               f"{datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M UTC}")
-    table = "\n".join(lines)
-    sweep_lines = ["| setup | row bucket | tokens/s (wall) | tokens/s (CPU time) | vs bucket 1 (CPU time) |",
-                   "|---|---|---|---|---|"]
-    unpadded = {label: tps_cpu for label, bucket, _, tps_cpu in sweep if bucket == 1}
-    for label, bucket, tps, tps_cpu in sweep:
-        base = unpadded.get(label, float("nan"))
-        sweep_lines.append(f"| {label} | {bucket}{' (default)' if bucket == _DEFAULT_BUCKET else ''} | {tps:,.0f} | "
-                           f"{tps_cpu:,.0f} | {tps_cpu / base:.2f}x |")
-    sweep_text = ("" if not sweep else
-                  "\n## Row bucket of the CPU bf16 expert matmuls\n\n"
-                  "bf16-autocast forward + backward of kexaone's layer with fresh tokens every step (so fresh "
-                  "routing and new per-expert row counts, as in training), each expert's rows rounded up to a "
-                  "multiple of the bucket (1 = unpadded). oneDNN builds a kernel for every new matmul shape; the "
-                  f"bucket bounds the shapes. Median of {args.repeats} steps after 3 warm-up steps, interleaved.\n\n"
-                  + "\n".join(sweep_lines) + "\n")
-    text = (
+    small = setups[0][1]
+    return (
         "# MoE layer: kexaone grouped vs transformers exaone_moe\n\n"
         f"One sparse layer at `small` width (H {small.hidden_size}, expert SwiGLU {small.moe_intermediate_size}, "
         f"1 shared expert), batch {b} x {t} tokens, same weights in every implementation "
         f"(max output difference {max_err:.1e}). Median of {args.repeats} interleaved runs after a warm-up.\n\n"
-        f"Machine: {machine}. Shared machine: read the ratios, not the absolute numbers.\n\n"
-        f"Command: `nice -n 10 python benchmarks/bench_moe.py --tokens {args.tokens} --repeats {args.repeats}`\n\n"
-        f"{table}\n"
-        f"{sweep_text}"
-    )
-    print()
-    print(table)
-    print(sweep_text)
-    if not args.no_write:
-        RESULTS.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(RESULTS, text)
-        print(f"\nwrote {RESULTS}")
+        f"Machine: {machine_line()}. Shared machine: read the ratios, not the absolute numbers.\n\n"
+        f"Command: `nice -n 10 python benchmarks/bench_moe.py --parts compare --tokens {args.tokens} "
+        f"--repeats {args.repeats}`\n\n" + "\n".join(lines) + "\n")
+
+
+def bucket_part(setups, b: int, t: int, args) -> str:
+    buckets = [int(v) for v in args.buckets.split(",")]
+    lines = ["| setup | row bucket | tokens/s (wall) | tokens/s (CPU time) | vs bucket 1 (CPU time) |",
+             "|---|---|---|---|---|"]
+    for label, cfg in setups:
+        sweep = bucket_sweep(cfg, b, t, buckets, args.repeats)
+        unpadded = next((b * t / cpu for bucket, _, cpu in sweep if bucket == 1), float("nan"))
+        for bucket, wall, cpu in sweep:
+            print(f"{label:40s} bucket {bucket:4d}: {b * t / wall:,.0f} tok/s", flush=True)
+            lines.append(f"| {label} | {bucket}{' (default)' if bucket == _DEFAULT_BUCKET else ''} | "
+                         f"{b * t / wall:,.0f} | {b * t / cpu:,.0f} | {b * t / cpu / unpadded:.2f}x |")
+    return (
+        "# MoE layer: row bucket of the CPU bf16 expert matmuls\n\n"
+        f"bf16-autocast forward + backward of kexaone's layer, batch {b} x {t} tokens, fresh tokens every step (so "
+        "fresh routing and new per-expert row counts, as in training), each expert's rows rounded up to a multiple "
+        "of the bucket (1 = unpadded). oneDNN builds a kernel for every new matmul shape; the bucket bounds the "
+        f"shapes. Median of {args.repeats} steps after 3 warm-up steps, buckets interleaved.\n\n"
+        f"Machine: {machine_line()}. Shared machine: read the ratios, not the absolute numbers.\n\n"
+        f"Command: `nice -n 10 python benchmarks/bench_moe.py --parts bucket --tokens {args.tokens} "
+        f"--repeats {args.repeats} --buckets {args.buckets}`\n\n" + "\n".join(lines) + "\n")
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--parts", default="compare,bucket",
+                    help="compare (vs transformers, results/moe.md), bucket (row-bucket sweep, results/moe_bucket.md)")
+    ap.add_argument("--tokens", type=int, default=4096, help="tokens per batch (batch 4 x tokens/4)")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (default: torch's choice)")
+    ap.add_argument("--buckets", default="1,16,32,64,128", help="CPU bf16 expert row buckets to sweep")
+    ap.add_argument("--no-write", action="store_true", help="print only, do not write benchmarks/results/")
+    args = ap.parse_args()
+    if args.threads > 0:
+        torch.set_num_threads(args.threads)
+
+    small = KExaoneConfig.preset("small")
+    setups = [("32 experts, top-2 (small preset)", small),
+              ("128 experts, top-8 (K-EXAONE routing)", small.replace(num_experts=128, num_experts_per_tok=8))]
+    b = 4
+    t = args.tokens // b
+    for part, fn, path in (("compare", compare_part, RESULTS), ("bucket", bucket_part, RESULTS_BUCKET)):
+        if part not in args.parts.split(","):
+            continue
+        text = fn(setups, b, t, args)
+        print("\n" + text)
+        if not args.no_write:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(path, text)
+            print(f"wrote {path}")
     return 0
 
 

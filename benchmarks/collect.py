@@ -19,6 +19,7 @@ from kexaone.utils.io import atomic_write_text  # noqa: E402
 TOPICS = [
     ("model.md", "benchmarks/bench_model.py"),
     ("moe.md", "benchmarks/bench_moe.py"),
+    ("moe_bucket.md", "benchmarks/bench_moe.py --parts bucket"),
     ("tokenizer.md", "benchmarks/bench_tokenizer.py"),
     ("tokenizer_timing_64mb.md", "benchmarks/bench_tokenizer.py --timing-only"),
     ("tokenizer_timing_full.md", "benchmarks/bench_tokenizer.py --timing-only"),

@@ -28,6 +28,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import machine, write_section  # noqa: E402
 
+from kexaone.utils.cpu import cpu_has_native_bf16  # noqa: E402
+
 from kexaone.config import KExaoneConfig  # noqa: E402
 
 
@@ -113,7 +115,7 @@ def main(argv=None) -> int:
         "## Decode vs the bandwidth limit, fp32 vs bf16 weights (bench_decode_dtype.py)",
         "",
         f"Machine: {machine(args.threads)}; measured read bandwidth {gbs:.1f} GB/s (median of {args.repeats}, "
-        f"sum over 512 MB, same run). CPU flags: bf16 {'native' if _native_bf16() else 'not native (no AVX512_BF16/AMX)'}.",
+        f"sum over 512 MB, same run). CPU flags: bf16 {'native' if cpu_has_native_bf16() else 'not native (no AVX512_BF16/AMX)'}.",
         "",
         f"`small` shape, random weights, batch 1, greedy, prompt 32 tokens, {n} new tokens; medians of "
         f"{args.repeats} interleaved runs.",
@@ -130,14 +132,6 @@ def main(argv=None) -> int:
     print(text)
     write_section("decode-dtype", text)
     return 0
-
-
-def _native_bf16() -> bool:
-    try:
-        flags = open("/proc/cpuinfo").read()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 if __name__ == "__main__":

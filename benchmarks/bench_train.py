@@ -157,13 +157,14 @@ def bench_precision(quick: bool) -> str:
     """bf16 autocast vs fp32 training step of kexaone, at the `small` preset and at twice its width, with MFU
     against the matmul peak measured in each dtype (issue 20's target: bf16 >= 1.5x fp32 tokens/s)."""
     from kexaone.config import KExaoneConfig
+    from kexaone.train.muon import resolve_ns_dtype
     from kexaone.train.trainer import measure_peak_flops, training_flops_per_token
 
     small = KExaoneConfig.preset("small")
     wide = small.replace(hidden_size=512, num_attention_heads=16, num_key_value_heads=4, intermediate_size=1536,
                          moe_intermediate_size=256)
     B, T = (4, 256) if quick else (8, 256)
-    rounds, steps = (2, 1) if quick else (3, 2)
+    rounds, steps, warmup = (2, 1, 1) if quick else (3, 2, 4)
     tmp = Path(tempfile.mkdtemp(prefix="bench-precision-"))
     peak = {"fp32": measure_peak_flops(torch.device("cpu"), torch.float32),
             "bf16": measure_peak_flops(torch.device("cpu"), torch.bfloat16)}
@@ -173,7 +174,7 @@ def bench_precision(quick: bool) -> str:
             systems = {prec: kexaone_step(cfg, B, T, prec, opt, tmp / label.split(",")[0] / opt, mtp=mtp)
                        for prec in ("bf16", "fp32")}
             med = {k: statistics.median(v) for k, v in
-                   interleaved_medians(systems, rounds, steps, warmup=1 if quick else 4).items()}
+                   interleaved_medians(systems, rounds, steps, warmup=warmup).items()}
             fpt = training_flops_per_token(cfg, T, include_mtp=mtp)
             for prec in ("bf16", "fp32"):
                 tok_s = B * T / med[prec]
@@ -181,7 +182,8 @@ def bench_precision(quick: bool) -> str:
                              100.0 * tok_s * fpt / peak[prec], med["fp32"] / med[prec]])
     return "\n".join([
         f"kexaone `Trainer.train_step`, batch {B} x {T}, fresh random tokens every step, median of {rounds * steps} "
-        "timed steps after 4 warm-up steps, bf16 and fp32 interleaved. MFU = model FLOPs (3 x forward) / the matmul "
+        f"timed steps after {warmup} warm-up steps, bf16 and fp32 interleaved (Muon's Newton-Schulz dtype: "
+        f"{resolve_ns_dtype('auto', torch.device('cpu'))}, its `auto` choice on this CPU). MFU = model FLOPs (3 x forward) / the matmul "
         f"peak measured in that dtype (fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s: the "
         f"bf16 peak is {peak['bf16'] / peak['fp32']:.2f}x).", "",
         table(["model", "recipe", "precision", "s/step", "tokens/s", "MFU %", "bf16 speed-up (fp32 s / this s)"],

@@ -102,7 +102,10 @@ def test_bf16_newton_schulz():
     assert X.dtype == torch.bfloat16
     s = torch.linalg.svdvals(X.float())
     assert s.min() > 0.6 and s.max() < 1.25  # bf16 rounding widens the band slightly
-    assert resolve_ns_dtype("auto", torch.device("cpu")) == torch.float32
+    from kexaone.utils.cpu import cpu_has_native_bf16
+
+    assert resolve_ns_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16()
+                                                             else torch.float32)
     assert resolve_ns_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="ns_dtype"):
         resolve_ns_dtype("fp16", torch.device("cpu"))
@@ -113,7 +116,8 @@ def test_muon_step_matches_formula():
     p = torch.nn.Parameter(torch.randn(16, 32))
     p0 = p.detach().clone()
     g = torch.randn(16, 32)
-    opt = MuonAdamW([{"params": [p], "kind": "muon"}], lr=0.01, weight_decay=0.1, momentum=0.9)
+    opt = MuonAdamW([{"params": [p], "kind": "muon"}], lr=0.01, weight_decay=0.1, momentum=0.9,
+                    ns_dtype="float32")
     p.grad = g.clone()
     opt.step()
     # First step: buf = g, Nesterov update = g + mu*buf = 1.9 g.
@@ -180,7 +184,8 @@ def test_plain_momentum_and_zero_lr():
     p = torch.nn.Parameter(torch.randn(8, 24))
     p0 = p.detach().clone()
     g = torch.randn(8, 24)
-    opt = MuonAdamW([{"params": [p], "kind": "muon"}], lr=0.02, weight_decay=0.0, nesterov=False)
+    opt = MuonAdamW([{"params": [p], "kind": "muon"}], lr=0.02, weight_decay=0.0, nesterov=False,
+                    ns_dtype="float32")
     p.grad = g.clone()
     opt.step()
     torch.testing.assert_close(p.detach(), p0 - 0.02 * muon_scale(8, 24) * zeropower_via_newtonschulz(g),

@@ -1,5 +1,5 @@
-"""How many CPU cores this process may use, how many of them are busy right now, and the C allocator setting
-that CPU training and inference want.
+"""How many CPU cores this process may use, how many of them are busy right now, whether they multiply bf16
+natively, and the C allocator setting that CPU training and inference want.
 
 Thread choices read these: oversubscribed OpenMP threads spin against each other (10-100x slower per small matmul
 on a loaded 2-core machine), so automatic thread counts leave busy cores alone.
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import functools
 import os
 import time
 
@@ -19,6 +20,23 @@ _M_MMAP_THRESHOLD = -3
 _KEEP_BYTES = 1 << 30
 _KEEP_FREED_ENV = "KEXAONE_KEEP_FREED_MEMORY"
 _kept = False
+
+
+@functools.cache
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512_BF16): there bf16 matmuls reach about twice the fp32
+    rate (measured here: 209 vs 99 GFLOP/s); elsewhere they are emulated and no faster than fp32."""
+    import torch
+
+    checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]
+    if any(c is not None for c in checks):
+        return any(bool(c()) for c in checks if c is not None)
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
+            flags = f.read()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def keep_freed_memory() -> bool:

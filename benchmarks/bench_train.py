@@ -56,17 +56,19 @@ def random_batches(vocab_size: int, B: int, T: int):
         yield {"input_ids": ids, "labels": ids.clone(), "doc_ids": torch.zeros_like(ids)}
 
 
-def kexaone_step(cfg, B: int, T: int, precision: str, optimizer: str, out: Path, mtp: bool = True):
-    """One `Trainer.train_step` of a fresh model on random batches, as a zero-argument callable."""
+def kexaone_step(cfg, B: int, T: int, precision: str, optimizer: str, out: Path, mtp: bool = True, **train):
+    """One `Trainer.train_step` of a fresh model on random batches, as a zero-argument callable. `train`: more
+    TrainConfig fields."""
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.train.config import TrainConfig
     from kexaone.train.trainer import Trainer
 
     torch.manual_seed(0)
     model = KExaoneForCausalLM(cfg)
+    run_name = "-".join([precision, optimizer, str(mtp), *(f"{k}={v}" for k, v in train.items())])
     tc = TrainConfig(max_steps=10**6, seq_len=T, batch_size=B, precision=precision, optimizer=optimizer,
-                     out=str(out / f"{precision}-{optimizer}-{mtp}"), progress=False, tensorboard=False,
-                     peak_flops=1.0, warmup_steps=1, mtp_loss_weight=None if mtp else 0.0)
+                     out=str(out / run_name), progress=False, tensorboard=False, peak_flops=1.0, warmup_steps=1,
+                     mtp_loss_weight=None if mtp else 0.0, **train)
     trainer = Trainer(model, None, random_batches(cfg.vocab_size, B, T), tc)
     it = iter(trainer.data)
     return lambda: trainer.train_step(it)
@@ -153,12 +155,15 @@ def bench_throughput(quick: bool) -> str:
     return "\n".join(md)
 
 
+NS_BF16 = "bf16, Newton-Schulz bf16"
+
+
 def bench_precision(quick: bool) -> str:
     """bf16 autocast vs fp32 training step of kexaone, at the `small` preset and at twice its width, with MFU
     against the matmul peak measured in each dtype (issue 20's target: bf16 >= 1.5x fp32 tokens/s)."""
     from kexaone.config import KExaoneConfig
-    from kexaone.train.muon import resolve_ns_dtype
     from kexaone.train.trainer import measure_peak_flops, training_flops_per_token
+    from kexaone.utils.cpu import cpu_has_native_bf16
 
     small = KExaoneConfig.preset("small")
     wide = small.replace(hidden_size=512, num_attention_heads=16, num_key_value_heads=4, intermediate_size=1536,
@@ -171,19 +176,23 @@ def bench_precision(quick: bool) -> str:
     rows = []
     for label, cfg in (("small", small), ("small, 2x width (H 512)", wide)):
         for opt, mtp in (("adamw", False), ("muon", True)):
-            systems = {prec: kexaone_step(cfg, B, T, prec, opt, tmp / label.split(",")[0] / opt, mtp=mtp)
-                       for prec in ("bf16", "fp32")}
+            where = tmp / label.split(",")[0] / opt
+            systems = {prec: kexaone_step(cfg, B, T, prec, opt, where, mtp=mtp) for prec in ("bf16", "fp32")}
+            if opt == "muon" and cpu_has_native_bf16():
+                systems[NS_BF16] = kexaone_step(cfg, B, T, "bf16", opt, where, mtp=mtp, muon_ns_dtype="bfloat16")
             med = {k: statistics.median(v) for k, v in
                    interleaved_medians(systems, rounds, steps, warmup=warmup).items()}
             fpt = training_flops_per_token(cfg, T, include_mtp=mtp)
-            for prec in ("bf16", "fp32"):
-                tok_s = B * T / med[prec]
-                rows.append([label, f"{'Muon, MTP' if mtp else 'AdamW, no MTP'}", prec, med[prec], tok_s,
-                             100.0 * tok_s * fpt / peak[prec], med["fp32"] / med[prec]])
+            for name in systems:
+                tok_s = B * T / med[name]
+                prec = "fp32" if name == "fp32" else "bf16"
+                rows.append([label, f"{'Muon, MTP' if mtp else 'AdamW, no MTP'}", name, med[name], tok_s,
+                             100.0 * tok_s * fpt / peak[prec], med["fp32"] / med[name]])
     return "\n".join([
         f"kexaone `Trainer.train_step`, batch {B} x {T}, fresh random tokens every step, median of {rounds * steps} "
-        f"timed steps after {warmup} warm-up steps, bf16 and fp32 interleaved (Muon's Newton-Schulz dtype: "
-        f"{resolve_ns_dtype('auto', torch.device('cpu'))}, its `auto` choice on this CPU). MFU = model FLOPs (3 x forward) / the matmul "
+        f"timed steps after {warmup} warm-up steps, systems interleaved. Muon's Newton-Schulz runs in fp32 (its "
+        f"CPU default) except in '{NS_BF16}' (`--muon-ns-dtype bfloat16`, measured where the CPU multiplies bf16 "
+        "natively). MFU = model FLOPs (3 x forward) / the matmul "
         f"peak measured in that dtype (fp32 {peak['fp32'] / 1e9:.1f}, bf16 {peak['bf16'] / 1e9:.1f} GFLOP/s: the "
         f"bf16 peak is {peak['bf16'] / peak['fp32']:.2f}x).", "",
         table(["model", "recipe", "precision", "s/step", "tokens/s", "MFU %", "bf16 speed-up (fp32 s / this s)"],

@@ -102,10 +102,7 @@ def test_bf16_newton_schulz():
     assert X.dtype == torch.bfloat16
     s = torch.linalg.svdvals(X.float())
     assert s.min() > 0.6 and s.max() < 1.25  # bf16 rounding widens the band slightly
-    from kexaone.utils.cpu import cpu_has_native_bf16
-
-    assert resolve_ns_dtype("auto", torch.device("cpu")) == (torch.bfloat16 if cpu_has_native_bf16()
-                                                             else torch.float32)
+    assert resolve_ns_dtype("auto", torch.device("cpu")) == torch.float32
     assert resolve_ns_dtype("bf16", torch.device("cpu")) == torch.bfloat16
     with pytest.raises(ValueError, match="ns_dtype"):
         resolve_ns_dtype("fp16", torch.device("cpu"))
@@ -195,3 +192,19 @@ def test_plain_momentum_and_zero_lr():
     before = p.detach().clone()
     opt.step()
     assert torch.equal(p.detach(), before)
+
+
+@pytest.mark.parametrize("choice", ["auto", "bfloat16"])
+def test_trainer_passes_the_newton_schulz_dtype_to_muon(tmp_path, choice):
+    from kexaone.config import KExaoneConfig
+    from kexaone.model.transformer import KExaoneForCausalLM
+    from kexaone.train.config import TrainConfig
+    from kexaone.train.trainer import Trainer
+
+    model = KExaoneForCausalLM(KExaoneConfig.preset("tiny"))
+    t = Trainer(model, None, [], TrainConfig(max_steps=1, precision="fp32", device="cpu", out=str(tmp_path),
+                                             progress=False, tensorboard=False, muon_ns_dtype=choice))
+    muon_groups = [g for g in t.optimizer.param_groups if g["kind"] == "muon"]
+    assert muon_groups and all(g["ns_dtype"] == choice for g in muon_groups)
+    expected = torch.bfloat16 if choice == "bfloat16" else torch.float32
+    assert resolve_ns_dtype(muon_groups[0]["ns_dtype"], torch.device("cpu")) == expected

@@ -193,7 +193,8 @@ class Trainer:
 
         c = self.cfg
         return build_optimizer(self.raw_model, kind=c.optimizer, lr=c.lr, weight_decay=c.weight_decay,
-                               betas=tuple(c.betas), momentum=c.momentum, adamw_lr=c.adamw_lr)
+                               betas=tuple(c.betas), momentum=c.momentum, adamw_lr=c.adamw_lr,
+                               ns_dtype=c.muon_ns_dtype)
 
     def _build_scheduler(self) -> Any:
         from kexaone.train.schedule import WSDSchedule, make_scheduler

@@ -194,17 +194,19 @@ def test_plain_momentum_and_zero_lr():
     assert torch.equal(p.detach(), before)
 
 
-@pytest.mark.parametrize("choice", ["auto", "bfloat16"])
-def test_trainer_passes_the_newton_schulz_dtype_to_muon(tmp_path, choice):
+@pytest.mark.parametrize("choice,precision,expected", [("auto", "fp32", "auto"), ("bfloat16", "fp32", "bfloat16"),
+                                                       ("auto", "bf16", "bfloat16"), ("float32", "bf16", "float32")])
+def test_trainer_passes_the_newton_schulz_dtype_to_muon(tmp_path, choice, precision, expected):
+    """--muon-ns-dtype reaches Muon; `auto` follows the training precision (bf16 training iterates in bf16)."""
     from kexaone.config import KExaoneConfig
     from kexaone.model.transformer import KExaoneForCausalLM
     from kexaone.train.config import TrainConfig
     from kexaone.train.trainer import Trainer
 
     model = KExaoneForCausalLM(KExaoneConfig.preset("tiny"))
-    t = Trainer(model, None, [], TrainConfig(max_steps=1, precision="fp32", device="cpu", out=str(tmp_path),
+    t = Trainer(model, None, [], TrainConfig(max_steps=1, precision=precision, device="cpu", out=str(tmp_path),
                                              progress=False, tensorboard=False, muon_ns_dtype=choice))
     muon_groups = [g for g in t.optimizer.param_groups if g["kind"] == "muon"]
-    assert muon_groups and all(g["ns_dtype"] == choice for g in muon_groups)
-    expected = torch.bfloat16 if choice == "bfloat16" else torch.float32
-    assert resolve_ns_dtype(muon_groups[0]["ns_dtype"], torch.device("cpu")) == expected
+    assert muon_groups and all(g["ns_dtype"] == expected for g in muon_groups)
+    dtype = torch.bfloat16 if expected == "bfloat16" else torch.float32
+    assert resolve_ns_dtype(muon_groups[0]["ns_dtype"], torch.device("cpu")) == dtype

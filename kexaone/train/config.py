@@ -127,8 +127,8 @@ class OptimSection:
     lr: float = 3e-4
     """peak learning rate of the WSD schedule"""
     muon_ns_dtype: str = opt("auto", choices=("auto", "float32", "bfloat16"))
-    """dtype of Muon's Newton-Schulz iterations. auto: bfloat16 on CUDA, float32 on CPU; bfloat16 on a CPU with AMX
-    or AVX512_BF16 makes them 2.3-3.3x faster (see kexaone.train.muon.resolve_ns_dtype for the cost)"""
+    """dtype of Muon's Newton-Schulz iterations. auto: bfloat16 under --precision bf16 and on CUDA, else float32.
+    On a CPU with AMX or AVX512_BF16 bfloat16 makes them 2.3-3.3x faster (kexaone.train.muon.resolve_ns_dtype)"""
     adamw_lr: float | None = None
     """peak LR of Muon's AdamW groups: embeddings, output head, router, norms (default --lr). Small models want
     these far higher than the hidden matrices: on a copy probe of the `small` preset with Muon at 3e-3, these at

@@ -78,7 +78,8 @@ def resolve_ns_dtype(ns_dtype: str | torch.dtype | None, device: torch.device) -
     """`None`/"auto": bf16 on CUDA (fast, what the reference uses), fp32 on CPU. On CPUs that multiply bf16 natively
     (AMX, AVX512_BF16) "bfloat16" is 2.3-3.3x faster for the `small` preset's expert stacks (measured here), but it
     is not the CPU default: bf16 rounding amplifies the last-bit differences between one process and several ranks
-    (losses then agree to ~2e-6 relative, not 1e-6), and a default should not depend on the CPU model."""
+    (fp32 training runs then agree to ~2e-6 relative, not 1e-6), and a default should not depend on the CPU model.
+    The Trainer asks for bf16 itself when it trains in bf16."""
     if ns_dtype is None or ns_dtype == "auto":
         return torch.bfloat16 if device.type == "cuda" else torch.float32
     if isinstance(ns_dtype, torch.dtype):

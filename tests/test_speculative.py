@@ -194,3 +194,39 @@ def test_speculative_sampling_matches_plain_sampling_distribution(aligned):
         stat, df = _chi2_ok(c, marginal, N)
         assert stat < _chi2_limit(df - 1), (mode, stat, df)
     assert (counts["mtp"] > 0).sum() >= 2
+
+
+# ------------------------------------------------------------------------------------------------ draft vocabulary
+@pytest.mark.parametrize("draft_vocab", [1, 40, 200])
+def test_draft_vocabulary_keeps_the_output_and_only_drafts_inside_it(aligned, draft_vocab):
+    """With `draft_vocab`, drafts are ids below it (the head's first rows), greedy output stays plain decoding's,
+    and the draft distribution is the MTP head's restricted to those ids."""
+    plain = Engine(aligned).generate([11, 12, 13, 14], max_new_tokens=60, temperature=0)
+    eng = Engine(aligned, draft_vocab=draft_vocab)
+    batch = eng.start([[11, 12, 13, 14]], [SamplingParams(max_new_tokens=60, temperature=1.0, seed=3)],
+                      speculative="mtp", draft_tokens=3)
+    eng.step(batch)
+    q = batch.draft_q_BV[0]
+    assert q[draft_vocab:].sum() == 0 and int(batch.draft_B[0]) < draft_vocab
+    seq = batch.seqs[0]
+    full = seq.prompt_ids + seq.tokens
+    ref = aligned(torch.tensor([full]))
+    logits, _ = aligned.mtp_forward(ref.hidden_states[:, :-1], torch.tensor([full[1:]]))
+    restricted = torch.full_like(logits[:, -1], float("-inf"))
+    restricted[:, :draft_vocab] = logits[:, -1, :draft_vocab]
+    sampling = BatchSampling.from_params([SamplingParams(temperature=1.0, seed=3)])
+    torch.testing.assert_close(q, logits_to_probs(restricted, sampling)[0])
+    for k in (1, 3):
+        spec = eng.generate([11, 12, 13, 14], max_new_tokens=60, temperature=0, speculative="mtp", draft_tokens=k)
+        assert spec.tokens == plain.tokens
+
+
+def test_draft_vocabulary_is_checked():
+    model = tiny_model(3)
+    V = model.config.vocab_size
+    for bad in (0, V + 1, 2.5, True):
+        with pytest.raises(ValueError, match="draft_vocab"):
+            Engine(model, draft_vocab=bad)
+    assert Engine(model, draft_vocab=V).draft_vocab is None  # the whole vocabulary: nothing to restrict
+    with pytest.raises(ValueError, match="vocab_rows"):
+        model.mtp_forward(torch.zeros(1, 1, model.config.hidden_size), torch.tensor([[1]]), vocab_rows=0)

@@ -22,6 +22,8 @@ import os
 import sys
 from dataclasses import dataclass
 
+from kexaone.engine.cli_generate import DRAFT_VOCAB_HELP
+
 HELP = "serve a model over the OpenAI HTTP API, with a web chat page at /"
 
 MAX_BODY_BYTES = 4 * 1024 * 1024
@@ -74,6 +76,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-queue", type=int, default=64, help="waiting requests before new ones get HTTP 429")
     p.add_argument("--speculative", choices=["mtp"], default=None, help="MTP self-speculative decoding")
     p.add_argument("--draft-tokens", type=int, default=2)
+    p.add_argument("--draft-vocab", type=int, default=None, metavar="N", help=DRAFT_VOCAB_HELP)
     p.add_argument("--no-continuous-batching", action="store_true",
                    help="new requests never join a running batch (they start their own)")
     p.add_argument("--join", choices=["slots", "reprefill"], default="slots",

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
@@ -286,32 +287,42 @@ class KExaoneForCausalLM(nn.Module):
         rope = self._rope(position_ids, emb.dtype, any(l.self_attn.use_rope for l in self.mtp.layers))
         return self.mtp(emb, hidden_BTH, rope, inputs, cache)
 
-    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache, logits_to_keep: int = 0):
+    def _mtp(self, hidden_BTH, next_ids_BT, position_ids, inputs, cache, logits_to_keep: int = 0,
+             vocab_rows: int | None = None):
         mtp_hidden = self._mtp_hidden(hidden_BTH, next_ids_BT, position_ids, inputs, cache)
-        return self._vocab_logits(mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]), mtp_hidden
+        kept = mtp_hidden if logits_to_keep == 0 else mtp_hidden[:, -logits_to_keep:]
+        return self._vocab_logits(kept, vocab_rows), mtp_hidden
 
-    def _vocab_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """lm_head(hidden). A few rows on CPU without autograd (decoding, MTP verification) are projected as
-        W @ hidden^T: for the [vocab, hidden] weight that is 2-3x faster than F.linear's hidden @ W^T there (8192 x
-        256 with 3 rows: 0.45 vs 1.04 ms), and the speculative verify forward is exactly such a call. Same maths;
-        the sum may round differently in the last bit."""
+    def _vocab_logits(self, hidden: torch.Tensor, vocab_rows: int | None = None) -> torch.Tensor:
+        """lm_head(hidden), or only its first `vocab_rows` outputs (token ids [0, vocab_rows)) when given: a slice of
+        the plain head's weight, so those rows alone are read. A few rows on CPU without autograd (decoding, MTP
+        verification) are projected as W @ hidden^T: for the [vocab, hidden] weight that is 2-3x faster than
+        F.linear's hidden @ W^T there (8192 x 256 with 3 rows: 0.45 vs 1.04 ms), and the speculative verify forward
+        is exactly such a call. Same maths; the sum may round differently in the last bit."""
         head = self.lm_head
+        if type(head) is not nn.Linear:  # a wrapped head (LoRA, FSDP) runs whole, hooks included
+            out = head(hidden)
+            return out if vocab_rows is None else out[..., :vocab_rows]
+        weight = head.weight if vocab_rows is None else head.weight[:vocab_rows]
         rows = hidden.numel() // hidden.shape[-1]
-        if (1 < rows <= _FEW_ROWS and hidden.device.type == "cpu" and type(head) is nn.Linear
-                and head.weight.dtype == hidden.dtype and not torch.is_grad_enabled()
+        if (1 < rows <= _FEW_ROWS and hidden.device.type == "cpu" and head.bias is None
+                and weight.dtype == hidden.dtype and not torch.is_grad_enabled()
                 and not torch.is_autocast_enabled("cpu")):
-            return (head.weight @ hidden.reshape(rows, -1).T).T.reshape(*hidden.shape[:-1], -1)
-        return head(hidden)
+            return (weight @ hidden.reshape(rows, -1).T).T.reshape(*hidden.shape[:-1], -1)
+        if vocab_rows is None:
+            return head(hidden)
+        return F.linear(hidden, weight, None if head.bias is None else head.bias[:vocab_rows])
 
     def mtp_forward(self, hidden_BTH: torch.Tensor, next_ids_BT: torch.Tensor, cache: KVCache | None = None,
                     position_ids: torch.Tensor | None = None,
                     attention_mask: torch.Tensor | None = None,
-                    logits_to_keep: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+                    logits_to_keep: int = 0, vocab_rows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Draft with the MTP head: input at t is h[t] (main model, final-normed) and token t+1; the logits at t
         predict token t+2. With a cache, the MTP layer's keys go to its slot, whose entry i is the pair at main
         position i (cache.mtp_seq_len counts them): feed the pairs from position 0 on (the prompt's pairs first), so
         that the left padding recorded by the main model's forward lines up.
-        Returns (logits [B, T, V] (only the last `logits_to_keep` positions when > 0: drafting needs just the last),
+        Returns (logits [B, T, V] (only the last `logits_to_keep` positions when > 0: drafting needs just the last;
+        only token ids [0, vocab_rows) when `vocab_rows` is given: the engine's draft vocabulary),
         mtp_hidden [B, T, H] after mtp.norm, reusable as h for a further draft step)."""
         if self.mtp is None:
             raise ValueError("this model has no MTP block (config.num_nextn_predict_layers == 0)")
@@ -326,5 +337,7 @@ class KExaoneForCausalLM(nn.Module):
         dev = self.lm_head.weight.device
         position_ids, token_valid, _ = self._positions_and_validity(
             B, T, dev, cache, attention_mask if cache is None else None, position_ids, mtp=True)
+        if vocab_rows is not None and not (isinstance(vocab_rows, int) and 1 <= vocab_rows <= self.config.vocab_size):
+            raise ValueError(f"vocab_rows must be an integer in [1, {self.config.vocab_size}], got {vocab_rows!r}")
         return self._mtp(hidden_BTH.to(dev), next_ids_BT.to(dev), position_ids,
-                         AttentionInputs(token_valid_BT=token_valid), cache, logits_to_keep)
+                         AttentionInputs(token_valid_BT=token_valid), cache, logits_to_keep, vocab_rows)

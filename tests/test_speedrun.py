@@ -264,6 +264,9 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
     assert summary["tasks"] and all(0.0 <= t["accuracy"] <= 1.0 and 0.0 <= t["baseline"] <= 1.0
                                     for t in summary["tasks"])
     assert summary["mtp_speedup"] > 0 and summary["plain_tokens_per_s"] > 0
+    speed = json.loads((out / "generate" / "generation.json").read_text())["speed"]
+    assert speed["draft_vocab"] == 512 and speed["identical"]  # drafts from the draft vocabulary, same output
+    assert "Drafts score token ids below 512" in md
     assert all(v > 0 for v in summary["stage_seconds"].values())
     # time table in the markdown: every finished stage has a positive time
     timed = "|".join(n for n in STAGE_NAMES if n != "report")

@@ -150,6 +150,10 @@ class Budget:
     """Interleaved repeats of plain vs speculative decoding (the machine is noisy)."""
     speed_draft_counts: tuple[int, ...] = (1, 2, 3)
     """MTP draft lengths measured against plain decoding (each side by side with it)."""
+    speed_draft_vocab: int | None = 2048
+    """MTP drafts score only token ids [0, N) (`Engine(draft_vocab=N)`; None or N >= the vocabulary: all). On the
+    default run's model, 2 drafts went from 1.38x to 1.57x plain with N = 2048 at equal acceptance
+    (benchmarks/bench_mtp_speedrun.py)."""
     checkpoint_every: int = 100
     """Optimizer steps between trainer checkpoints (what a killed pre-training resumes from)."""
     probe_every: int = 50
@@ -204,7 +208,8 @@ BUDGETS: dict[str, Budget] = {
         seq_len=128, batch_size=8, train_tokens=128 * 8 * 30, lr=3e-3, bias_update_rate=1e-3, heldout_docs=3,
         task_items=8,
         answer_tokens_cap=24, generation_prompts=1, generation_max_new_tokens=24, speed_new_tokens=24,
-        speed_repeats=1, speed_draft_counts=(2,), checkpoint_every=10, probe_every=10, probe_rows=8,
+        speed_repeats=1, speed_draft_counts=(2,), speed_draft_vocab=512, checkpoint_every=10, probe_every=10,
+        probe_rows=8,
         extend=ExtendBudget(rounds_per_stage=2, steps_per_round=4, long_docs=8),
         sft=SFTBudget(steps=8, seq_len=512, batch_size=2, examples=200, eval_limit=16, max_new_tokens=48),
         rl=RLBudget(rounds=2, prompts_per_round=2, group_size=2, updates_per_rollout=1, max_new_tokens=16,

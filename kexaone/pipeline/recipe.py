@@ -167,19 +167,23 @@ def stage_generate(ctx: StageContext) -> dict[str, Any]:
     ctx.log(f"[generate] the final model: {stage} ({ctx.rel(model_dir)})")
     model = KExaoneForCausalLM.from_pretrained(model_dir).eval()
     tok = KExaoneTokenizer.from_dir(model_dir)
-    engine = Engine(model, tok)
+    n = b.speed_draft_vocab
+    draft_vocab = n if n is not None and n < model.config.vocab_size else None
+    engine = Engine(model, tok, draft_vocab=draft_vocab)
     questions = corpus.chat_questions(b, seed=ctx.params["seed"])
     samples = sample_answers(engine, tok, questions, b.generation_max_new_tokens, seed=ctx.params["seed"])
     prompts = corpus.speed_prompts(tok, b, seed=ctx.params["seed"])
     ctx.log(f"[generate] decode speed: {len(prompts)} prompts x {b.speed_new_tokens} tokens, plain vs MTP with "
-            f"{', '.join(map(str, b.speed_draft_counts))} draft tokens")
+            f"{', '.join(map(str, b.speed_draft_counts))} draft tokens"
+            + (f", drafts from token ids < {draft_vocab}" if draft_vocab else ""))
     # Each draft count is measured side by side with plain decoding; the headline is the fastest, and the report
     # shows every count (how many drafts pay off depends on the machine and on how well the MTP head predicts).
     speeds = [measure_decode_speed(engine, prompts, new_tokens=b.speed_new_tokens, repeats=b.speed_repeats,
                                    draft_tokens=k) for k in b.speed_draft_counts]
     speed = max(speeds, key=lambda r: r.speedup)
     gen = {"model_stage": stage, "model_dir": ctx.rel(model_dir), "samples": [s.to_dict() for s in samples],
-           "speed": speed.to_dict(), "speed_by_draft_tokens": [r.to_dict() for r in speeds]}
+           "speed": {**speed.to_dict(), "draft_vocab": draft_vocab},
+           "speed_by_draft_tokens": [{**r.to_dict(), "draft_vocab": draft_vocab} for r in speeds]}
     _write_json(ctx.stage_dir / "generation.json", gen)
     return {"generation": ctx.rel(ctx.stage_dir / "generation.json"), "model_stage": stage,
             "model_dir": ctx.rel(model_dir), "speedup": speed.speedup, "acceptance_rate": speed.acceptance_rate}

@@ -346,7 +346,9 @@ def _section_generation(g: D.GenerationData | D.Missing) -> list:
             f"Greedy decoding of {sp['new_tokens']} new tokens per prompt, batch 1, median of {sp['repeats']} "
             f"interleaved repeats; each draft length is measured side by side with its own plain runs. Speculative "
             f"output identical to plain: {_f(all(r.get('identical') for r in g.speed_runs))}. The summary quotes the "
-            f"fastest draft length ({sp['draft_tokens']})."),
+            f"fastest draft length ({sp['draft_tokens']})."
+            + (f" Drafts score token ids below {sp['draft_vocab']} only (the draft vocabulary)."
+               if sp.get("draft_vocab") else "")),
             Table(["mode", "plain tokens/s", "speculative tokens/s", "tokens per main-model forward",
                    "acceptance rate", "speed-up"], rows)]
     return blocks

@@ -168,8 +168,8 @@ def stage_generate(ctx: StageContext) -> dict[str, Any]:
     model = KExaoneForCausalLM.from_pretrained(model_dir).eval()
     tok = KExaoneTokenizer.from_dir(model_dir)
     n = b.speed_draft_vocab
-    draft_vocab = n if n is not None and n < model.config.vocab_size else None
-    engine = Engine(model, tok, draft_vocab=draft_vocab)
+    engine = Engine(model, tok, draft_vocab=None if n is None else min(n, model.config.vocab_size))
+    draft_vocab = engine.draft_vocab  # None when it covers the whole vocabulary
     questions = corpus.chat_questions(b, seed=ctx.params["seed"])
     samples = sample_answers(engine, tok, questions, b.generation_max_new_tokens, seed=ctx.params["seed"])
     prompts = corpus.speed_prompts(tok, b, seed=ctx.params["seed"])

@@ -24,8 +24,8 @@ _kept = False
 
 @functools.cache
 def cpu_has_native_bf16() -> bool:
-    """Whether this CPU multiplies bf16 natively (AMX or AVX512_BF16): there bf16 matmuls reach about twice the fp32
-    rate (measured here: 209 vs 99 GFLOP/s); elsewhere they are emulated and no faster than fp32."""
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512_BF16): there bf16 matmuls are several times faster
+    than fp32 (benchmarks/bench_train.py measures both peaks); elsewhere they are emulated and no faster."""
     import torch
 
     checks = [getattr(torch.cpu, name, None) for name in ("_is_amx_tile_supported", "_is_avx512_bf16_supported")]

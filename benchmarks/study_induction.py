@@ -217,7 +217,7 @@ def run(cfg: RunConfig, log=print) -> dict:
     t0 = time.perf_counter()
     stopped = None
     try:
-        _train(cfg, model, opt, sched, probe, data, curve, log, t0)
+        stopped = _train(cfg, model, opt, sched, probe, data, curve, log, t0)
     except KeyboardInterrupt:  # SIGINT / SIGTERM (see main): keep the curve so far, marked as stopped
         stopped = "interrupted"
     secs = time.perf_counter() - t0
@@ -234,7 +234,9 @@ def run(cfg: RunConfig, log=print) -> dict:
     return result
 
 
-def _train(cfg: RunConfig, model, opt, sched, probe, data, curve: list, log, t0: float) -> None:
+def _train(cfg: RunConfig, model, opt, sched, probe, data, curve: list, log, t0: float) -> str | None:
+    """Train until both probes hold (None), `max_steps` (None) or `max_seconds` ("time limit", returned: the run
+    did not get all its steps, so an onset after it is unknown rather than absent)."""
     losses: list[float] = []
     above = 0
     for step in range(1, cfg.max_steps + 1):
@@ -253,8 +255,11 @@ def _train(cfg: RunConfig, model, opt, sched, probe, data, curve: list, log, t0:
             curve.append(row)
             log(json.dumps(row))
             above = above + 1 if min(s["induction_acc"], s["recall_acc"]) >= 0.9 else 0
-            if above >= 2 or time.perf_counter() - t0 > cfg.max_seconds:
-                break
+            if above >= 2:
+                return None
+            if time.perf_counter() - t0 > cfg.max_seconds and step < cfg.max_steps:
+                return "time limit"
+    return None
 
 
 # ---------------------------------------------------------------------------------------------- grids
@@ -269,7 +274,7 @@ def grid(name: str) -> list[RunConfig]:
         # seed of it, then each lever taken away (an ablation from the setting that forms), then other factors
         # varied around it.
         b = RunConfig(name="long-combined", factor="combined", share=1.0, answers_only=True, lr=1e-2,
-                      max_steps=1200, max_seconds=720)
+                      max_steps=1200, max_seconds=1e9)
         runs = [b, dataclasses.replace(b, name="long-combined-s1", seed=1)]
         add = lambda factor, label, **kw: runs.append(  # noqa: E731
             dataclasses.replace(b, name=f"long-{factor}={label}", factor=factor, **kw))
@@ -342,7 +347,20 @@ def _fmt(v, r: dict) -> str:
     """An onset step; `never` for a run that ended at its limit, `not by N` for one stopped by hand."""
     if v is not None:
         return str(v)
-    return f"not by {r['steps']}" if r.get("stopped") else "never"
+    return f"not by {r['steps']}" if _stopped(r) else "never"
+
+
+def _stopped(r: dict) -> str | None:
+    """Why a run ended before its step limit without forming: "interrupted" (by hand), "time limit", or None.
+    Runs recorded before the time limit was noted are recognised by their missing steps."""
+    if r.get("stopped"):
+        return r["stopped"]
+    formed = min(r["final_induction"] or 0.0, r["final_recall"] or 0.0) >= 0.9
+    return "time limit" if r["steps"] < r["config"]["max_steps"] and not formed else None
+
+
+def _stop_note(r: dict) -> str:
+    return {None: "", "interrupted": " (stopped by hand)"}.get(_stopped(r), f" ({_stopped(r)})")
 
 
 def _settings(c: dict) -> str:
@@ -383,7 +401,7 @@ def report(path: Path, md: Path) -> None:
         la = (f"{at['induction_loss']:.2f} | {at['recall_loss']:.2f}" if at else "- | -")
         lines.append(f"| {c['shape']} ({r['layer_types']}, window {r['window']}) | {c['factor']} | {c['name']} | "
                      f"{_settings(c)} | {c['seed']} | {r['params'] / 1e6:.1f}M | {r['sec_per_step']:.2f} | {r['steps']}"
-                     f"{' (stopped by hand)' if r.get('stopped') else ''} | "
+                     f"{_stop_note(r)} | "
                      f"{_fmt(r['onset_induction'], r)} | {_fmt(r['onset_recall'], r)} | {r['final_induction']:.2f} | "
                      f"{r['final_recall']:.2f} | {la} |")
     d = RunConfig()

@@ -96,6 +96,8 @@ class RunConfig:
     """Sliding window (None: the shape's)."""
     first_global: int | None = None
     """Index of the first global layer (later layers repeat L/G with the shape's pattern; the last stays global)."""
+    tokenizer: str | None = None
+    """A trained kexaone tokenizer directory, needed by the `docs` form (vocab_size must be its vocabulary size)."""
     warmup: int = 30
     max_steps: int = 500
     max_seconds: float = 480.0
@@ -163,6 +165,8 @@ def synthetic_row(rng: random.Random, cfg: RunConfig, bg: Background) -> tuple[l
             x, m = mqar_tokens(rng, min(cfg.n_pairs, kv), (k0, k0 + kv), (v0, v0 + kv))
         elif form == "repeat":
             x, m = repeat_tokens(rng, rng.randint(8, 24), (SPECIAL, V), filler=(0, 32), prefix=(0, 8))
+        elif form == "docs":
+            x, m = _docs(cfg).next_instance()
         elif form == "passkey":
             key = [rng.randrange(SPECIAL, V) for _ in range(4)]
             hay = bg.rows(1, rng.randint(16, max(17, cfg.seq_len - 16)))[0].tolist()
@@ -170,10 +174,43 @@ def synthetic_row(rng: random.Random, cfg: RunConfig, bg: Background) -> tuple[l
             x = hay[:at] + [MARKER] + key + hay[at:] + [MARKER] + key
             m = [False] * (len(x) - 4) + [True] * 4
         else:
-            raise ValueError(f"unknown form {form!r}; choose among mqar, repeat, passkey")
+            raise ValueError(f"unknown form {form!r}; choose among mqar, repeat, passkey, docs")
         ids += x
         mask += m
     return ids[:cfg.seq_len], mask[:cfg.seq_len]
+
+
+class SpeedrunDocs:
+    """The speedrun's retrieval-dense documents (kexaone.data.synthetic.recall: recall lists with 4-digit keys,
+    repeated runs, passkeys), tokenized by a trained tokenizer, with their answer-token masks. Unlike `mqar`, a key
+    is several tokens (digits) and a value several tokens after it: what the speedrun's retrieval task asks."""
+
+    def __init__(self, cfg: RunConfig):
+        from kexaone.data.synthetic.recall import answer_token_mask, dense_recall_documents
+        from kexaone.tokenizer import KExaoneTokenizer
+
+        if cfg.tokenizer is None:
+            raise ValueError("the docs form needs RunConfig.tokenizer (a trained tokenizer directory)")
+        self.tok = KExaoneTokenizer.from_dir(cfg.tokenizer)
+        if self.tok.vocab_size != cfg.vocab_size:
+            raise ValueError(f"vocab_size {cfg.vocab_size} must equal the tokenizer's {self.tok.vocab_size}")
+        self.docs = dense_recall_documents(seed=cfg.seed)
+        self.mask = answer_token_mask
+        self.eos = self.tok.eos_id
+
+    def next_instance(self) -> tuple[list[int], list[bool]]:
+        ids, mask = self.mask(self.tok, next(self.docs))
+        return ids + [self.eos], mask + [False]
+
+
+_DOCS: dict[str, SpeedrunDocs] = {}
+
+
+def _docs(cfg: RunConfig) -> SpeedrunDocs:
+    key = f"{cfg.tokenizer}|{cfg.seed}"
+    if key not in _DOCS:
+        _DOCS[key] = SpeedrunDocs(cfg)
+    return _DOCS[key]
 
 
 def batches(cfg: RunConfig):
@@ -197,6 +234,26 @@ def batches(cfg: RunConfig):
                 if cfg.answers_only:
                     labels[b][~torch.tensor(m)] = -100
         yield x, labels
+
+
+def docs_answer_accuracy(model, cfg: RunConfig, rows: int = 32) -> float:
+    """Teacher-forced argmax accuracy on the answer tokens of `rows` fixed held-out speedrun documents (seed 10**6,
+    never trained on): copying the values of a recall list, the repeated run, the pass key."""
+    held = dataclasses.replace(cfg, seed=10 ** 6, forms={"docs": 1.0})
+    rng = random.Random("induction-study|docs-eval")
+    hits = total = 0
+    was = model.training
+    model.eval()
+    with torch.no_grad():
+        for _ in range(rows):
+            ids, mask = synthetic_row(rng, held, None)
+            x = torch.tensor([ids])
+            pred = model(input_ids=x).logits[0, :-1].argmax(-1)
+            m = torch.tensor(mask[1:])
+            hits += int((pred[m] == x[0, 1:][m]).sum())
+            total += int(m.sum())
+    model.train(was)
+    return hits / max(total, 1)
 
 
 # ---------------------------------------------------------------------------------------------- one run
@@ -249,6 +306,8 @@ def _train(cfg: RunConfig, model, opt, sched, probe, data, curve: list, log, t0:
         losses.append(float(out.ce_loss.detach()))
         if step % cfg.eval_every == 0 or step == cfg.max_steps:
             s = score_probe(model, probe)
+            if "docs" in cfg.forms:
+                s["docs_acc"] = docs_answer_accuracy(model, cfg)
             row = {"step": step, "seconds": round(time.perf_counter() - t0, 1),
                    "loss": round(sum(losses) / len(losses), 4), **{k: round(v, 4) for k, v in s.items()}}
             losses.clear()
@@ -323,7 +382,15 @@ def grid(name: str) -> list[RunConfig]:
                 dataclasses.replace(b, name="small-best-s1", factor="small-seed", seed=1),
                 dataclasses.replace(b, name="small-seq_len=32", factor="small-seq_len", seq_len=32, n_pairs=8),
                 dataclasses.replace(b, name="small-lr=muon1e-2", factor="small-lr", lr=1e-2)]
-    raise ValueError(f"unknown grid {name!r}; choose s4, s4-long, s4-best, s4-seeds, small or small-levers")
+    if name == "docs":
+        # The speedrun's own retrieval-dense documents (multi-token keys and values) through its tokenizer, every
+        # row, answers-only loss, the speedrun's row length and LRs: can the 4-layer shape learn to copy from them?
+        tok = Path(__file__).resolve().parents[1] / "runs" / "speedrun" / "tokenizer" / "tokenizer"
+        b = RunConfig(name="docs-s4", factor="docs", vocab_size=8192, tokenizer=str(tok), forms={"docs": 1.0},
+                      share=1.0, answers_only=True, seq_len=256, tokens_per_step=2048, max_steps=900,
+                      max_seconds=1e9)
+        return [b, dataclasses.replace(b, name="docs-s4-mqar", forms={"docs": 0.5, "mqar": 0.5})]
+    raise ValueError(f"unknown grid {name!r}; choose s4, s4-long, s4-best, s4-seeds, small, small-levers or docs")
 
 
 def done_names(path: Path) -> set[str]:
@@ -447,7 +514,7 @@ def report(path: Path, md: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small, small-levers), skipping runs "
+    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small, small-levers, docs), skipping runs "
                     "already in the JSONL")
     ap.add_argument("--one", help="JSON of RunConfig fields: one run")
     ap.add_argument("--report", action="store_true")

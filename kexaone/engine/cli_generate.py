@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from kexaone.engine.quantize import QUANTIZE_MODES
+
 HELP = "generate text from a saved model (plain or chat, optional MTP self-speculative decoding)"
 
 
@@ -29,8 +31,11 @@ def add_sampling_arguments(p: argparse.ArgumentParser, default_max_tokens: int =
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None,
                    help="weights dtype (default: bfloat16 on CUDA, where the grouped-expert and flash kernels need "
                         "it; as saved on CPU)")
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default=None, help=QUANTIZE_HELP)
 
 
+QUANTIZE_HELP = ("weight-only quantization of the Linear layers (int8: one scale per output row, through torchao, "
+                 "pip install 'kexaone[fp8]'); routed experts, router, embeddings stay as loaded")
 DRAFT_VOCAB_HELP = ("MTP drafts choose among token ids [0, N) only (specials, bytes, the most frequent merges): "
                     "fewer bytes read per draft at batch 1, same output (default: the whole vocabulary)")
 
@@ -60,7 +65,8 @@ def load_engine(args):
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = default_serving_dtype(device) if args.dtype is None else getattr(torch, args.dtype)
-    return Engine.from_pretrained(args.model, dtype=dtype, device=device, draft_vocab=args.draft_vocab)
+    return Engine.from_pretrained(args.model, dtype=dtype, device=device, draft_vocab=args.draft_vocab,
+                                  quantize=args.quantize)
 
 
 def sampling_kwargs(args) -> dict:

@@ -177,8 +177,9 @@ class Engine:
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: torch.dtype | None = None,
                         device: str | torch.device | None = None, tokenizer: bool = True,
-                        **engine_options: Any) -> "Engine":
+                        quantize: str | None = None, **engine_options: Any) -> "Engine":
         """Load model (and tokenizer, when the directory has one) from a Hugging Face layout directory.
+        `quantize`: None, or "int8" for weight-only int8 Linear layers (kexaone.engine.quantize, needs torchao).
         `engine_options`: Engine keyword arguments (draft_vocab, cache_dtype, ...)."""
         from kexaone.model.transformer import KExaoneForCausalLM
 
@@ -189,6 +190,10 @@ class Engine:
         # The engine owns this model and never trains it: without parameter gradients the training-conditions
         # forward of `score` and exact log-probs records no autograd graph.
         model.requires_grad_(False)
+        if quantize is not None:
+            from kexaone.engine.quantize import quantize_weights
+
+            quantize_weights(model, quantize)
         tok = None
         if tokenizer and (path / "tokenizer.json").is_file():
             from kexaone.tokenizer import KExaoneTokenizer

@@ -22,7 +22,8 @@ import os
 import sys
 from dataclasses import dataclass
 
-from kexaone.engine.cli_generate import DRAFT_VOCAB_HELP
+from kexaone.engine.cli_generate import DRAFT_VOCAB_HELP, QUANTIZE_HELP
+from kexaone.engine.quantize import QUANTIZE_MODES
 
 HELP = "serve a model over the OpenAI HTTP API, with a web chat page at /"
 
@@ -84,6 +85,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                         "reprefill = recompute the running rows with it (the earlier scheme, for comparison)")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"], default=None)
+    p.add_argument("--quantize", choices=QUANTIZE_MODES, default=None, help=QUANTIZE_HELP)
     p.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"])
 
 

@@ -300,7 +300,9 @@ class KExaoneForCausalLM(nn.Module):
         F.linear's hidden @ W^T there (8192 x 256 with 3 rows: 0.45 vs 1.04 ms), and the speculative verify forward
         is exactly such a call. Same maths; the sum may round differently in the last bit."""
         head = self.lm_head
-        if type(head) is not nn.Linear:  # a wrapped head (LoRA, FSDP) runs whole, hooks included
+        # A wrapped head (LoRA, FSDP) runs whole, hooks included; so does a quantized weight (a tensor subclass,
+        # kexaone.engine.quantize), which is neither sliced nor multiplied as a plain tensor.
+        if type(head) is not nn.Linear or type(head.weight) not in (nn.Parameter, torch.Tensor):
             out = head(hidden)
             return out if vocab_rows is None else out[..., :vocab_rows]
         weight = head.weight if vocab_rows is None else head.weight[:vocab_rows]

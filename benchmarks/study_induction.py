@@ -368,8 +368,9 @@ def grid(name: str) -> list[RunConfig]:
         add("lr", "muon1e-3", lr=1e-3)
         return runs
     if name == "s4-seeds":
-        names = ("long-answers_only=no", "long-lr=muon3e-3", "long-share=0.5")
-        return [dataclasses.replace(r, name=r.name + "-s1", seed=1) for r in grid("s4-long") if r.name in names]
+        names = ("long-window=64", "long-answers_only=no", "long-lr=muon3e-3", "long-share=0.5")
+        return [dataclasses.replace(r, name=r.name + "-s1", seed=1) for n in names for r in grid("s4-long")
+                if r.name == n]
     if name == "small":
         b = RunConfig(name="small-baseline", shape="small", max_steps=300, max_seconds=1200)
         return [b]

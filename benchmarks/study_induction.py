@@ -92,6 +92,9 @@ class RunConfig:
     kv_vocab: int | None = None
     """Ids per key range and per value range of mqar rows (None: half of the vocabulary each, like the probe)."""
     n_pairs: int = 16
+    gap: int = 0
+    """Background tokens between an mqar row's pairs and its queries, and at least that many between the two copies
+    of a repeated span: with gap >= window, no sliding layer can see from a query to its pair."""
     window: int | None = None
     """Sliding window (None: the shape's)."""
     first_global: int | None = None
@@ -162,9 +165,14 @@ def synthetic_row(rng: random.Random, cfg: RunConfig, bg: Background) -> tuple[l
         if form == "mqar":
             # Keys from the first kv ids of the lower half of the vocabulary, values from the first kv of the upper.
             k0, v0 = SPECIAL, SPECIAL + half
-            x, m = mqar_tokens(rng, min(cfg.n_pairs, kv), (k0, k0 + kv), (v0, v0 + kv))
+            n = min(cfg.n_pairs, kv)
+            x, m = mqar_tokens(rng, n, (k0, k0 + kv), (v0, v0 + kv))
+            if cfg.gap:
+                filler = bg.rows(1, cfg.gap)[0].tolist()
+                x, m = x[:2 * n] + filler + x[2 * n:], m[:2 * n] + [False] * cfg.gap + m[2 * n:]
         elif form == "repeat":
-            x, m = repeat_tokens(rng, rng.randint(8, 24), (SPECIAL, V), filler=(0, 32), prefix=(0, 8))
+            x, m = repeat_tokens(rng, rng.randint(8, 24), (SPECIAL, V), filler=(cfg.gap, cfg.gap + 32),
+                                 prefix=(0, 8))
         elif form == "docs":
             x, m = _docs(cfg).next_instance()
         elif form == "passkey":
@@ -383,6 +391,13 @@ def grid(name: str) -> list[RunConfig]:
                 dataclasses.replace(b, name="small-best-s1", factor="small-seed", seed=1),
                 dataclasses.replace(b, name="small-seq_len=32", factor="small-seq_len", seq_len=32, n_pairs=8),
                 dataclasses.replace(b, name="small-lr=muon1e-2", factor="small-lr", lr=1e-2)]
+    if name == "gap":
+        # long-window=64 (every s4 layer sees the whole row) did not form where window 16 did: put the queries (and
+        # the second copies) a window or more after their pairs, so only the global NoPE layer can reach them.
+        b = [r for r in grid("s4-long") if r.name == "long-window=64"][0]
+        # (twice the tokens per step of the gapless runs, so a step holds as many answers)
+        return [dataclasses.replace(b, name="long-window=64-gap=64", factor="gap", gap=64, seq_len=128,
+                                    tokens_per_step=2048)]
     if name == "docs":
         # The speedrun's own retrieval-dense documents (multi-token keys and values) through its tokenizer, every
         # row, answers-only loss, the speedrun's row length and LRs: can the 4-layer shape learn to copy from them?
@@ -391,7 +406,7 @@ def grid(name: str) -> list[RunConfig]:
                       share=1.0, answers_only=True, seq_len=256, tokens_per_step=2048, max_steps=900,
                       max_seconds=1e9)
         return [b, dataclasses.replace(b, name="docs-s4-mqar", forms={"docs": 0.5, "mqar": 0.5})]
-    raise ValueError(f"unknown grid {name!r}; choose s4, s4-long, s4-best, s4-seeds, small, small-levers or docs")
+    raise ValueError(f"unknown grid {name!r}; choose s4, s4-long, s4-best, s4-seeds, small, small-levers, gap or docs")
 
 
 def done_names(path: Path) -> set[str]:
@@ -515,7 +530,7 @@ def report(path: Path, md: Path) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small, small-levers, docs), skipping runs "
+    ap.add_argument("--grid", help="run a named grid (s4, s4-long, s4-best, s4-seeds, small, small-levers, gap, docs), skipping runs "
                     "already in the JSONL")
     ap.add_argument("--one", help="JSON of RunConfig fields: one run")
     ap.add_argument("--report", action="store_true")

@@ -30,4 +30,3 @@ def quantize_weights(model, mode: str) -> list[str]:
     model.requires_grad_(False)
     quantize_(model, Int8WeightOnlyConfig(), filter_fn=lambda m, fqn: type(m) is nn.Linear)
     return names
-

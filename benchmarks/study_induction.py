@@ -451,11 +451,21 @@ def _stop_note(r: dict) -> str:
     return {None: "", "interrupted": " (stopped by hand)"}.get(_stopped(r), f" ({_stopped(r)})")
 
 
+def _docs_cell(r: dict) -> str:
+    """Onset of the held-out document answer accuracy (floor: its first evaluation), for runs on the docs form."""
+    pts = [p for p in r["curve"] if "docs_acc" in p]
+    if not pts:
+        return "-"
+    onset = onset_step([p["step"] for p in pts], [p["docs_acc"] for p in pts], pts[0]["docs_acc"])
+    return f"{_fmt(onset, r)} ({pts[0]['docs_acc']:.2f} -> {pts[-1]['docs_acc']:.2f})"
+
+
 def _settings(c: dict) -> str:
     """The run's data and optimisation fields that differ from RunConfig's defaults, e.g. 'share 1.0, lr 0.01'."""
     base = dataclasses.asdict(RunConfig())
     skip = {"name", "factor", "seed", "max_seconds", "eval_every", "probe_rows", "warmup"}
-    diff = [f"{k} {c[k]}" for k in base if k not in skip and k in c and c[k] != base[k]]
+    repo = str(Path(__file__).resolve().parents[1]) + "/"
+    diff = [f"{k} {str(c[k]).replace(repo, '')}" for k in base if k not in skip and k in c and c[k] != base[k]]
     return ", ".join(diff).replace("|", "/") or "-"
 
 
@@ -475,14 +485,17 @@ def report(path: Path, md: Path) -> None:
              "mean of the last two evaluations; `never` = the final value is less than 0.1 above chance). Probes: "
              "`induction` = second copy of random spans at varying distance (chance ~0), `recall` = MQAR with 16 "
              "pairs over the whole vocabulary (chance 1/16 = 0.06). A run stops once both probes hold >= 0.9 "
-             "(so a short run is a fast one), at its step limit or its time limit.", "",
+             "(so a short run is a fast one), at its step limit or its time limit. Runs on the `docs` form also "
+             "score the held-out documents' answer tokens (`docs_answer_accuracy`); their onset is taken the same "
+             "way, from the first evaluation's accuracy (answer tokens the template predicts without copying) "
+             "instead of chance.", "",
              f"Before an onset, the probe losses at a fixed step ({AT_STEP}) still rank the runs: a lower loss on "
              "the copied tokens is progress toward copying (a uniform guess over the vocabulary's ids scores 5.5 at "
              "vocabulary 256 and 7.6 at 2048; over the values' half 4.8 and 6.9).", "",
              "| shape | factor | run | settings (vs RunConfig defaults) | seed | params | step s | steps run | "
              "onset induction | onset recall | final induction acc | final recall acc | "
-             f"induction loss @{AT_STEP} | recall loss @{AT_STEP} |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             f"induction loss @{AT_STEP} | recall loss @{AT_STEP} | docs: onset (answer acc first -> final) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in runs:
         c = r["config"]
         at = next((p for p in r["curve"] if p["step"] == AT_STEP), None)
@@ -491,7 +504,7 @@ def report(path: Path, md: Path) -> None:
                      f"{_settings(c)} | {c['seed']} | {r['params'] / 1e6:.1f}M | {r['sec_per_step']:.2f} | {r['steps']}"
                      f"{_stop_note(r)} | "
                      f"{_fmt(r['onset_induction'], r)} | {_fmt(r['onset_recall'], r)} | {r['final_induction']:.2f} | "
-                     f"{r['final_recall']:.2f} | {la} |")
+                     f"{r['final_recall']:.2f} | {la} | {_docs_cell(r)} |")
     d = RunConfig()
     lines += ["", f"RunConfig defaults: shape {d.shape} (hidden 128, 4 layers, 16 experts top-2 + shared, MTP), "
               f"vocabulary {d.vocab_size}, {d.share:g} of the rows retrieval-dense ({d.forms}), loss on all tokens, "

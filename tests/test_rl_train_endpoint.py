@@ -1,6 +1,6 @@
 """`kexaone rl --rollout-endpoint` against a `kexaone serve` subprocess on 127.0.0.1: the same seeds give the
-same rollouts as the in-process engine, hence the same rewards and importance-sampling statistics; token names
-map back to ids; the reload command runs between rounds.
+same rollouts as the in-process engine, hence the same rewards and importance-sampling statistics (later updates to
+a looser tolerance, see the test); token names map back to ids; the reload command runs between rounds.
 
 Tolerance: the server decodes with other batch compositions than the in-process engine; in fp32 the tokens drawn
 with the same per-request seeds are identical here, so rewards are compared exactly and IS statistics to 1e-5
@@ -53,11 +53,16 @@ def test_rl_run_through_the_endpoint_matches_the_in_process_run(tiny_dir, server
     run_rl(_rl_config(tiny_dir, tmp_path / "remote", rollout_endpoint=server, **kw))
     local, remote = _train_records(tmp_path / "local"), _train_records(tmp_path / "remote")
     assert len(local) == len(remote) == 3
-    for a, b in zip(local, remote):
+    for i, (a, b) in enumerate(zip(local, remote)):
         for key in ("reward_mean", "reward_std", "pass_rate", "filtered_frac", "rollout_response_len"):
             assert a[key] == b[key], key
+        # The first update sees the rollout log-probs directly (equal to ~1e-6). Later updates start from weights
+        # that one or two optimizer steps moved from those log-probs, and the server's batches (hence their
+        # last-bit rounding) depend on request timing: under load one such run measured is_ratio_mean 1.07678 vs
+        # 1.07653 (2.3e-4 relative) at a later update.
+        rel = 1e-4 if i == 0 else 1e-3
         for key in ("is_ratio_mean", "is_ratio_max", "is_truncated_frac", "agapo", "entropy"):
-            assert a[key] == pytest.approx(b[key], rel=1e-4, abs=1e-5), key
+            assert a[key] == pytest.approx(b[key], rel=rel, abs=1e-5), key
     assert local[0]["is_ratio_mean"] == pytest.approx(1.0, abs=1e-5)
     assert local[-1]["is_ratio_mean"] != pytest.approx(1.0, abs=1e-6)  # off-policy after the first update
 

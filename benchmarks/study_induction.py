@@ -523,13 +523,17 @@ def report(path: Path, md: Path) -> None:
             group = [r for r in runs if r["config"]["shape"] == shape and r["config"]["factor"] == factor]
             if not group:
                 continue
-            fig, axes = plt.subplots(1, 2, figsize=(10, 3.5), sharey=True)
-            for ax, probe in zip(axes, ("induction", "recall")):
+            probes = ("induction", "recall") + (("docs",) if any("docs_acc" in p for r in group for p in r["curve"])
+                                                 else ())
+            fig, axes = plt.subplots(1, len(probes), figsize=(5 * len(probes), 3.5), sharey=True)
+            for ax, probe in zip(axes, probes):
                 for r in [b for b in base if b["config"]["shape"] == shape and b not in group] + group:
-                    xs = [p["step"] for p in r["curve"]]
-                    ax.plot(xs, [p[f"{probe}_acc"] for p in r["curve"]], label=r["config"]["name"],
+                    pts = [p for p in r["curve"] if f"{probe}_acc" in p]
+                    if not pts:
+                        continue
+                    ax.plot([p["step"] for p in pts], [p[f"{probe}_acc"] for p in pts], label=r["config"]["name"],
                             ls="--" if r["config"]["factor"] in refs and factor != r["config"]["factor"] else "-")
-                ax.set_title(f"{probe} probe")
+                ax.set_title("held-out document answers" if probe == "docs" else f"{probe} probe")
                 ax.set_xlabel("step")
                 ax.set_ylim(0, 1)
             axes[0].set_ylabel("accuracy")

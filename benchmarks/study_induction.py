@@ -248,6 +248,7 @@ def docs_answer_accuracy(model, cfg: RunConfig, rows: int = 32) -> float:
     """Teacher-forced argmax accuracy on the answer tokens of `rows` fixed held-out speedrun documents (seed 10**6,
     never trained on): copying the values of a recall list, the repeated run, the pass key."""
     held = dataclasses.replace(cfg, seed=10 ** 6, forms={"docs": 1.0})
+    _DOCS.pop(f"{held.tokenizer}|{held.seed}", None)  # restart the held-out stream: the same documents every time
     rng = random.Random("induction-study|docs-eval")
     hits = total = 0
     was = model.training

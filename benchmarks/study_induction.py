@@ -411,7 +411,11 @@ def grid(name: str) -> list[RunConfig]:
         # docs-s4 formed (held-out answer accuracy 0.12 -> 0.64 between steps 600 and 650): the speedrun's shape on
         # the same data, at the speedrun's tokens per step, then with half the rows background
         b = dataclasses.replace(grid("docs")[0], name="docs-small", factor="docs", shape="small")
-        return [b, dataclasses.replace(b, name="docs-small-share=0.5", share=0.5)]
+        # next (not run yet): levers that might bring the ~750-step onset within the default budget's reach, a
+        # narrow window (on s4, 16 formed where 64 did not) and shorter rows
+        return [b, dataclasses.replace(b, name="docs-small-share=0.5", share=0.5),
+                dataclasses.replace(b, name="docs-small-window=16", window=16),
+                dataclasses.replace(b, name="docs-small-seq_len=128", seq_len=128)]
     raise ValueError(f"unknown grid {name!r}; choose s4, s4-long, s4-best, s4-seeds, small, small-levers, gap, docs or docs-small")
 
 

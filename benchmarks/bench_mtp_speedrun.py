@@ -43,12 +43,12 @@ def main(argv=None) -> int:
     from kexaone.engine.engine import Engine
     from kexaone.eval.speed import measure_decode_speed
     from kexaone.pipeline.budgets import get_budget
+    from kexaone.pipeline.chain import MODEL_STAGES
     from kexaone.pipeline.corpus import speed_prompts
     from kexaone.pipeline.stages import read_state
 
     run = Path(args.run)
-    stage = next((s for s in ("pref", "rl", "sft", "extend", "pretrain") if (run / s / "run" / "model").is_dir()),
-                 None) if run.is_dir() else None
+    stage = next((s for s in reversed(MODEL_STAGES) if (run / s / "run" / "model").is_dir()), None)
     if stage is None:
         print(f"no speedrun model under {run}: run `kexaone speedrun` first")
         return 0

@@ -202,9 +202,15 @@ class SpeedrunDocs:
         self.tok = KExaoneTokenizer.from_dir(cfg.tokenizer)
         if self.tok.vocab_size != cfg.vocab_size:
             raise ValueError(f"vocab_size {cfg.vocab_size} must equal the tokenizer's {self.tok.vocab_size}")
-        self.docs = dense_recall_documents(seed=cfg.seed)
+        self.seed = cfg.seed
+        self.stream = dense_recall_documents
         self.mask = answer_token_mask
         self.eos = self.tok.eos_id
+        self.restart()
+
+    def restart(self) -> None:
+        """Start the document stream again from its first document (the tokenizer stays loaded)."""
+        self.docs = self.stream(seed=self.seed)
 
     def next_instance(self) -> tuple[list[int], list[bool]]:
         ids, mask = self.mask(self.tok, next(self.docs))
@@ -248,7 +254,7 @@ def docs_answer_accuracy(model, cfg: RunConfig, rows: int = 32) -> float:
     """Teacher-forced argmax accuracy on the answer tokens of `rows` fixed held-out speedrun documents (seed 10**6,
     never trained on): copying the values of a recall list, the repeated run, the pass key."""
     held = dataclasses.replace(cfg, seed=10 ** 6, forms={"docs": 1.0})
-    _DOCS.pop(f"{held.tokenizer}|{held.seed}", None)  # restart the held-out stream: the same documents every time
+    _docs(held).restart()  # the same held-out documents at every evaluation
     rng = random.Random("induction-study|docs-eval")
     hits = total = 0
     was = model.training

@@ -34,9 +34,7 @@ TOPICS = [
     ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),
     ("probe_retrieval.md", "benchmarks/probe_retrieval.py --format"),
     ("induction_study.md", "benchmarks/study_induction.py --report"),
-    ("long_seq.md", "benchmarks/bench_long_seq.py"),
-    ("long_seq_16k.md", "benchmarks/bench_long_seq.py --lengths 8192,16384 --steps 1 --modes on --name long_seq_16k"),
-    ("long_seq_32k.md", "benchmarks/bench_long_seq.py --lengths 32768 --steps 1 --modes on,off --name long_seq_32k"),
+    ("long_seq.md", "benchmarks/bench_long_seq.py --lengths 4096,8192,16384,32768 --modes on,off --steps 1"),
     ("ablations.md", "kexaone ablate (its report)"),
     ("ablations_cpu.md", "kexaone ablate --budget cpu (its report; commands inside)"),
 ]

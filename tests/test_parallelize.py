@@ -11,8 +11,10 @@ One torchrun launch per world size; the worker writes what it measured and the t
 - building a ~210M-parameter model (`RSS_OVERRIDES`, 842 MB in fp32) on every rank raises the peak resident
   memory of the rank by well under the full model's bytes: measured with /proc/self/status VmHWM after resetting
   it (/proc/self/clear_refs), the growth must stay below full/world + 4 x the largest parameter (the transient
-  full tensors of one module, allocator fragmentation) + 64 MiB, and below 60% of the full model (a build that
-  materialised the model would exceed 100%)."""
+  full tensors of one module, allocator fragmentation) + 64 MiB. At this size that bound is 73% of the full model
+  on 2 ranks (48% on 4), so a build that materialised the model (over 100%) fails it. (A second bound, 60%, was
+  dropped: a rank measured 61% once, in round 8 of 20 under load: its 50% shard plus one MoE layer's transient
+  full experts.)"""
 
 from __future__ import annotations
 
@@ -157,9 +159,10 @@ def _check_rss(ranks: list[dict], world: int) -> None:
     largest = max(p.numel() * 4 for p in big.parameters())
     assert full > 800e6  # sized so that one full copy would dominate a rank's growth
     assert sum(r["local_param_bytes"] for r in ranks) == full  # the shards partition the model
+    bound = full / world + 4 * largest + 64 * 2**20
+    assert bound < 0.8 * full  # the bound still tells a sharded build from a materialised one
     for r in ranks:
-        assert r["rss_growth"] < full / world + 4 * largest + 64 * 2**20, (r, full)
-        assert r["rss_growth"] < 0.6 * full, (r, full)
+        assert r["rss_growth"] < bound, (r, full)
 
 
 @pytest.mark.slow

@@ -110,6 +110,17 @@ def test_synthetic_training_data_end_to_end(tmp_path):
     assert {"knowledge/ko", "knowledge/vi", "arithmetic/en", "code/py", "retrieval/en"} <= tags
 
 
+def test_default_curriculum_copy_warmup(tmp_path):
+    cur = default_curriculum(tmp_path, 1_000_000, copy_warmup_tokens=5_000)
+    warm = cur.stages[0]
+    assert warm.name == "copy-warmup" and warm.tokens == 5_000
+    assert [parse_spec(m).path.rsplit("/", 1)[-1] for m in warm.mixture] == ["retrieval.jsonl"]
+    assert [s.name for s in cur.stages[1:]] == ["foundational-knowledge", "domain-expertise", "reasoning"]
+    assert sum(s.tokens for s in cur.stages[1:]) == 1_000_000
+    with pytest.raises(ValueError, match="retrieval"):
+        default_curriculum({"knowledge": "k.jsonl"}, 100, copy_warmup_tokens=10)
+
+
 def test_real_kexaone_tokenizer_through_the_pipeline(tmp_path):
     """The project's SuperBPE tokenizer (trained here on a slice of the corpus): chat specials are single ids,
     shards decode back to the corpus text, and the packer separates documents with <|endoftext|>."""

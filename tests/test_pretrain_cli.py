@@ -89,6 +89,25 @@ def test_curriculum_stage_boundaries_are_recorded(default_run):
     assert [r["stage"] for r in records(default_run, "train")][4:6] == ["foundational-knowledge", "domain-expertise"]
 
 
+def test_copy_warmup_runs_first(tmp_path, default_run, capsys):
+    """--copy-warmup-steps 2: two steps on the retrieval documents alone, then the three stages over the remaining
+    four; the warm-up counts in --max-steps; bad combinations are clear errors."""
+    out = tmp_path / "run"
+    args = ["pretrain", "--preset", "tiny", "--max-steps", "6", "--seq-len", "64", "--batch-size", "4",
+            "--tokenizer", str(default_run / "tokenizer"), "--eval-batches", "1", *FAST]
+    assert main([*args, "--out", str(out), "--copy-warmup-steps", "2"]) == 0
+    # the curriculum's 4 x 256 tokens split 50/30/20: 2 steps, then 2 (rounded up), and no step is left for the third
+    assert [(r["step"], r["stage"]) for r in records(out, "stage")] == [
+        (0, "copy-warmup"), (2, "foundational-knowledge"), (4, "domain-expertise")]
+    assert [r["stage"] for r in records(out, "train")][:3] == ["copy-warmup"] * 2 + ["foundational-knowledge"]
+    assert main([*args, "--out", str(tmp_path / "r2"), "--copy-warmup-steps", "6"]) == 2
+    assert "must be below the run's 6 steps" in capsys.readouterr().err
+    (tmp_path / "a.txt").write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
+    assert main([*args, "--out", str(tmp_path / "r3"), "--copy-warmup-steps", "1", "--data",
+                 str(tmp_path / "a.txt")]) == 2
+    assert "needs the synthetic curriculum" in capsys.readouterr().err
+
+
 def test_user_data_and_config_file(tmp_path, default_run):
     (tmp_path / "a.txt").write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")
     (tmp_path / "b.jsonl").write_text("\n".join(json.dumps({"text": t.upper()}) for t in corpus_lines(200)) + "\n")

@@ -165,6 +165,18 @@ def test_budgets_are_consistent():
         Budget.from_dict({**BUDGETS["tiny"].to_dict(), "sft": {"stepz": 3}})
 
 
+def test_copy_warmup_steps_come_on_top_of_the_curriculum(tmp_path):
+    from kexaone.pipeline.recipe import pretrain_config
+    from kexaone.pipeline.stages import StageContext
+
+    b = BUDGETS["tiny"].replace(copy_warmup_steps=7)
+    ctx = StageContext(out_dir=tmp_path, stage_dir=tmp_path / "pretrain", params={"budget": b.to_dict(), "seed": 0},
+                       outputs={"tokenizer": {"dir": "tokenizer/tokenizer"}})
+    cfg = pretrain_config(ctx, resume=False)
+    assert cfg.copy_warmup_steps == 7 and cfg.max_steps == b.train_steps + 7
+    assert BUDGETS["default"].copy_warmup_steps == 0  # not adopted: it would not fit the hour (README, issue 17)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)

@@ -108,13 +108,18 @@ def default_curriculum(
     fractions: Sequence[float] = DEFAULT_STAGE_FRACTIONS,
     extra: Sequence[str] = (),
     extra_share: float = 0.3,
+    copy_warmup_tokens: int = 0,
 ) -> Curriculum:
     """The K-EXAONE-like three-stage curriculum over the synthetic corpus.
 
     sources: the directory `kexaone.data.synthetic.write_corpus` wrote, or {domain: spec path}.
-    total_tokens: global tokens over all stages, split by `fractions` (foundational knowledge, domain expertise,
-    reasoning). extra: user `path[@weight]` specs added to every stage; together they take `extra_share` of each
-    stage, split among themselves by their weights.
+    total_tokens: global tokens over the three stages, split by `fractions` (foundational knowledge, domain
+    expertise, reasoning). extra: user `path[@weight]` specs added to every stage; together they take `extra_share`
+    of each stage, split among themselves by their weights.
+    copy_warmup_tokens: when > 0, a first stage `copy-warmup` of that many tokens on the retrieval documents alone
+    (the speedrun's are trained on their answers only). A small model learns to copy from its context only after
+    several hundred updates on such documents, far more than its share of a mixed curriculum gives it on a CPU
+    budget (benchmarks/results/induction_study.md).
     """
     if isinstance(sources, (str, os.PathLike)):
         root = Path(sources)
@@ -131,6 +136,10 @@ def default_curriculum(
     extra_total = sum(s.weight for s in extra_specs)
     norm = sum(fractions)
     stages, used = [], 0
+    if copy_warmup_tokens > 0:
+        if "retrieval" not in paths:
+            raise ValueError("default_curriculum: a copy warm-up needs a source for the retrieval domain")
+        stages.append(CurriculumStage("copy-warmup", (paths["retrieval"],), copy_warmup_tokens))
     for i, ((name, weights), frac) in enumerate(zip(DEFAULT_STAGE_WEIGHTS, fractions)):
         tokens = total_tokens - used if i == len(fractions) - 1 else max(1, int(total_tokens * frac / norm))
         used += tokens
@@ -260,16 +269,18 @@ def synthetic_training_data(
     extra: Sequence[str] = (),
     num_workers: int | None = None,
     corpus_seed: int = 0,
+    copy_warmup_tokens: int = 0,
 ) -> tuple[CurriculumLoader, list[tuple[TokenShards, np.ndarray]]]:
     """Everything a trainer needs for the default data: write (or reuse) the synthetic corpus of `size` in
     `corpus_dir`, tokenize it into `cache_dir`, and return (the default-curriculum loader, held-out documents).
     heldout (SYNTHETIC_HELDOUT_DOCS) keeps that many documents per (domain, language) tag out of training for
-    evaluation. `corpus_seed` picks the
-    generated world (build the held-out tasks with the same one); `seed` only orders the data."""
+    evaluation. `corpus_seed` picks the generated world (build the held-out tasks with the same one); `seed` only
+    orders the data. copy_warmup_tokens: see `default_curriculum`."""
     from kexaone.data.synthetic.corpus import write_corpus
 
     paths = write_corpus(corpus_dir, size=size, seed=corpus_seed)
-    cur = default_curriculum({d: str(p) for d, p in paths.items()}, total_tokens, extra=extra)
+    cur = default_curriculum({d: str(p) for d, p in paths.items()}, total_tokens, extra=extra,
+                             copy_warmup_tokens=copy_warmup_tokens)
     shards = build_curriculum_shards(cur, tokenizer, cache_dir, num_workers=num_workers)
     loader = CurriculumLoader(cur, shards, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
                               heldout=heldout)

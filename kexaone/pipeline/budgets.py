@@ -121,6 +121,9 @@ class Budget:
     batch_size: int
     train_tokens: int
     """Tokens seen by pre-training over the whole three-stage curriculum."""
+    copy_warmup_steps: int = 0
+    """Pre-training steps before the three stages on the retrieval documents alone (TrainConfig.copy_warmup_steps),
+    in addition to the curriculum's steps; 0: none."""
     lr: float = 3e-3
     """Peak learning rate (the K-EXAONE recipe's 3e-4 is for a 236B model; small models take more)."""
     adamw_lr: float | None = None
@@ -169,6 +172,7 @@ class Budget:
 
     @property
     def train_steps(self) -> int:
+        """Steps of the three-stage curriculum (the copy warm-up's come on top)."""
         return max(1, self.train_tokens // (self.seq_len * self.batch_size))
 
     def to_dict(self) -> dict[str, Any]:

@@ -102,7 +102,7 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
     from kexaone.train.config import TrainConfig
 
     b = _budget(ctx)
-    steps = b.train_steps
+    steps = b.train_steps + b.copy_warmup_steps
     return TrainConfig(
         preset=b.preset, model_overrides=dict(b.config_overrides), data=list(ctx.params.get("data", [])),
         synthetic_size=b.corpus_size, mix_synthetic=bool(ctx.params.get("data")),
@@ -110,6 +110,7 @@ def pretrain_config(ctx: StageContext, resume: bool, threads: int = 0):
         max_steps=steps, seq_len=b.seq_len, batch_size=b.batch_size, lr=b.lr, adamw_lr=b.adamw_lr,
         warmup_steps=max(1, round(b.warmup_fraction * steps)), decay_fraction=b.decay_fraction,
         precision=b.precision, bias_update_rate=b.bias_update_rate, seed=ctx.params["seed"],
+        copy_warmup_steps=b.copy_warmup_steps,
         save_every=b.checkpoint_every,
         eval_every=max(1, steps // 4), eval_batches=4, log_every=1, resume=resume, tensorboard=False,
         workers=_workers(),

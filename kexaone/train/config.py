@@ -273,9 +273,14 @@ class SyntheticSection:
     mix_synthetic: bool = False
     """with --data: train on the synthetic three-stage curriculum with your data joining every stage (30% of
     each) instead of your data alone"""
+    copy_warmup_steps: int = 0
+    """optimizer steps, counted in the run's total, that first train on the synthetic corpus's retrieval
+    documents alone, so that the model learns to copy from its context early; 0: none"""
 
     def _check_synthetic(self, need: Need) -> None:
         need(self.synthetic_size in SYNTHETIC_SIZES, "synthetic_size", f"choose one of {list(SYNTHETIC_SIZES)}")
+        need(_is_int(self.copy_warmup_steps) and self.copy_warmup_steps >= 0, "copy_warmup_steps",
+             "must be an integer >= 0")
 
 
 # ---------------------------------------------------------------------------------------------- a stage's config

@@ -96,6 +96,9 @@ def build_train_data(cfg: TrainConfig, tok: Any, dist: Any) -> tuple[Any, list[t
 
     global_rows = cfg.batch_size * dist.world_size
     if cfg.data and not cfg.mix_synthetic:
+        if cfg.copy_warmup_steps:
+            raise ValueError("--copy-warmup-steps trains on the synthetic corpus's retrieval documents: it needs the "
+                             "synthetic curriculum (no --data, or --data with --mix-synthetic)")
         sources = tokenize_sources(cfg.data, tok, cfg.workers, dist.is_main, lambda: barrier(dist))
         _check_vocab([s for s, _ in sources], tok)
         packer, extra = PackedBatches, {}
@@ -150,13 +153,17 @@ def _synthetic_curriculum(cfg: TrainConfig, tok: Any, dist: Any, global_rows: in
         raise ValueError(f"--packing {cfg.packing} needs your own --data (without --mix-synthetic): the synthetic "
                          "curriculum packs token streams")
 
-    total_tokens = cfg.total_steps(dist.world_size) * cfg.tokens_per_step(dist.world_size)
+    steps, warmup = cfg.total_steps(dist.world_size), cfg.copy_warmup_steps
+    if warmup >= steps:
+        raise ValueError(f"--copy-warmup-steps {warmup} must be below the run's {steps} steps")
+    per_step = cfg.tokens_per_step(dist.world_size)
 
     def build() -> tuple[Any, list]:
         return synthetic_training_data(
-            tok, cache_root() / "synthetic" / cfg.synthetic_size, cache_root() / "tokens", total_tokens,
+            tok, cache_root() / "synthetic" / cfg.synthetic_size, cache_root() / "tokens", (steps - warmup) * per_step,
             cfg.seq_len, global_rows, seed=cfg.seed, rank=dist.rank, world_size=dist.world_size,
-            size=cfg.synthetic_size, extra=tuple(cfg.data), num_workers=cfg.workers or None)
+            size=cfg.synthetic_size, extra=tuple(cfg.data), num_workers=cfg.workers or None,
+            copy_warmup_tokens=warmup * per_step)
 
     out = build() if dist.is_main else None
     barrier(dist)

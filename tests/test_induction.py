@@ -170,3 +170,41 @@ def test_speedrun_probe_callback_follows_the_budget():
         cb(trainer, step, {})
     assert [r["step"] for r in cb.history] == [10, 20, 25]  # tiny: every 10 steps, and the last
     assert all(r["induction_acc"] == 1.0 and r["recall_acc"] == 1.0 for r in cb.history)
+    assert "documents_acc" not in cb.history[0]  # a tokenizer that cannot give offsets gets the token-id probes
+
+
+def test_documents_probe_scores_held_out_retrieval_documents_answer_tokens():
+    from kexaone.data.synthetic.recall import answer_token_mask, dense_recall_documents
+    from kexaone.eval.induction import DOCUMENTS_SEED, probe_for_tokenizer
+    from kexaone.tokenizer.superbpe import train_superbpe
+
+    docs = [d.text for _, d in zip(range(300), dense_recall_documents(seed=0))]
+    tok = train_superbpe(iter(docs), 400, workers=1, show_progress=False)
+    p = probe_for_tokenizer(tok, documents=True, n=6)
+    assert [ps.name for ps in p.sets()] == ["induction", "recall", "documents"]
+    d = p.documents
+    assert d.ids.shape[0] == 6 and d.chance is None
+    # Row r is the r-th held-out document (never the training stream's seed 0), its answer tokens masked in.
+    for r, doc in zip(range(6), dense_recall_documents(seed=DOCUMENTS_SEED)):
+        ids, mask = answer_token_mask(tok, doc)
+        n = min(len(ids), d.ids.shape[1])
+        assert d.ids[r, :n].tolist() == ids[:n]
+        assert d.mask[r, 1:n].tolist() == mask[1:n] and not bool(d.mask[r, n:].any())
+        assert bool(d.mask[r].any())
+    assert probe_for_tokenizer(tok, n=6).documents is None  # off unless asked for
+    s = score_probe(tiny(), p)
+    assert set(s) == {f"{k}_{m}" for k in ("induction", "recall", "documents") for m in ("acc", "loss")}
+    assert 0 <= s["documents_acc"] <= 1 and math.isfinite(s["documents_loss"])
+
+
+def test_documents_onset_is_measured_from_the_curves_first_score(tmp_path):
+    steps = [0, 100, 200, 300, 400, 500]
+    docs = [0.12, 0.13, 0.12, 0.55, 0.80, 0.82]  # the format's tokens give 0.12 without copying
+    flat = [0.0] * 6
+    recs = [{"kind": "probe", "step": s, "induction_acc": f, "recall_acc": f, "documents_acc": v}
+            for s, v, f in zip(steps, docs, flat)]
+    # baseline 0.12, final 0.81, threshold 0.465: crossed and held from step 300
+    assert probe_onsets(recs) == {"induction": None, "recall": None, "documents": 300}
+    assert "documents" not in probe_onsets([{k: v for k, v in r.items() if k != "documents_acc"} for r in recs])
+    png = plot_probe_curves(recs, tmp_path / "p.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"

@@ -1,12 +1,19 @@
 """Induction and key-value recall probes that run alongside training, and the onset step of their curves.
 
-Two fixed, seeded probe sets of token ids (so they work for any vocabulary and need no tokenizer):
+Two fixed, seeded probe sets of token ids (so they work for any vocabulary and need no tokenizer), and an optional
+third of text:
 - `induction`: [prefix | span | filler | span] of random ids (kexaone.data.synthetic.recall.repeat_tokens); scored on
   the second copy from its second token on. Prefix and filler lengths vary per row, so the distance back to the
   first copy varies too: a head that attends a fixed offset back cannot pass, only one that finds the previous
   occurrence of the current token and copies what followed it (an induction head).
 - `recall`: multi-query associative recall (MQAR, `mqar_tokens`): key-value pairs from disjoint id ranges, then the
   pairs queried again in another order; scored on the queried values.
+- `documents` (`probe_for_tokenizer(..., documents=True)`): held-out retrieval documents of the synthetic corpus
+  (kexaone.data.synthetic.recall: recall lists with 4-digit keys, repeated runs, pass keys) through a trained
+  tokenizer, one per row, scored on their answer tokens. A key and its value are several tokens each, as in the
+  speedrun's retrieval task; a model can learn to copy these before it passes the token-id probes (the induction
+  study saw that on `small`). Its chance is taken from the curve itself (its first score: the answer tokens the
+  document's format predicts without copying, such as separators).
 
 Scores (`score_probe`): accuracy (the scored token is the argmax of the logits one position before) and loss (mean
 negative log-prob of the scored tokens, kexaone.model.scoring.logprobs_from_logits). Chance: for `recall`, 1 / pairs
@@ -36,7 +43,9 @@ import torch
 from kexaone.data.synthetic.recall import mqar_tokens, repeat_tokens
 from kexaone.model.scoring import logprobs_from_logits
 
-PROBE_NAMES = ("induction", "recall")
+PROBE_NAMES = ("induction", "recall", "documents")
+DOCUMENTS_SEED = 10 ** 6
+"""Seed of the held-out documents' stream (training draws its retrieval documents from the corpus seed, far below)."""
 
 
 @dataclass(frozen=True)
@@ -46,7 +55,8 @@ class ProbeSet:
     """[N, T] long token ids."""
     mask: torch.Tensor
     """[N, T] bool: the scored positions (target-aligned: position t is predicted from ids[:, :t])."""
-    chance: float
+    chance: float | None
+    """Accuracy without the skill; None: the first score of the curve (see `onset_step`'s callers)."""
 
     def __post_init__(self):
         if self.ids.shape != self.mask.shape or self.ids.dim() != 2:
@@ -60,9 +70,10 @@ class ProbeSet:
 class InductionProbe:
     induction: ProbeSet
     recall: ProbeSet
+    documents: ProbeSet | None = None
 
     def sets(self) -> tuple[ProbeSet, ...]:
-        return (self.induction, self.recall)
+        return tuple(ps for ps in (self.induction, self.recall, self.documents) if ps is not None)
 
 
 def _rect(rows: list[tuple[list[int], list[bool]]], rng: random.Random, id_range: tuple[int, int]
@@ -100,11 +111,43 @@ def build_probe(vocab_size: int, *, seed: int = 0, n: int = 64, id_range: tuple[
                           ProbeSet("recall", rec_ids, rec_mask, 1.0 / n_pairs))
 
 
-def probe_for_tokenizer(tokenizer: Any, **kwargs: Any) -> InductionProbe:
-    """`build_probe` over a tokenizer's ordinary ids (above its special tokens, which never occur in text)."""
+def probe_for_tokenizer(tokenizer: Any, documents: bool = False, **kwargs: Any) -> InductionProbe:
+    """`build_probe` over a tokenizer's ordinary ids (above its special tokens, which never occur in text), plus
+    the `documents` set (as many rows as the others) when `documents` is True."""
+    import dataclasses
+
     specials = list(getattr(tokenizer, "special_ids", {}).values())
     lo = max(specials) + 1 if specials else 0
-    return build_probe(tokenizer.vocab_size, id_range=(lo, tokenizer.vocab_size), **kwargs)
+    probe = build_probe(tokenizer.vocab_size, id_range=(lo, tokenizer.vocab_size), **kwargs)
+    if not documents:
+        return probe
+    rows = probe.induction.ids.shape[0]
+    return dataclasses.replace(probe, documents=document_probe_set(tokenizer, n=rows,
+                                                                    seed=DOCUMENTS_SEED + kwargs.get("seed", 0)))
+
+
+def document_probe_set(tokenizer: Any, n: int = 32, seed: int = DOCUMENTS_SEED, max_len: int = 256) -> ProbeSet:
+    """`n` retrieval documents (kexaone.data.synthetic.recall.dense_recall_documents(seed)) tokenized by
+    `tokenizer` (needs `encode_with_offsets`), one per row, cut at `max_len` tokens, scored on their answer tokens.
+    Rows are right-padded with the tokenizer's end-of-text id (never scored)."""
+    from kexaone.data.synthetic.recall import answer_token_mask, dense_recall_documents
+
+    if n < 1 or max_len < 2:
+        raise ValueError(f"need n >= 1 and max_len >= 2, got n={n}, max_len={max_len}")
+    docs = dense_recall_documents(seed=seed)
+    rows = []
+    for _ in range(n):
+        ids, mask = answer_token_mask(tokenizer, next(docs))
+        ids, mask = ids[:max_len], mask[:max_len]
+        mask[0] = False
+        rows.append((ids, mask))
+    T = max(len(ids) for ids, _ in rows)
+    pad = int(getattr(tokenizer, "eos_id", 0) or 0)
+    ids = torch.tensor([r + [pad] * (T - len(r)) for r, _ in rows], dtype=torch.long)
+    mask = torch.tensor([m + [False] * (T - len(m)) for _, m in rows], dtype=torch.bool)
+    if not bool(mask.any()):
+        raise ValueError("the probe documents have no answer tokens (is the tokenizer's encode_with_offsets right?)")
+    return ProbeSet("documents", ids, mask, None)
 
 
 def _device_of(model: torch.nn.Module) -> torch.device:
@@ -197,15 +240,27 @@ def onset_step(steps: Sequence[int], scores: Sequence[float], chance: float, *, 
 def probe_onsets(records: Sequence[dict], probe: InductionProbe | None = None, **kwargs: Any
                  ) -> dict[str, int | None]:
     """{name: onset step} of each probe's accuracy curve in "probe" records (e.g. read_metrics(..., "probe")).
-    Chance comes from `probe` when given, else 0 for induction and 1/16 for recall (build_probe's default)."""
+    Chance comes from `probe` when given, else 0 for induction, 1/16 for recall (build_probe's default) and the
+    first score for documents. A probe without records (e.g. `documents` in a run that did not score it) is left
+    out, except the two token-id probes (None when absent)."""
     recs = sorted((r for r in records if r.get("kind", "probe") == "probe"), key=lambda r: r["step"])
-    chance = ({ps.name: ps.chance for ps in probe.sets()} if probe is not None
-              else {"induction": 0.0, "recall": 1 / 16})
+    chance = {ps.name: ps.chance for ps in probe.sets()} if probe is not None else _DEFAULT_CHANCE
     out = {}
     for name in PROBE_NAMES:
         pts = [(r["step"], r[f"{name}_acc"]) for r in recs if f"{name}_acc" in r]
-        out[name] = onset_step([s for s, _ in pts], [v for _, v in pts], chance[name], **kwargs) if pts else None
+        if not pts and name == "documents":
+            continue
+        out[name] = _onset(pts, chance.get(name), **kwargs) if pts else None
     return out
+
+
+_DEFAULT_CHANCE: dict[str, float | None] = {"induction": 0.0, "recall": 1 / 16, "documents": None}
+
+
+def _onset(pts: Sequence[tuple[int, float]], chance: float | None, **kwargs: Any) -> int | None:
+    """onset_step of (step, score) points; chance None: the first score is the baseline."""
+    ys = [v for _, v in pts]
+    return onset_step([s for s, _ in pts], ys, ys[0] if chance is None else chance, **kwargs)
 
 
 def plot_probe_curves(records: Sequence[dict], out_png: str | Path, title: str = "",
@@ -219,15 +274,15 @@ def plot_probe_curves(records: Sequence[dict], out_png: str | Path, title: str =
     from kexaone.utils.io import atomic_write_bytes
 
     recs = sorted((r for r in records if r.get("kind", "probe") == "probe"), key=lambda r: r["step"])
-    chance = chance or {"induction": 0.0, "recall": 1 / 16}
+    chance = chance or _DEFAULT_CHANCE
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for name, color in zip(PROBE_NAMES, ("C0", "C1")):
+    for name, color in zip(PROBE_NAMES, ("C0", "C1", "C2")):
         pts = [(r["step"], r[f"{name}_acc"]) for r in recs if f"{name}_acc" in r]
         if not pts:
             continue
         xs, ys = [s for s, _ in pts], [v for _, v in pts]
         ax.plot(xs, ys, color=color, marker=".", label=name)
-        on = onset_step(xs, ys, chance.get(name, 0.0))
+        on = _onset(pts, chance.get(name, 0.0))
         if on is not None:
             ax.axvline(on, color=color, ls="--", lw=1)
     ax.set_xlabel("step")

@@ -263,9 +263,10 @@ def _section_pretrain(p: D.PretrainData | D.Missing, plots: Any) -> list:
         onsets = ", ".join(f"{k} {'at step ' + str(v) if v is not None else 'not yet'}"
                            for k, v in p.probe_onsets.items())
         blocks += [Heading("In-context copying probes", 3),
-                   Para(f"Accuracy of the induction and key-value recall probes scored during training (onset: "
+                   Para("Accuracy of the copying probes scored during training: induction, key-value recall "
+                        "and, in runs that score it, the answer tokens of held-out retrieval documents (onset: "
                         f"{onsets}; dashed lines mark it)."),
-                   Figure(plots.probe_curves(p.probes), "probes", "induction / recall probe accuracy per step")]
+                   Figure(plots.probe_curves(p.probes), "probes", "copying probe accuracy per step")]
     return blocks + _section_balance(p, plots)
 
 

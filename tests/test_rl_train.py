@@ -273,6 +273,29 @@ def test_bad_specs_give_clear_errors(tiny_dir, tmp_path):
         load_prompts(str(bad))
 
 
+def test_prompt_categories_filter_embedded_sets_and_files(tmp_path):
+    import json
+    from collections import Counter
+
+    from kexaone.rl.prompts import load_prompts, rl_prompts
+
+    rows = load_prompts("default", "rl", 20, 0, ["instruction", "safety"])
+    assert Counter(r["category"] for r in rows) == {"instruction": 10, "safety": 10}  # balanced over the two
+    assert [r["key"] for r in rows if r["category"] == "instruction"] == \
+        [r["key"] for r in rl_prompts("train", 400) if r["category"] == "instruction"][:10]
+    held = load_prompts("default:heldout", "pref", 8, 0, ["tools"])
+    assert {r["category"] for r in held} == {"tools"} and len(held) == 8
+    with pytest.raises(ValueError, match=r"no category \['nope'\]; choose among"):
+        load_prompts("default", "rl", 8, 0, ["nope"])
+    f = tmp_path / "p.jsonl"
+    f.write_text("".join(json.dumps({"prompt": f"q{i}", "category": c}) + "\n"
+                         for i, c in enumerate(["math", "safety", "math"])))
+    assert [r["prompt"][0]["content"] for r in load_prompts(str(f), categories=["math"])] == ["q0", "q2"]
+    assert len(load_prompts(str(f))) == 3
+    with pytest.raises(ValueError, match=r"no row has a category in \['code'\] \(the file has \['math', 'safety'\]\)"):
+        load_prompts(str(f), categories=["code"])
+
+
 def test_cli_reports_bad_input_with_exit_code_2(tiny_dir, tmp_path, capsys):
     from kexaone.cli import main
 

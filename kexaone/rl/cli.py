@@ -184,8 +184,9 @@ def run_rl(cfg: RLConfig, callbacks=()) -> Any:
     cfg = derived(cfg)
     rewards = resolve_rewards(cfg.reward, judge_endpoint=cfg.judge_endpoint, judge_model=cfg.judge_model,
                               judge_weight=cfg.judge_weight)
-    rows = load_prompts(cfg.prompts, "rl", cfg.n_prompts, cfg.seed)
-    eval_rows = load_prompts(cfg.eval_prompts, "rl", cfg.eval_n, cfg.seed) if cfg.eval_prompts else []
+    rows = load_prompts(cfg.prompts, "rl", cfg.n_prompts, cfg.seed, cfg.categories)
+    eval_rows = (load_prompts(cfg.eval_prompts, "rl", cfg.eval_n, cfg.seed, cfg.categories)
+                 if cfg.eval_prompts else [])
     with stage_run(cfg) as run:
         if run.dist.distributed:
             raise ValueError("kexaone rl runs on one process (rollouts are not sharded over ranks yet)")

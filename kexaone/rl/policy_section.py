@@ -24,6 +24,9 @@ class PolicySection:
     with `prompt` (kexaone.rl.prompts)"""
     n_prompts: int = 64
     """prompts taken from an embedded set"""
+    categories: list[str] = opt([], metavar="NAME", append=True)
+    """keep only prompts of this category, repeatable, for training and the held-out score (embedded sets: balanced
+    over the given ones; JSONL files: rows whose `category` column is one of them); default: every category"""
     judge_endpoint: str | None = opt(None, metavar="URL")
     """OpenAI-compatible API base of an LLM judge (none: no judge reward)"""
     judge_model: str = "judge"
@@ -68,6 +71,8 @@ class PolicySection:
     """(unused)"""
 
     def _check_policy(self, need) -> None:
+        need(isinstance(self.categories, (list, tuple)) and all(isinstance(c, str) and c for c in self.categories),
+             "categories", "must be a list of category names")
         need(_is_int(self.group_size) and self.group_size >= 2, "group_size", "must be an integer >= 2")
         for name in ("n_prompts", "max_new_tokens", "rollout_batch", "eval_n", "eval_samples"):
             need(_is_int(getattr(self, name)) and getattr(self, name) >= 1, name, "must be an integer >= 1")

@@ -153,8 +153,9 @@ def run_pref(cfg: PrefConfig, callbacks=(), judge_transport: Any = None) -> Any:
     from kexaone.train.trainer import Trainer
     from kexaone.utils.io import atomic_write_text
 
-    rows = load_prompts(cfg.prompts, "pref", cfg.n_prompts, cfg.seed)
-    eval_rows = load_prompts(cfg.eval_prompts, "pref", cfg.eval_n, cfg.seed) if cfg.eval_prompts else []
+    rows = load_prompts(cfg.prompts, "pref", cfg.n_prompts, cfg.seed, cfg.categories)
+    eval_rows = (load_prompts(cfg.eval_prompts, "pref", cfg.eval_n, cfg.seed, cfg.categories)
+                 if cfg.eval_prompts else [])
     rewards, judge = build_rewards(cfg, judge_transport)
     steps = cfg.epochs * math.ceil(len(rows) / min(cfg.prompts_per_step, len(rows)))
     cfg = cfg.replace(max_steps=steps, router_frozen=True, seq_len=cfg.max_new_tokens,

@@ -23,7 +23,7 @@ What this module does not do: render or tokenize prompts (kexaone.rl.rollout).
 from __future__ import annotations
 
 import random
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -160,14 +160,22 @@ RL_CATEGORIES = ("arithmetic", "recall", "copy", "instruction", "code", "safety"
 PREF_CATEGORIES = ("chat", "safety", "instruction", "tools")
 
 
-def rl_prompts(split: str = "train", n: int = 64, seed: int = 0) -> list[dict]:
-    """`n` verifiable RL prompts of one split, balanced over RL_CATEGORIES, six languages."""
-    return _take(_rl_rows(split, seed), n, dict.fromkeys(RL_CATEGORIES, 0))
+def rl_prompts(split: str = "train", n: int = 64, seed: int = 0, categories: Sequence[str] = ()) -> list[dict]:
+    """`n` verifiable RL prompts of one split, balanced over `categories` (default RL_CATEGORIES), six languages."""
+    return _take(_rl_rows(split, seed), n, dict.fromkeys(_categories(categories, RL_CATEGORIES, "rl"), 0))
 
 
-def pref_prompts(split: str = "train", n: int = 64, seed: int = 0) -> list[dict]:
-    """`n` preference prompts of one split, balanced over PREF_CATEGORIES, six languages."""
-    return _take(_pref_rows(split, seed), n, dict.fromkeys(PREF_CATEGORIES, 0))
+def pref_prompts(split: str = "train", n: int = 64, seed: int = 0, categories: Sequence[str] = ()) -> list[dict]:
+    """`n` preference prompts of one split, balanced over `categories` (default PREF_CATEGORIES), six languages."""
+    return _take(_pref_rows(split, seed), n, dict.fromkeys(_categories(categories, PREF_CATEGORIES, "pref"), 0))
+
+
+def _categories(given: Sequence[str], valid: tuple[str, ...], kind: str) -> tuple[str, ...]:
+    bad = sorted(set(given) - set(valid))
+    if bad:
+        raise ValueError(f"the embedded {kind} prompts have no categor{'ies' if len(bad) > 1 else 'y'} {bad}; "
+                         f"choose among {list(valid)}")
+    return tuple(dict.fromkeys(given)) or valid
 
 
 def normalize_row(row: Any, where: str) -> dict:
@@ -184,8 +192,11 @@ def normalize_row(row: Any, where: str) -> dict:
     return {**row, "prompt": prompt, "id": str(row.get("id", where))}
 
 
-def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0) -> list[dict]:
-    """Rows of a `--prompts` spec (see the module docstring); `kind` ('rl' or 'pref') names what `default` is."""
+def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0, categories: Sequence[str] = ()
+                 ) -> list[dict]:
+    """Rows of a `--prompts` spec (see the module docstring); `kind` ('rl' or 'pref') names what `default` is.
+    `categories`: keep only those (an embedded set is balanced over them; a file keeps its rows whose `category`
+    is one of them); empty: all."""
     if kind not in ("rl", "pref"):
         raise ValueError(f"kind must be 'rl' or 'pref', got {kind!r}")
     if not isinstance(spec, str) or not spec:
@@ -196,7 +207,7 @@ def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0) -> lis
         if split not in SPLITS:
             raise ValueError(f"--prompts {spec!r}: unknown split {split!r}; use one of {SPLITS}")
         which = kind if name == "default" else name
-        return (rl_prompts if which == "rl" else pref_prompts)(split, n, seed)
+        return (rl_prompts if which == "rl" else pref_prompts)(split, n, seed, categories)
     path = Path(spec)
     if not path.is_file():
         raise FileNotFoundError(f"--prompts {spec!r}: no such file; give a JSONL file or one of 'default', "
@@ -204,4 +215,10 @@ def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0) -> lis
     rows = [normalize_row(raw, f"{path}:{i}") for i, raw in iter_jsonl_rows(path)]
     if not rows:
         raise ValueError(f"--prompts {path}: the file has no rows")
+    if categories:
+        kept = [r for r in rows if r.get("category") in set(categories)]
+        if not kept:
+            found = sorted({str(r.get("category")) for r in rows})
+            raise ValueError(f"--prompts {path}: no row has a category in {list(categories)} (the file has {found})")
+        rows = kept
     return rows

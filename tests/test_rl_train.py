@@ -336,12 +336,15 @@ def test_speedrun_stage_rl_runs_from_the_sft_output(tiny_dir, tmp_path):
                        outputs={"pretrain": {"model_dir": "nowhere"}, "sft": {"model_dir": str(tiny_dir)}},
                        params={"seed": 0, "budget": budget,
                                "rl": {"rounds": 1, "prompts_per_round": 2, "group_size": 2, "updates_per_rollout": 1,
-                                      "max_new_tokens": 4, "n_prompts": 4, "eval_n": 2, "eval_samples": 1}},
+                                      "max_new_tokens": 4, "n_prompts": 4, "eval_n": 2, "eval_samples": 1,
+                                      "categories": ["instruction"]}},
                        log=lambda s: None)
     out = stage_rl(ctx, threads=1)
     assert out["init"] == "sft" and out["budget"]["lr"] == get_budget("tiny").rl.lr
     assert out["steps"] == 1 and (tmp_path / out["model_dir"] / "config.json").is_file()
-    assert 0.0 <= out["heldout_before"]["pass_rate"] <= 1.0 and "pass_rate_by_category" in out["heldout_after"]
+    assert 0.0 <= out["heldout_before"]["pass_rate"] <= 1.0
+    assert set(out["heldout_after"]["pass_rate_by_category"]) == {"instruction"}  # the budget's categories only
+    assert out["budget"]["categories"] == ("instruction",)
     with pytest.raises(ValueError, match="unknown field"):
         stage_rl(StageContext(out_dir=tmp_path, stage_dir=tmp_path / "rl2", outputs={},
                               params={"budget": budget, "rl": {"x": 1}}))

@@ -34,8 +34,9 @@ def _budget(ctx: StageContext, key: str):
     unknown = sorted(set(given) - names)
     if unknown:
         raise ValueError(f"params[{key!r}] has unknown field(s) {unknown}; valid: {sorted(names)}")
-    if "rewards" in given:
-        given["rewards"] = tuple(given["rewards"])
+    for name in ("rewards", "categories"):
+        if name in given:
+            given[name] = tuple(given[name])
     return replace(base, **given)
 
 
@@ -53,7 +54,8 @@ def stage_rl(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     start, init = newest_model(ctx, "rl")
     ctx.log(f"[rl] from the {start} model")
     cfg = RLConfig(init_from=init, out=str(ctx.stage_dir / "run"),
-                   reward=list(b.rewards), rounds=b.rounds, prompts_per_round=b.prompts_per_round,
+                   reward=list(b.rewards), categories=list(b.categories), rounds=b.rounds,
+                   prompts_per_round=b.prompts_per_round,
                    group_size=b.group_size, updates_per_rollout=b.updates_per_rollout,
                    max_new_tokens=b.max_new_tokens, n_prompts=b.n_prompts, eval_n=b.eval_n,
                    eval_samples=b.eval_samples, lr=b.lr, seed=int(ctx.params.get("seed", 0)), threads=threads,

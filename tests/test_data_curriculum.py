@@ -119,6 +119,32 @@ def test_default_curriculum_copy_warmup(tmp_path):
     assert sum(s.tokens for s in cur.stages[1:]) == 1_000_000
     with pytest.raises(ValueError, match="retrieval"):
         default_curriculum({"knowledge": "k.jsonl"}, 100, copy_warmup_tokens=10)
+    own = default_curriculum(tmp_path, 1_000_000, copy_warmup_tokens=5_000, copy_warmup_source="w.jsonl")
+    assert own.stages[0].mixture == ("w.jsonl",) and own.stages[1:] == cur.stages[1:]
+
+
+def test_copy_warmup_corpus_is_fresh_dense_documents(tmp_path):
+    import json
+
+    from kexaone.data.synthetic.corpus import write_copy_warmup_corpus
+    from kexaone.data.synthetic.recall import dense_recall_documents
+
+    path = write_copy_warmup_corpus(tmp_path, 20_000, seed=0)
+    recs = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+    chars = sum(len(r["text"]) for r in recs)
+    assert 20_000 <= chars < 20_000 + max(len(r["text"]) for r in recs)  # stops once enough is written
+    assert {r["domain"] for r in recs} == {"copy"} and all(r["answers"] for r in recs)
+    for r in recs[:5]:
+        for a, b in r["answers"]:
+            assert 0 <= a < b <= len(r["text"])
+    # not the retrieval domain's dense documents (seed 0), so the warm-up does not repeat what the curriculum has
+    domain_texts = {d.text for _, d in zip(range(len(recs)), dense_recall_documents(0))}
+    assert not domain_texts & {r["text"] for r in recs}
+    before = path.stat().st_mtime_ns
+    assert write_copy_warmup_corpus(tmp_path, 20_000, seed=0) == path and path.stat().st_mtime_ns == before
+    assert write_copy_warmup_corpus(tmp_path, 30_000, seed=0) != path
+    with pytest.raises(ValueError, match="chars"):
+        write_copy_warmup_corpus(tmp_path, 0)
 
 
 def test_real_kexaone_tokenizer_through_the_pipeline(tmp_path):

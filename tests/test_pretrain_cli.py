@@ -90,8 +90,8 @@ def test_curriculum_stage_boundaries_are_recorded(default_run):
 
 
 def test_copy_warmup_runs_first(tmp_path, default_run, capsys):
-    """--copy-warmup-steps 2: two steps on the retrieval documents alone, then the three stages over the remaining
-    four; the warm-up counts in --max-steps; bad combinations are clear errors."""
+    """--copy-warmup-steps 2: two steps on fresh retrieval-dense documents alone (a corpus file of their own), then
+    the three stages over the remaining four; the warm-up counts in --max-steps; bad combinations are clear errors."""
     out = tmp_path / "run"
     args = ["pretrain", "--preset", "tiny", "--max-steps", "6", "--seq-len", "64", "--batch-size", "4",
             "--tokenizer", str(default_run / "tokenizer"), "--eval-batches", "1", *FAST]
@@ -100,6 +100,10 @@ def test_copy_warmup_runs_first(tmp_path, default_run, capsys):
     assert [(r["step"], r["stage"]) for r in records(out, "stage")] == [
         (0, "copy-warmup"), (2, "foundational-knowledge"), (4, "domain-expertise")]
     assert [r["stage"] for r in records(out, "train")][:3] == ["copy-warmup"] * 2 + ["foundational-knowledge"]
+    from kexaone.train.run import cache_root
+
+    # 2 steps x 256 tokens x 4 characters per token of fresh dense documents, next to the tiny corpus
+    assert list((cache_root() / "synthetic" / "tiny").glob("copy_warmup-v*-0-2048.jsonl"))
     assert main([*args, "--out", str(tmp_path / "r2"), "--copy-warmup-steps", "6"]) == 2
     assert "must be below the run's 6 steps" in capsys.readouterr().err
     (tmp_path / "a.txt").write_text("\n".join(corpus_lines()) + "\n", encoding="utf-8")

@@ -33,6 +33,9 @@ DEFAULT_STAGE_FRACTIONS = (0.5, 0.3, 0.2)
 # Code, the hardest to model, and retrieval, whose question-answer pairs teach copying from context, get large
 # shares throughout; tool dialogues, which a model learns within a few hundred steps, a small one until the
 # reasoning stage.
+CHARS_PER_WARMUP_TOKEN = 4
+"""Characters of warm-up documents written per warm-up token (the dense forms tokenize at fewer characters per
+token with the default tokenizers, so the stream does not wrap around)."""
 SYNTHETIC_HELDOUT_DOCS = 40
 """Documents per (domain, language) tag the default data holds out of pre-training for evaluation; later stages
 that rehearse the same sources (SFT, context extension) hold out the same ones."""
@@ -109,6 +112,7 @@ def default_curriculum(
     extra: Sequence[str] = (),
     extra_share: float = 0.3,
     copy_warmup_tokens: int = 0,
+    copy_warmup_source: str | None = None,
 ) -> Curriculum:
     """The K-EXAONE-like three-stage curriculum over the synthetic corpus.
 
@@ -116,10 +120,11 @@ def default_curriculum(
     total_tokens: global tokens over the three stages, split by `fractions` (foundational knowledge, domain
     expertise, reasoning). extra: user `path[@weight]` specs added to every stage; together they take `extra_share`
     of each stage, split among themselves by their weights.
-    copy_warmup_tokens: when > 0, a first stage `copy-warmup` of that many tokens on the retrieval documents alone
-    (the speedrun's are trained on their answers only). A small model learns to copy from its context only after
-    several hundred updates on such documents, far more than its share of a mixed curriculum gives it on a CPU
-    budget (benchmarks/results/induction_study.md).
+    copy_warmup_tokens: when > 0, a first stage `copy-warmup` of that many tokens on `copy_warmup_source` (a
+    corpus file, e.g. kexaone.data.synthetic.corpus.write_copy_warmup_corpus: fresh retrieval-dense documents,
+    trained on their answers only) or, without one, on the retrieval domain. A small model learns to copy from its
+    context only after several hundred updates on such documents, far more than its share of a mixed curriculum
+    gives it on a CPU budget (benchmarks/results/induction_study.md).
     """
     if isinstance(sources, (str, os.PathLike)):
         root = Path(sources)
@@ -137,9 +142,10 @@ def default_curriculum(
     norm = sum(fractions)
     stages, used = [], 0
     if copy_warmup_tokens > 0:
-        if "retrieval" not in paths:
-            raise ValueError("default_curriculum: a copy warm-up needs a source for the retrieval domain")
-        stages.append(CurriculumStage("copy-warmup", (paths["retrieval"],), copy_warmup_tokens))
+        source = copy_warmup_source or paths.get("retrieval")
+        if source is None:
+            raise ValueError("default_curriculum: a copy warm-up needs copy_warmup_source or a retrieval domain")
+        stages.append(CurriculumStage("copy-warmup", (str(source),), copy_warmup_tokens))
     for i, ((name, weights), frac) in enumerate(zip(DEFAULT_STAGE_WEIGHTS, fractions)):
         tokens = total_tokens - used if i == len(fractions) - 1 else max(1, int(total_tokens * frac / norm))
         used += tokens
@@ -276,11 +282,15 @@ def synthetic_training_data(
     heldout (SYNTHETIC_HELDOUT_DOCS) keeps that many documents per (domain, language) tag out of training for
     evaluation. `corpus_seed` picks the generated world (build the held-out tasks with the same one); `seed` only
     orders the data. copy_warmup_tokens: see `default_curriculum`."""
-    from kexaone.data.synthetic.corpus import write_corpus
+    from kexaone.data.synthetic.corpus import write_copy_warmup_corpus, write_corpus
 
     paths = write_corpus(corpus_dir, size=size, seed=corpus_seed)
+    warmup_source = None
+    if copy_warmup_tokens > 0:  # ~4 characters per token: enough fresh documents that none repeats
+        warmup_source = str(write_copy_warmup_corpus(corpus_dir, CHARS_PER_WARMUP_TOKEN * copy_warmup_tokens,
+                                                     seed=corpus_seed))
     cur = default_curriculum({d: str(p) for d, p in paths.items()}, total_tokens, extra=extra,
-                             copy_warmup_tokens=copy_warmup_tokens)
+                             copy_warmup_tokens=copy_warmup_tokens, copy_warmup_source=warmup_source)
     shards = build_curriculum_shards(cur, tokenizer, cache_dir, num_workers=num_workers)
     loader = CurriculumLoader(cur, shards, seq_len, batch_size, seed=seed, rank=rank, world_size=world_size,
                               heldout=heldout)

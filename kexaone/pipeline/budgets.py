@@ -126,8 +126,8 @@ class Budget:
     train_tokens: int
     """Tokens seen by pre-training over the whole three-stage curriculum."""
     copy_warmup_steps: int = 0
-    """Pre-training steps before the three stages on the retrieval documents alone (TrainConfig.copy_warmup_steps),
-    in addition to the curriculum's steps; 0: none."""
+    """Pre-training steps before the three stages on fresh retrieval-dense documents alone
+    (TrainConfig.copy_warmup_steps), in addition to the curriculum's steps; 0: none."""
     lr: float = 3e-3
     """Peak learning rate (the K-EXAONE recipe's 3e-4 is for a 236B model; small models take more)."""
     adamw_lr: float | None = None

@@ -274,8 +274,9 @@ class SyntheticSection:
     """with --data: train on the synthetic three-stage curriculum with your data joining every stage (30% of
     each) instead of your data alone"""
     copy_warmup_steps: int = 0
-    """optimizer steps, counted in the run's total, that first train on the synthetic corpus's retrieval
-    documents alone, so that the model learns to copy from its context early; 0: none"""
+    """optimizer steps, counted in the run's total, that first train on fresh retrieval-dense documents alone
+    (recall lists, repeated runs, pass keys; loss on their answers), so that the model learns to copy from its
+    context early; 0: none"""
 
     def _check_synthetic(self, need: Need) -> None:
         need(self.synthetic_size in SYNTHETIC_SIZES, "synthetic_size", f"choose one of {list(SYNTHETIC_SIZES)}")

@@ -136,23 +136,62 @@ def write_corpus(out_dir: str | os.PathLike, size: str | CorpusSize = "default",
             old = {}
         if old.get("identity") == ident and all(p.exists() for p in paths.values()):
             return paths
-    domains = {}
-    for d in DOMAINS:
-        h, n, chars = hashlib.sha256(), 0, 0
-        with atomic_open(paths[d], "w") as f:
-            for doc in domain_documents(d, size, seed):
-                domain, _, lang = doc.tag.partition("/")
-                rec = {"text": doc.text, "domain": domain, "lang": lang}
-                if getattr(doc, "answers", None):
-                    rec["answers"] = [list(span) for span in doc.answers]  # character spans of the answers
-                line = json.dumps(rec, ensure_ascii=False) + "\n"
-                f.write(line)
-                h.update(line.encode("utf-8"))
-                n, chars = n + 1, chars + len(doc.text)
-        domains[d] = {"file": paths[d].name, "documents": n, "chars": chars, "sha256": h.hexdigest()}
+    domains = {d: {"file": paths[d].name, **_write_documents(paths[d], domain_documents(d, size, seed))}
+               for d in DOMAINS}
     # The manifest is written last: a directory without a matching one is regenerated.
     atomic_write_text(manifest_path, json.dumps({"identity": ident, "domains": domains}, indent=1))
     return paths
+
+
+def _write_documents(path: Path, docs: Iterator[Document], domain: str | None = None) -> dict:
+    """Write documents as corpus records (atomically); `domain` replaces the one in their tags. Returns
+    {documents, chars, sha256}."""
+    h, n, chars = hashlib.sha256(), 0, 0
+    with atomic_open(path, "w") as f:
+        for doc in docs:
+            tag_domain, _, lang = doc.tag.partition("/")
+            rec = {"text": doc.text, "domain": domain or tag_domain, "lang": lang}
+            if getattr(doc, "answers", None):
+                rec["answers"] = [list(span) for span in doc.answers]  # character spans of the answers
+            line = json.dumps(rec, ensure_ascii=False) + "\n"
+            f.write(line)
+            h.update(line.encode("utf-8"))
+            n, chars = n + 1, chars + len(doc.text)
+    return {"documents": n, "chars": chars, "sha256": h.hexdigest()}
+
+
+COPY_WARMUP_SEED_OFFSET = 1000
+"""The warm-up's documents come from dense_recall_documents(seed + this): not the retrieval domain's (seed) nor the
+held-out probe's (kexaone.eval.induction.DOCUMENTS_SEED)."""
+
+
+def write_copy_warmup_corpus(out_dir: str | os.PathLike, chars: int, seed: int = 0) -> Path:
+    """Fresh retrieval-dense documents for a copy warm-up (recall lists, repeated runs, pass keys:
+    kexaone.data.synthetic.recall.dense_recall_documents), at least `chars` characters of them, tagged `copy/<lang>`
+    and written with their answer spans to `out_dir/copy_warmup-v<generator>-<seed>-<chars>.jsonl` (reused when
+    present; written atomically).
+
+    Why a file of its own: the induction study formed copying on `small` with every row such a document, streamed
+    without repeats (benchmarks/results/induction_study_notes.md). The retrieval domain is only half dense forms
+    (half record documents) and, at the default size, about a million tokens, so a warm-up of 800 x 2048 tokens on it
+    would see each document twice. Size `chars` for the warm-up's tokens (callers allow ~4 characters per token)."""
+    if chars < 1:
+        raise ValueError(f"chars must be >= 1, got {chars}")
+    path = Path(out_dir) / f"copy_warmup-v{GENERATOR_VERSION}-{seed}-{chars}.jsonl"
+    if path.exists():
+        return path
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+
+    def take() -> Iterator[Document]:
+        total = 0
+        for doc in dense_recall_documents(seed + COPY_WARMUP_SEED_OFFSET):
+            if total >= chars:
+                return
+            total += len(doc.text)
+            yield doc
+
+    _write_documents(path, take(), domain="copy")
+    return path
 
 
 def tokenizer_corpus(size: str | CorpusSize = "default", seed: int = 0, max_bytes: int | None = 6_000_000

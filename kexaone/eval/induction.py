@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import random
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -114,16 +114,13 @@ def build_probe(vocab_size: int, *, seed: int = 0, n: int = 64, id_range: tuple[
 def probe_for_tokenizer(tokenizer: Any, documents: bool = False, **kwargs: Any) -> InductionProbe:
     """`build_probe` over a tokenizer's ordinary ids (above its special tokens, which never occur in text), plus
     the `documents` set (as many rows as the others) when `documents` is True."""
-    import dataclasses
-
     specials = list(getattr(tokenizer, "special_ids", {}).values())
     lo = max(specials) + 1 if specials else 0
     probe = build_probe(tokenizer.vocab_size, id_range=(lo, tokenizer.vocab_size), **kwargs)
     if not documents:
         return probe
     rows = probe.induction.ids.shape[0]
-    return dataclasses.replace(probe, documents=document_probe_set(tokenizer, n=rows,
-                                                                    seed=DOCUMENTS_SEED + kwargs.get("seed", 0)))
+    return replace(probe, documents=document_probe_set(tokenizer, n=rows, seed=DOCUMENTS_SEED + kwargs.get("seed", 0)))
 
 
 def document_probe_set(tokenizer: Any, n: int = 32, seed: int = DOCUMENTS_SEED, max_len: int = 256) -> ProbeSet:

@@ -159,13 +159,15 @@ def task_specs(budget: Budget, tokenizer: Any = None, seed: int = 0) -> list[Tas
 # ---------------------------------------------------------------------------------------------- induction probe
 def induction_probe_callback(tokenizer: Any, budget: Budget, seed: int = 0):
     """The pre-training callback that scores the induction, key-value recall and retrieval-document probes every
-    budget.probe_every steps (records of kind "probe" in the run's metrics), or None when the budget turns them off. Pass it in the
-    Trainer's `callbacks`; kexaone.eval.induction.probe_onsets / plot_probe_curves read the records back."""
+    budget.probe_every steps (records of kind "probe" in the run's metrics), or None when the budget turns them
+    off. Pass it in the Trainer's `callbacks`; kexaone.eval.induction.probe_onsets / plot_probe_curves read the
+    records back."""
     if budget.probe_every <= 0:
         return None
     from kexaone.eval.induction import induction_callback, probe_for_tokenizer
 
-    # The documents probe tokenizes text: a tokenizer without offsets (a test's stand-in) gets the token-id probes.
+    # The documents probe needs character offsets to find answer tokens; a tokenizer without them gets the token-id
+    # probes only.
     documents = hasattr(tokenizer, "encode_with_offsets")
     return induction_callback(probe_for_tokenizer(tokenizer, documents=documents, seed=seed, n=budget.probe_rows),
                               every=budget.probe_every)

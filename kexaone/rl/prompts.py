@@ -216,7 +216,8 @@ def load_prompts(spec: str, kind: str = "rl", n: int = 64, seed: int = 0, catego
     if not rows:
         raise ValueError(f"--prompts {path}: the file has no rows")
     if categories:
-        kept = [r for r in rows if r.get("category") in set(categories)]
+        wanted = set(categories)
+        kept = [r for r in rows if r.get("category") in wanted]
         if not kept:
             found = sorted({str(r.get("category")) for r in rows})
             raise ValueError(f"--prompts {path}: no row has a category in {list(categories)} (the file has {found})")

@@ -173,8 +173,9 @@ def write_copy_warmup_corpus(out_dir: str | os.PathLike, chars: int, seed: int =
 
     Why a file of its own: the induction study formed copying on `small` with every row such a document, streamed
     without repeats (benchmarks/results/induction_study_notes.md). The retrieval domain is only half dense forms
-    (half record documents) and, at the default size, about a million tokens, so a warm-up of 800 x 2048 tokens on it
-    would see each document twice. Size `chars` for the warm-up's tokens (callers allow ~4 characters per token)."""
+    (half record documents) and, at the default size, 0.85M tokens with the default run's tokenizer, so a warm-up of
+    800 x 2048 tokens on it would read each document about twice. Size `chars` for the warm-up's tokens
+    (kexaone.data.curriculum.CHARS_PER_WARMUP_TOKEN)."""
     if chars < 1:
         raise ValueError(f"chars must be >= 1, got {chars}")
     path = Path(out_dir) / f"copy_warmup-v{GENERATOR_VERSION}-{seed}-{chars}.jsonl"

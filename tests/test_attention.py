@@ -8,7 +8,7 @@ import torch
 from kexaone.model import attention as attn_mod
 from kexaone.model.attention import attend
 from kexaone.model.norm import RMSNorm
-from kexaone.model.rope import RotaryEmbedding, apply_rope
+from kexaone.model.rope import RotaryEmbedding, apply_rope, apply_rope_tables
 
 
 def naive(q, k, v, scale, window=None, key_valid=None, doc_q=None, doc_k=None):
@@ -157,6 +157,18 @@ def test_rope_matches_transformers():
     cos, sin = RotaryEmbedding(cfg.head_dim, cfg.rope_parameters)(pos, x.dtype)
     got = apply_rope(x.transpose(1, 2), cos, sin).transpose(1, 2)
     assert torch.equal(ref, got)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_rope_tables_equal_rotate_half_bit_for_bit(dtype):
+    """The attention layers' form (cos, signed sin) with a roll gives exactly apply_rope's numbers."""
+    rot = RotaryEmbedding(16, {"rope_type": "default", "rope_theta": 1e4})
+    pos = torch.arange(11)[None].repeat(2, 1) + torch.tensor([[0], [7]])
+    x = torch.randn(2, 11, 3, 16).to(dtype)
+    cos, sin = rot(pos, dtype)
+    cos_t, signed_sin = rot.tables(pos, dtype)
+    assert torch.equal(cos, cos_t)
+    assert torch.equal(apply_rope(x, cos, sin), apply_rope_tables(x, cos_t, signed_sin))
 
 
 def test_rope_rejects_unknown_type():

@@ -31,9 +31,12 @@ def model() -> KExaoneForCausalLM:
 
 
 # ------------------------------------------------------------------------------------------------------------ MoE
+@pytest.mark.parametrize("path", ["few_pairs", "segment"])
 @pytest.mark.parametrize("n", [1, 3, 8])
-def test_segment_path_is_bit_identical_to_grouped_path(monkeypatch, n):
-    """Forced routing with repeated experts, an expert used twice by one token's neighbours, empty experts."""
+def test_decode_expert_paths_are_bit_identical_to_grouped_path(monkeypatch, n, path):
+    """Forced routing with repeated experts, an expert used twice by one token's neighbours, empty experts: the
+    one-token path (`_few_pairs_experts`, forced for every size here) and the per-expert segment path both give
+    the grouped kernel's numbers bit for bit."""
     torch.manual_seed(1)
     cfg = tiny_cfg()
     ex = GroupedExperts(cfg)
@@ -41,24 +44,27 @@ def test_segment_path_is_bit_identical_to_grouped_path(monkeypatch, n):
     idx = torch.tensor([[5, 1], [1, 5], [7, 0], [0, 7], [3, 4], [6, 2], [2, 6], [5, 1]])[:n]
     w = torch.rand(n, 2)
     with torch.no_grad():
+        monkeypatch.setattr(moe_mod, "FEW_PAIRS_MAX", 0)
         monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 0)
         grouped = ex(x, idx, w)
-        monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 10**6)
+        spied = "_few_pairs_experts" if path == "few_pairs" else "_segment_mm"
+        monkeypatch.setattr(moe_mod, "FEW_PAIRS_MAX" if path == "few_pairs" else "SEGMENT_MAX_PAIRS", 10**6)
         calls = []
-        real = moe_mod._segment_mm
-        monkeypatch.setattr(moe_mod, "_segment_mm", lambda *a: calls.append(a) or real(*a))
-        seg = ex(x, idx, w)
-    assert len(calls) == 2  # gate_up and down both took the per-expert path
-    assert torch.equal(grouped, seg)
+        real = getattr(moe_mod, spied)
+        monkeypatch.setattr(moe_mod, spied, lambda *a: calls.append(a) or real(*a))
+        fast = ex(x, idx, w)
+    assert len(calls) == (1 if path == "few_pairs" else 2)  # the path ran (the segment path: gate_up and down)
+    assert torch.equal(grouped, fast)
 
 
-def test_segment_path_only_without_grad_and_for_small_inputs(monkeypatch):
+def test_decode_expert_path_only_without_grad_and_for_small_inputs(monkeypatch):
     """Training (grad enabled) and large inputs keep the grouped kernel: training numerics are untouched."""
     cfg = tiny_cfg()
     ex = GroupedExperts(cfg)
     calls = []
-    real = moe_mod._segment_mm
-    monkeypatch.setattr(moe_mod, "_segment_mm", lambda *a: calls.append(a) or real(*a))
+    for name in ("_few_pairs_experts", "_segment_mm"):
+        real = getattr(moe_mod, name)
+        monkeypatch.setattr(moe_mod, name, lambda *a, real=real: calls.append(a) or real(*a))
     x = torch.randn(2, cfg.hidden_size)
     idx = torch.tensor([[0, 1], [2, 3]])
     ex(x, idx, torch.rand(2, 2)).sum().backward()  # grad enabled
@@ -176,6 +182,7 @@ def test_decode_with_fast_paths_equals_general_paths(model, monkeypatch):
     with torch.inference_mode():
         fast = _greedy(model, prompts, 10)
     monkeypatch.setattr(moe_mod, "SEGMENT_MAX_PAIRS", 0)
+    monkeypatch.setattr(moe_mod, "FEW_PAIRS_MAX", 0)
     with torch.no_grad():
         slow = _greedy(model, prompts, 10)
     assert torch.equal(fast, slow)

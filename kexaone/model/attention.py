@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kexaone.model.norm import RMSNorm
-from kexaone.model.rope import apply_rope
+from kexaone.model.rope import apply_rope_tables
 
 # Queries per block of blocked local attention. Each query reads C + window - 1 keys, so smaller blocks waste less;
 # below ~32 the per-block overhead wins (measured on CPU: 64 is within 5% of the best at 1K and 16K tokens).
@@ -283,14 +283,15 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         v = self.v_proj(x_BTH).view(B, T, self.num_kv_heads, self.head_dim)
         if self.use_rope:
-            cos, sin = rope
-            q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+            cos, signed_sin = rope  # RotaryEmbedding.tables
+            q, k = apply_rope_tables(q, cos, signed_sin), apply_rope_tables(k, cos, signed_sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # [B, heads, T, D]
         if cache is None:
             valid, doc_k = inputs.token_valid_BT, inputs.doc_ids_BT
         else:
             k, v, key_start = cache.update(self.layer_idx, k, v)
-            k, v = k.to(q.dtype), v.to(q.dtype)  # a cache may be kept in another dtype than the activations
+            if k.dtype != q.dtype:  # a cache may be kept in another dtype than the activations
+                k, v = k.to(q.dtype), v.to(q.dtype)
             valid = cache.key_valid(self.layer_idx, key_start, k.shape[2])
             doc_k = None
         o = attend(q, k, v, scale=self.scale, window=self.window, key_valid_BS=valid,

@@ -258,7 +258,9 @@ class KVCache:
     def update(self, layer_idx: int, k_BhTD: torch.Tensor, v_BhTD: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, int]:
         """Append new keys/values of one layer; return the keys/values to attend (oldest first) and the position of
         the first returned key."""
-        return self._slots[layer_idx].update(k_BhTD.to(self.dtype), v_BhTD.to(self.dtype))
+        if k_BhTD.dtype != self.dtype:  # (a no-op `.to` still costs a dispatch, twice per layer and step)
+            k_BhTD, v_BhTD = k_BhTD.to(self.dtype), v_BhTD.to(self.dtype)
+        return self._slots[layer_idx].update(k_BhTD, v_BhTD)
 
     def key_valid(self, layer_idx: int, key_start: int, n: int) -> torch.Tensor | None:
         """[B, n] bool for keys at positions key_start.., False on left padding; None when nothing is padded."""

@@ -38,6 +38,12 @@ _NORM_EPS = 1e-20
 # benchmarks/bench_decode_step.py); the grouped kernel wins for prefill-sized inputs.
 SEGMENT_MAX_PAIRS = 16
 
+# At most this many (token, slot) pairs (one decoded token at top-2..4) skip even that path's bookkeeping (counts,
+# argsort, gathers, offsets, index_add) in `_few_pairs_experts`, which costs more calls per chosen expert instead:
+# it wins while few experts are chosen. Operator calls (dispatcher level) of one MoE layer of the `small` preset:
+# one token (2 pairs) 63 -> 50; eight tokens (16 pairs) would go 129 -> 215, so they keep the segment path.
+FEW_PAIRS_MAX = 4
+
 # On CPUs, bf16/fp16 matmuls run through oneDNN, which builds (JIT-compiles) a kernel for every new shape: about
 # 1 ms, more than the multiply itself at these sizes. Each expert's row count changes every step, so without care
 # nearly every per-expert matmul of a reduced-precision training step builds a new kernel (measured on this
@@ -101,7 +107,10 @@ class TopKRouter(nn.Module):
     def forward(self, x_NH: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x_NH = x_NH.reshape(-1, self.hidden_size)
         # Routing is precision-sensitive (near-tied scores pick different experts): fp32 even under autocast.
-        with torch.autocast(device_type=x_NH.device.type, enabled=False):
+        if torch.is_autocast_enabled(x_NH.device.type):
+            with torch.autocast(device_type=x_NH.device.type, enabled=False):
+                logits_NE = F.linear(x_NH.float(), self.weight.float())
+        else:  # (entering the context costs more than the decode step's router matmul itself)
             logits_NE = F.linear(x_NH.float(), self.weight.float())
         scores_NE = logits_NE.sigmoid()
         choice_NE = scores_NE.detach() + self.e_score_correction_bias
@@ -186,6 +195,48 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+def _few_pairs_experts(x_NH: torch.Tensor, gate_up_EJH: torch.Tensor, down_EHI: torch.Tensor,
+                       idx_NK: torch.Tensor, w_NK: torch.Tensor, inter: int) -> torch.Tensor:
+    """The routed experts of a decode step: one host read of the K choices per token, then, for each chosen expert
+    in increasing id, its rows (tokens in order) through gate_up and down, accumulated into the output.
+
+    The same row groups, matmuls and order of accumulation as the grouped path (argsort by expert, per-expert
+    matmuls, index_add in sorted order), so the result is bit-identical (tested), without the counting scatter,
+    argsort, cumsum, offsets and gathers (see FEW_PAIRS_MAX)."""
+    n, k = idx_NK.shape
+    flat = idx_NK.reshape(-1).tolist()
+    order = sorted(range(n * k), key=flat.__getitem__)  # stable: tokens keep their order inside an expert
+    w_M = w_NK.reshape(-1)
+    y_NH = None
+    j = 0
+    while j < len(order):
+        e, end = flat[order[j]], j + 1
+        while end < len(order) and flat[order[end]] == e:
+            end += 1
+        pairs = order[j:end]
+        if len(pairs) == 1:
+            t = pairs[0] // k
+            x_rH, w_r = x_NH[t:t + 1], w_M[pairs[0]:pairs[0] + 1]
+        else:
+            rows = torch.tensor([p // k for p in pairs])
+            x_rH, w_r = x_NH.index_select(0, rows), w_M.index_select(0, torch.tensor(pairs))
+        h_rJ = F.linear(x_rH, gate_up_EJH[e])
+        gate_rI, up_rI = h_rJ.split(inter, dim=-1)
+        a_rI = F.silu(gate_rI) * up_rI * w_r.unsqueeze(-1)
+        out_rH = F.linear(a_rI if a_rI.dtype == h_rJ.dtype else a_rI.to(h_rJ.dtype), down_EHI[e])
+        j = end
+        if y_NH is None:
+            if n == 1:
+                y_NH = out_rH  # one token: its first expert's output is what index_add_ onto zeros would give
+                continue
+            y_NH = out_rH.new_zeros(n, out_rH.shape[-1])
+        if len(pairs) == 1:
+            y_NH[t:t + 1].add_(out_rH)
+        else:
+            y_NH.index_add_(0, rows, out_rH)
+    return y_NH
+
+
 def count_per_expert(topk_idx_NK: torch.Tensor, num_experts: int, keep_NK: torch.Tensor | None = None) -> torch.Tensor:
     """[E] int64 number of (token, slot) pairs routed to each expert (only where `keep_NK` is true, if given).
     A scatter-add rather than bincount: bincount synchronises with the host on GPUs to size its output."""
@@ -256,8 +307,11 @@ class GroupedExperts(nn.Module):
             # contiguous parameters, then transpose: converting a transposed view is a slow strided copy.
             dtype = torch.get_autocast_dtype(x_NH.device.type)
             x_NH, gate_up_EJH, down_EHI = x_NH.to(dtype), gate_up_EJH.to(dtype), down_EHI.to(dtype)
-        else:
+        elif x_NH.dtype != gate_up_EJH.dtype:
             x_NH = x_NH.to(gate_up_EJH.dtype)
+        if self.takes_few_pairs(x_NH, n * k):
+            return _few_pairs_experts(x_NH, gate_up_EJH, down_EHI, topk_idx_NK, topk_weights_NK,
+                                      self.intermediate_size)
         gate_up_EHJ = gate_up_EJH.transpose(1, 2)  # [E, H, 2I] view: x @ W^T per expert
         down_EIH = down_EHI.transpose(1, 2)  # [E, I, H]
         with torch.no_grad():
@@ -287,6 +341,12 @@ class GroupedExperts(nn.Module):
         y_MH = mm(a_MI, down_EIH, offs_E)
         rows = x_NH.shape[0]  # n, or n + 1 with the padding token, whose row is dropped
         return y_MH.new_zeros(rows, self.hidden_size).index_add_(0, token_M, y_MH)[:n]
+
+    def takes_few_pairs(self, x: torch.Tensor, pairs: int) -> bool:
+        """Whether `pairs` (token, slot) pairs of `x` run on the one-token path (`_few_pairs_experts`, see
+        FEW_PAIRS_MAX): CPU inference, outside torch.compile and FP8."""
+        return (x.device.type == "cpu" and pairs <= FEW_PAIRS_MAX and self.fp8_recipe is None
+                and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}"
@@ -368,8 +428,11 @@ class KExaoneMoE(nn.Module):
         b, t, h = x_3d.shape
         x_NH = x_3d.reshape(b * t, h)
         scores_NE, weights_NK, idx_NK = self.gate(x_NH)
-        with torch.no_grad():
-            counts_E = count_per_expert(idx_NK, self.num_experts)
+        counting = self.training and self.count_tokens and not _inside_backward()
+        counts_E = None
+        if counting or not self.experts.takes_few_pairs(x_NH, idx_NK.numel()):
+            with torch.no_grad():
+                counts_E = count_per_expert(idx_NK, self.num_experts)
         if self.capacity_factor is not None:
             # Dropped pairs get gate weight 0 (they still run through their expert, so shapes stay static: this
             # measures what dropping costs in quality, not the compute it would save).
@@ -390,7 +453,7 @@ class KExaoneMoE(nn.Module):
             # of a decode step. Kept as a 0-d zero so that callers summing it need no special case. (Plain
             # no_grad evaluation still computes it: the trainer logs it on held-out batches.)
             self.last_aux_loss = scores_NE.new_zeros(())
-        if self.training and self.count_tokens and not _inside_backward():
+        if counting:
             with torch.no_grad():
                 if valid_BT is not None:
                     keep_NK = (valid_BT.reshape(-1, 1) != 0).expand(-1, self.top_k)

@@ -1,12 +1,17 @@
 """RMSNorm with the exact numerics of the `exaone_moe` reference: normalise in fp32, cast back to the input dtype,
 then multiply by the weight (so a bf16 model multiplies in bf16, as the released checkpoints were trained).
 
+In fp32 (input and weight) the fused `F.rms_norm` kernel computes the same numbers bit for bit (tested) in one
+call instead of seven; a decode step runs ~33 of these norms, so the saved calls are a tenth of its operators. In
+other dtypes the reference's order (normalise in fp32, cast, then multiply) is kept explicitly.
+
 It does not fuse with residual adds or quantisation; those are left to kernels applied from outside.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,6 +25,8 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         in_dtype = x.dtype
+        if in_dtype == torch.float32 and self.weight.dtype == torch.float32:
+            return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
         x32 = x.float()
         x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + self.eps)
         return self.weight * x32.to(in_dtype)

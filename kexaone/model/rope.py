@@ -41,6 +41,14 @@ class RotaryEmbedding(nn.Module):
         return emb_BTD.cos().to(dtype)[:, :, None, :], emb_BTD.sin().to(dtype)[:, :, None, :]
 
 
+    def tables(self, position_ids_BT: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+        """(cos, sin with the rotate-half sign folded in), the form `apply_rope_tables` takes: computed once per
+        forward, it saves every attention layer the negation and concatenation of `rotate_half`."""
+        cos, sin = self(position_ids_BT, dtype)
+        half = sin.shape[-1] // 2
+        return cos, torch.cat((-sin[..., :half], sin[..., half:]), dim=-1)
+
+
 def rotate_half(x: torch.Tensor) -> torch.Tensor:
     half = x.shape[-1] // 2
     return torch.cat((-x[..., half:], x[..., :half]), dim=-1)
@@ -48,3 +56,9 @@ def rotate_half(x: torch.Tensor) -> torch.Tensor:
 
 def apply_rope(x_BTHD: torch.Tensor, cos_BT1D: torch.Tensor, sin_BT1D: torch.Tensor) -> torch.Tensor:
     return x_BTHD * cos_BT1D + rotate_half(x_BTHD) * sin_BT1D
+
+
+def apply_rope_tables(x_BTHD: torch.Tensor, cos_BT1D: torch.Tensor, signed_sin_BT1D: torch.Tensor) -> torch.Tensor:
+    """`apply_rope` with `RotaryEmbedding.tables`: rotate_half(x) * sin equals roll(x, half) * signed sin element for
+    element ((-a) * b == a * (-b) in IEEE arithmetic), so the result is bit-identical in two fewer kernels."""
+    return x_BTHD * cos_BT1D + torch.roll(x_BTHD, x_BTHD.shape[-1] // 2, dims=-1) * signed_sin_BT1D

@@ -190,7 +190,8 @@ class KExaoneForCausalLM(nn.Module):
         return position_ids.to(dev), token_valid, new_valid
 
     def _rope(self, position_ids, dtype, needed: bool):
-        return self.model.rotary_emb(position_ids, dtype) if needed else None
+        # (cos, signed sin): the form the attention layers apply (kexaone.model.rope.apply_rope_tables)
+        return self.model.rotary_emb.tables(position_ids, dtype) if needed else None
 
     def forward(self, input_ids: torch.Tensor, labels: torch.Tensor | None = None, cache: KVCache | None = None,
                 attention_mask: torch.Tensor | None = None, position_ids: torch.Tensor | None = None,

@@ -195,6 +195,13 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+def takes_few_pairs(x: torch.Tensor, pairs: int, fp8_recipe: Any = None) -> bool:
+    """Whether `pairs` (token, slot) pairs of `x` run on the one-token path (`_few_pairs_experts`, see
+    FEW_PAIRS_MAX): CPU inference, outside torch.compile and FP8."""
+    return (x.device.type == "cpu" and pairs <= FEW_PAIRS_MAX and fp8_recipe is None
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+
 def _few_pairs_experts(x_NH: torch.Tensor, gate_up_EJH: torch.Tensor, down_EHI: torch.Tensor,
                        idx_NK: torch.Tensor, w_NK: torch.Tensor, inter: int) -> torch.Tensor:
     """The routed experts of a decode step: one host read of the K choices per token, then, for each chosen expert
@@ -309,7 +316,7 @@ class GroupedExperts(nn.Module):
             x_NH, gate_up_EJH, down_EHI = x_NH.to(dtype), gate_up_EJH.to(dtype), down_EHI.to(dtype)
         elif x_NH.dtype != gate_up_EJH.dtype:
             x_NH = x_NH.to(gate_up_EJH.dtype)
-        if self.takes_few_pairs(x_NH, n * k):
+        if takes_few_pairs(x_NH, n * k, self.fp8_recipe):
             return _few_pairs_experts(x_NH, gate_up_EJH, down_EHI, topk_idx_NK, topk_weights_NK,
                                       self.intermediate_size)
         gate_up_EHJ = gate_up_EJH.transpose(1, 2)  # [E, H, 2I] view: x @ W^T per expert
@@ -341,12 +348,6 @@ class GroupedExperts(nn.Module):
         y_MH = mm(a_MI, down_EIH, offs_E)
         rows = x_NH.shape[0]  # n, or n + 1 with the padding token, whose row is dropped
         return y_MH.new_zeros(rows, self.hidden_size).index_add_(0, token_M, y_MH)[:n]
-
-    def takes_few_pairs(self, x: torch.Tensor, pairs: int) -> bool:
-        """Whether `pairs` (token, slot) pairs of `x` run on the one-token path (`_few_pairs_experts`, see
-        FEW_PAIRS_MAX): CPU inference, outside torch.compile and FP8."""
-        return (x.device.type == "cpu" and pairs <= FEW_PAIRS_MAX and self.fp8_recipe is None
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
 
     def extra_repr(self) -> str:
         return f"num_experts={self.num_experts}, hidden_size={self.hidden_size}, intermediate_size={self.intermediate_size}"
@@ -430,7 +431,8 @@ class KExaoneMoE(nn.Module):
         scores_NE, weights_NK, idx_NK = self.gate(x_NH)
         counting = self.training and self.count_tokens and not _inside_backward()
         counts_E = None
-        if counting or not self.experts.takes_few_pairs(x_NH, idx_NK.numel()):
+        # (the experts may be wrapped, e.g. by peft for LoRA on routed experts: the FP8 recipe is read with a default)
+        if counting or not takes_few_pairs(x_NH, idx_NK.numel(), getattr(self.experts, "fp8_recipe", None)):
             with torch.no_grad():
                 counts_E = count_per_expert(idx_NK, self.num_experts)
         if self.capacity_factor is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+import kexaone.model.attention as attn_mod
 import kexaone.model.moe as moe_mod
 from kexaone.config import KExaoneConfig
 from kexaone.model.attention import _masked_chunked, attend
@@ -112,6 +113,26 @@ def test_t1_padded_mask_equals_chunked_masked_path():
     att = (q @ kk.transpose(-1, -2)) * D ** -0.5
     att = att.masked_fill(~valid[:, None, None, :], float("-inf")).softmax(-1)
     assert (fast - att @ vv).abs().max().item() < 1e-6
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_few_queries_cached_band_equals_chunked_masked_path(window):
+    """A speculative verify step (3 queries over 11 unpadded keys, global and sliding): the shared band mask gives
+    the chunked masked path's numbers; built inside inference_mode, it is still usable with grad enabled."""
+    torch.manual_seed(5)
+    B, H, h, S, D, T = 2, 4, 2, 11, 8, 3
+    q = torch.randn(B, H, T, D)
+    k, v = torch.randn(B, h, S, D), torch.randn(B, h, S, D)
+    with torch.inference_mode():
+        fast = attend(q, k, v, scale=D ** -0.5, window=window)
+    with torch.no_grad():
+        again = attend(q, k, v, scale=D ** -0.5, window=window)
+    slow = _masked_chunked(q, k, v, scale=D ** -0.5, window=window, key_valid_BS=None, doc_q_BT=None, doc_k_BS=None)
+    assert torch.equal(fast, slow) and torch.equal(again, slow)
+    band = attn_mod._cached_band(T, S, window, q.device)
+    assert not band.is_inference()
+    assert band.tolist() == [[(S - T + t) - window < j <= S - T + t if window else j <= S - T + t
+                              for j in range(S)] for t in range(T)]
 
 
 # ---------------------------------------------------------------------------------------------------------- cache

@@ -22,6 +22,7 @@ It does not own the KV cache (cache.py) or decide positions (transformer.py).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -37,6 +38,8 @@ from kexaone.model.rope import apply_rope_tables
 LOCAL_BLOCK = 64
 # Upper bound on mask elements materialised at once by the chunked masked path (bools, so bytes).
 MASK_BUDGET = 1 << 25
+# At most this many queries over a cache without padding (speculative verification) use a cached band mask.
+FEW_QUERIES = 16
 # Longest span of short documents attended together by the document-aligned path (one masked call per span).
 # Larger spans mean fewer calls but O(span^2) scores per call; 512 keeps a span's scores ~1 MB per head.
 DOC_GROUP = 512
@@ -120,8 +123,21 @@ def attend(q_BHTD: torch.Tensor, k_BhSD: torch.Tensor, v_BhSD: torch.Tensor, *, 
         vis_BS = key_valid_BS.clone()
         vis_BS[:, -1] = True
         return _sdpa(q_BHTD, k_BhSD, v_BhSD, attn_mask=vis_BS[:, None, None, :], scale=scale, enable_gqa=gqa)
+    if key_valid_BS is None and doc_q_BT is None and T <= FEW_QUERIES and not torch.is_grad_enabled():
+        # A few queries over an unpadded cache (the speculative verify step): the mask depends on (T, S, window)
+        # alone, so one tensor serves every layer and step of that shape instead of a dozen kernels each time.
+        return _sdpa(q_BHTD, k_BhSD, v_BhSD, attn_mask=_cached_band(T, S, window, q_BHTD.device), scale=scale,
+                     enable_gqa=gqa)
     return _masked_chunked(q_BHTD, k_BhSD, v_BhSD, scale=scale, window=window, key_valid_BS=key_valid_BS,
                            doc_q_BT=doc_q_BT, doc_k_BS=doc_k_BS)
+
+
+@functools.lru_cache(maxsize=64)
+def _cached_band(T: int, S: int, window: int | None, device: torch.device) -> torch.Tensor:
+    """[T, S] bool band of the last T queries over S keys (what _masked_chunked builds without padding), shared:
+    callers must not modify it. Built outside inference mode so that it is an ordinary tensor wherever it is used."""
+    with torch.inference_mode(False):
+        return _band(torch.arange(S - T, S, device=device), torch.arange(S, device=device), window)
 
 
 def _masked_chunked(q_BHTD, k_BhSD, v_BhSD, *, scale, window, key_valid_BS, doc_q_BT, doc_k_BS) -> torch.Tensor:

@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import machine, write_section  # noqa: E402
+from bench_decode_step import export_ref  # noqa: E402
 
 from kexaone.config import KExaoneConfig  # noqa: E402
 
@@ -141,20 +142,34 @@ async def load(url: str, clients: int, per_client: int, max_tokens: int, time_li
     }
 
 
+def median_row(runs: list[dict], mode: str) -> dict:
+    """One table row from repeated runs of a mode: the median of every timing, failures and requests summed, the
+    first run's texts (each run sends the same seeded requests)."""
+    row = dict(runs[0], mode=mode)
+    for key in ("rps", "tok_s", "ttft50", "ttft99", "lat50", "lat99", "tokens"):
+        row[key] = statistics.median(r[key] for r in runs)
+    row["failed"] = sum(r["failed"] for r in runs)
+    row["requests"] = sum(r["requests"] for r in runs)
+    return row
+
+
 def start_server(model_dir: Path, args, mode: str):
     """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
     import httpx
 
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
+    cwd = None
+    if mode == "baseline":  # the package as of --baseline-ref, exported to a directory (run from there, so that
+        env["PYTHONPATH"] = cwd = str(args.baseline_dir)  # `-m kexaone` does not pick up the working tree)
     cmd = [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
            "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"]
     if mode == "cohorts":
         cmd.append("--no-continuous-batching")
-    else:
+    elif mode != "baseline":  # (the baseline's server has its own default and may predate --join)
         cmd += ["--join", mode]
-    server = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
     while True:
@@ -185,15 +200,27 @@ def main(argv=None) -> int:
                     help="slots: a request joins a running batch by prefilling only its prompt (--join slots); "
                          "reprefill: the running rows are recomputed with it (--join reprefill, the scheme before "
                          "issue 20); cohorts: --no-continuous-batching")
+    ap.add_argument("--repeats", type=int, default=1,
+                    help="runs per mode and client count (modes interleaved); the table gives their medians")
+    ap.add_argument("--baseline-ref", default=None,
+                    help="also serve the package as of this git revision (mode 'baseline', its default batching), "
+                         "e.g. the revision an issue's 'today' refers to")
     args = ap.parse_args(argv)
+    if args.baseline_ref:
+        args.modes = [*args.modes, "baseline"]
     if max(args.clients) > 64:
         raise ValueError("--clients is bounded to 64 concurrent clients")
 
     load_before = os.getloadavg()
     rows, healths = [], {}
     with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
-        model_dir = Path(tmp)
+        model_dir = Path(tmp) / "model"
+        model_dir.mkdir()
         make_model_dir(model_dir)
+        if args.baseline_ref:
+            args.baseline_dir = Path(tmp) / "baseline"
+            args.baseline_dir.mkdir()
+            export_ref(args.baseline_ref, args.baseline_dir)
         servers = {}
         try:
             import httpx
@@ -202,12 +229,15 @@ def main(argv=None) -> int:
                 servers[mode] = start_server(model_dir, args, mode)
                 asyncio.run(load(servers[mode][0], 1, 1, 4, 30))  # warm-up
             for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
-                for mode in args.modes:
-                    row = asyncio.run(load(servers[mode][0], c, args.requests_per_client, args.max_tokens,
-                                           args.time_limit, args.vary_tokens))
-                    row["mode"] = mode
-                    rows.append(row)
-                    print(f"{mode}, {c} clients: {row['rps']:.2f} req/s, {row['failed']} failed", file=sys.stderr)
+                runs: dict[str, list[dict]] = {mode: [] for mode in args.modes}
+                for _ in range(args.repeats):
+                    for mode in args.modes:
+                        row = asyncio.run(load(servers[mode][0], c, args.requests_per_client, args.max_tokens,
+                                               args.time_limit, args.vary_tokens))
+                        runs[mode].append(row)
+                        print(f"{mode}, {c} clients: {row['rps']:.2f} req/s, {row['failed']} failed",
+                              file=sys.stderr)
+                rows += [median_row(runs[mode], mode) for mode in args.modes]
             for mode, (url, _) in servers.items():
                 healths[mode] = httpx.get(url + "/health", timeout=5).json()
         finally:
@@ -230,7 +260,9 @@ def main(argv=None) -> int:
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
         f"(max_tokens {budget}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
-        f"at most 4 batches interleaved.",
+        f"at most 4 batches interleaved. "
+        + (f"Each row: the median of {args.repeats} runs, modes interleaved (requests and failures summed)."
+           if args.repeats > 1 else "One run per row."),
         "",
         "| batching | clients | requests | failed | requests/s | tokens/s | TTFT p50 | TTFT p99 | latency p50 | "
         "latency p99 | mean tokens |",
@@ -259,7 +291,9 @@ def main(argv=None) -> int:
               "cache (Engine.join) and finished rows leave at once (Engine.compact); reprefill = the scheme before "
               "issue 20 (Engine.merge recomputes the running rows with the newcomers, finished rows are stepped "
               "until then); cohorts = `--no-continuous-batching`, requests arriving together form a batch and "
-              "batches are interleaved step by step.", ""]
+              "batches are interleaved step by step." + (
+                  f" baseline = the package as of `{args.baseline_ref}` with its default batching, from an exported "
+                  "copy (`--baseline-ref`)." if args.baseline_ref else ""), ""]
     lines += [f"Server health after the {m} run: {json.dumps(h)}." for m, h in healths.items()]
     text = "\n".join(lines)
     print(text)

@@ -64,6 +64,42 @@ def test_temperature_top_k_top_p_exact_values():
     torch.testing.assert_close(p[0], ref / ref.sum())
 
 
+def test_prefix_truncation_equals_sorting_the_whole_vocabulary(monkeypatch):
+    """Top-k/top-p read from the best TRUNCATION_PREFIX tokens give the full sort's distribution: peaked rows
+    (the cut inside the prefix), a flat row (the cut beyond it: that row alone is sorted), and rows
+    whose top-k or top-p is off, mixed in one batch. A row with top-p off keeps its whole tail in both (its
+    running sum may round up to 1.0 before the tail ends)."""
+    import kexaone.engine.sampling as sampling_mod
+
+    torch.manual_seed(6)
+    V = 4096
+    params = [SamplingParams(top_p=0.9), SamplingParams(top_p=0.5, temperature=0.7), SamplingParams(top_k=40, top_p=1.0),
+              SamplingParams(top_k=40, top_p=0.8), SamplingParams(top_p=1.0), SamplingParams(top_k=1000, top_p=0.9)]
+    peaked = torch.randn(len(params), V) * 4.0
+    flat = peaked.clone()
+    flat[0] = torch.randn(V) * 0.01  # top-p 0.9 of a near-uniform row reaches far beyond the prefix
+    calls = []
+    real = sampling_mod._sorted_truncation
+    monkeypatch.setattr(sampling_mod, "_sorted_truncation", lambda *a: calls.append(a[0].shape[0]) or real(*a))
+    s = BatchSampling.from_params(params)
+    fast = logits_to_probs(peaked, s)
+    assert calls == []  # every cut fell inside the prefix
+    flat_probs = logits_to_probs(flat, s)
+    assert calls == [1]  # the flat row, and only it, was sorted
+    assert torch.equal(flat_probs, logits_to_probs_sorted(flat, s, monkeypatch))
+    assert torch.equal(fast, logits_to_probs_sorted(peaked, s, monkeypatch))
+    kept = (fast > 0).sum(-1).tolist()
+    assert kept[2] == 40 and kept[4] == V and all(0 < n < V for i, n in enumerate(kept) if i != 4)
+
+
+def logits_to_probs_sorted(logits, sampling, monkeypatch):
+    import kexaone.engine.sampling as sampling_mod
+
+    with monkeypatch.context() as m:
+        m.setattr(sampling_mod, "TRUNCATION_PREFIX", logits.shape[1])  # V <= prefix: always the full sort
+        return logits_to_probs(logits, sampling)
+
+
 def test_mixed_batch_rows_use_their_own_parameters():
     logits = torch.log(torch.tensor([[0.5, 0.25, 0.15, 0.1]] * 3))
     s = BatchSampling.from_params([SamplingParams(temperature=0), SamplingParams(top_p=1.0, top_k=1),

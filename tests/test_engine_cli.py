@@ -32,6 +32,7 @@ def model_dir(tmp_path_factory):
 def test_from_pretrained_generates_like_the_in_memory_model(model_dir):
     eng = Engine.from_pretrained(model_dir)
     assert eng.tokenizer is not None and eng.has_mtp
+    assert not any(m.training for m in eng.model.modules())  # loaded for inference: no mode switch per step
     ref = Engine(tiny_model(0, vocab_size=eng.tokenizer.vocab_size), eng.tokenizer)
     a = eng.generate("hello", max_new_tokens=20, temperature=0)
     assert a.tokens == ref.generate("hello", max_new_tokens=20, temperature=0).tokens

@@ -18,6 +18,12 @@ import torch
 # Largest number of tokens one request may ask for; guards against typos like 10**12 that would never end.
 MAX_NEW_TOKENS_LIMIT = 1 << 20
 
+# Top-k/top-p truncation first looks at this many best tokens per row (`torch.topk`) and sorts the whole
+# vocabulary only of the rows whose cut may lie beyond them. A trained model's distribution puts top-p's mass in a
+# few dozen tokens, and the full sort is what costs: [8, 8192] logits took ~6 ms per decode step on this project's
+# 2-core CPU, a fifth of a batch-8 step of the `small` preset.
+TRUNCATION_PREFIX = 256
+
 
 @dataclass(frozen=True)
 class SamplingParams:
@@ -165,22 +171,60 @@ def logits_to_probs(logits_BV: torch.Tensor, sampling: BatchSampling) -> torch.T
     need_k = bool(((top_k_R > 0) & (top_k_R < V)).any())
     need_p = bool((top_p_R < 1).any())
     if need_k or need_p:
-        sorted_RV, order_RV = torch.sort(x_RV, dim=-1, descending=True)
-        keep_RV = torch.ones_like(sorted_RV, dtype=torch.bool)
-        if need_k:
-            rank_V = torch.arange(V, device=x_RV.device)
-            k_R = torch.where(top_k_R > 0, top_k_R, torch.full_like(top_k_R, V))
-            keep_RV &= rank_V.unsqueeze(0) < k_R.unsqueeze(1)
-        if need_p:
-            p_sorted = torch.softmax(sorted_RV.masked_fill(~keep_RV, -math.inf), dim=-1)
-            # Keep a token when the mass strictly before it is below top_p: the smallest prefix reaching top_p,
-            # and never an empty set (the first token has zero mass before it).
-            mass_before = p_sorted.cumsum(dim=-1) - p_sorted
-            keep_RV &= mass_before < top_p_R.unsqueeze(1)
-        mask_RV = torch.zeros_like(keep_RV).scatter(1, order_RV, keep_RV)
+        if V > TRUNCATION_PREFIX:
+            mask_RV, decided_R = _prefix_truncation(x_RV, top_k_R, top_p_R)
+            if not bool(decided_R.all()):  # rows whose cut may lie beyond the prefix: sort those rows
+                rest = (~decided_R).nonzero().squeeze(1)
+                mask_RV[rest] = _sorted_truncation(x_RV[rest], top_k_R[rest], top_p_R[rest], need_k, need_p)
+        else:
+            mask_RV = _sorted_truncation(x_RV, top_k_R, top_p_R, need_k, need_p)
         x_RV = x_RV.masked_fill(~mask_RV, -math.inf)
     probs_BV[rows] = torch.softmax(x_RV, dim=-1)
     return probs_BV
+
+
+def _prefix_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor,
+                       top_p_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """([R, V] bool: the tokens top-k then top-p keep, read from each row's TRUNCATION_PREFIX best tokens;
+    [R] bool: rows whose cut is decided by them: the mask of any other row is not valid). The same rule as `_sorted_truncation` (a token is kept when the mass of the
+    tokens before it is below top_p), with the probabilities as exp(logit - logsumexp) instead of a softmax of the
+    sorted row: equal up to the last bit of rounding."""
+    R, V = x_RV.shape
+    n = TRUNCATION_PREFIX
+    vals_Rn, idx_Rn = torch.topk(x_RV, n, dim=-1)  # sorted, best first
+    k_R = torch.where((top_k_R > 0) & (top_k_R < V), top_k_R, torch.full_like(top_k_R, V))
+    in_k_Rn = torch.arange(n, device=x_RV.device).unsqueeze(0) < k_R.unsqueeze(1)
+    k_inside_R = k_R <= n
+    # top-p normalises over what top-k kept: the prefix's first k tokens, or the whole row when top-k is off
+    lse_R = torch.where(k_inside_R, torch.logsumexp(vals_Rn.masked_fill(~in_k_Rn, -math.inf), dim=-1),
+                        torch.logsumexp(x_RV, dim=-1))
+    p_Rn = torch.exp(vals_Rn - lse_R.unsqueeze(1)).masked_fill(~in_k_Rn, 0.0)
+    keep_Rn = in_k_Rn & ((p_Rn.cumsum(dim=-1) - p_Rn < top_p_R.unsqueeze(1)) | (top_p_R >= 1).unsqueeze(1))
+    untouched_R = (k_R >= V) & (top_p_R >= 1)  # neither cut applies to this row
+    decided_R = untouched_R | k_inside_R | (p_Rn.sum(dim=-1) >= top_p_R)
+    mask_RV = torch.zeros_like(x_RV, dtype=torch.bool).scatter_(1, idx_Rn, keep_Rn)
+    mask_RV[untouched_R] = True
+    return mask_RV, decided_R
+
+
+def _sorted_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor, top_p_R: torch.Tensor, need_k: bool,
+                       need_p: bool) -> torch.Tensor:
+    """[R, V] bool: the tokens top-k then top-p keep, from a sort of the whole row."""
+    V = x_RV.shape[1]
+    sorted_RV, order_RV = torch.sort(x_RV, dim=-1, descending=True)
+    keep_RV = torch.ones_like(sorted_RV, dtype=torch.bool)
+    if need_k:
+        rank_V = torch.arange(V, device=x_RV.device)
+        k_R = torch.where(top_k_R > 0, top_k_R, torch.full_like(top_k_R, V))
+        keep_RV &= rank_V.unsqueeze(0) < k_R.unsqueeze(1)
+    if need_p:
+        p_sorted = torch.softmax(sorted_RV.masked_fill(~keep_RV, -math.inf), dim=-1)
+        # Keep a token when the mass strictly before it is below top_p: the smallest prefix reaching top_p,
+        # and never an empty set (the first token has zero mass before it).
+        mass_before = p_sorted.cumsum(dim=-1) - p_sorted
+        # (rows with top-p off keep everything: their running sum can round up to 1.0 before the tail ends)
+        keep_RV &= (mass_before < top_p_R.unsqueeze(1)) | (top_p_R >= 1).unsqueeze(1)
+    return torch.zeros_like(keep_RV).scatter(1, order_RV, keep_RV)
 
 
 def sample_from_probs(probs_BV: torch.Tensor, sampling: BatchSampling) -> torch.Tensor:

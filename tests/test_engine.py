@@ -88,6 +88,11 @@ def test_prefix_truncation_equals_sorting_the_whole_vocabulary(monkeypatch):
     assert calls == [1]  # the flat row, and only it, was sorted
     assert torch.equal(flat_probs, logits_to_probs_sorted(flat, s, monkeypatch))
     assert torch.equal(fast, logits_to_probs_sorted(peaked, s, monkeypatch))
+    calls.clear()
+    uniform_ish = torch.randn(2, V) * 0.01  # no row can be decided by the prefix: straight to the sort, topk skipped
+    monkeypatch.setattr(sampling_mod.torch, "topk", lambda *a, **k: pytest.fail("topk ran on flat rows"))
+    logits_to_probs(uniform_ish, BatchSampling.from_params([SamplingParams(top_p=0.9)] * 2))
+    assert calls == [2]
     kept = (fast > 0).sum(-1).tolist()
     assert kept[2] == 40 and kept[4] == V and all(0 < n < V for i, n in enumerate(kept) if i != 4)
 

@@ -171,36 +171,43 @@ def logits_to_probs(logits_BV: torch.Tensor, sampling: BatchSampling) -> torch.T
     need_k = bool(((top_k_R > 0) & (top_k_R < V)).any())
     need_p = bool((top_p_R < 1).any())
     if need_k or need_p:
-        if V > TRUNCATION_PREFIX:
-            mask_RV, decided_R = _prefix_truncation(x_RV, top_k_R, top_p_R)
+        prefix = _prefix_truncation(x_RV, top_k_R, top_p_R) if V > TRUNCATION_PREFIX else None
+        if prefix is None:
+            mask_RV = _sorted_truncation(x_RV, top_k_R, top_p_R, need_k, need_p)
+        else:
+            mask_RV, decided_R = prefix
             if not bool(decided_R.all()):  # rows whose cut may lie beyond the prefix: sort those rows
                 rest = (~decided_R).nonzero().squeeze(1)
                 mask_RV[rest] = _sorted_truncation(x_RV[rest], top_k_R[rest], top_p_R[rest], need_k, need_p)
-        else:
-            mask_RV = _sorted_truncation(x_RV, top_k_R, top_p_R, need_k, need_p)
         x_RV = x_RV.masked_fill(~mask_RV, -math.inf)
     probs_BV[rows] = torch.softmax(x_RV, dim=-1)
     return probs_BV
 
 
 def _prefix_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor,
-                       top_p_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """([R, V] bool: the tokens top-k then top-p keep, read from each row's TRUNCATION_PREFIX best tokens;
-    [R] bool: rows whose cut is decided by them: the mask of any other row is not valid). The same rule as `_sorted_truncation` (a token is kept when the mass of the
-    tokens before it is below top_p), with the probabilities as exp(logit - logsumexp) instead of a softmax of the
-    sorted row: equal up to the last bit of rounding."""
+                       top_p_R: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The tokens top-k then top-p keep, read from each row's TRUNCATION_PREFIX best tokens: ([R, V] bool mask,
+    [R] bool rows whose cut the prefix decides; the mask of any other row is not valid), or None when no row's can
+    be. The same rule as `_sorted_truncation` (a token is kept when the mass of the tokens before it is below
+    top_p), with the probabilities as exp(logit - logsumexp) instead of a softmax of the sorted row: equal up to
+    the last bit of rounding."""
     R, V = x_RV.shape
     n = TRUNCATION_PREFIX
-    vals_Rn, idx_Rn = torch.topk(x_RV, n, dim=-1)  # sorted, best first
     k_R = torch.where((top_k_R > 0) & (top_k_R < V), top_k_R, torch.full_like(top_k_R, V))
-    in_k_Rn = torch.arange(n, device=x_RV.device).unsqueeze(0) < k_R.unsqueeze(1)
     k_inside_R = k_R <= n
+    untouched_R = (k_R >= V) & (top_p_R >= 1)  # neither cut applies to this row
+    row_lse_R = torch.logsumexp(x_RV, dim=-1)
+    # The prefix holds at most n x the largest probability: a row below top_p even so (a near-flat distribution,
+    # e.g. a model with random weights) cannot be decided by it, and when no row can, topk is not worth running.
+    maybe_R = untouched_R | k_inside_R | (n * torch.exp(x_RV.amax(dim=-1) - row_lse_R) >= top_p_R)
+    if not bool(maybe_R.any()):
+        return None
+    vals_Rn, idx_Rn = torch.topk(x_RV, n, dim=-1)  # sorted, best first
+    in_k_Rn = torch.arange(n, device=x_RV.device).unsqueeze(0) < k_R.unsqueeze(1)
     # top-p normalises over what top-k kept: the prefix's first k tokens, or the whole row when top-k is off
-    lse_R = torch.where(k_inside_R, torch.logsumexp(vals_Rn.masked_fill(~in_k_Rn, -math.inf), dim=-1),
-                        torch.logsumexp(x_RV, dim=-1))
+    lse_R = torch.where(k_inside_R, torch.logsumexp(vals_Rn.masked_fill(~in_k_Rn, -math.inf), dim=-1), row_lse_R)
     p_Rn = torch.exp(vals_Rn - lse_R.unsqueeze(1)).masked_fill(~in_k_Rn, 0.0)
     keep_Rn = in_k_Rn & ((p_Rn.cumsum(dim=-1) - p_Rn < top_p_R.unsqueeze(1)) | (top_p_R >= 1).unsqueeze(1))
-    untouched_R = (k_R >= V) & (top_p_R >= 1)  # neither cut applies to this row
     decided_R = untouched_R | k_inside_R | (p_Rn.sum(dim=-1) >= top_p_R)
     mask_RV = torch.zeros_like(x_RV, dtype=torch.bool).scatter_(1, idx_Rn, keep_Rn)
     mask_RV[untouched_R] = True

@@ -140,6 +140,13 @@ def test_rmsnorm_numerics_match_transformers():
         r, o = ref.to(dtype)(x), ours.to(dtype)(x)
         assert r.dtype == o.dtype
         assert torch.equal(r, o)
+    # fp32 takes F.rms_norm: its gradients equal the reference's too
+    ref, ours = ref.float(), ours.float()
+    x = torch.randn(3, 5, 32, requires_grad=True)
+    g = torch.randn(3, 5, 32)
+    grads_r = torch.autograd.grad(ref(x), (x, ref.weight), g)
+    grads_o = torch.autograd.grad(ours(x), (x, ours.weight), g)
+    assert all(torch.equal(a, b) for a, b in zip(grads_r, grads_o))
 
 
 def test_rope_matches_transformers():

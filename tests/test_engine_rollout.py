@@ -124,8 +124,13 @@ def test_engine_leaves_the_callers_model_mode_alone():
     m.model.layers[0].eval()  # a mixed state must come back exactly as it was
     before = {name: mod.training for name, mod in m.named_modules()}
     counts = [l.mlp.tokens_per_expert.clone() for l in m.model.layers if l.is_moe]
+    switches = []
+    real_eval = m.eval
+    m.eval = lambda: switches.append(1) or real_eval()
     res = Engine(m, exact_logprobs=True).generate([4, 8, 15, 16, 23], max_new_tokens=5, temperature=0,
                                                   stop_token_ids=[])
+    del m.eval
+    assert len(switches) == 2  # once for the whole generation, once for the exact re-scoring; not per step
     assert {name: mod.training for name, mod in m.named_modules()} == before
     # eval mode inside: no routed-token counting for the bias update during generation or re-scoring
     assert all(torch.equal(c, l.mlp.tokens_per_expert) for c, l in zip(counts, [l for l in m.model.layers if l.is_moe]))

@@ -282,9 +282,13 @@ class Engine:
         if len(plist) != len(prompts):
             raise ValueError(f"got {len(plist)} SamplingParams for {len(prompts)} prompts")
         callbacks = [None if on_text is None else (lambda d, r=r: on_text(r, d)) for r in range(len(prompts))]
-        batch = self.start(prompts, plist, speculative=speculative, draft_tokens=draft_tokens, on_text=callbacks)
-        while not batch.done:
-            self.step(batch)
+        # Eval mode once for the whole generation: a model in training mode (an RL policy between updates) would
+        # otherwise be switched to eval and back around every step, a walk over all its modules (~2.4 ms a step
+        # for the `small` preset); inside, each step finds it in eval mode already and switches nothing.
+        with self._eval_mode():
+            batch = self.start(prompts, plist, speculative=speculative, draft_tokens=draft_tokens, on_text=callbacks)
+            while not batch.done:
+                self.step(batch)
         return self.results(batch)
 
     def chat(self, messages: Sequence[dict], tools: Sequence[dict] | None = None, enable_thinking: bool = True,

@@ -191,9 +191,9 @@ def _prefix_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor,
     be. The same rule as `_sorted_truncation` (a token is kept when the mass of the tokens before it is below
     top_p), with the probabilities as exp(logit - logsumexp) instead of a softmax of the sorted row: equal up to
     the last bit of rounding."""
-    R, V = x_RV.shape
+    V = x_RV.shape[1]
     n = TRUNCATION_PREFIX
-    k_R = torch.where((top_k_R > 0) & (top_k_R < V), top_k_R, torch.full_like(top_k_R, V))
+    k_R = _effective_top_k(top_k_R, V)
     k_inside_R = k_R <= n
     untouched_R = (k_R >= V) & (top_p_R >= 1)  # neither cut applies to this row
     row_lse_R = torch.logsumexp(x_RV, dim=-1)
@@ -214,6 +214,11 @@ def _prefix_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor,
     return mask_RV, decided_R
 
 
+def _effective_top_k(top_k_R: torch.Tensor, V: int) -> torch.Tensor:
+    """[R] tokens top-k keeps per row: top_k, or the whole vocabulary V where top-k is off (0) or reaches it."""
+    return torch.where((top_k_R > 0) & (top_k_R < V), top_k_R, torch.full_like(top_k_R, V))
+
+
 def _sorted_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor, top_p_R: torch.Tensor, need_k: bool,
                        need_p: bool) -> torch.Tensor:
     """[R, V] bool: the tokens top-k then top-p keep, from a sort of the whole row."""
@@ -222,8 +227,7 @@ def _sorted_truncation(x_RV: torch.Tensor, top_k_R: torch.Tensor, top_p_R: torch
     keep_RV = torch.ones_like(sorted_RV, dtype=torch.bool)
     if need_k:
         rank_V = torch.arange(V, device=x_RV.device)
-        k_R = torch.where(top_k_R > 0, top_k_R, torch.full_like(top_k_R, V))
-        keep_RV &= rank_V.unsqueeze(0) < k_R.unsqueeze(1)
+        keep_RV &= rank_V.unsqueeze(0) < _effective_top_k(top_k_R, V).unsqueeze(1)
     if need_p:
         p_sorted = torch.softmax(sorted_RV.masked_fill(~keep_RV, -math.inf), dim=-1)
         # Keep a token when the mass strictly before it is below top_p: the smallest prefix reaching top_p,

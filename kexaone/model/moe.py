@@ -195,11 +195,17 @@ def _segment_mm(x_MK: torch.Tensor, w_EKN: torch.Tensor, offs_E: torch.Tensor,
     return outs[0] if len(outs) == 1 else torch.cat(outs, dim=0)
 
 
+def _small_cpu_inference(x: torch.Tensor, pairs: int, limit: int, fp8_recipe: Any) -> bool:
+    """At most `limit` (token, slot) pairs of `x` in CPU inference, outside torch.compile and FP8: where the
+    per-expert decode paths apply (`limit` is read by the caller at call time, so tests can move it)."""
+    return (x.device.type == "cpu" and pairs <= limit and fp8_recipe is None
+            and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+
+
 def takes_few_pairs(x: torch.Tensor, pairs: int, fp8_recipe: Any = None) -> bool:
     """Whether `pairs` (token, slot) pairs of `x` run on the one-token path (`_few_pairs_experts`, see
-    FEW_PAIRS_MAX): CPU inference, outside torch.compile and FP8."""
-    return (x.device.type == "cpu" and pairs <= FEW_PAIRS_MAX and fp8_recipe is None
-            and not torch.is_grad_enabled() and not torch.compiler.is_compiling())
+    FEW_PAIRS_MAX)."""
+    return _small_cpu_inference(x, pairs, FEW_PAIRS_MAX, fp8_recipe)
 
 
 def _few_pairs_experts(x_NH: torch.Tensor, gate_up_EJH: torch.Tensor, down_EHI: torch.Tensor,
@@ -337,8 +343,7 @@ class GroupedExperts(nn.Module):
             x_NH = torch.cat([x_NH, x_NH.new_zeros(1, x_NH.shape[1])])
         x_MH = x_NH.index_select(0, token_M)
         mm = self._mm
-        if (x_NH.device.type == "cpu" and n * k <= SEGMENT_MAX_PAIRS and self.fp8_recipe is None
-                and not torch.is_grad_enabled() and not torch.compiler.is_compiling()):
+        if _small_cpu_inference(x_NH, n * k, SEGMENT_MAX_PAIRS, self.fp8_recipe):
             counts = counts_E.tolist()
             mm = lambda x_MK, w_EKN, offs: _segment_mm(x_MK, w_EKN, offs, counts)  # noqa: E731
         h_MJ = mm(x_MH, gate_up_EHJ, offs_E)

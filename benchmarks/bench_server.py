@@ -153,6 +153,15 @@ def median_row(runs: list[dict], mode: str) -> dict:
     return row
 
 
+def default_batch_size(args, mode: str) -> int:
+    """The scheduler batch size `kexaone serve` of this mode's package uses without --max-batch-size."""
+    env = dict(os.environ, PYTHONPATH=str(args.baseline_dir)) if mode == "baseline" else None
+    out = subprocess.run([sys.executable, "-c", "from kexaone.engine.server import ServerSettings as S; "
+                          "print(S().max_batch_size)"], env=env, cwd=env and str(args.baseline_dir),
+                         capture_output=True, text=True, check=True)
+    return int(out.stdout)
+
+
 def start_server(model_dir: Path, args, mode: str):
     """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
     import httpx
@@ -164,7 +173,9 @@ def start_server(model_dir: Path, args, mode: str):
         env["PYTHONPATH"] = cwd = str(args.baseline_dir)  # `-m kexaone` does not pick up the working tree)
     cmd = [sys.executable, "-m", "kexaone", "serve", "--model", str(model_dir), "--host", "127.0.0.1",
            "--port", str(port), "--served-model-name", "bench", "--log-level", "warning",
-           "--max-batch-size", str(args.max_batch_size), "--max-queue", "256"]
+           "--max-queue", "256"]
+    if args.max_batch_size is not None:
+        cmd += ["--max-batch-size", str(args.max_batch_size)]
     if mode == "cohorts":
         cmd.append("--no-continuous-batching")
     elif mode != "baseline":  # (the baseline's server has its own default and may predate --join)
@@ -191,7 +202,8 @@ def main(argv=None) -> int:
     ap.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
     ap.add_argument("--requests-per-client", type=int, default=4)
     ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--max-batch-size", type=int, default=8)
+    ap.add_argument("--max-batch-size", type=int, default=None,
+                    help="scheduler batch size of every server (default: each server's own default)")
     ap.add_argument("--vary-tokens", action="store_true",
                     help="each request's max_tokens spread over [max/4, max] (rows finish at different steps)")
     ap.add_argument("--time-limit", type=float, default=120.0, help="seconds per concurrency level")
@@ -212,7 +224,7 @@ def main(argv=None) -> int:
         raise ValueError("--clients is bounded to 64 concurrent clients")
 
     load_before = os.getloadavg()
-    rows, healths = [], {}
+    rows, healths, batch_sizes = [], {}, {}
     with tempfile.TemporaryDirectory(prefix="kexaone-bench-server-") as tmp:
         model_dir = Path(tmp) / "model"
         model_dir.mkdir()
@@ -226,6 +238,7 @@ def main(argv=None) -> int:
             import httpx
 
             for mode in args.modes:
+                batch_sizes[mode] = args.max_batch_size or default_batch_size(args, mode)
                 servers[mode] = start_server(model_dir, args, mode)
                 asyncio.run(load(servers[mode][0], 1, 1, 4, 30))  # warm-up
             for c in args.clients:  # modes interleaved per concurrency level: the machine is noisy
@@ -259,8 +272,8 @@ def main(argv=None) -> int:
         "",
         f"Model: randomly initialised `small` shape (H 256, 8 layers, 32 experts top-2, MTP off), byte-level "
         f"tokenizer, fp32. Each client sends {args.requests_per_client} requests one after another "
-        f"(max_tokens {budget}, temperature 1.0); scheduler batch size {args.max_batch_size}, "
-        f"at most 4 batches interleaved. "
+        f"(max_tokens {budget}, temperature 1.0); scheduler batch size "
+        + ", ".join(f"{b} ({m})" for m, b in batch_sizes.items()) + ", at most 4 batches interleaved. "
         + (f"Each row: the median of {args.repeats} runs, modes interleaved (requests and failures summed)."
            if args.repeats > 1 else "One run per row."),
         "",

@@ -199,3 +199,35 @@ def test_call_runs_model_work_on_the_scheduler_thread_between_steps(engine):
         sched.stop()
     with pytest.raises(SchedulerStopped):
         sched.call(lambda: None)
+
+
+def test_flush_hooks_run_after_each_round_with_its_events_and_at_shutdown(engine):
+    """A consumer that buffers events hands them over in the flush after the round that produced them: when a
+    hook runs, every event emitted before it is already recorded; a failing hook does not stop the loop."""
+    seen: list[tuple[str, int]] = []  # ("event", n) per event, ("flush", events so far) per flush
+    events = 0
+
+    def on_event(kind, payload):
+        nonlocal events
+        events += 1
+        seen.append(("event", events))
+
+    def broken():
+        raise RuntimeError("a broken consumer")
+
+    sched = Scheduler(engine, max_batch_size=2)
+    sched.add_flush_hook(broken)
+    sched.add_flush_hook(lambda: seen.append(("flush", events)))
+    r = _req([5, 6, 7], on_event, max_new_tokens=6)
+    sched.submit(r)
+    sched.start()
+    deadline = time.monotonic() + 60
+    while not r.reported and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sched.stop()
+    assert r.reported and r.state.tokens
+    flushes = [n for what, n in seen if what == "flush"]
+    # 6 tokens: one round admits (token 1), five rounds step; each round's events precede its flush
+    assert len(flushes) >= 6 and flushes == sorted(flushes) and flushes[-1] == events
+    last_event = max(i for i, (what, _) in enumerate(seen) if what == "event")
+    assert any(what == "flush" for what, _ in seen[last_event:])

@@ -106,6 +106,7 @@ class Scheduler:
         self._stopping = False
         self.steps = 0
         self.failures = 0
+        self._flush_hooks: list[Callable[[], None]] = []
 
     # ------------------------------------------------------------------ lifecycle
     def start(self) -> "Scheduler":
@@ -134,6 +135,18 @@ class Scheduler:
                     "active": sum(1 for c in self._active for r in c.requests if not r.reported),
                     "batches": len(self._active), "steps": self.steps, "merges": self.merges,
                     "failures": self.failures}
+
+    def add_flush_hook(self, fn: Callable[[], None]) -> None:
+        """Run `fn()` on the scheduler thread after every round (admissions plus one step of each running batch)
+        and at shutdown: a consumer that buffers the round's events delivers them then, in one hand-over."""
+        self._flush_hooks.append(fn)
+
+    def _flush(self) -> None:
+        for fn in self._flush_hooks:
+            try:
+                fn()
+            except Exception:  # noqa: BLE001 - a broken consumer must not stop the loop
+                log.exception("flush hook %r failed", fn)
 
     # ------------------------------------------------------------------ submission
     def submit(self, req: Request) -> Request:
@@ -192,6 +205,7 @@ class Scheduler:
                     self._admit(reqs)
             for cohort in list(self._active):
                 self._advance(cohort)
+            self._flush()
         self._shutdown()
 
     def _plan(self) -> tuple[_Cohort | None, list[Request]]:
@@ -350,3 +364,4 @@ class Scheduler:
             for r in c.requests:
                 if not r.reported:
                     self._fail(r, err)
+        self._flush()

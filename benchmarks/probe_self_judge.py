@@ -66,12 +66,12 @@ def spearman(xs: list[float], ys: list[float]) -> float:
 
 def load_responses(run: Path, n: int) -> list[dict]:
     """The pref stage's scored responses: prompt text, response text, rule rewards; the first n, prompts in turn."""
-    from kexaone.pipeline.budgets import PrefBudget
     from kexaone.rl.completions import final_text, prompt_text
     from kexaone.rl.prompts import load_prompts
 
     pref = run / "pref" / "run"
-    rows = {str(r["id"]): r for r in load_prompts("default", "pref", PrefBudget.n_prompts, 0)}
+    stage = json.loads((run / "stages.json").read_text(encoding="utf-8"))["stages"]["pref"]["outputs"]
+    rows = {str(r["id"]): r for r in load_prompts("default", "pref", stage["budget"]["n_prompts"], 0)}
     texts = {}
     for line in (pref / "samples.jsonl").read_text(encoding="utf-8").splitlines()[1:]:
         rec = json.loads(line)
@@ -127,7 +127,7 @@ def weighted_scores(model_dir: Path, items: list[dict]) -> dict[str, list[float]
     from kexaone.tokenizer import KExaoneTokenizer
     from kexaone.tokenizer.chat import render
 
-    tok = KExaoneTokenizer.from_pretrained(model_dir)
+    tok = KExaoneTokenizer.from_dir(model_dir)
     model = KExaoneForCausalLM.from_pretrained(model_dir, dtype=torch.float32).eval()
     digits = {}
     for d in range(1, 10):
@@ -150,25 +150,13 @@ def weighted_scores(model_dir: Path, items: list[dict]) -> dict[str, list[float]
     return out
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--run", default="runs/speedrun", help="a speedrun directory whose pref stage has run")
-    ap.add_argument("--model", default="rl", help="the stage whose model judges (default rl: the policy the "
-                                                  "preference stage starts from)")
-    ap.add_argument("--responses", type=int, default=48)
-    ap.add_argument("--max-tokens", type=int, default=192, help="length of a generated verdict")
-    ap.add_argument("--threads", type=int, default=1)
-    args = ap.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
-    run = Path(args.run)
-    model_dir = run / args.model / "run" / "model"
-    if not (run / "pref" / "run" / "rewards.jsonl").is_file() or not model_dir.is_dir():
-        raise SystemExit(f"{run} has no finished pref stage or no {args.model} model: run the speedrun first")
-    items = load_responses(run, args.responses)
-
+def probe(run: Path, stage: str, items: list[dict], max_tokens: int) -> list[str]:
+    """The report lines of one judge model (the `stage` model of `run`)."""
+    model_dir = run / stage / "run" / "model"
+    if not model_dir.is_dir():
+        raise SystemExit(f"{run} has no {stage} model: run the speedrun first")
     t0 = time.perf_counter()
-    parsed, example = generated_verdicts(model_dir, items, args.max_tokens)
+    parsed, example = generated_verdicts(model_dir, items, max_tokens)
     t_gen = time.perf_counter() - t0
     n_ok = sum(s is not None for s in parsed)
 
@@ -178,33 +166,58 @@ def main(argv=None) -> int:
     rule = [i["reward"] for i in items]
     rows = []
     for name, vals in weighted.items():
-        rho = spearman(vals, rule)
-        extra = ""
-        for rule_name in {"safety": "refusal", "language": "language"}.get(name, "").split():
-            pairs = [(v, i["rules"].get(rule_name)) for v, i in zip(vals, items) if i["rules"].get(rule_name)
-                     is not None]
-            if len(pairs) >= 4:
-                extra = f"{spearman([a for a, _ in pairs], [b for _, b in pairs]):+.2f} (n={len(pairs)})"
+        matching = ""
+        rule_name = {"safety": "refusal", "language": "language"}.get(name)
+        pairs = [(v, i["rules"][rule_name]) for v, i in zip(vals, items)
+                 if rule_name and i["rules"].get(rule_name) is not None]
+        if len(pairs) >= 4:
+            matching = f"{rule_name}: {spearman([a for a, _ in pairs], [b for _, b in pairs]):+.2f} (n={len(pairs)})"
         rows.append(f"| {name} | {statistics.fmean(vals):.2f} | {min(vals):.2f}-{max(vals):.2f} | "
-                    f"{statistics.pstdev(vals):.2f} | {rho:+.2f} | {extra or 'n/a'} |")
-    lines = [
-        "## Probe: the speedrun's own model as the rubric judge (probe_self_judge.py)",
-        "",
-        f"Machine: {machine(args.threads)}. Run `{run}`, judge = its `{args.model}` model; {len(items)} of the "
-        f"preference stage's sampled responses (one per prompt first), with the rule rewards that stage gave them.",
+                    f"{statistics.pstdev(vals):.2f} | {spearman(vals, rule):+.2f} | {matching or 'n/a'} |")
+    return [
+        f"### Judge: the `{stage}` model",
         "",
         f"1. Generated verdicts (`kexaone serve` + `RubricJudgeReward`, default rubric, temperature 0, "
-        f"{args.max_tokens} tokens): **{n_ok} of {len(items)} replies score every dimension** ({t_gen:.0f} s). "
-        f"One reply, for the first response: {json.dumps(example[:300] if example else example, ensure_ascii=False)}",
+        f"{max_tokens} tokens): **{n_ok} of {len(items)} replies score every dimension** ({t_gen:.0f} s). "
+        f"The reply for the first response: {json.dumps(example[:300] if example else example, ensure_ascii=False)}",
         "",
         f"2. Probability-weighted scores (expected digit 1..9 after `{{\"<dimension>\": `, {t_w:.0f} s), against the "
-        "rule rewards of the same responses (Spearman):",
+        f"rule rewards of the same responses (Spearman; with n = {len(items)} one standard error is about "
+        f"{1 / (len(items) - 1) ** 0.5:.2f}):",
         "",
         "| dimension | mean | range | spread (std) | vs combined rule reward | vs the matching rule |",
         "|---|---|---|---|---|---|",
         *rows,
+        "",
     ]
-    text = "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--run", default="runs/speedrun", help="a speedrun directory whose pref stage has run")
+    ap.add_argument("--models", nargs="+", default=["rl", "sft"],
+                    help="the stages whose models judge (default: rl, the policy the preference stage starts "
+                         "from, and sft)")
+    ap.add_argument("--responses", type=int, default=48)
+    ap.add_argument("--max-tokens", type=int, default=192, help="length of a generated verdict")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    os.environ.setdefault("OMP_NUM_THREADS", str(args.threads))
+    run = Path(args.run)
+    if not (run / "pref" / "run" / "rewards.jsonl").is_file():
+        raise SystemExit(f"{run} has no finished pref stage: run the speedrun first")
+    items = load_responses(run, args.responses)
+    lines = [
+        "## Probe: the speedrun's own model as the rubric judge (probe_self_judge.py)",
+        "",
+        f"Machine: {machine(args.threads)}. Run `{run}`; {len(items)} of its preference stage's sampled responses "
+        "(one per prompt first), with the rule rewards that stage gave them.",
+        "",
+    ]
+    for stage in args.models:
+        lines += probe(run, stage, items, args.max_tokens)
+    text = "\n".join(lines)
     print(text)
     atomic_write_text(RESULTS, text)
     return 0

@@ -164,8 +164,6 @@ def default_batch_size(args, mode: str) -> int:
 
 def start_server(model_dir: Path, args, mode: str):
     """`kexaone serve` in a subprocess on a free loopback port; returns (url, process) once /health answers."""
-    import httpx
-
     port = free_port()
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     cwd = None
@@ -182,18 +180,26 @@ def start_server(model_dir: Path, args, mode: str):
         cmd += ["--join", mode]
     server = subprocess.Popen(cmd, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    wait_until_serving(url, server)
+    return url, server
+
+
+def wait_until_serving(url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> None:
+    """Return once `url`/health answers 200; kill the server and raise if it exits or takes over `timeout_s`."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
     while True:
         if server.poll() is not None:
             raise RuntimeError("kexaone serve exited during start-up")
         try:
             if httpx.get(url + "/health", timeout=2).status_code == 200:
-                return url, server
+                return
         except httpx.TransportError:
             pass
         if time.monotonic() > deadline:
             server.kill()
-            raise RuntimeError("kexaone serve did not start within 120 s")
+            raise RuntimeError(f"kexaone serve did not start within {timeout_s:g} s")
         time.sleep(0.3)
 
 

@@ -35,7 +35,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_decode import machine  # noqa: E402
-from bench_server import free_port  # noqa: E402
+from bench_server import free_port, wait_until_serving  # noqa: E402
 
 from kexaone.utils.io import atomic_write_text  # noqa: E402
 
@@ -88,8 +88,6 @@ def load_responses(run: Path, n: int) -> list[dict]:
 
 def generated_verdicts(model_dir: Path, items: list[dict], max_tokens: int) -> list:
     """Per item: the rubric scores parsed from the served model's verdict, or None."""
-    import httpx
-
     from kexaone.rl.judge import JudgeEndpoint, RubricJudgeReward
 
     port = free_port()
@@ -98,18 +96,7 @@ def generated_verdicts(model_dir: Path, items: list[dict], max_tokens: int) -> l
                                "warning"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 180
-        while True:
-            if server.poll() is not None:
-                raise RuntimeError("kexaone serve exited during start-up")
-            try:
-                if httpx.get(url + "/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("kexaone serve did not start within 180 s")
-            time.sleep(0.5)
+        wait_until_serving(url, server, timeout_s=180)
         judge = RubricJudgeReward(JudgeEndpoint(url + "/v1", "judge", max_tokens=max_tokens, workers=4))
         scores = judge.dimension_scores([i["prompt"] for i in items], [i["completion"] for i in items])
         replies = judge.judge.ask([judge.rubric.message(items[0]["prompt"], items[0]["completion"])])

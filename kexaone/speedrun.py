@@ -35,6 +35,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, default=0,
                         help="CPU threads for torch (0 = auto: the cores not already busy, at least 1; on a shared, "
                              "loaded machine one thread is much faster than two fighting for a core)")
+    parser.add_argument("--judge-endpoint", metavar="URL",
+                        help="OpenAI-compatible API base (.../v1) of a rubric judge for the preference stage: its "
+                             "rubric reward joins the rule rewards and the report shows each rubric dimension "
+                             "(default: none, rule rewards only; nothing on a 2-core CPU is strong enough to judge)")
+    parser.add_argument("--judge-model", default="judge", help="the judge's served model name (default judge)")
+    parser.add_argument("--rubric", metavar="FILE", help="rubric JSON file for the judge (default: the five-dimension "
+                                                         "rubric of kexaone.rl.judge); needs --judge-endpoint")
     parser.add_argument("--status", action="store_true", help="print the state of each stage and exit")
 
 
@@ -51,6 +58,10 @@ def run(args: argparse.Namespace) -> int:
         raise ValueError(f"--threads must be >= 0 (0 = auto), got {args.threads}")
     out = Path(args.out or f"runs/speedrun-{budget.name}")
     params = {"budget": budget.to_dict(), "data": list(args.data), "seed": int(args.seed)}
+    if args.rubric and not args.judge_endpoint:
+        raise ValueError("--rubric needs --judge-endpoint (a judge scores the rubric)")
+    if args.judge_endpoint:  # only when given, so that runs without a judge keep their parameters
+        params["judge"] = {"endpoint": args.judge_endpoint, "model": args.judge_model, "rubric": args.rubric}
     if args.status:
         status = StageRunner(out, speedrun_stages(), params).status()
         for name in STAGES:

@@ -307,3 +307,37 @@ def test_verdicts_and_regressions_use_stated_tolerances():
     worse = {(v.row, v.stage) for v in regressions(st)}
     # bpb 0.92 -> 1.0 is beyond 3% of 0.92 (0.0276); 0.9 -> 0.92 is not; safe 0.6 -> 0.2 is beyond 2 * 0.0707
     assert worse == {("bpb", "rl"), ("safe", "rl")}
+
+
+def test_paired_tolerance_over_the_same_prompts():
+    """Before and after on the same prompts: the tolerance is 2 paired standard errors (the standard deviation of
+    the per-prompt differences over sqrt(n), as scipy's paired t-test computes it), preferred to the separate ones;
+    rl and pref rows get it from the per-prompt results their held-out evaluations record."""
+    import math
+    import statistics
+
+    from kexaone.report.stage_table import StageRow, _stage_rows, paired_se, tolerance
+
+    before = [0.0, 0.5, 1.0, 0.25, 0.75, 0.5]
+    after = [0.25, 0.5, 1.0, 0.5, 1.0, 0.5]
+    d = [b - a for a, b in zip(before, after)]
+    reference = math.sqrt(sum((x - statistics.fmean(d)) ** 2 for x in d) / (len(d) - 1)) / math.sqrt(len(d))
+    assert paired_se(before, after) == pytest.approx(reference)
+    stats = pytest.importorskip("scipy.stats")
+    t = stats.ttest_rel(after, before).statistic
+    assert statistics.fmean(d) / paired_se(before, after) == pytest.approx(t)
+    assert paired_se(before, after[:-1]) is None and paired_se([1.0], [0.0]) is None and paired_se(None, after) is None
+
+    row = StageRow("pass", {"sft": 0.5, "rl": 0.625}, kind="percent", stderr={"sft": 0.2, "rl": 0.2},
+                   paired_se={"rl": paired_se(before, after)})
+    assert tolerance(row, "sft", "rl") == pytest.approx(2 * reference)
+    assert tolerance(StageRow("pass", row.values, kind="percent", stderr=row.stderr), "sft", "rl") == \
+        pytest.approx(2 * math.sqrt(0.08))
+
+    class Run:  # the two stage records _stage_rows reads
+        stages = {"rl": {"status": "done", "seconds": 1.0, "outputs": {
+            "init": "sft", "heldout_before": {"pass_rate": 0.5, "n_prompts": 6, "per_prompt_pass": before},
+            "heldout_after": {"pass_rate": 0.625, "n_prompts": 6, "per_prompt_pass": after}}}}
+
+    rl_row = next(r for r in _stage_rows(Run()) if r.purpose == "rl")
+    assert rl_row.paired_se == {"rl": pytest.approx(reference)}

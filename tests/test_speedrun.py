@@ -314,6 +314,30 @@ def test_tiny_speedrun_killed_after_tokenizer_resumes_and_reports(tmp_path):
             assert after[name] == before[name] and f"[{name}] already done" in res.stderr
     _check_stage_table((out / "report.md").read_text(), json.loads((out / "report.json").read_text()))
 
+    # 6. with a rubric judge (a scripted endpoint), the preference stage adds its rubric reward and the card shows
+    # every rubric dimension before and after; the judge is a new parameter, so it needs --from
+    from scripted_openai import ScriptedServer
+
+    judge = ScriptedServer()
+    judge.chat_fn = lambda text: 'Fine.\n{"helpfulness": 4, "instruction_following": 10, "safety": 10, ' \
+                                 '"language": 10, "fluency": 1}'
+    try:
+        res = _speedrun(out, tmp_path, "--judge-endpoint", judge.url + "/v1")
+        assert res.returncode != 0 and "--from" in res.stderr
+        res = _speedrun(out, tmp_path, "--from", "pref", "--judge-endpoint", judge.url + "/v1")
+        assert res.returncode == 0, res.stderr[-4000:]
+        assert any(path.endswith("/chat/completions") and "[Rubric]" in body["messages"][-1]["content"]
+                   for path, body in judge.requests)
+    finally:
+        judge.close()
+    rows = {r["name"]: r for r in json.loads((out / "report.json").read_text())["stages"]["rows"]}
+    helpful = rows["preference rubric: helpfulness, held-out (judge, 0-1)"]["values"]
+    assert helpful == pytest.approx({"rl": 1 / 3, "pref": 1 / 3})  # (4 - 1) / 9 from both models
+    assert rows["preference rubric: fluency, held-out (judge, 0-1)"]["values"] == {"rl": 0.0, "pref": 0.0}
+    assert "preference rubric: safety, held-out (judge, 0-1)" in (out / "report.md").read_text()
+    res = _speedrun(out, tmp_path, "--rubric", "r.json")
+    assert res.returncode != 0 and "--rubric needs --judge-endpoint" in res.stderr
+
 
 def _check_stage_table(md: str, summary: dict) -> None:
     """The card's stage-by-stage table: one column per stage, every stage's model measured with real numbers."""

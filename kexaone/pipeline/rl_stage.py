@@ -77,7 +77,9 @@ def stage_pref(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
     _fresh(ctx)
     start, init = newest_model(ctx, "pref")
     ctx.log(f"[pref] from the {start} model")
-    cfg = PrefConfig(init_from=init, out=str(ctx.stage_dir / "run"),
+    judge = ctx.params.get("judge") or {}  # the speedrun's --judge-endpoint / --judge-model / --rubric
+    cfg = PrefConfig(init_from=init, out=str(ctx.stage_dir / "run"), judge_endpoint=judge.get("endpoint"),
+                     judge_model=judge.get("model") or "judge", rubric=judge.get("rubric"),
                      reward=list(b.rewards), n_prompts=b.n_prompts, group_size=b.group_size, epochs=b.epochs,
                      prompts_per_step=b.prompts_per_step, max_new_tokens=b.max_new_tokens, eval_n=b.eval_n,
                      eval_samples=b.eval_samples, lr=b.lr, seed=int(ctx.params.get("seed", 0)), threads=threads,

@@ -17,6 +17,7 @@ import json
 import shutil
 import time
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 from kexaone.pipeline.chain import newest_model
@@ -55,6 +56,24 @@ def evaluate_chat(model_dir: Any, out_dir: Any, limit: int | None, max_new_token
     config = EvalConfig(limit=limit, max_new_tokens=max_new_tokens, seed=seed)
     res = run_eval(backend, [sft_chat_task(limit)], config, out_dir, progress=False)
     return res["tasks"]["sft-chat"]
+
+
+EVAL_DIRS = {"base": "eval_base", "sft": "eval_sft"}
+"""Where the SFT stage's sft-chat evaluations of the two models go, under the stage directory."""
+
+
+def item_scores(stage_dir: Any, which: str) -> dict[str, float]:
+    """Per held-out item (its id): the sft-chat score of one model (`which`: base or sft), from the harness's
+    samples file of that evaluation; {} when there is none."""
+    path = Path(stage_dir) / EVAL_DIRS[which] / "samples" / "sft-chat.jsonl"
+    if not path.is_file():
+        return {}
+    out = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        if line.strip():
+            rec = json.loads(line)
+            out[f"{rec['id']}#{rec.get('repeat', 0)}"] = float(rec["score"])
+    return out
 
 
 def compare(base: dict[str, Any], sft: dict[str, Any]) -> dict[str, Any]:
@@ -96,8 +115,9 @@ def stage_sft(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
         raise RuntimeError("SFT finished without exporting a model directory")
     seconds = time.perf_counter() - t0
     ctx.log(f"[sft] evaluating the {start} and SFT models on sft-chat (limit {s.eval_limit})")
-    base = evaluate_chat(base_dir, ctx.stage_dir / "eval_base", s.eval_limit, s.max_new_tokens, ctx.params["seed"])
-    tuned = evaluate_chat(res.model_dir, ctx.stage_dir / "eval_sft", s.eval_limit, s.max_new_tokens,
+    base = evaluate_chat(base_dir, ctx.stage_dir / EVAL_DIRS["base"], s.eval_limit, s.max_new_tokens,
+                         ctx.params["seed"])
+    tuned = evaluate_chat(res.model_dir, ctx.stage_dir / EVAL_DIRS["sft"], s.eval_limit, s.max_new_tokens,
                           ctx.params["seed"])
     summary = compare(base, tuned)
     summary.update(mtp_acceptance=res.mtp_acceptance, budget=asdict(s), steps=res.stage.steps,

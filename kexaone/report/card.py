@@ -183,7 +183,8 @@ def _section_verdicts(st: D.StagesData) -> list:
     blocks: list = [
         Heading("Does each stage do its job?", 3),
         Para(f"Each stage's own measurement before and after it. Tolerance: {D.NOISE_Z:g} standard errors of the "
-             "difference for rates and scores (binomial, from the item or prompt count; "
+             "difference for rates and scores (paired over the same held-out prompts where the stage recorded "
+             "per-prompt results, as RL and preference learning do; otherwise binomial from the item or prompt count, "
              f"{100 * D.FALLBACK_TOLERANCE:.0f} points where the count was not recorded), "
              f"{100 * D.BPB_TOLERANCE:.0f}% of the previous value for bits per byte. 'improved' and 'worse' mean a "
              "move beyond the tolerance."),

@@ -15,6 +15,7 @@ Where the numbers come from (nothing is measured here):
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,10 @@ class StageRow:
     """Column key -> standard error of the value, where the sample size is known (see `tolerance`)."""
     purpose: str = ""
     """The stage this row is the measurement of (what the stage exists to improve), else ""."""
+    paired_se: dict[str, float] = field(default_factory=dict)
+    """Column key -> standard error of its change over the previous column where both were measured on the same
+    prompts with per-prompt results recorded: the paired standard error (of the per-prompt differences), which
+    `tolerance` prefers to the two columns' separate ones."""
 
 
 @dataclass
@@ -88,11 +93,24 @@ def binomial_se(p: float | None, n: int | None) -> float | None:
     return math.sqrt(max(p * (1.0 - p), 0.0) / n)
 
 
+def paired_se(before: list[float] | None, after: list[float] | None) -> float | None:
+    """Standard error of the mean change over items measured twice (the same prompts before and after a stage):
+    the sample standard deviation of the per-item differences over sqrt(n). None without two aligned lists of at
+    least two items. Unlike the separate standard errors of two means, it removes what the items share (an easy
+    prompt is easy for both models), as a paired t-test does."""
+    if not before or not after or len(before) != len(after) or len(before) < 2:
+        return None
+    return statistics.stdev([b - a for a, b in zip(before, after)]) / math.sqrt(len(before))
+
+
 def tolerance(row: StageRow, prev: str, cur: str) -> float:
     """How far `cur` may move against `prev` on this row before the move counts: BPB_TOLERANCE of the previous
-    value for bits per byte, else NOISE_Z standard errors of the difference (FALLBACK_TOLERANCE without them)."""
+    value for bits per byte, else NOISE_Z standard errors of the difference (paired where the row has it;
+    FALLBACK_TOLERANCE without any)."""
     if row.kind == "number" and row.better == "lower":
         return BPB_TOLERANCE * abs(row.values[prev])
+    if row.paired_se.get(cur) is not None:
+        return NOISE_Z * row.paired_se[cur]
     a, b = row.stderr.get(prev), row.stderr.get(cur)
     if a is None or b is None:
         return FALLBACK_TOLERANCE
@@ -243,7 +261,8 @@ def _stage_rows(run: Any) -> list[StageRow]:
         rows.append(StageRow("sft-chat score (SFT stage)", {start: ev["base"]["score"], "sft": ev["sft"]["score"]},
                              kind="percent", purpose="sft",
                              stderr=_known({start: binomial_se(ev["base"]["score"], ev["base"].get("n")),
-                                            "sft": binomial_se(ev["sft"]["score"], ev["sft"].get("n"))})))
+                                            "sft": binomial_se(ev["sft"]["score"], ev["sft"].get("n"))}),
+                             paired_se=_known({"sft": _sft_paired_se(run.path(sft["eval"]).parent)})))
         rows.append(StageRow("sft-chat well-formed replies (SFT stage)",
                              {start: ev["base"]["well_formed"], "sft": ev["sft"]["well_formed"]}, kind="percent"))
     for stage, key, name in (("rl", "pass_rate", "RL held-out pass rate (RL stage)"),
@@ -251,14 +270,29 @@ def _stage_rows(run: Any) -> list[StageRow]:
         out = _done(run, stage)
         if out and out.get("heldout_before") and out.get("heldout_after"):
             start, before, after = _init(run, stage, out), out["heldout_before"], out["heldout_after"]
+            per_prompt = "per_prompt_pass" if key == "pass_rate" else "per_prompt_reward"
             rows.append(StageRow(name, {start: before[key], stage: after[key]},
                                  kind="percent" if key == "pass_rate" else "number", purpose=stage,
-                                 stderr=_known({start: _heldout_se(before, key), stage: _heldout_se(after, key)})))
+                                 stderr=_known({start: _heldout_se(before, key), stage: _heldout_se(after, key)}),
+                                 paired_se=_known({stage: paired_se(before.get(per_prompt), after.get(per_prompt))})))
+            dims_before, dims_after = before.get("rubric_dimensions") or {}, after.get("rubric_dimensions") or {}
+            for dim in [d for d in dims_after if d in dims_before]:  # a judge scored them (--judge-endpoint)
+                rows.append(StageRow(f"preference rubric: {dim}, held-out (judge, 0-1)",
+                                     {start: dims_before[dim], stage: dims_after[dim]}))
     secs = {s: (run.stages[s].get("seconds") or 0.0) + (run.stages[s].get("prior_seconds") or 0.0)
             for s in MODEL_STAGES if _done(run, s) is not None}
     if secs:
         rows.append(StageRow("time of the stage (wall seconds)", secs, kind="seconds", better=""))
     return rows
+
+
+def _sft_paired_se(stage_dir: Any) -> float | None:
+    """Paired standard error of the SFT stage's sft-chat change, over the held-out items both models answered."""
+    from kexaone.pipeline.sft_stage import item_scores
+
+    base, tuned = item_scores(stage_dir, "base"), item_scores(stage_dir, "sft")
+    common = sorted(set(base) & set(tuned))
+    return paired_se([base[k] for k in common], [tuned[k] for k in common])
 
 
 def _heldout_se(h: dict[str, Any], key: str) -> float | None:

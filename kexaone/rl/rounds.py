@@ -174,6 +174,9 @@ def evaluate_rows(sampler: Any, rows: Sequence[dict], rewards: Sequence[tuple[st
     out["pass_rate_by_category"] = {c: sum(x >= PASS_THRESHOLD for x in v) / len(v) for c, v in sorted(by_cat.items())}
     out["reward_by_category"] = {c: sum(v) / len(v) for c, v in sorted(by_cat.items())}
     out["n_prompts"], out["samples"] = len(rows), samples
+    # per prompt, in row order: a later evaluation of the same rows with the same seed pairs with this one
+    out["per_prompt_reward"] = [sum(g) / len(g) for g in totals]
+    out["per_prompt_pass"] = [sum(x >= PASS_THRESHOLD for x in g) / len(g) for g in totals]
     return out
 
 

@@ -72,3 +72,31 @@ def test_written_files(tmp_path, chat_set):
     modes = {r["enable_thinking"] for r in train}
     assert modes == {True, False}
     assert {r["enable_thinking"] for r in held} == {True, False}
+
+
+def test_default_set_cache_follows_the_generator(tmp_path, monkeypatch):
+    """The SFT stage's cached copy of the default set is named by its content: a changed generator gets a new copy
+    (an earlier run trained on a stale one after the safety strings grew), an unchanged one reuses it."""
+    from types import SimpleNamespace
+
+    import kexaone.data.synthetic.chat_set as chat_set_module
+    from kexaone.train.sft import default_set_files
+
+    monkeypatch.setenv("KEXAONE_CACHE", str(tmp_path))
+    cfg = SimpleNamespace(default_examples=60, seed=0)
+    first = default_set_files(cfg)
+    assert default_set_files(cfg) == first
+    fresh = chat_set_module.chat_set_texts(build_chat_set(n_train=60, seed=0), 0)
+    assert first["train"].read_text(encoding="utf-8") == fresh["train"]
+
+    real = chat_set_module.build_chat_set
+
+    def changed(*a, **kw):  # one more example: what an edit of the generator does to the content
+        out = real(*a, **kw)
+        out.train.append(out.train[0])
+        return out
+
+    monkeypatch.setattr(chat_set_module, "build_chat_set", changed)
+    second = default_set_files(cfg)
+    assert second["train"].parent != first["train"].parent
+    assert len(second["train"].read_text(encoding="utf-8").splitlines()) == 61

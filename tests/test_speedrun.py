@@ -177,6 +177,29 @@ def test_copy_warmup_steps_come_on_top_of_the_curriculum(tmp_path):
     assert BUDGETS["default"].copy_warmup_steps == 0  # not adopted: it would not fit the hour (README, issue 17)
 
 
+@pytest.mark.parametrize("stage", ["rl", "pref"])
+def test_interrupted_rl_or_pref_leaves_its_stage_unfinished(tmp_path, monkeypatch, stage):
+    """A signal during RL or preference learning ends the stage as interrupted (the runner keeps it 'running' and
+    the next run redoes it), not as a failure on the missing after-training evaluation."""
+    from types import SimpleNamespace
+
+    import kexaone.rl.cli as rl_cli
+    import kexaone.rl.pref_cli as pref_cli
+    from kexaone.pipeline import rl_stage
+    from kexaone.pipeline.stages import StageContext
+
+    stopped = SimpleNamespace(interrupted=True, signal_name="SIGTERM", steps=3,
+                              rl={"heldout": {"before": {"pass_rate": 0.1}}},
+                              pref={"heldout": {"before": {"reward_mean": 0.5}}})
+    monkeypatch.setattr(rl_cli, "run_rl", lambda cfg: stopped)
+    monkeypatch.setattr(pref_cli, "run_pref", lambda cfg: stopped)
+    monkeypatch.setattr(rl_stage, "newest_model", lambda ctx, name: ("sft", str(tmp_path / "sft")))
+    ctx = StageContext(out_dir=tmp_path, stage_dir=tmp_path / stage,
+                       params={"budget": BUDGETS["tiny"].to_dict(), "seed": 0}, outputs={})
+    with pytest.raises(KeyboardInterrupt, match=rf"{stage} interrupted \(SIGTERM\) at step 3"):
+        (rl_stage.stage_rl if stage == "rl" else rl_stage.stage_pref)(ctx)
+
+
 # ---------------------------------------------------------------------------------------------- end to end
 def _env(tmp_path: Path) -> dict[str, str]:
     env = dict(os.environ)

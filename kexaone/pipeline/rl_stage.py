@@ -62,12 +62,20 @@ def stage_rl(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
                    progress=False, tensorboard=False)
     t0 = time.perf_counter()
     res = run_rl(cfg)
+    _raise_if_interrupted("rl", res)
     held = res.rl["heldout"]
     ctx.log(f"[rl] held-out pass rate {held['before']['pass_rate']:.3f} -> {held['after']['pass_rate']:.3f}")
     return {"model_dir": ctx.rel(res.model_dir), "metrics": ctx.rel(res.metrics_path),
             "reward_curve": ctx.rel(ctx.stage_dir / "run" / "reward_curve.png"), "steps": res.steps,
             "heldout_before": held["before"], "heldout_after": held["after"], "budget": asdict(b), "init": start,
             "seconds": time.perf_counter() - t0}
+
+
+def _raise_if_interrupted(stage: str, res: Any) -> None:
+    """A run stopped by a signal (Ctrl-C, SIGTERM) has no after-training evaluation: the stage stays unfinished
+    (the runner records it as running and the next run redoes it), as SFT's does."""
+    if res.interrupted:
+        raise KeyboardInterrupt(f"{stage} interrupted ({res.signal_name}) at step {res.steps}")
 
 
 def stage_pref(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
@@ -86,6 +94,7 @@ def stage_pref(ctx: StageContext, threads: int = 0) -> dict[str, Any]:
                      progress=False, tensorboard=False)
     t0 = time.perf_counter()
     res = run_pref(cfg)
+    _raise_if_interrupted("pref", res)
     held = res.pref["heldout"]
     ctx.log(f"[pref] held-out preference score {held['before']['reward_mean']:.3f} -> "
             f"{held['after']['reward_mean']:.3f}")

@@ -215,14 +215,20 @@ class SFTData:
 
 
 def default_set_files(cfg: SFTConfig) -> dict[str, Any]:
-    """The embedded default SFT set written as train.jsonl / heldout.jsonl under the cache (built once per size
-    and seed), read back through the same conversation reader as user data."""
-    from kexaone.data.synthetic.chat_set import build_chat_set, write_chat_set
+    """The embedded default SFT set written as train.jsonl / heldout.jsonl under the cache, read back through the
+    same conversation reader as user data. The set is built every time (well under a second) and its directory is
+    named by a hash of its content, so a changed generator (new examples, strings) never trains on a stale copy."""
+    import hashlib
+
+    from kexaone.data.synthetic.chat_set import build_chat_set, chat_set_texts, write_chat_set
     from kexaone.train.run import cache_root
 
-    d = cache_root() / "sft" / f"default-{cfg.default_examples}-seed{cfg.seed}"
+    chat_set = build_chat_set(n_train=cfg.default_examples, seed=cfg.seed)
+    texts = chat_set_texts(chat_set, cfg.seed)
+    digest = hashlib.sha256((texts["train"] + "\0" + texts["heldout"]).encode()).hexdigest()[:16]
+    d = cache_root() / "sft" / f"default-{cfg.default_examples}-seed{cfg.seed}-{digest}"
     if not ((d / "train.jsonl").is_file() and (d / "heldout.jsonl").is_file()):
-        write_chat_set(d, build_chat_set(n_train=cfg.default_examples, seed=cfg.seed), seed=cfg.seed)
+        write_chat_set(d, chat_set, cfg.seed, texts=texts)
     return {"train": d / "train.jsonl", "heldout": d / "heldout.jsonl"}
 
 

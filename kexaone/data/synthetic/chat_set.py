@@ -284,17 +284,25 @@ def _counts(examples: list[ChatExample]) -> dict[str, int]:
     return out
 
 
-def write_chat_set(out_dir: str | Path, chat_set: ChatSet, seed: int = 0) -> dict[str, Path]:
-    """train.jsonl (each example in the mode drawn for it) and heldout.jsonl (each example in both modes), written
-    atomically; returns their paths."""
+def chat_set_texts(chat_set: ChatSet, seed: int = 0) -> dict[str, str]:
+    """The JSONL text of train.jsonl (each example in the mode drawn for it) and heldout.jsonl (each example in
+    both modes)."""
+    rng = random.Random(f"kexaone-sft-mode|{seed}")
+    train = [json.dumps(e.record(rng.random() < REASONING_SHARE), ensure_ascii=False) for e in chat_set.train]
+    held = [json.dumps(e.record(t), ensure_ascii=False) for e in chat_set.heldout for t in (True, False)]
+    return {"train": "\n".join(train) + "\n", "heldout": "\n".join(held) + "\n"}
+
+
+def write_chat_set(out_dir: str | Path, chat_set: ChatSet, seed: int = 0,
+                   texts: dict[str, str] | None = None) -> dict[str, Path]:
+    """train.jsonl and heldout.jsonl (`chat_set_texts`, or `texts` when already made), written atomically;
+    returns their paths."""
     from kexaone.utils.io import atomic_write_text
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    rng = random.Random(f"kexaone-sft-mode|{seed}")
-    train = [json.dumps(e.record(rng.random() < REASONING_SHARE), ensure_ascii=False) for e in chat_set.train]
-    held = [json.dumps(e.record(t), ensure_ascii=False) for e in chat_set.heldout for t in (True, False)]
+    texts = texts or chat_set_texts(chat_set, seed)
     paths = {"train": out_dir / "train.jsonl", "heldout": out_dir / "heldout.jsonl"}
-    atomic_write_text(paths["train"], "\n".join(train) + "\n")
-    atomic_write_text(paths["heldout"], "\n".join(held) + "\n")
+    for name, path in paths.items():
+        atomic_write_text(path, texts[name])
     return paths

@@ -26,9 +26,11 @@ TOPICS = [
     ("train.md", "benchmarks/bench_train.py"),
     ("optim.md", "benchmarks/bench_optim.py"),
     ("vocab_loss.md", "benchmarks/bench_vocab_loss.py"),
-    ("engine.md", "benchmarks/bench_decode.py, bench_server.py, bench_decode_dtype.py, bench_logprob_gap.py"),
+    ("engine.md", "benchmarks/bench_decode.py, bench_server.py, bench_decode_dtype.py, bench_decode_bandwidth.py, "
+                  "bench_logprob_gap.py, bench_mtp_speedrun.py"),
     ("decode_step.md", "benchmarks/bench_decode_step.py"),
     ("speedrun.md", "benchmarks/bench_speedrun.py"),
+    ("probe_self_judge.md", "benchmarks/probe_self_judge.py --run runs/speedrun --responses 192"),
     ("tool_calls.md", "benchmarks/bench_tool_calls.py --base-url (against kexaone serve)"),
     ("eval_cli_speedrun.md", "kexaone eval --model (its results.md; command inside)"),
     ("gpu_check.md", "benchmarks/gpu_check.py --write (on a CUDA machine)"),

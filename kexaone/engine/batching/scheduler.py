@@ -137,8 +137,8 @@ class Scheduler:
                     "failures": self.failures}
 
     def add_flush_hook(self, fn: Callable[[], None]) -> None:
-        """Run `fn()` on the scheduler thread after every round (admissions plus one step of each running batch)
-        and at shutdown: a consumer that buffers the round's events delivers them then, in one hand-over."""
+        """Run `fn()` on the scheduler thread after admissions, after every round (one step of each running batch)
+        and at shutdown: a consumer that buffers events delivers them then, in one hand-over."""
         self._flush_hooks.append(fn)
 
     def _flush(self) -> None:
@@ -203,6 +203,7 @@ class Scheduler:
                     self._merge(target, reqs)
                 else:
                     self._admit(reqs)
+                self._flush()  # the newcomers' first tokens go out now, not after the round's decode steps
             for cohort in list(self._active):
                 self._advance(cohort)
             self._flush()

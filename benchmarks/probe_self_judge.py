@@ -17,7 +17,7 @@ its own model, on the responses the run's preference stage sampled and scored (`
 A judge worth its weight must at least parse, and agree with the rules where they overlap (safety vs refusal,
 language vs language match). Writes benchmarks/results/probe_self_judge.md.
 
-    nice -n 10 python benchmarks/probe_self_judge.py --run runs/speedrun [--model STAGE] [--responses 48]
+    nice -n 10 python benchmarks/probe_self_judge.py --run runs/speedrun [--models rl sft] [--responses 48]
 """
 
 from __future__ import annotations
@@ -86,8 +86,9 @@ def load_responses(run: Path, n: int) -> list[dict]:
     return out[:n]
 
 
-def generated_verdicts(model_dir: Path, items: list[dict], max_tokens: int) -> list:
-    """Per item: the rubric scores parsed from the served model's verdict, or None."""
+def generated_verdicts(model_dir: Path, items: list[dict], max_tokens: int) -> tuple[list, str | None]:
+    """Per item: the rubric scores parsed from the served model's verdict, or None; and the raw reply to the first
+    item (shown in the report)."""
     from kexaone.rl.judge import JudgeEndpoint, RubricJudgeReward
 
     port = free_port()

@@ -63,17 +63,12 @@ EVAL_DIRS = {"base": "eval_base", "sft": "eval_sft"}
 
 
 def item_scores(stage_dir: Any, which: str) -> dict[str, float]:
-    """Per held-out item (its id): the sft-chat score of one model (`which`: base or sft), from the harness's
-    samples file of that evaluation; {} when there is none."""
-    path = Path(stage_dir) / EVAL_DIRS[which] / "samples" / "sft-chat.jsonl"
-    if not path.is_file():
-        return {}
-    out = {}
-    for line in path.read_text(encoding="utf-8").splitlines():
-        if line.strip():
-            rec = json.loads(line)
-            out[f"{rec['id']}#{rec.get('repeat', 0)}"] = float(rec["score"])
-    return out
+    """Per held-out item (its id and repeat): the sft-chat score of one model (`which`: base or sft), from the
+    harness's sample store of that evaluation; {} when there is none."""
+    from kexaone.eval.results import SampleStore
+
+    records = SampleStore(Path(stage_dir) / EVAL_DIRS[which], "sft-chat").records.values()
+    return {f"{r['id']}#{r.get('repeat', 0)}": float(r["score"]) for r in records}
 
 
 def compare(base: dict[str, Any], sft: dict[str, Any]) -> dict[str, Any]:
